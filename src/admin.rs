@@ -1,0 +1,196 @@
+//! The admin HTTP API: liveness, readiness, backend states and operator control.
+//!
+//!   GET  /healthz                     200 while the process runs
+//!   GET  /readyz                      200 when a backend can take connections, else 503
+//!   GET  /metrics                     Prometheus text format
+//!   GET  /api/backends                JSON array of backends
+//!   POST /api/backends/{name}/drain   no new connections; existing ones closed, paced
+//!   POST /api/backends/{name}/disable no new connections; existing ones kept
+//!   POST /api/backends/{name}/enable  back to health-driven
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::balancer::{Backend, CheckStatus, Mode, State};
+use crate::drain::{self, DrainPlan};
+use crate::App;
+
+type Body = Full<Bytes>;
+
+/// Serves the admin API until shutdown.
+pub async fn run(app: Arc<App>, listener: TcpListener) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let app = Arc::clone(&app);
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let app = Arc::clone(&app);
+                async move { Ok::<_, Infallible>(route(&app, req).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc);
+            let _ = conn.await;
+        });
+    }
+}
+
+#[derive(Serialize)]
+struct BackendView<'a> {
+    name: &'a str,
+    address: &'a str,
+    state: State,
+    mode: Mode,
+    alarm: bool,
+    active_connections: usize,
+    total_connections: u64,
+    #[serde(flatten)]
+    check: CheckStatus,
+}
+
+fn view(b: &Backend) -> BackendView<'_> {
+    BackendView {
+        name: b.name(),
+        address: &b.config.address,
+        state: b.state(),
+        mode: b.mode(),
+        alarm: b.alarm(),
+        active_connections: b.active_connections(),
+        total_connections: b.total_connections(),
+        check: b.check.lock().map(|c| c.clone()).unwrap_or_default(),
+    }
+}
+
+async fn route(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["healthz"] => only_get(&method, || text(StatusCode::OK, "ok\n")),
+        ["readyz"] => only_get(&method, || {
+            if app.balancer.any_usable() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "no usable backend\n")
+            }
+        }),
+        ["metrics"] => only_get(&method, || {
+            let mut r = Response::new(Full::new(Bytes::from(app.metrics.render())));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }),
+        ["api", "backends"] => only_get(&method, || {
+            let backends = app.balancer.backends();
+            let list: Vec<BackendView> = backends.iter().map(|b| view(b)).collect();
+            json(StatusCode::OK, &list)
+        }),
+        ["api", "backends", name] => only_get(&method, || match app.balancer.get(name) {
+            Some(b) => json(StatusCode::OK, &view(&b)),
+            None => not_found(),
+        }),
+        ["api", "backends", name, action @ ("drain" | "disable" | "enable")] => {
+            if method != Method::POST {
+                return method_not_allowed("POST");
+            }
+            let Some(b) = app.balancer.get(name) else {
+                return not_found();
+            };
+            operate(app, &b, action);
+            json(StatusCode::OK, &view(&b))
+        }
+        _ => not_found(),
+    }
+}
+
+/// Applies an operator action.
+fn operate(app: &App, b: &Arc<Backend>, action: &str) {
+    match action {
+        "drain" => {
+            let prev = b.set_mode(Mode::Draining);
+            tracing::info!(backend = b.name(), previous = ?prev, "operator: drain");
+            let cfg = app.config.load();
+            drain::start(
+                Arc::clone(b),
+                DrainPlan {
+                    window: cfg.drain.window.get(),
+                    grace: cfg.drain.grace.get(),
+                    reason: format!("warren: draining node {} (operator request), reconnect", b.name())
+                        .into(),
+                },
+                &app.shutdown,
+            );
+        }
+        "disable" => {
+            let prev = b.set_mode(Mode::Disabled);
+            b.conns.cancel_drain();
+            tracing::info!(backend = b.name(), previous = ?prev, "operator: disable");
+        }
+        _ => {
+            let prev = b.set_mode(Mode::Enabled);
+            b.conns.cancel_drain();
+            tracing::info!(backend = b.name(), previous = ?prev, "operator: enable");
+        }
+    }
+    crate::metrics::backend_state(b);
+}
+
+fn only_get(method: &Method, f: impl FnOnce() -> Response<Body>) -> Response<Body> {
+    if method == Method::GET || method == Method::HEAD {
+        f()
+    } else {
+        method_not_allowed("GET")
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+fn json<T: Serialize>(status: StatusCode, v: &T) -> Response<Body> {
+    let body = serde_json::to_vec_pretty(v).unwrap_or_else(|_| b"null".to_vec());
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn not_found() -> Response<Body> {
+    text(StatusCode::NOT_FOUND, "not found\n")
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    r.headers_mut()
+        .insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+    r
+}

@@ -1,0 +1,308 @@
+//! Just enough AMQP 0-9-1 to close a connection the way a broker does.
+//!
+//! warren never parses payloads on the hot path. [`FrameTracker`] follows frame
+//! boundaries by reading each 7-byte frame header and skipping `size + 1` bytes by
+//! count: O(1) work per frame, whatever its size. At a boundary warren may inject
+//! `connection.close` (320 CONNECTION_FORCED) towards the client, and it can tell a
+//! `connection.close-ok` from any other frame when it waits for one.
+
+/// The protocol header a client sends first.
+pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
+
+pub const FRAME_METHOD: u8 = 1;
+pub const FRAME_HEARTBEAT: u8 = 8;
+pub const FRAME_END: u8 = 0xCE;
+
+pub const CLASS_CONNECTION: u16 = 10;
+pub const METHOD_CLOSE: u16 = 50;
+pub const METHOD_CLOSE_OK: u16 = 51;
+
+/// Reply code a broker uses when an operator closes a connection.
+pub const CONNECTION_FORCED: u16 = 320;
+/// Reply code of a normal, client-initiated close.
+pub const REPLY_SUCCESS: u16 = 200;
+
+/// A frame the tracker saw end, as far as warren cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// `connection.close` on channel 0.
+    ConnectionClose,
+    /// `connection.close-ok` on channel 0.
+    ConnectionCloseOk,
+}
+
+/// Follows frame boundaries in one direction of an AMQP connection.
+#[derive(Clone, Debug)]
+pub struct FrameTracker {
+    state: State,
+    /// Header bytes of the current frame (7) plus the method's class and method ids (4).
+    head: [u8; 11],
+    head_len: u8,
+    /// Bytes of the current frame still to skip (payload plus frame-end).
+    remaining: u64,
+    /// Method frames on channel 0 whose ids we are collecting.
+    want_ids: bool,
+    last_seen: Option<Seen>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Expecting the 8-byte protocol header; counts how many are left.
+    ProtocolHeader(u8),
+    /// Expecting the first byte of a stream that may start with a protocol header
+    /// (a broker answers a bad header with its own) or a frame.
+    Start,
+    /// Inside frames (at a boundary when `head_len == 0 && remaining == 0`).
+    Frames,
+    /// The stream is not AMQP (bad frame-end); no more boundaries will be found.
+    Lost,
+}
+
+impl FrameTracker {
+    /// For the client-to-broker direction: a protocol header, then frames.
+    pub fn client_to_server() -> Self {
+        Self::with_state(State::ProtocolHeader(8))
+    }
+
+    /// For the broker-to-client direction: frames (or a protocol header if the
+    /// broker rejects the client's version).
+    pub fn server_to_client() -> Self {
+        Self::with_state(State::Start)
+    }
+
+    fn with_state(state: State) -> Self {
+        FrameTracker {
+            state,
+            head: [0; 11],
+            head_len: 0,
+            remaining: 0,
+            want_ids: false,
+            last_seen: None,
+        }
+    }
+
+    /// True between two frames, where a frame may be injected.
+    pub fn at_boundary(&self) -> bool {
+        match self.state {
+            State::Start => true,
+            State::Frames => self.head_len == 0 && self.remaining == 0 && !self.want_ids,
+            State::ProtocolHeader(_) | State::Lost => false,
+        }
+    }
+
+    /// True once the stream turned out not to be AMQP.
+    pub fn is_lost(&self) -> bool {
+        self.state == State::Lost
+    }
+
+    /// The last `connection.close`/`close-ok` seen; taken once.
+    pub fn take_seen(&mut self) -> Option<Seen> {
+        self.last_seen.take()
+    }
+
+    /// Consumes `data`, stopping early right after the first frame that ends in it
+    /// when `stop_at_boundary` is set. Returns how many bytes were consumed.
+    pub fn feed(&mut self, data: &[u8], stop_at_boundary: bool) -> usize {
+        let mut i = 0;
+        while i < data.len() {
+            match self.state {
+                State::Lost => return data.len(),
+                State::Start => {
+                    self.state = if data[i] == b'A' {
+                        State::ProtocolHeader(8)
+                    } else {
+                        State::Frames
+                    };
+                }
+                State::ProtocolHeader(left) => {
+                    let take = (left as usize).min(data.len() - i);
+                    i += take;
+                    let left = left - take as u8;
+                    self.state = if left == 0 {
+                        State::Frames
+                    } else {
+                        State::ProtocolHeader(left)
+                    };
+                    if left == 0 && stop_at_boundary {
+                        return i;
+                    }
+                }
+                State::Frames => {
+                    if self.remaining > 0 && !self.want_ids {
+                        // Skip payload by count: the hot path for bulk data.
+                        let take = self.remaining.min((data.len() - i) as u64);
+                        i += take as usize;
+                        self.remaining -= take;
+                        if self.remaining == 0 {
+                            // The last byte skipped was the frame-end octet.
+                            if data[i - 1] != FRAME_END {
+                                self.state = State::Lost;
+                                return data.len();
+                            }
+                            if stop_at_boundary {
+                                return i;
+                            }
+                        }
+                        continue;
+                    }
+                    if self.want_ids {
+                        // Collecting class/method ids of a channel-0 method frame.
+                        let need = 11 - self.head_len as usize;
+                        let take = need.min(data.len() - i);
+                        self.head[self.head_len as usize..self.head_len as usize + take]
+                            .copy_from_slice(&data[i..i + take]);
+                        self.head_len += take as u8;
+                        self.remaining -= take as u64;
+                        i += take;
+                        if self.head_len == 11 {
+                            let class = u16::from_be_bytes([self.head[7], self.head[8]]);
+                            let method = u16::from_be_bytes([self.head[9], self.head[10]]);
+                            if class == CLASS_CONNECTION {
+                                if method == METHOD_CLOSE {
+                                    self.last_seen = Some(Seen::ConnectionClose);
+                                } else if method == METHOD_CLOSE_OK {
+                                    self.last_seen = Some(Seen::ConnectionCloseOk);
+                                }
+                            }
+                            // remaining >= 1 here: the frame-end octet is still ahead.
+                            self.want_ids = false;
+                            self.head_len = 0;
+                        }
+                        continue;
+                    }
+                    // Reading a 7-byte frame header.
+                    let need = 7 - self.head_len as usize;
+                    let take = need.min(data.len() - i);
+                    self.head[self.head_len as usize..self.head_len as usize + take]
+                        .copy_from_slice(&data[i..i + take]);
+                    self.head_len += take as u8;
+                    i += take;
+                    if self.head_len == 7 {
+                        let ftype = self.head[0];
+                        let channel = u16::from_be_bytes([self.head[1], self.head[2]]);
+                        let size =
+                            u32::from_be_bytes([self.head[3], self.head[4], self.head[5], self.head[6]]);
+                        if !matches!(ftype, 1 | 2 | 3 | 4 | 8) {
+                            self.state = State::Lost;
+                            return data.len();
+                        }
+                        self.remaining = size as u64 + 1;
+                        if ftype == FRAME_METHOD && channel == 0 && size >= 4 {
+                            self.want_ids = true;
+                        } else {
+                            self.head_len = 0;
+                        }
+                    }
+                }
+            }
+        }
+        i
+    }
+}
+
+/// A `connection.close` method frame on channel 0.
+pub fn connection_close(reply_code: u16, reply_text: &str) -> Vec<u8> {
+    let text = reply_text.as_bytes();
+    let text = &text[..text.len().min(255)];
+    let mut payload = Vec::with_capacity(4 + 2 + 1 + text.len() + 4);
+    payload.extend_from_slice(&CLASS_CONNECTION.to_be_bytes());
+    payload.extend_from_slice(&METHOD_CLOSE.to_be_bytes());
+    payload.extend_from_slice(&reply_code.to_be_bytes());
+    payload.push(text.len() as u8);
+    payload.extend_from_slice(text);
+    payload.extend_from_slice(&0u16.to_be_bytes()); // class-id: not caused by a method
+    payload.extend_from_slice(&0u16.to_be_bytes()); // method-id
+    frame(FRAME_METHOD, 0, &payload)
+}
+
+/// A `connection.close-ok` method frame on channel 0.
+pub fn connection_close_ok() -> Vec<u8> {
+    let mut payload = Vec::with_capacity(4);
+    payload.extend_from_slice(&CLASS_CONNECTION.to_be_bytes());
+    payload.extend_from_slice(&METHOD_CLOSE_OK.to_be_bytes());
+    frame(FRAME_METHOD, 0, &payload)
+}
+
+fn frame(ftype: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(7 + payload.len() + 1);
+    f.push(ftype);
+    f.extend_from_slice(&channel.to_be_bytes());
+    f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    f.extend_from_slice(payload);
+    f.push(FRAME_END);
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heartbeat() -> Vec<u8> {
+        vec![8, 0, 0, 0, 0, 0, 0, FRAME_END]
+    }
+
+    fn body(channel: u16, n: usize) -> Vec<u8> {
+        frame(3, channel, &vec![0xAB; n])
+    }
+
+    #[test]
+    fn follows_frames_byte_by_byte() {
+        let mut stream = Vec::new();
+        stream.extend(body(1, 1000));
+        stream.extend(heartbeat());
+        stream.extend(connection_close(320, "bye"));
+        let mut t = FrameTracker::server_to_client();
+        let mut boundaries = Vec::new();
+        for (i, b) in stream.iter().enumerate() {
+            assert_eq!(t.feed(std::slice::from_ref(b), false), 1);
+            if t.at_boundary() {
+                boundaries.push(i + 1);
+            }
+        }
+        assert_eq!(boundaries, vec![1008, 1016, stream.len()]);
+        assert_eq!(t.take_seen(), Some(Seen::ConnectionClose));
+    }
+
+    #[test]
+    fn stops_at_first_boundary() {
+        let mut stream = body(1, 10);
+        stream.extend(body(1, 20));
+        let mut t = FrameTracker::server_to_client();
+        let n = t.feed(&stream, true);
+        assert_eq!(n, 18);
+        assert!(t.at_boundary());
+        let m = t.feed(&stream[n..], false);
+        assert_eq!(m, stream.len() - n);
+        assert!(t.at_boundary());
+    }
+
+    #[test]
+    fn client_direction_skips_protocol_header() {
+        let mut stream = PROTOCOL_HEADER.to_vec();
+        stream.extend(connection_close_ok());
+        let mut t = FrameTracker::client_to_server();
+        assert!(!t.at_boundary());
+        assert_eq!(t.feed(&stream, true), 8);
+        assert!(t.at_boundary());
+        t.feed(&stream[8..], false);
+        assert!(t.at_boundary());
+        assert_eq!(t.take_seen(), Some(Seen::ConnectionCloseOk));
+    }
+
+    #[test]
+    fn garbage_loses_track() {
+        let mut t = FrameTracker::server_to_client();
+        t.feed(b"\x42garbage-garbage", false);
+        assert!(t.is_lost());
+        assert!(!t.at_boundary());
+    }
+
+    #[test]
+    fn close_frame_layout() {
+        let f = connection_close(320, "x");
+        assert_eq!(&f[..7], &[1, 0, 0, 0, 0, 0, 12]);
+        assert_eq!(&f[7..11], &[0, 10, 0, 50]);
+        assert_eq!(&f[11..13], &320u16.to_be_bytes());
+        assert_eq!(*f.last().expect("non-empty"), FRAME_END);
+    }
+}

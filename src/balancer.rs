@@ -1,0 +1,384 @@
+//! Backends, their state, and the choice of one for a new connection.
+//!
+//! The set of backends is read on every accept and changed only on reload, so it
+//! lives in an `ArcSwap` and is swapped whole. Per-backend state (health verdict,
+//! operator mode, connection counts) is in atomics.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{BackendConfig, Balance};
+use crate::drain::ConnRegistry;
+
+/// What the health checker last concluded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Health {
+    Up = 0,
+    Down = 1,
+}
+
+/// What the operator asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[repr(u8)]
+pub enum Mode {
+    /// Health-driven.
+    Enabled = 0,
+    /// No new connections; existing ones are closed gracefully, paced.
+    Draining = 1,
+    /// No new connections; existing ones kept.
+    Disabled = 2,
+}
+
+/// The state shown to operators, combining health and mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Up,
+    Down,
+    Draining,
+    Disabled,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Up => "up",
+            State::Down => "down",
+            State::Draining => "draining",
+            State::Disabled => "disabled",
+        }
+    }
+}
+
+/// Health-check bookkeeping shown by the admin API.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CheckStatus {
+    /// Unix time (seconds) of the last completed check.
+    pub last_check: Option<f64>,
+    pub consecutive_successes: u32,
+    pub consecutive_failures: u32,
+    pub last_failure: Option<String>,
+}
+
+/// One RabbitMQ node as warren sees it.
+#[derive(Debug)]
+pub struct Backend {
+    pub config: BackendConfig,
+    health: AtomicU8,
+    mode: AtomicU8,
+    /// A resource alarm (memory/disk) on the node, per `health.on_alarm`.
+    alarm: AtomicBool,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    active: AtomicUsize,
+    total: AtomicU64,
+    /// When the backend last came up (for slow start); `None` while never down.
+    up_since: Mutex<Option<Instant>>,
+    pub check: Mutex<CheckStatus>,
+    /// Open client connections, so they can be drained.
+    pub conns: ConnRegistry,
+    /// Cancelled when the backend is removed: ends its health checker.
+    pub tasks: CancellationToken,
+}
+
+impl Backend {
+    pub fn new(config: BackendConfig) -> Self {
+        Backend {
+            config,
+            health: AtomicU8::new(Health::Up as u8),
+            mode: AtomicU8::new(Mode::Enabled as u8),
+            alarm: AtomicBool::new(false),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            active: AtomicUsize::new(0),
+            total: AtomicU64::new(0),
+            up_since: Mutex::new(None),
+            check: Mutex::new(CheckStatus::default()),
+            conns: ConnRegistry::default(),
+            tasks: CancellationToken::new(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn health(&self) -> Health {
+        if self.health.load(Ordering::Acquire) == Health::Up as u8 {
+            Health::Up
+        } else {
+            Health::Down
+        }
+    }
+
+    /// Sets the health verdict; returns the previous one.
+    pub fn set_health(&self, h: Health) -> Health {
+        let prev = self.health.swap(h as u8, Ordering::AcqRel);
+        if h == Health::Up && prev != Health::Up as u8 {
+            if let Ok(mut s) = self.up_since.lock() {
+                *s = Some(Instant::now());
+            }
+        }
+        if prev == Health::Up as u8 {
+            Health::Up
+        } else {
+            Health::Down
+        }
+    }
+
+    /// When the backend last came back up, if it ever went down.
+    pub fn up_since(&self) -> Option<Instant> {
+        self.up_since.lock().ok().and_then(|s| *s)
+    }
+
+    pub fn mode(&self) -> Mode {
+        match self.mode.load(Ordering::Acquire) {
+            1 => Mode::Draining,
+            2 => Mode::Disabled,
+            _ => Mode::Enabled,
+        }
+    }
+
+    /// Sets the operator mode; returns the previous one.
+    pub fn set_mode(&self, m: Mode) -> Mode {
+        match self.mode.swap(m as u8, Ordering::AcqRel) {
+            1 => Mode::Draining,
+            2 => Mode::Disabled,
+            _ => Mode::Enabled,
+        }
+    }
+
+    pub fn state(&self) -> State {
+        match (self.mode(), self.health()) {
+            (Mode::Disabled, _) => State::Disabled,
+            (Mode::Draining, _) => State::Draining,
+            (Mode::Enabled, Health::Down) => State::Down,
+            (Mode::Enabled, Health::Up) => State::Up,
+        }
+    }
+
+    /// May receive new connections.
+    pub fn usable(&self) -> bool {
+        self.state() == State::Up && !self.alarm()
+    }
+
+    pub fn alarm(&self) -> bool {
+        self.alarm.load(Ordering::Acquire)
+    }
+
+    /// Sets the alarm flag; returns the previous value.
+    pub fn set_alarm(&self, on: bool) -> bool {
+        self.alarm.swap(on, Ordering::AcqRel)
+    }
+
+    /// Share of its normal traffic a backend takes, in 0..=1000: ramps up linearly
+    /// over `slowstart` after it comes back, so it is not flooded (no herd).
+    pub fn weight_permille(&self, now: Instant, slowstart: Duration) -> u32 {
+        match self.up_since() {
+            Some(since) if !slowstart.is_zero() => {
+                let elapsed = now.saturating_duration_since(since);
+                if elapsed >= slowstart {
+                    1000
+                } else {
+                    // Never zero, so a lone returning backend still gets traffic.
+                    ((elapsed.as_millis() * 1000 / slowstart.as_millis()) as u32).max(10)
+                }
+            }
+            _ => 1000,
+        }
+    }
+
+    pub fn active_connections(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn total_connections(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Counts a connection for as long as the guard lives.
+    pub fn connection_guard(self: &Arc<Self>) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.total.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard {
+            backend: Arc::clone(self),
+        }
+    }
+}
+
+/// Decrements a backend's active count on drop.
+#[derive(Debug)]
+pub struct ActiveGuard {
+    backend: Arc<Backend>,
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.backend.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The backends in config order, and the round-robin cursor.
+#[derive(Debug)]
+pub struct Balancer {
+    backends: ArcSwap<Vec<Arc<Backend>>>,
+    policy: ArcSwap<Policy>,
+    cursor: AtomicUsize,
+}
+
+/// How to choose among usable backends.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    pub balance: Balance,
+    pub slowstart: Duration,
+}
+
+impl Balancer {
+    pub fn new(policy: Policy, backends: Vec<Arc<Backend>>) -> Self {
+        Balancer {
+            backends: ArcSwap::from_pointee(backends),
+            policy: ArcSwap::from_pointee(policy),
+            cursor: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn backends(&self) -> Arc<Vec<Arc<Backend>>> {
+        self.backends.load_full()
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Backend>> {
+        self.backends.load().iter().find(|b| b.name() == name).cloned()
+    }
+
+    /// Replaces the backend set (reload).
+    pub fn replace(&self, policy: Policy, backends: Vec<Arc<Backend>>) {
+        self.policy.store(Arc::new(policy));
+        self.backends.store(Arc::new(backends));
+    }
+
+    /// True when at least one backend may take new connections.
+    pub fn any_usable(&self) -> bool {
+        self.backends.load().iter().any(|b| b.usable())
+    }
+
+    /// Backends to try for a new connection, best first, at most `max`.
+    /// Only usable backends are returned; the caller tries them in order.
+    pub fn candidates(&self, max: usize) -> Vec<Arc<Backend>> {
+        let all = self.backends.load();
+        let n = all.len();
+        if n == 0 || max == 0 {
+            return Vec::new();
+        }
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        // Rotate so that ties are broken round-robin under both policies.
+        let mut usable: Vec<Arc<Backend>> = (0..n)
+            .map(|k| &all[(start + k) % n])
+            .filter(|b| b.usable())
+            .cloned()
+            .collect();
+        let policy = **self.policy.load();
+        if policy.balance == Balance::LeastConnections {
+            // Stable sort keeps the rotation among equals.
+            usable.sort_by_key(|b| b.active_connections());
+        }
+        // Slow start: a returning backend is skipped for a share of the picks that
+        // shrinks as its weight grows; it stays a fallback behind the others.
+        let now = Instant::now();
+        let roll = (start as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54; // 0..1024
+        let (mut ready, warming): (Vec<_>, Vec<_>) = usable.into_iter().partition(|b| {
+            let w = b.weight_permille(now, policy.slowstart);
+            w >= 1000 || roll * 1000 / 1024 < w as u64
+        });
+        ready.extend(warming);
+        ready.truncate(max);
+        ready
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(name: &str) -> Arc<Backend> {
+        Arc::new(Backend::new(BackendConfig {
+            name: name.into(),
+            address: format!("{name}:5672"),
+            management: None,
+        }))
+    }
+
+    fn policy(balance: Balance) -> Policy {
+        Policy {
+            balance,
+            slowstart: Duration::from_secs(10),
+        }
+    }
+
+    fn names(v: &[Arc<Backend>]) -> Vec<String> {
+        v.iter().map(|b| b.name().to_string()).collect()
+    }
+
+    #[test]
+    fn round_robin_rotates_and_skips_unusable() {
+        let (a, b, c) = (backend("a"), backend("b"), backend("c"));
+        let lb = Balancer::new(policy(Balance::RoundRobin), vec![a.clone(), b.clone(), c.clone()]);
+        let firsts: Vec<String> = (0..6).map(|_| names(&lb.candidates(1))[0].clone()).collect();
+        assert_eq!(firsts, ["a", "b", "c", "a", "b", "c"]);
+        b.set_health(Health::Down);
+        c.set_mode(Mode::Disabled);
+        for _ in 0..4 {
+            assert_eq!(names(&lb.candidates(3)), ["a"]);
+        }
+        a.set_mode(Mode::Draining);
+        assert!(lb.candidates(3).is_empty());
+        assert!(!lb.any_usable());
+    }
+
+    #[test]
+    fn least_connections_prefers_idle_backends() {
+        let (a, b, c) = (backend("a"), backend("b"), backend("c"));
+        let lb = Balancer::new(policy(Balance::LeastConnections), vec![a.clone(), b.clone(), c.clone()]);
+        let _g1 = a.connection_guard();
+        let _g2 = a.connection_guard();
+        let _g3 = c.connection_guard();
+        assert_eq!(names(&lb.candidates(3)), ["b", "c", "a"]);
+        assert_eq!(a.active_connections(), 2);
+        drop(_g1);
+        assert_eq!(a.active_connections(), 1);
+        assert_eq!(a.total_connections(), 2);
+    }
+
+    #[test]
+    fn slow_start_ramps_a_returning_backend() {
+        let (a, b) = (backend("a"), backend("b"));
+        let lb = Balancer::new(policy(Balance::LeastConnections), vec![a.clone(), b.clone()]);
+        let _busy = a.connection_guard();
+        b.set_health(Health::Down);
+        b.set_health(Health::Up);
+        // Least-connections alone would send every pick to the idle, returning `b`.
+        let to_b = (0..1000)
+            .filter(|_| lb.candidates(1)[0].name() == "b")
+            .count();
+        assert!(to_b < 100, "returning backend took {to_b} of 1000 picks at once");
+        assert_eq!(b.weight_permille(Instant::now() + Duration::from_secs(11), Duration::from_secs(10)), 1000);
+    }
+
+    #[test]
+    fn states_combine_health_and_mode() {
+        let a = backend("a");
+        assert_eq!(a.state(), State::Up);
+        a.set_health(Health::Down);
+        assert_eq!(a.state(), State::Down);
+        a.set_mode(Mode::Draining);
+        assert_eq!(a.state(), State::Draining);
+        a.set_mode(Mode::Disabled);
+        assert_eq!(a.state(), State::Disabled);
+    }
+}

@@ -1,0 +1,771 @@
+//! The configuration file: parsed once into validated types.
+//!
+//! Every struct rejects unknown keys, every default is stated here (and in
+//! `config/warren.yaml`), and every error names the file, the key and what was
+//! expected, so `warren check` can exit 64 with a useful message.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Errors found while loading a config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Parse { file: PathBuf, message: String },
+    #[error("{file}: key `{key}`: {message}")]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// A duration written the human way in YAML (`2s`, `500ms`, `1m`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    pub const fn secs(s: u64) -> Self {
+        HumanDuration(Duration::from_secs(s))
+    }
+    pub const fn millis(ms: u64) -> Self {
+        HumanDuration(Duration::from_millis(ms))
+    }
+    pub fn get(self) -> Duration {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim())
+            .map(HumanDuration)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "expected a duration such as `2s` or `500ms`, got `{s}` ({e})"
+                ))
+            })
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where AMQP clients connect.
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub balance: Balance,
+    /// Cap on concurrent client connections; beyond it new ones are refused at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How many other backends to try when connecting to one fails.
+    #[serde(default = "default_retries")]
+    pub retries: usize,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    pub backends: Vec<BackendConfig>,
+    #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(default)]
+    pub drain: DrainConfig,
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
+}
+
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_retries() -> usize {
+    2
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Admin HTTP listener: /healthz /readyz /metrics /api/...
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8404))
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastConnections,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// Connecting to one backend (HAProxy `timeout connect`).
+    #[serde(default = "default_connect_timeout")]
+    pub connect: HumanDuration,
+    /// Idle time after which a client connection is closed; off by default because
+    /// AMQP heartbeats already detect dead peers and an idle timeout shorter than the
+    /// heartbeat kills healthy connections (HAProxy `timeout client`/`timeout server`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<HumanDuration>,
+}
+
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration::secs(5)
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: default_connect_timeout(),
+            idle: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Unique name, used in logs, metrics and the admin API.
+    pub name: String,
+    /// The node's AMQP port, `host:port`.
+    pub address: String,
+    /// The node's management API base URL, e.g. `http://127.0.0.1:15672`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub management: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Time between two checks of a backend (HAProxy `inter`).
+    #[serde(default = "default_health_interval")]
+    pub interval: HumanDuration,
+    /// Time one check may take (HAProxy `timeout check`).
+    #[serde(default = "default_health_timeout")]
+    pub timeout: HumanDuration,
+    /// Consecutive successes that bring a down backend up (HAProxy `rise`).
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Consecutive failures that take an up backend down (HAProxy `fall`).
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+    /// Management API user for health checks.
+    #[serde(default = "default_username")]
+    pub username: String,
+    /// Management API password. Prefer `password_file` or `password_env`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// Management API checks, each `GET /api/health/checks/<name>`. Per-node checks
+    /// only: the cluster-wide `alarms` check fails on every node when one node has
+    /// an alarm, so it would take the whole cluster out.
+    #[serde(default = "default_checks")]
+    pub checks: Vec<String>,
+    /// What a memory or disk alarm on a node (the `local-alarms` check) does:
+    /// `stop-new` (no new connections, existing ones kept so consumers keep
+    /// draining it), `drain` (also close existing ones, paced), `ignore`.
+    #[serde(default)]
+    pub on_alarm: OnAlarm,
+    /// Probe interval while a backend's state is changing (HAProxy `fastinter`).
+    #[serde(default = "default_fast_interval")]
+    pub fast_interval: HumanDuration,
+    /// Probe interval while a backend is down (HAProxy `downinter`).
+    #[serde(default = "default_down_interval")]
+    pub down_interval: HumanDuration,
+    /// A backend that comes back receives new connections gradually over this
+    /// time (HAProxy `slowstart`); `0s` turns it off.
+    #[serde(default = "default_slowstart")]
+    pub slowstart: HumanDuration,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnAlarm {
+    #[default]
+    StopNew,
+    Drain,
+    Ignore,
+}
+
+fn default_checks() -> Vec<String> {
+    vec![
+        "local-alarms".to_string(),
+        "protocol-listener/amqp".to_string(),
+        "virtual-hosts".to_string(),
+    ]
+}
+fn default_fast_interval() -> HumanDuration {
+    HumanDuration::millis(500)
+}
+fn default_down_interval() -> HumanDuration {
+    HumanDuration::secs(5)
+}
+fn default_slowstart() -> HumanDuration {
+    HumanDuration::secs(10)
+}
+
+fn default_health_interval() -> HumanDuration {
+    HumanDuration::secs(2)
+}
+fn default_health_timeout() -> HumanDuration {
+    HumanDuration::secs(1)
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    3
+}
+fn default_username() -> String {
+    "guest".to_string()
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval: default_health_interval(),
+            timeout: default_health_timeout(),
+            rise: default_rise(),
+            fall: default_fall(),
+            username: default_username(),
+            password: None,
+            password_file: None,
+            password_env: None,
+            checks: default_checks(),
+            on_alarm: OnAlarm::default(),
+            fast_interval: default_fast_interval(),
+            down_interval: default_down_interval(),
+            slowstart: default_slowstart(),
+        }
+    }
+}
+
+impl HealthConfig {
+    /// The management API password, from wherever the config says it lives.
+    /// Defaults to `guest` when none is given (RabbitMQ's default user).
+    pub fn resolve_password(&self) -> Result<Secret, String> {
+        if let Some(p) = &self.password {
+            return Ok(p.clone());
+        }
+        if let Some(f) = &self.password_file {
+            return std::fs::read_to_string(f)
+                .map(|s| Secret(s.trim_end_matches(['\n', '\r']).to_string()))
+                .map_err(|e| format!("cannot read {}: {e}", f.display()));
+        }
+        if let Some(var) = &self.password_env {
+            return std::env::var(var)
+                .map(Secret)
+                .map_err(|_| format!("environment variable {var} is not set"));
+        }
+        Ok(Secret("guest".to_string()))
+    }
+}
+
+/// A string that never shows in logs, `Debug` output or `warren check`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainConfig {
+    /// Graceful closes of a drained backend's connections are spread over this window.
+    #[serde(default = "default_drain_window")]
+    pub window: HumanDuration,
+    /// After this, connections still open on a drained backend are closed hard.
+    #[serde(default = "default_drain_grace")]
+    pub grace: HumanDuration,
+    /// How long one connection may take to answer `connection.close` with `close-ok`.
+    #[serde(default = "default_close_timeout")]
+    pub close_timeout: HumanDuration,
+}
+
+fn default_drain_window() -> HumanDuration {
+    HumanDuration::secs(10)
+}
+fn default_drain_grace() -> HumanDuration {
+    HumanDuration::secs(30)
+}
+fn default_close_timeout() -> HumanDuration {
+    HumanDuration::secs(5)
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig {
+            window: default_drain_window(),
+            grace: default_drain_grace(),
+            close_timeout: default_close_timeout(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// On SIGTERM, open connections get `connection.close` and this long to finish.
+    #[serde(default = "default_shutdown_grace")]
+    pub grace: HumanDuration,
+}
+
+fn default_shutdown_grace() -> HumanDuration {
+    HumanDuration::secs(10)
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            grace: default_shutdown_grace(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (human-readable) or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A `tracing` filter (`info`, `warren=debug`); `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+fn default_log_level() -> String {
+    "info".to_string()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::default(),
+            level: default_log_level(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The RabbitMQ cluster `warren bootstrap` builds.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Local Erlang cookie, used to check the nodes share it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erlang_cookie_file: Option<PathBuf>,
+    /// The `rabbitmqctl` command (distributions wrap it differently).
+    #[serde(default = "default_rabbitmqctl")]
+    pub rabbitmqctl: String,
+    /// The first disc node is the seed the others join.
+    pub nodes: Vec<ClusterNode>,
+    #[serde(default)]
+    pub policies: Vec<PolicyConfig>,
+}
+
+fn default_rabbitmqctl() -> String {
+    "rabbitmqctl".to_string()
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterNode {
+    /// The `backends` entry this node is.
+    pub backend: String,
+    /// Its Erlang node name, `name@host`.
+    pub node: String,
+    #[serde(rename = "type", default)]
+    pub node_type: NodeType,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeType {
+    #[default]
+    Disc,
+    Ram,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    pub name: String,
+    #[serde(default = "default_vhost")]
+    pub vhost: String,
+    pub pattern: String,
+    #[serde(default)]
+    pub apply_to: ApplyTo,
+    #[serde(default)]
+    pub priority: i64,
+    pub definition: serde_json::Map<String, serde_json::Value>,
+}
+
+fn default_vhost() -> String {
+    "/".to_string()
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApplyTo {
+    #[default]
+    Queues,
+    Exchanges,
+    All,
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_yaml(&text, path)
+    }
+
+    /// Parses and validates YAML text; `path` only names the file in errors.
+    pub fn from_yaml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
+            file: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// The effective config, every default filled in, as YAML.
+    pub fn to_yaml(&self) -> String {
+        serde_saphyr::to_string(self).unwrap_or_else(|e| format!("# cannot serialize: {e}\n"))
+    }
+
+    fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            file: file.to_path_buf(),
+            key,
+            message,
+        };
+        if self.backends.is_empty() {
+            return Err(invalid(
+                "backends".into(),
+                "expected at least one backend".into(),
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid(
+                "max_connections".into(),
+                "expected a number greater than 0".into(),
+            ));
+        }
+        if self.timeouts.connect.get().is_zero() {
+            return Err(invalid(
+                "timeouts.connect".into(),
+                "expected a duration greater than 0".into(),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, b) in self.backends.iter().enumerate() {
+            if !valid_name(&b.name) {
+                return Err(invalid(
+                    format!("backends[{i}].name"),
+                    format!(
+                        "expected a non-empty name of letters, digits, `-`, `_` or `.`, got `{}`",
+                        b.name
+                    ),
+                ));
+            }
+            if !names.insert(b.name.as_str()) {
+                return Err(invalid(
+                    format!("backends[{i}].name"),
+                    format!("backend name `{}` is used twice", b.name),
+                ));
+            }
+            if split_host_port(&b.address).is_none() {
+                return Err(invalid(
+                    format!("backends[{i}].address"),
+                    format!("expected `host:port`, got `{}`", b.address),
+                ));
+            }
+            if let Some(m) = &b.management {
+                if let Err(e) = crate::mgmt::Endpoint::parse(m) {
+                    return Err(invalid(format!("backends[{i}].management"), e.to_string()));
+                }
+            }
+        }
+        let h = &self.health;
+        if h.interval.get().is_zero() {
+            return Err(invalid(
+                "health.interval".into(),
+                "expected a duration greater than 0".into(),
+            ));
+        }
+        if h.timeout.get().is_zero() {
+            return Err(invalid(
+                "health.timeout".into(),
+                "expected a duration greater than 0".into(),
+            ));
+        }
+        if h.rise == 0 {
+            return Err(invalid(
+                "health.rise".into(),
+                "expected a number greater than 0".into(),
+            ));
+        }
+        if h.fall == 0 {
+            return Err(invalid(
+                "health.fall".into(),
+                "expected a number greater than 0".into(),
+            ));
+        }
+        for (i, c) in h.checks.iter().enumerate() {
+            if c.is_empty() || c.starts_with('/') || c.contains("..") || c.contains('?') {
+                return Err(invalid(
+                    format!("health.checks[{i}]"),
+                    format!("expected a check name such as `local-alarms`, got `{c}`"),
+                ));
+            }
+        }
+        if h.fast_interval.get().is_zero() || h.down_interval.get().is_zero() {
+            return Err(invalid(
+                "health.fast_interval".into(),
+                "expected durations greater than 0 for fast_interval and down_interval".into(),
+            ));
+        }
+        let sources = [
+            h.password.is_some(),
+            h.password_file.is_some(),
+            h.password_env.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() > 1 {
+            return Err(invalid(
+                "health.password".into(),
+                "expected only one of `password`, `password_file`, `password_env`".into(),
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid(
+                "log.level".into(),
+                format!("expected a tracing filter such as `info` or `warren=debug`: {e}"),
+            ));
+        }
+        if let Some(c) = &self.cluster {
+            self.validate_cluster(c, file)?;
+        }
+        Ok(())
+    }
+
+    fn validate_cluster(&self, c: &ClusterConfig, file: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            file: file.to_path_buf(),
+            key,
+            message,
+        };
+        if c.nodes.is_empty() {
+            return Err(invalid(
+                "cluster.nodes".into(),
+                "expected at least one node".into(),
+            ));
+        }
+        if !c.nodes.iter().any(|n| n.node_type == NodeType::Disc) {
+            return Err(invalid(
+                "cluster.nodes".into(),
+                "expected at least one node of type `disc` (a cluster must keep one)".into(),
+            ));
+        }
+        let mut seen_nodes = std::collections::HashSet::new();
+        let mut seen_backends = std::collections::HashSet::new();
+        for (i, n) in c.nodes.iter().enumerate() {
+            if !self.backends.iter().any(|b| b.name == n.backend) {
+                return Err(invalid(
+                    format!("cluster.nodes[{i}].backend"),
+                    format!("expected the name of a `backends` entry, got `{}`", n.backend),
+                ));
+            }
+            if !seen_backends.insert(n.backend.as_str()) {
+                return Err(invalid(
+                    format!("cluster.nodes[{i}].backend"),
+                    format!("backend `{}` is listed twice", n.backend),
+                ));
+            }
+            if !valid_node_name(&n.node) {
+                return Err(invalid(
+                    format!("cluster.nodes[{i}].node"),
+                    format!("expected an Erlang node name such as `rabbit@node1`, got `{}`", n.node),
+                ));
+            }
+            if !seen_nodes.insert(n.node.as_str()) {
+                return Err(invalid(
+                    format!("cluster.nodes[{i}].node"),
+                    format!("node `{}` is listed twice", n.node),
+                ));
+            }
+        }
+        for (i, p) in c.policies.iter().enumerate() {
+            if p.name.is_empty() {
+                return Err(invalid(
+                    format!("cluster.policies[{i}].name"),
+                    "expected a non-empty policy name".into(),
+                ));
+            }
+            if p.definition.is_empty() {
+                return Err(invalid(
+                    format!("cluster.policies[{i}].definition"),
+                    "expected at least one key".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// `name@host`: both parts non-empty, no spaces, one `@`.
+fn valid_node_name(s: &str) -> bool {
+    let mut parts = s.split('@');
+    let (Some(name), Some(host), None) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let ok = |p: &str| {
+        !p.is_empty()
+            && p
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    ok(name) && ok(host)
+}
+
+/// Splits `host:port` (or `[v6]:port`) into its parts.
+pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() || port == 0 {
+        return None;
+    }
+    Some((host, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml(s, Path::new("test.yaml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse("listen: 127.0.0.1:5672\nbackends:\n  - {name: a, address: 'h:5672'}\n")
+            .expect("valid");
+        assert_eq!(c.balance, Balance::RoundRobin);
+        assert_eq!(c.timeouts.connect.get(), Duration::from_secs(5));
+        assert_eq!(c.health.fall, 3);
+        assert_eq!(c.admin.listen.port(), 8404);
+    }
+
+    #[test]
+    fn effective_config_round_trips() {
+        let c = parse("listen: 127.0.0.1:5672\nbackends:\n  - {name: a, address: 'h:5672'}\n")
+            .expect("valid");
+        let again = parse(&c.to_yaml()).expect("effective config parses again");
+        assert_eq!(again.backends, c.backends);
+        assert_eq!(again.health.interval, c.health.interval);
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let c = parse(
+            "listen: 127.0.0.1:5672\nhealth: {password: hunter2}\nbackends:\n  - {name: a, address: 'h:1'}\n",
+        )
+        .expect("valid");
+        assert!(!c.to_yaml().contains("hunter2"));
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn host_port() {
+        assert_eq!(split_host_port("a:1"), Some(("a", 1)));
+        assert_eq!(split_host_port("[::1]:5672"), Some(("::1", 5672)));
+        assert_eq!(split_host_port("a"), None);
+        assert_eq!(split_host_port("a:0"), None);
+        assert_eq!(split_host_port(":5"), None);
+    }
+
+    #[test]
+    fn node_names() {
+        assert!(valid_node_name("rabbit@node1"));
+        assert!(!valid_node_name("rabbit"));
+        assert!(!valid_node_name("a@b@c"));
+        assert!(!valid_node_name("@b"));
+    }
+}

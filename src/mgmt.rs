@@ -1,0 +1,221 @@
+//! A small client for the RabbitMQ management HTTP API.
+//!
+//! Used by the health checker and by `warren bootstrap`. One HTTP/1.1 request per
+//! connection (checks are seconds apart; a pool would only hide a dead node), with
+//! a deadline on the whole exchange and a cap on the body size, so a hostile or
+//! broken management API can never stall the caller or eat its memory.
+
+use std::fmt;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::config::Secret;
+
+/// Bodies larger than this are refused (health answers are tiny; overview is a few KiB).
+pub const MAX_BODY: usize = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MgmtError {
+    #[error("invalid management URL `{0}`: expected http://host:port[/prefix]")]
+    BadUrl(String),
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("HTTP: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("body larger than {MAX_BODY} bytes")]
+    BodyTooLarge,
+    #[error("bad request: {0}")]
+    Request(String),
+}
+
+/// A parsed management base URL.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `host:port`, as connected to.
+    pub authority: String,
+    /// Path prefix without trailing slash (usually empty).
+    pub prefix: String,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "http://{}{}", self.authority, self.prefix)
+    }
+}
+
+impl Endpoint {
+    pub fn parse(url: &str) -> Result<Endpoint, MgmtError> {
+        let bad = || MgmtError::BadUrl(url.to_string());
+        let rest = url.strip_prefix("http://").ok_or_else(bad)?;
+        let (authority, prefix) = match rest.find('/') {
+            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+            None => (rest, ""),
+        };
+        if authority.contains('@') {
+            // Credentials belong in health.username/password, never in a URL that gets logged.
+            return Err(bad());
+        }
+        let authority = if crate::config::split_host_port(authority).is_some() {
+            authority.to_string()
+        } else if !authority.is_empty() && !authority.contains(':') {
+            format!("{authority}:80")
+        } else {
+            return Err(bad());
+        };
+        Ok(Endpoint {
+            authority,
+            prefix: prefix.to_string(),
+        })
+    }
+}
+
+/// Credentials for basic auth.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    pub username: String,
+    pub password: Secret,
+}
+
+impl Credentials {
+    fn header(&self) -> HeaderValue {
+        let raw = format!("{}:{}", self.username, self.password.0);
+        let enc = base64::engine::general_purpose::STANDARD.encode(raw);
+        let mut v = HeaderValue::from_str(&format!("Basic {enc}"))
+            .unwrap_or_else(|_| HeaderValue::from_static("Basic"));
+        v.set_sensitive(true);
+        v
+    }
+}
+
+/// One answer: status and (bounded) body.
+#[derive(Debug)]
+pub struct Response {
+    pub status: StatusCode,
+    pub body: Bytes,
+}
+
+impl Response {
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+}
+
+/// Percent-encodes one path segment (vhost `/` becomes `%2F`).
+pub fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Sends one request and reads the answer, all within `timeout`.
+pub async fn request(
+    ep: &Endpoint,
+    creds: &Credentials,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+    timeout: Duration,
+) -> Result<Response, MgmtError> {
+    tokio::time::timeout(timeout, request_inner(ep, creds, method, path, body))
+        .await
+        .map_err(|_| MgmtError::Timeout(timeout))?
+}
+
+async fn request_inner(
+    ep: &Endpoint,
+    creds: &Credentials,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<Response, MgmtError> {
+    let stream = TcpStream::connect(&ep.authority)
+        .await
+        .map_err(|source| MgmtError::Connect {
+            addr: ep.authority.clone(),
+            source,
+        })?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    // The connection future drives the socket; it ends with this request.
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let uri = format!("{}{}", ep.prefix, path);
+    let payload = match &body {
+        Some(v) => Bytes::from(serde_json::to_vec(v).map_err(|e| MgmtError::Request(e.to_string()))?),
+        None => Bytes::new(),
+    };
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Full::new(payload))
+        .map_err(|e| MgmtError::Request(e.to_string()))?;
+    let headers = req.headers_mut();
+    headers.insert(
+        HOST,
+        HeaderValue::from_str(&ep.authority).unwrap_or_else(|_| HeaderValue::from_static("localhost")),
+    );
+    headers.insert(AUTHORIZATION, creds.header());
+    if body.is_some() {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    let result = async {
+        let resp = sender.send_request(req).await?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| match e.downcast::<hyper::Error>() {
+                Ok(h) => MgmtError::Http(*h),
+                Err(_) => MgmtError::BodyTooLarge,
+            })?
+            .to_bytes();
+        Ok(Response { status, body })
+    }
+    .await;
+    driver.abort();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_endpoints() {
+        let e = Endpoint::parse("http://127.0.0.1:15672").expect("valid");
+        assert_eq!(e.authority, "127.0.0.1:15672");
+        assert_eq!(e.prefix, "");
+        let e = Endpoint::parse("http://mq/rabbit/").expect("valid");
+        assert_eq!(e.authority, "mq:80");
+        assert_eq!(e.prefix, "/rabbit");
+        assert!(Endpoint::parse("https://x:1").is_err());
+        assert!(Endpoint::parse("http://u:p@x:1").is_err());
+        assert!(Endpoint::parse("http://").is_err());
+    }
+
+    #[test]
+    fn encodes_vhost() {
+        assert_eq!(encode_segment("/"), "%2F");
+        assert_eq!(encode_segment("ha-all"), "ha-all");
+    }
+}
