@@ -139,8 +139,11 @@ fn operate(app: &App, b: &Arc<Backend>, action: &str) {
                 DrainPlan {
                     window: cfg.drain.window.get(),
                     grace: cfg.drain.grace.get(),
-                    reason: format!("warren: draining node {} (operator request), reconnect", b.name())
-                        .into(),
+                    reason: format!(
+                        "warren: draining node {} (operator request), reconnect",
+                        b.name()
+                    )
+                    .into(),
                 },
                 &app.shutdown,
             );
@@ -170,8 +173,10 @@ fn only_get(method: &Method, f: impl FnOnce() -> Response<Body>) -> Response<Bod
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 

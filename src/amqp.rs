@@ -180,8 +180,12 @@ impl FrameTracker {
                     if self.head_len == 7 {
                         let ftype = self.head[0];
                         let channel = u16::from_be_bytes([self.head[1], self.head[2]]);
-                        let size =
-                            u32::from_be_bytes([self.head[3], self.head[4], self.head[5], self.head[6]]);
+                        let size = u32::from_be_bytes([
+                            self.head[3],
+                            self.head[4],
+                            self.head[5],
+                            self.head[6],
+                        ]);
                         if !matches!(ftype, 1 | 2 | 3 | 4 | 8) {
                             self.state = State::Lost;
                             return data.len();

@@ -254,7 +254,11 @@ impl Balancer {
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Backend>> {
-        self.backends.load().iter().find(|b| b.name() == name).cloned()
+        self.backends
+            .load()
+            .iter()
+            .find(|b| b.name() == name)
+            .cloned()
     }
 
     /// Replaces the backend set (reload).
@@ -328,8 +332,13 @@ mod tests {
     #[test]
     fn round_robin_rotates_and_skips_unusable() {
         let (a, b, c) = (backend("a"), backend("b"), backend("c"));
-        let lb = Balancer::new(policy(Balance::RoundRobin), vec![a.clone(), b.clone(), c.clone()]);
-        let firsts: Vec<String> = (0..6).map(|_| names(&lb.candidates(1))[0].clone()).collect();
+        let lb = Balancer::new(
+            policy(Balance::RoundRobin),
+            vec![a.clone(), b.clone(), c.clone()],
+        );
+        let firsts: Vec<String> = (0..6)
+            .map(|_| names(&lb.candidates(1))[0].clone())
+            .collect();
         assert_eq!(firsts, ["a", "b", "c", "a", "b", "c"]);
         b.set_health(Health::Down);
         c.set_mode(Mode::Disabled);
@@ -344,7 +353,10 @@ mod tests {
     #[test]
     fn least_connections_prefers_idle_backends() {
         let (a, b, c) = (backend("a"), backend("b"), backend("c"));
-        let lb = Balancer::new(policy(Balance::LeastConnections), vec![a.clone(), b.clone(), c.clone()]);
+        let lb = Balancer::new(
+            policy(Balance::LeastConnections),
+            vec![a.clone(), b.clone(), c.clone()],
+        );
         let _g1 = a.connection_guard();
         let _g2 = a.connection_guard();
         let _g3 = c.connection_guard();
@@ -358,7 +370,10 @@ mod tests {
     #[test]
     fn slow_start_ramps_a_returning_backend() {
         let (a, b) = (backend("a"), backend("b"));
-        let lb = Balancer::new(policy(Balance::LeastConnections), vec![a.clone(), b.clone()]);
+        let lb = Balancer::new(
+            policy(Balance::LeastConnections),
+            vec![a.clone(), b.clone()],
+        );
         let _busy = a.connection_guard();
         b.set_health(Health::Down);
         b.set_health(Health::Up);
@@ -366,8 +381,17 @@ mod tests {
         let to_b = (0..1000)
             .filter(|_| lb.candidates(1)[0].name() == "b")
             .count();
-        assert!(to_b < 100, "returning backend took {to_b} of 1000 picks at once");
-        assert_eq!(b.weight_permille(Instant::now() + Duration::from_secs(11), Duration::from_secs(10)), 1000);
+        assert!(
+            to_b < 100,
+            "returning backend took {to_b} of 1000 picks at once"
+        );
+        assert_eq!(
+            b.weight_permille(
+                Instant::now() + Duration::from_secs(11),
+                Duration::from_secs(10)
+            ),
+            1000
+        );
     }
 
     #[test]

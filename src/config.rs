@@ -638,7 +638,10 @@ impl Config {
             if !self.backends.iter().any(|b| b.name == n.backend) {
                 return Err(invalid(
                     format!("cluster.nodes[{i}].backend"),
-                    format!("expected the name of a `backends` entry, got `{}`", n.backend),
+                    format!(
+                        "expected the name of a `backends` entry, got `{}`",
+                        n.backend
+                    ),
                 ));
             }
             if !seen_backends.insert(n.backend.as_str()) {
@@ -650,7 +653,10 @@ impl Config {
             if !valid_node_name(&n.node) {
                 return Err(invalid(
                     format!("cluster.nodes[{i}].node"),
-                    format!("expected an Erlang node name such as `rabbit@node1`, got `{}`", n.node),
+                    format!(
+                        "expected an Erlang node name such as `rabbit@node1`, got `{}`",
+                        n.node
+                    ),
                 ));
             }
             if !seen_nodes.insert(n.node.as_str()) {
@@ -681,8 +687,7 @@ impl Config {
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
@@ -694,8 +699,7 @@ fn valid_node_name(s: &str) -> bool {
     };
     let ok = |p: &str| {
         !p.is_empty()
-            && p
-                .chars()
+            && p.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     };
     ok(name) && ok(host)

@@ -162,7 +162,11 @@ async fn run(backend: &Backend, plan: &DrainPlan) {
     }
     let left = backend.conns.len();
     if left > 0 {
-        tracing::warn!(backend = backend.name(), connections = left, "drain grace over, closing hard");
+        tracing::warn!(
+            backend = backend.name(),
+            connections = left,
+            "drain grace over, closing hard"
+        );
         backend.conns.broadcast(Command::Hard);
     } else {
         tracing::info!(backend = backend.name(), "drained");

@@ -213,8 +213,11 @@ fn set_alarm(app: &App, backend: &Arc<Backend>, alarm: Option<String>) {
                     DrainPlan {
                         window: cfg.drain.window.get(),
                         grace: cfg.drain.grace.get(),
-                        reason: format!("warren: node {} has a resource alarm, reconnect", backend.name())
-                            .into(),
+                        reason: format!(
+                            "warren: node {} has a resource alarm, reconnect",
+                            backend.name()
+                        )
+                        .into(),
                     },
                     &app.shutdown,
                 );

@@ -1,6 +1,6 @@
 //! The `warren` command: parse arguments, load the config, call the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -10,7 +10,11 @@ use warren::config::Config;
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "warren", version, about = "AMQP-aware TCP load balancer for RabbitMQ clusters")]
+#[command(
+    name = "warren",
+    version,
+    about = "AMQP-aware TCP load balancer for RabbitMQ clusters"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -31,7 +35,7 @@ enum Cmd {
     },
 }
 
-fn load(path: &PathBuf) -> Result<Config, ExitCode> {
+fn load(path: &Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| {
         eprintln!("warren: config error: {e}");
         ExitCode::from(EXIT_CONFIG)

@@ -161,7 +161,9 @@ async fn request_inner(
     });
     let uri = format!("{}{}", ep.prefix, path);
     let payload = match &body {
-        Some(v) => Bytes::from(serde_json::to_vec(v).map_err(|e| MgmtError::Request(e.to_string()))?),
+        Some(v) => {
+            Bytes::from(serde_json::to_vec(v).map_err(|e| MgmtError::Request(e.to_string()))?)
+        }
         None => Bytes::new(),
     };
     let mut req = Request::builder()
@@ -172,7 +174,8 @@ async fn request_inner(
     let headers = req.headers_mut();
     headers.insert(
         HOST,
-        HeaderValue::from_str(&ep.authority).unwrap_or_else(|_| HeaderValue::from_static("localhost")),
+        HeaderValue::from_str(&ep.authority)
+            .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
     );
     headers.insert(AUTHORIZATION, creds.header());
     if body.is_some() {

@@ -142,7 +142,17 @@ pub async fn pump(
         stop_on_hard(forward(client, server, Dir::Up, cmd.clone(), close_timeout, &shared).await)
     };
     let down = async {
-        stop_on_hard(forward(server, client, Dir::Down, cmd.clone(), close_timeout, &shared).await)
+        stop_on_hard(
+            forward(
+                server,
+                client,
+                Dir::Down,
+                cmd.clone(),
+                close_timeout,
+                &shared,
+            )
+            .await,
+        )
     };
     match tokio::try_join!(up, down) {
         Ok((End::Graceful, _)) | Ok((_, End::Graceful)) => Ok(End::Graceful),

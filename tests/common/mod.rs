@@ -1,0 +1,398 @@
+//! Helpers shared by the end-to-end tests: the three real RabbitMQ nodes started by
+//! `scripts/local-cluster`, an in-process warren in front of them, and small
+//! management API and rabbitmqctl wrappers.
+//!
+//! The nodes are found through the same environment variables the script uses
+//! (`WARREN_NODE_PREFIX`, `WARREN_AMQP_BASE`, `WARREN_MGMT_BASE`), so a second set
+//! of nodes can serve a second checkout. Tests fail, never skip, when the nodes
+//! are missing.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::{Connection, ConnectionProperties};
+use tokio::sync::Mutex;
+use warren::config::Config;
+
+/// Tests that stop, freeze or alarm a node hold this, so they run one at a time
+/// within a test binary (cargo runs test binaries one after another).
+pub fn disruptive() -> &'static Mutex<()> {
+    static LOCK: OnceLock<Mutex<()>> = OnceLock::new();
+    LOCK.get_or_init(|| Mutex::new(()))
+}
+
+fn env_u16(name: &str, default: u16) -> u16 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One of the three local nodes.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub index: usize,
+    /// Erlang node name, e.g. `n1@host`.
+    pub name: String,
+    /// Backend name used in warren's config (`n1`).
+    pub backend: String,
+    pub amqp: SocketAddr,
+    pub mgmt: SocketAddr,
+}
+
+impl Node {
+    pub fn mgmt_url(&self) -> String {
+        format!("http://{}", self.mgmt)
+    }
+}
+
+pub fn hostname() -> String {
+    let out = std::process::Command::new("hostname")
+        .arg("-s")
+        .output()
+        .expect("the `hostname` command runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The three nodes; panics (fails the test) when any of them is not answering.
+pub fn nodes() -> Vec<Node> {
+    let prefix = std::env::var("WARREN_NODE_PREFIX").unwrap_or_else(|_| "n".into());
+    let amqp_base = env_u16("WARREN_AMQP_BASE", 5680);
+    let mgmt_base = env_u16("WARREN_MGMT_BASE", 15680);
+    let host = hostname();
+    (1..=3)
+        .map(|i| Node {
+            index: i,
+            name: format!("{prefix}{i}@{host}"),
+            backend: format!("{prefix}{i}"),
+            amqp: SocketAddr::from(([127, 0, 0, 1], amqp_base + i as u16)),
+            mgmt: SocketAddr::from(([127, 0, 0, 1], mgmt_base + i as u16)),
+        })
+        .collect()
+}
+
+/// The nodes, after checking that every one answers on AMQP and management.
+pub async fn cluster() -> Vec<Node> {
+    let nodes = nodes();
+    for n in &nodes {
+        let ok = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if mgmt_get(n, "/api/health/checks/virtual-hosts")
+                    .await
+                    .is_ok()
+                    && tokio::net::TcpStream::connect(n.amqp).await.is_ok()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+        .await;
+        assert!(
+            ok.is_ok(),
+            "RabbitMQ node {} (amqp {}, management {}) is not running: start the nodes with \
+             `scripts/local-cluster up` or run the suite with `scripts/test`",
+            n.name,
+            n.amqp,
+            n.mgmt
+        );
+    }
+    nodes
+}
+
+/// GET on a node's management API as guest; the JSON answer.
+pub async fn mgmt_get(node: &Node, path: &str) -> Result<serde_json::Value, String> {
+    let ep = warren::mgmt::Endpoint::parse(&node.mgmt_url()).map_err(|e| e.to_string())?;
+    let r = warren::mgmt::request(
+        &ep,
+        &guest(),
+        hyper::Method::GET,
+        path,
+        None,
+        Duration::from_secs(10),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    if !r.status.is_success() {
+        return Err(format!("HTTP {}", r.status));
+    }
+    r.json().ok_or_else(|| "not JSON".to_string())
+}
+
+pub fn guest() -> warren::mgmt::Credentials {
+    warren::mgmt::Credentials {
+        username: "guest".into(),
+        password: warren::config::Secret("guest".into()),
+    }
+}
+
+/// Runs `rabbitmqctl -n <node> args...`; panics with its output when it fails.
+pub fn rabbitmqctl(node: &Node, args: &[&str]) -> String {
+    let out = std::process::Command::new("rabbitmqctl")
+        .arg("-n")
+        .arg(&node.name)
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "rabbitmqctl -n {} {:?} failed: {text}",
+        node.name,
+        args
+    );
+    text
+}
+
+/// Stops the RabbitMQ app on a node and starts it again when dropped, so a failing
+/// test never leaves the cluster short of a node.
+pub struct StoppedApp {
+    node: Node,
+}
+
+impl StoppedApp {
+    pub fn stop(node: &Node) -> StoppedApp {
+        rabbitmqctl(node, &["stop_app"]);
+        StoppedApp { node: node.clone() }
+    }
+}
+
+impl Drop for StoppedApp {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["-n", &self.node.name, "start_app"])
+            .output();
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["-n", &self.node.name, "await_startup", "--timeout", "60"])
+            .output();
+    }
+}
+
+/// A warren config for the three nodes, listeners on ephemeral ports. `extra` is
+/// YAML appended at the top level (for instance `balance: least-connections`).
+pub fn config_yaml(nodes: &[Node], extra: &str) -> String {
+    let mut y = String::from("listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n");
+    y.push_str(extra);
+    if !extra.is_empty() && !extra.ends_with('\n') {
+        y.push('\n');
+    }
+    if !extra.contains("\nbackends:") && !extra.starts_with("backends:") {
+        y.push_str("backends:\n");
+        for n in nodes {
+            y.push_str(&format!(
+                "  - name: {}\n    address: {}\n    management: {}\n",
+                n.backend,
+                n.amqp,
+                n.mgmt_url()
+            ));
+        }
+    }
+    y
+}
+
+/// A warren running in this process.
+pub struct Warren {
+    pub app: Arc<warren::App>,
+    pub amqp: SocketAddr,
+    pub admin: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Warren {
+    pub async fn start(yaml: &str) -> Warren {
+        init_logs();
+        let config =
+            Config::from_yaml(yaml, &PathBuf::from("test.yaml")).expect("test config is valid");
+        let server = warren::Server::bind(config, PathBuf::from("test.yaml"))
+            .await
+            .expect("warren binds");
+        let (app, amqp, admin) = (server.app.clone(), server.amqp_addr, server.admin_addr);
+        let task = tokio::spawn(server.run());
+        Warren {
+            app,
+            amqp,
+            admin,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.amqp)
+    }
+
+    /// GET on warren's admin API; (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        admin_request(self.admin, "GET", path).await
+    }
+
+    pub async fn admin_post(&self, path: &str) -> (u16, String) {
+        admin_request(self.admin, "POST", path).await
+    }
+
+    /// `GET /api/backends/{name}` as JSON.
+    pub async fn backend(&self, name: &str) -> serde_json::Value {
+        let (status, body) = self.admin_get(&format!("/api/backends/{name}")).await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("backend JSON")
+    }
+
+    /// Waits until `backend` reports `state`, up to `within`.
+    pub async fn wait_state(&self, backend: &str, state: &str, within: Duration) -> Duration {
+        let start = tokio::time::Instant::now();
+        loop {
+            let b = self.backend(backend).await;
+            if b["state"] == state {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < within,
+                "backend {backend} not {state} within {within:?}: {b}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn stop(self) {
+        self.app.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.task).await;
+    }
+}
+
+/// A minimal HTTP/1.1 request to the admin API.
+pub async fn admin_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("admin reachable");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: warren\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.expect("request sent");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("answer read");
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn init_logs() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// An AMQP connection through `url` with a real client library.
+pub async fn amqp_connect(url: &str) -> Connection {
+    amqp_connect_named(url, "warren-test").await
+}
+
+/// Same, with a connection name the management API shows (`client_properties`).
+pub async fn amqp_connect_named(url: &str, name: &str) -> Connection {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    tokio::time::timeout(Duration::from_secs(20), Connection::connect(url, props))
+        .await
+        .expect("AMQP connect in time")
+        .expect("AMQP connect")
+}
+
+/// The first error a connection reports (for instance a broker's connection.close).
+pub async fn next_error(conn: &Connection, within: Duration) -> Option<lapin::Error> {
+    let mut events = conn.events_listener();
+    tokio::time::timeout(within, async {
+        while let Some(ev) = events.next().await {
+            if let lapin::Event::Error(e) = ev {
+                return Some(e);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// The AMQP reply code of a protocol error, if that is what `e` is.
+pub fn reply_code(e: &lapin::Error) -> Option<u16> {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.get_id()),
+        _ => None,
+    }
+}
+
+/// A name unique to this test run, for queues and connection names.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Nodes of the broker connections whose connection name starts with `prefix`.
+pub async fn nodes_of_named(via: &Node, prefix: &str) -> Vec<String> {
+    let v = mgmt_get(via, "/api/connections?columns=node,client_properties")
+        .await
+        .expect("GET /api/connections");
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|c| {
+                    c["client_properties"]["connection_name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with(prefix))
+                })
+                .filter_map(|c| c["node"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until the management API lists `n` connections named `prefix*` (its
+/// connection list lags a little behind the sockets).
+pub async fn wait_named(via: &Node, prefix: &str, n: usize) -> Vec<String> {
+    let start = tokio::time::Instant::now();
+    loop {
+        let found = nodes_of_named(via, prefix).await;
+        if found.len() == n || start.elapsed() > Duration::from_secs(30) {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// How many of `nodes_list` are each node, in node order.
+pub fn per_node(nodes: &[Node], nodes_list: &[String]) -> Vec<usize> {
+    nodes
+        .iter()
+        .map(|n| nodes_list.iter().filter(|x| **x == n.name).count())
+        .collect()
+}

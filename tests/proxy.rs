@@ -1,0 +1,298 @@
+//! End to end: clients with a real AMQP library, through warren, to the three real
+//! RabbitMQ nodes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_connections_land_ten_per_node() {
+    let _g = disruptive().lock().await;
+    let nodes = cluster().await;
+    let w = Warren::start(&config_yaml(&nodes, "")).await;
+    let prefix = unique("spread");
+    let mut conns = Vec::new();
+    for i in 0..30 {
+        conns.push(amqp_connect_named(&w.url(), &format!("{prefix}-{i}")).await);
+    }
+    let seen = wait_named(&nodes[0], &prefix, 30).await;
+    assert_eq!(
+        per_node(&nodes, &seen),
+        vec![10, 10, 10],
+        "connections per node: {seen:?}"
+    );
+    for b in ["n1", "n2", "n3"] {
+        let v = w
+            .backend(&nodes[b.as_bytes()[1] as usize - b'1' as usize].backend)
+            .await;
+        assert_eq!(v["active_connections"], 10, "{v}");
+    }
+    for c in conns {
+        let _ = c.close(200, "bye".into()).await;
+    }
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_messages_published_and_consumed() {
+    let nodes = cluster().await;
+    let w = Warren::start(&config_yaml(&nodes, "")).await;
+    let queue = unique("q-thousand");
+    let publisher = amqp_connect(&w.url()).await;
+    let consumer = amqp_connect(&w.url()).await;
+    let pch = publisher.create_channel().await.expect("channel");
+    pch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    pch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions {
+            auto_delete: false,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    for i in 0..1000u32 {
+        pch.basic_publish(
+            "".into(),
+            queue.as_str().into(),
+            BasicPublishOptions::default(),
+            &i.to_be_bytes(),
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    }
+    let cch = consumer.create_channel().await.expect("channel");
+    let mut deliveries = cch
+        .basic_consume(
+            queue.as_str().into(),
+            "c".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let mut seen = vec![false; 1000];
+    let got = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut n = 0;
+        while n < 1000 {
+            let d = deliveries
+                .next()
+                .await
+                .expect("stream open")
+                .expect("delivery");
+            let i = u32::from_be_bytes(d.data[..4].try_into().expect("4 bytes")) as usize;
+            if !seen[i] {
+                seen[i] = true;
+                n += 1;
+            }
+            d.ack(BasicAckOptions::default()).await.expect("ack");
+        }
+        n
+    })
+    .await
+    .expect("all messages within 60 s");
+    assert_eq!(got, 1000);
+    assert!(seen.iter().all(|s| *s));
+    let _ = cch
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_mib_message_round_trips_intact() {
+    let nodes = cluster().await;
+    let w = Warren::start(&config_yaml(&nodes, "")).await;
+    let queue = unique("q-big");
+    let conn = amqp_connect(&w.url()).await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    // A pattern that shifts every byte, so a lost or duplicated chunk shows.
+    let payload: Vec<u8> = (0..16 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    ch.basic_publish(
+        "".into(),
+        queue.as_str().into(),
+        BasicPublishOptions::default(),
+        &payload,
+        BasicProperties::default(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("confirm");
+    let got = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if let Some(m) = ch
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+                .await
+                .expect("get")
+            {
+                return m.delivery.data;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("message back within 60 s");
+    assert_eq!(got.len(), payload.len());
+    assert!(got == payload, "16 MiB payload changed on the way");
+    let _ = ch
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_app_on_one_node_new_connections_all_succeed() {
+    let _g = disruptive().lock().await;
+    let nodes = cluster().await;
+    // Health checks slower than the test, so it is the proxy's retry that is tested.
+    let w = Warren::start(&config_yaml(
+        &nodes,
+        "health:\n  interval: 1h\n  password: guest\n",
+    ))
+    .await;
+    let stopped = StoppedApp::stop(&nodes[1]);
+    let prefix = unique("after-stop");
+    let mut conns = Vec::new();
+    for i in 0..20 {
+        conns.push(amqp_connect_named(&w.url(), &format!("{prefix}-{i}")).await);
+    }
+    let seen = wait_named(&nodes[0], &prefix, 20).await;
+    let counts = per_node(&nodes, &seen);
+    assert_eq!(counts[1], 0, "{seen:?}");
+    assert_eq!(counts[0] + counts[2], 20, "{seen:?}");
+    for c in conns {
+        let _ = c.close(200, "bye".into()).await;
+    }
+    drop(stopped);
+    cluster().await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_connections_picks_the_least_loaded_node() {
+    let _g = disruptive().lock().await;
+    let nodes = cluster().await;
+    let w = Warren::start(&config_yaml(
+        &nodes,
+        "balance: least-connections\nhealth:\n  slowstart: 0s\n  password: guest\n",
+    ))
+    .await;
+    // Load n1 with 6 connections while the others are disabled.
+    w.admin_post(&format!("/api/backends/{}/disable", nodes[1].backend))
+        .await;
+    w.admin_post(&format!("/api/backends/{}/disable", nodes[2].backend))
+        .await;
+    let prefix = unique("lc");
+    let mut conns = Vec::new();
+    for i in 0..6 {
+        conns.push(amqp_connect_named(&w.url(), &format!("{prefix}-{i}")).await);
+    }
+    w.admin_post(&format!("/api/backends/{}/enable", nodes[1].backend))
+        .await;
+    w.admin_post(&format!("/api/backends/{}/enable", nodes[2].backend))
+        .await;
+    // The next 12 must fill n2 and n3 up to n1's level before n1 gets any.
+    for i in 6..18 {
+        conns.push(amqp_connect_named(&w.url(), &format!("{prefix}-{i}")).await);
+    }
+    let seen = wait_named(&nodes[0], &prefix, 18).await;
+    assert_eq!(per_node(&nodes, &seen), vec![6, 6, 6], "{seen:?}");
+    for c in conns {
+        let _ = c.close(200, "bye".into()).await;
+    }
+    w.stop().await;
+}
+
+/// Half-close is TCP behaviour, tested against a small TCP backend that answers
+/// only after the client has finished sending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_is_propagated() {
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let baddr = backend.local_addr().expect("addr");
+    tokio::spawn(async move {
+        // Every connection (the health checker's TCP probe too) gets the same service.
+        while let Ok((mut s, _)) = backend.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                if s.read_to_end(&mut got).await.is_ok() {
+                    let _ = s
+                        .write_all(format!("got {} bytes", got.len()).as_bytes())
+                        .await;
+                }
+                // Dropping closes our side.
+            });
+        }
+    });
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nhealth:\n  interval: 1h\nbackends:\n  - name: echo\n    address: {baddr}\n"
+    );
+    let w = Warren::start(&yaml).await;
+    let mut c = tokio::net::TcpStream::connect(w.amqp)
+        .await
+        .expect("connect");
+    c.write_all(&[7u8; 100_000]).await.expect("write");
+    c.shutdown().await.expect("half-close");
+    let mut reply = String::new();
+    tokio::time::timeout(Duration::from_secs(10), c.read_to_string(&mut reply))
+        .await
+        .expect("reply in time")
+        .expect("read");
+    assert_eq!(reply, "got 100000 bytes");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_reports_backends_and_readiness() {
+    let nodes = cluster().await;
+    let w = Warren::start(&config_yaml(&nodes, "")).await;
+    assert_eq!(w.admin_get("/healthz").await.0, 200);
+    assert_eq!(w.admin_get("/readyz").await.0, 200);
+    let (status, body) = w.admin_get("/api/backends").await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let list = v.as_array().expect("array");
+    assert_eq!(list.len(), 3);
+    for (b, n) in list.iter().zip(&nodes) {
+        assert_eq!(b["name"], n.backend.as_str());
+        assert_eq!(b["address"], n.amqp.to_string());
+        assert_eq!(b["state"], "up");
+        assert!(
+            b["active_connections"].is_u64() && b["total_connections"].is_u64(),
+            "{b}"
+        );
+    }
+    for n in &nodes {
+        w.admin_post(&format!("/api/backends/{}/disable", n.backend))
+            .await;
+    }
+    assert_eq!(w.admin_get("/readyz").await.0, 503);
+    assert_eq!(w.admin_get("/nope").await.0, 404);
+    assert_eq!(w.admin_post("/healthz").await.0, 405);
+    w.stop().await;
+}
