@@ -95,6 +95,29 @@ impl FrameTracker {
         self.state == State::Lost
     }
 
+    /// Bytes ahead that [`skip`](Self::skip) may pass over without looking at
+    /// them: the rest of the current frame's payload, but never its frame-end
+    /// octet, which [`feed`](Self::feed) must see to keep the stream verified.
+    /// Unbounded once the stream is lost (it has no boundaries left to keep).
+    pub fn payload_left(&self) -> u64 {
+        match self.state {
+            State::Lost => u64::MAX,
+            State::Frames if !self.want_ids && self.head_len == 0 => {
+                self.remaining.saturating_sub(1)
+            }
+            _ => 0,
+        }
+    }
+
+    /// Accounts for `n` bytes moved without being fed (spliced); `n` must not
+    /// exceed [`payload_left`](Self::payload_left).
+    pub fn skip(&mut self, n: u64) {
+        debug_assert!(n <= self.payload_left(), "skip past the payload");
+        if self.state == State::Frames {
+            self.remaining -= n.min(self.remaining.saturating_sub(1));
+        }
+    }
+
     /// The last `connection.close`/`close-ok` seen; taken once.
     pub fn take_seen(&mut self) -> Option<Seen> {
         self.last_seen.take()
@@ -291,6 +314,39 @@ mod tests {
         t.feed(&stream[8..], false);
         assert!(t.at_boundary());
         assert_eq!(t.take_seen(), Some(Seen::ConnectionCloseOk));
+    }
+
+    #[test]
+    fn skipping_payload_keeps_boundaries_exact() {
+        let mut stream = body(1, 100_000);
+        stream.extend(connection_close(320, "bye"));
+        let mut t = FrameTracker::server_to_client();
+        assert_eq!(t.feed(&stream[..10], false), 10);
+        let left = t.payload_left();
+        assert_eq!(left, 100_000 - 3);
+        t.skip(left - 5);
+        t.skip(5);
+        assert_eq!(t.payload_left(), 0);
+        assert!(!t.at_boundary());
+        // The frame-end octet and the next frame go through feed again.
+        let rest = &stream[10 + left as usize..];
+        assert_eq!(t.feed(rest, true), 1);
+        assert!(t.at_boundary());
+        t.feed(&rest[1..], false);
+        assert_eq!(t.take_seen(), Some(Seen::ConnectionClose));
+        assert!(t.at_boundary());
+    }
+
+    #[test]
+    fn nothing_to_skip_inside_headers_or_after_a_bad_frame_end() {
+        let mut t = FrameTracker::server_to_client();
+        assert_eq!(t.payload_left(), 0);
+        t.feed(&[3, 0, 1], false);
+        assert_eq!(t.payload_left(), 0);
+        let mut t = FrameTracker::server_to_client();
+        t.feed(&[3, 0, 1, 0, 0, 0, 2, 9, 9, 0x00], false);
+        assert!(t.is_lost());
+        assert_eq!(t.payload_left(), u64::MAX);
     }
 
     #[test]

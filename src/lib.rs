@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod amqp;
 pub mod balancer;
+pub mod bulk;
 pub mod config;
 pub mod drain;
 pub mod health;
@@ -17,6 +18,7 @@ pub mod metrics;
 pub mod mgmt;
 pub mod proxy;
 pub mod shutdown;
+pub mod splice;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -66,9 +68,7 @@ impl Server {
     /// Binds the listeners and builds the shared state; nothing runs yet.
     pub async fn bind(config: Config, config_path: PathBuf) -> Result<Server, RunError> {
         let bind = |what: &'static str, addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| RunError::Bind { what, addr, source })
+            listener::bind(addr).map_err(|source| RunError::Bind { what, addr, source })
         };
         let amqp = bind("amqp", config.listen).await?;
         let admin = bind("admin", config.admin.listen).await?;

@@ -1,14 +1,32 @@
 //! The AMQP listener: accept, cap, hand each connection to `proxy`.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 
 use crate::App;
+
+/// Backlog of the listening sockets. The usual default (128) overflows when many
+/// clients reconnect at once (a node restart), and every SYN dropped then costs
+/// its client a 1 s retransmit; the kernel caps it at `net.core.somaxconn`.
+const BACKLOG: u32 = 4096;
+
+/// Binds a listening socket with [`BACKLOG`].
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
 
 /// Accepts until shutdown. Over `max_connections`, a new connection is closed at
 /// once (the client sees a quick close, not a hang). Accept errors such as EMFILE

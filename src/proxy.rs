@@ -4,23 +4,28 @@
 //!
 //! The data path reads into a per-thread scratch buffer and writes straight on, so
 //! an idle connection holds no buffer at all; only bytes a slow peer has not taken
-//! yet are copied into a buffer owned by the connection.
+//! yet are copied into a buffer owned by the connection. Long payloads (large
+//! body frames, or a stream that is not AMQP) are spliced instead (`bulk`).
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
-use tokio::sync::{watch, Notify};
-use tokio::time::Instant;
+use tokio::sync::watch;
+use tokio::time::Sleep;
 use tracing::Instrument;
 
 use crate::amqp::{self, FrameTracker};
 use crate::balancer::Backend;
+use crate::bulk::{Bulk, Moved};
 use crate::drain::Command;
 use crate::App;
 
@@ -138,23 +143,43 @@ pub async fn pump(
         Ok(end) => Ok(end),
         Err(e) => Err(Some(e)),
     };
-    let up = async {
-        stop_on_hard(forward(client, server, Dir::Up, cmd.clone(), close_timeout, &shared).await)
-    };
-    let down = async {
-        stop_on_hard(
-            forward(
-                server,
-                client,
-                Dir::Down,
-                cmd.clone(),
-                close_timeout,
-                &shared,
-            )
-            .await,
+    // The branches are built inside the joined future so that no second copy of
+    // them lives in this function's state.
+    let joined = async {
+        tokio::try_join!(
+            async {
+                stop_on_hard(
+                    forward(client, server, Dir::Up, cmd.clone(), close_timeout, &shared).await,
+                )
+            },
+            async {
+                stop_on_hard(
+                    forward(
+                        server,
+                        client,
+                        Dir::Down,
+                        cmd.clone(),
+                        close_timeout,
+                        &shared,
+                    )
+                    .await,
+                )
+            },
         )
     };
-    match tokio::try_join!(up, down) {
+    // One watcher wakes the task when a command arrives; each direction then
+    // sees it through `has_changed` (see `wait`), so neither keeps a future of
+    // its own for it while idle.
+    let mut watcher = cmd.clone();
+    let mut watching = true;
+    tokio::pin!(joined);
+    let joined = loop {
+        tokio::select! {
+            r = &mut joined => break r,
+            changed = watcher.changed(), if watching => watching = changed.is_ok(),
+        }
+    };
+    match joined {
         Ok((End::Graceful, _)) | Ok((_, End::Graceful)) => Ok(End::Graceful),
         Ok(_) => Ok(End::Closed),
         Err(None) => Ok(End::Hard),
@@ -163,20 +188,21 @@ pub async fn pump(
 }
 
 /// What the two directions of one connection tell each other while closing.
+/// Both run in one task, which is polled again after every flag set here (see
+/// [`tell`]).
 #[derive(Default)]
 struct Shared {
     /// The client has been sent `connection.close`.
     client_told: AtomicBool,
     /// The broker-to-client direction has ended.
     down_done: AtomicBool,
-    notify: Notify,
 }
 
-impl Shared {
-    fn set(&self, flag: &AtomicBool) {
-        flag.store(true, Ordering::Release);
-        self.notify.notify_waiters();
-    }
+/// Sets `flag` and yields, so that the task polls the other direction again
+/// (try_join polls every unfinished branch on each wake-up).
+async fn tell(flag: &AtomicBool) {
+    flag.store(true, Ordering::Release);
+    tokio::task::yield_now().await;
 }
 
 /// What one read did.
@@ -189,12 +215,12 @@ enum Step {
     Finished,
 }
 
-/// One direction. In normal operation it copies and tracks frames. On
-/// [`Command::Close`] it stops forwarding at the next frame boundary and sends its
-/// own `connection.close` (320 towards the client first; then 200 towards the
-/// broker, so the broker's close-ok can never reach a client that was not told),
-/// then discards what follows until the peer's `close-ok`, all within
-/// `close_timeout`.
+/// One direction. In normal operation it copies (or splices, see [`Bulk`]) and
+/// tracks frames. On [`Command::Close`] it stops forwarding at the next frame
+/// boundary and sends its own `connection.close` (320 towards the client first;
+/// then 200 towards the broker, so the broker's close-ok can never reach a
+/// client that was not told), then discards what follows until the peer's
+/// `close-ok`, all within `close_timeout`.
 async fn forward(
     src: &TcpStream,
     dst: &TcpStream,
@@ -205,7 +231,7 @@ async fn forward(
 ) -> io::Result<End> {
     let end = forward_inner(src, dst, dir, &mut cmd, close_timeout, shared).await;
     if dir == Dir::Down {
-        shared.set(&shared.down_done);
+        tell(&shared.down_done).await;
     }
     end
 }
@@ -222,8 +248,11 @@ async fn forward_inner(
         Dir::Up => FrameTracker::client_to_server(),
         Dir::Down => FrameTracker::server_to_client(),
     };
+    let mut bulk = Bulk::default();
     let mut cmd_open = true;
-    let mut deadline: Option<Instant> = None;
+    // Boxed, and only while closing: a timer inline would make every idle
+    // connection's task bigger.
+    let mut deadline: Option<Pin<Box<Sleep>>> = None;
     let mut reason: Option<Arc<str>> = None;
     // `cut`: forwarding stopped at a frame boundary; `sent_close`: our close went out.
     let mut cut = false;
@@ -235,11 +264,37 @@ async fn forward_inner(
                 Command::Hard => return Ok(End::Hard),
                 Command::Close(text) => {
                     if deadline.is_none() {
-                        deadline = Some(Instant::now() + close_timeout);
+                        deadline = Some(Box::pin(tokio::time::sleep(close_timeout)));
                         reason = Some(text.clone());
                     }
                 }
             }
+        }
+        if bulk.active() {
+            // Mid-frame (or a stream that is not AMQP): move bytes by splice(2).
+            // A close waits for the frame to end, so its boundary stays exact.
+            if reason.is_some() && tracker.is_lost() {
+                return Ok(End::Hard);
+            }
+            match bulk.step(src, dst, &mut tracker)? {
+                Moved::Some => tokio::task::consume_budget().await,
+                Moved::Eof => return Ok(on_eof(dst, sent_close, reason.is_some())),
+                Moved::Wait { read, write } => {
+                    let woke = wait(
+                        read.then_some(src),
+                        write.then_some(dst),
+                        cmd,
+                        &mut cmd_open,
+                        None,
+                        &mut deadline,
+                    )
+                    .await?;
+                    if woke == Woke::Deadline {
+                        return Ok(End::Hard);
+                    }
+                }
+            }
+            continue;
         }
         let mut wait_for_client_told = false;
         if let (Some(text), false) = (&reason, sent_close) {
@@ -259,29 +314,21 @@ async fn forward_inner(
                 write_all(dst, &close_frame(dir, text)).await?;
                 sent_close = true;
                 if dir == Dir::Down {
-                    shared.set(&shared.client_told);
+                    tell(&shared.client_told).await;
                 }
             }
             wait_for_client_told = !turn;
         }
-        let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
-        tokio::select! {
-            r = src.readable() => r?,
-            changed = cmd.changed(), if cmd_open => {
-                if changed.is_err() {
-                    cmd_open = false;
-                }
-                continue;
-            }
-            _ = shared.notify.notified(), if wait_for_client_told => continue,
-            _ = tokio::time::sleep_until(deadline.unwrap_or(far_future)), if deadline.is_some() => {
-                return Ok(End::Hard);
-            }
+        let told = wait_for_client_told.then_some(shared);
+        match wait(Some(src), None, cmd, &mut cmd_open, told, &mut deadline).await? {
+            Woke::Ready => {}
+            Woke::Command | Woke::Told => continue,
+            Woke::Deadline => return Ok(End::Hard),
         }
         let closing = reason.is_some();
         let step = SCRATCH.with(|scratch| -> io::Result<Step> {
             let mut scratch = scratch.borrow_mut();
-            let buf = scratch.as_mut_slice();
+            let buf = &mut scratch[..bulk.read_size(SCRATCH_SIZE)];
             let n = match src.try_read(buf) {
                 Ok(0) => return Ok(Step::Eof),
                 Ok(n) => n,
@@ -314,6 +361,16 @@ async fn forward_inner(
                 let _ = tracker.take_seen();
             }
             let mut out = &data[..k];
+            if !closing {
+                // A long payload follows: what was read goes into a pipe, ahead of
+                // the payload that will be spliced after it.
+                if let Some(rest) = bulk.start(&tracker, out)? {
+                    out = &out[out.len() - rest..];
+                    if rest > 0 {
+                        return Ok(Step::Pending(out.to_vec()));
+                    }
+                }
+            }
             while !out.is_empty() {
                 match dst.try_write(out) {
                     Ok(w) => out = &out[w..],
@@ -327,21 +384,90 @@ async fn forward_inner(
         })?;
         match step {
             Step::Again => {}
-            Step::Pending(bytes) => write_all(dst, &bytes).await?,
-            Step::Finished => return Ok(End::Graceful),
-            Step::Eof => {
-                if sent_close {
-                    return Ok(End::Graceful);
-                }
-                if closing {
-                    return Ok(End::Hard);
-                }
-                // Half-close: the peer is done sending; tell the other side, keep reading it.
-                let _ = SockRef::from(dst).shutdown(std::net::Shutdown::Write);
-                return Ok(End::Closed);
+            Step::Pending(bytes) => {
+                // Whatever sits in the pipe was read before these bytes.
+                bulk.flush(dst).await?;
+                write_all(dst, &bytes).await?;
             }
+            Step::Finished => return Ok(End::Graceful),
+            Step::Eof => return Ok(on_eof(dst, sent_close, closing)),
         }
     }
+}
+
+/// What ended a [`wait`].
+#[derive(Debug, PartialEq, Eq)]
+enum Woke {
+    /// The source is readable or the destination writable.
+    Ready,
+    /// The command changed (or its sender went away).
+    Command,
+    /// The other direction has told the client.
+    Told,
+    /// The close timeout is over.
+    Deadline,
+}
+
+/// Waits for readiness (`read` on the source, `write` on the destination), a
+/// command, the other direction's notice (`told`), or the close deadline.
+/// Everything is polled in place, with no future kept for any of it: an idle
+/// connection's task stays small. Each socket's read and write interest belongs
+/// to exactly one direction of the one task, so the single waker slot that
+/// `poll_*_ready` keeps is enough; commands wake the task through `pump`'s
+/// watcher.
+fn wait<'a>(
+    read: Option<&'a TcpStream>,
+    write: Option<&'a TcpStream>,
+    cmd: &'a mut watch::Receiver<Command>,
+    cmd_open: &'a mut bool,
+    told: Option<&'a Shared>,
+    deadline: &'a mut Option<Pin<Box<Sleep>>>,
+) -> impl Future<Output = io::Result<Woke>> + 'a {
+    std::future::poll_fn(move |cx| {
+        if *cmd_open {
+            match cmd.has_changed() {
+                Ok(true) => return Poll::Ready(Ok(Woke::Command)),
+                Ok(false) => {}
+                Err(_) => *cmd_open = false,
+            }
+        }
+        if let Some(shared) = told {
+            if shared.client_told.load(Ordering::Acquire)
+                || shared.down_done.load(Ordering::Acquire)
+            {
+                return Poll::Ready(Ok(Woke::Told));
+            }
+        }
+        if let Some(sleep) = deadline.as_mut() {
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(Woke::Deadline));
+            }
+        }
+        if let Some(s) = read {
+            if let Poll::Ready(r) = s.poll_read_ready(cx) {
+                return Poll::Ready(r.map(|()| Woke::Ready));
+            }
+        }
+        if let Some(s) = write {
+            if let Poll::Ready(r) = s.poll_write_ready(cx) {
+                return Poll::Ready(r.map(|()| Woke::Ready));
+            }
+        }
+        Poll::Pending
+    })
+}
+
+/// The source ended: how the direction ends.
+fn on_eof(dst: &TcpStream, sent_close: bool, closing: bool) -> End {
+    if sent_close {
+        return End::Graceful;
+    }
+    if closing {
+        return End::Hard;
+    }
+    // Half-close: the peer is done sending; tell the other side, keep reading it.
+    let _ = SockRef::from(dst).shutdown(std::net::Shutdown::Write);
+    End::Closed
 }
 
 fn close_frame(dir: Dir, reason: &str) -> Vec<u8> {
@@ -353,7 +479,7 @@ fn close_frame(dir: Dir, reason: &str) -> Vec<u8> {
 
 async fn write_all(dst: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
-        dst.writable().await?;
+        std::future::poll_fn(|cx| dst.poll_write_ready(cx)).await?;
         match dst.try_write(buf) {
             Ok(n) => buf = &buf[n..],
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

@@ -1,0 +1,218 @@
+//! The bulk path (large frames spliced, see `src/bulk.rs`) under a drain: the
+//! client must still get whole frames, then `connection.close` 320 exactly at a
+//! frame boundary.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use warren::amqp::{self, FrameTracker, Seen};
+
+const BODY: usize = 1024 * 1024;
+
+fn body_frame(n: u32) -> Vec<u8> {
+    let mut f = Vec::with_capacity(BODY + 8);
+    f.push(3);
+    f.extend_from_slice(&1u16.to_be_bytes());
+    f.extend_from_slice(&(BODY as u32).to_be_bytes());
+    f.extend((0..BODY as u32).map(|i| (i.wrapping_add(n) % 251) as u8));
+    f.push(amqp::FRAME_END);
+    f
+}
+
+/// A stand-in broker that streams 1 MiB body frames until it is sent
+/// `connection.close`, then answers `close-ok` at its next frame boundary.
+async fn streaming_backend(l: TcpListener) {
+    while let Ok((s, _)) = l.accept().await {
+        tokio::spawn(async move {
+            let (mut rd, mut wr) = s.into_split();
+            let mut header = [0u8; 8];
+            // The health checker's probe connects and closes without a byte.
+            if rd.read_exact(&mut header).await.is_err() {
+                return;
+            }
+            let (close_tx, mut close_rx) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(async move {
+                let mut t = FrameTracker::client_to_server();
+                t.feed(&header, false);
+                let mut buf = vec![0u8; 4096];
+                while let Ok(n) = rd.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    t.feed(&buf[..n], false);
+                    if t.take_seen() == Some(Seen::ConnectionClose) {
+                        let _ = close_tx.send(());
+                        return;
+                    }
+                }
+            });
+            let mut n = 0u32;
+            loop {
+                if close_rx.try_recv().is_ok() {
+                    let _ = wr.write_all(&amqp::connection_close_ok()).await;
+                    return;
+                }
+                if wr.write_all(&body_frame(n)).await.is_err() {
+                    return;
+                }
+                n = n.wrapping_add(1);
+            }
+        });
+    }
+}
+
+/// Reads one whole frame; (type, channel, payload). Fails the test on a frame
+/// that does not end with the frame-end octet.
+async fn read_frame(s: &mut TcpStream) -> (u8, u16, Vec<u8>) {
+    let mut head = [0u8; 7];
+    s.read_exact(&mut head).await.expect("frame header");
+    let size = u32::from_be_bytes([head[3], head[4], head[5], head[6]]) as usize;
+    let mut payload = vec![0u8; size + 1];
+    s.read_exact(&mut payload).await.expect("frame payload");
+    assert_eq!(payload.pop(), Some(amqp::FRAME_END), "frame-end octet");
+    (head[0], u16::from_be_bytes([head[1], head[2]]), payload)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_during_spliced_body_frames_closes_at_a_boundary() {
+    let backend = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let baddr = backend.local_addr().expect("addr");
+    tokio::spawn(streaming_backend(backend));
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nhealth:\n  interval: 1h\n\
+         drain:\n  window: 0s\nbackends:\n  - name: stream\n    address: {baddr}\n"
+    );
+    let w = Warren::start(&yaml).await;
+    let spliced_before = warren::splice::bytes_spliced();
+    let mut c = TcpStream::connect(w.amqp).await.expect("connect");
+    c.write_all(amqp::PROTOCOL_HEADER).await.expect("header");
+    let mut bodies = 0u32;
+    let close = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let (ftype, channel, payload) = read_frame(&mut c).await;
+            if ftype == 3 {
+                assert_eq!(payload.len(), BODY);
+                // Every byte of every body arrives in place.
+                let first = payload[0] as u32;
+                assert!(
+                    payload
+                        .iter()
+                        .enumerate()
+                        .all(|(i, b)| *b as u32 == (i as u32 + first) % 251),
+                    "body {bodies} changed on the way"
+                );
+                bodies += 1;
+                if bodies == 8 {
+                    let (status, body) = w.admin_post("/api/backends/stream/drain").await;
+                    assert_eq!(status, 200, "{body}");
+                }
+                continue;
+            }
+            return (ftype, channel, payload);
+        }
+    })
+    .await
+    .expect("connection.close within 60 s");
+    let (ftype, channel, payload) = close;
+    assert_eq!((ftype, channel), (amqp::FRAME_METHOD, 0), "{payload:?}");
+    assert_eq!(&payload[..4], &[0, 10, 0, 50], "connection.close");
+    assert_eq!(&payload[4..6], &amqp::CONNECTION_FORCED.to_be_bytes());
+    assert!(bodies >= 8);
+    // The bodies went through pipes, not through warren's buffers.
+    assert!(
+        warren::splice::bytes_spliced() - spliced_before >= 4 * BODY as u64,
+        "the body frames were not spliced"
+    );
+    c.write_all(&amqp::connection_close_ok())
+        .await
+        .expect("close-ok");
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut rest))
+        .await
+        .expect("warren closes after close-ok")
+        .expect("clean close");
+    assert!(rest.is_empty(), "nothing after connection.close: {rest:?}");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_of_large_messages_gets_320_on_drain() {
+    let _g = disruptive().lock().await;
+    let nodes = cluster().await;
+    let queue = unique("q-bulk-drain");
+    // Fill the queue directly on the first node.
+    let direct = amqp_connect(&format!("amqp://guest:guest@{}/%2f", nodes[0].amqp)).await;
+    let pch = direct.create_channel().await.expect("channel");
+    pch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    pch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    let big = vec![0x42u8; 512 * 1024];
+    for _ in 0..40 {
+        pch.basic_publish(
+            "".into(),
+            queue.as_str().into(),
+            BasicPublishOptions::default(),
+            &big,
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    }
+    // The consumer goes through warren to the same node.
+    let w = Warren::start(&config_yaml(
+        &nodes[..1],
+        "health:\n  interval: 1h\ndrain:\n  window: 0s\n",
+    ))
+    .await;
+    let conn = amqp_connect(&w.url()).await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.basic_qos(4, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut deliveries = ch
+        .basic_consume(
+            queue.as_str().into(),
+            "bulk".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let first = deliveries
+        .next()
+        .await
+        .expect("stream open")
+        .expect("delivery");
+    assert_eq!(first.data.len(), big.len());
+    first.ack(BasicAckOptions::default()).await.expect("ack");
+    // Listen for the error before the drain starts, so it cannot be missed.
+    let drain_path = format!("/api/backends/{}/drain", nodes[0].backend);
+    let (err, (status, body)) = tokio::join!(
+        next_error(&conn, Duration::from_secs(20)),
+        w.admin_post(&drain_path)
+    );
+    assert_eq!(status, 200, "{body}");
+    let err = err.expect("the connection is closed by the drain");
+    assert_eq!(reply_code(&err), Some(320), "{err:?}");
+    let _ = pch
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    w.stop().await;
+}
