@@ -19,14 +19,13 @@ use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::time::Sleep;
 use tracing::Instrument;
 
 use crate::amqp::{self, FrameTracker};
 use crate::balancer::Backend;
 use crate::bulk::{Bulk, Moved};
-use crate::drain::Command;
+use crate::drain::{Command, CommandReceiver};
 use crate::App;
 
 /// Bytes moved per read; large enough for bulk transfers.
@@ -133,7 +132,7 @@ enum Dir {
 pub async fn pump(
     client: &TcpStream,
     server: &TcpStream,
-    cmd: watch::Receiver<Command>,
+    cmd: CommandReceiver,
     close_timeout: Duration,
 ) -> io::Result<End> {
     let shared = Shared::default();
@@ -167,18 +166,15 @@ pub async fn pump(
             },
         )
     };
-    // One watcher wakes the task when a command arrives; each direction then
-    // sees it through `has_changed` (see `wait`), so neither keeps a future of
-    // its own for it while idle.
-    let mut watcher = cmd.clone();
-    let mut watching = true;
     tokio::pin!(joined);
-    let joined = loop {
-        tokio::select! {
-            r = &mut joined => break r,
-            changed = watcher.changed(), if watching => watching = changed.is_ok(),
-        }
-    };
+    // The task registers for commands each time it is polled, before the
+    // directions run; each direction then sees a command through `has_changed`
+    // (see `wait`), so neither keeps a future of its own for it while idle.
+    let joined = std::future::poll_fn(|cx| {
+        cmd.register(cx.waker());
+        joined.as_mut().poll(cx)
+    })
+    .await;
     match joined {
         Ok((End::Graceful, _)) | Ok((_, End::Graceful)) => Ok(End::Graceful),
         Ok(_) => Ok(End::Closed),
@@ -225,7 +221,7 @@ async fn forward(
     src: &TcpStream,
     dst: &TcpStream,
     dir: Dir,
-    mut cmd: watch::Receiver<Command>,
+    mut cmd: CommandReceiver,
     close_timeout: Duration,
     shared: &Shared,
 ) -> io::Result<End> {
@@ -240,7 +236,7 @@ async fn forward_inner(
     src: &TcpStream,
     dst: &TcpStream,
     dir: Dir,
-    cmd: &mut watch::Receiver<Command>,
+    cmd: &mut CommandReceiver,
     close_timeout: Duration,
     shared: &Shared,
 ) -> io::Result<End> {
@@ -249,7 +245,6 @@ async fn forward_inner(
         Dir::Down => FrameTracker::server_to_client(),
     };
     let mut bulk = Bulk::default();
-    let mut cmd_open = true;
     // Boxed, and only while closing: a timer inline would make every idle
     // connection's task bigger.
     let mut deadline: Option<Pin<Box<Sleep>>> = None;
@@ -258,15 +253,13 @@ async fn forward_inner(
     let mut cut = false;
     let mut sent_close = false;
     loop {
-        if cmd_open {
-            match &*cmd.borrow_and_update() {
-                Command::Run => {}
-                Command::Hard => return Ok(End::Hard),
-                Command::Close(text) => {
-                    if deadline.is_none() {
-                        deadline = Some(Box::pin(tokio::time::sleep(close_timeout)));
-                        reason = Some(text.clone());
-                    }
+        match cmd.borrow_and_update() {
+            Command::Run => {}
+            Command::Hard => return Ok(End::Hard),
+            Command::Close(text) => {
+                if deadline.is_none() {
+                    deadline = Some(Box::pin(tokio::time::sleep(close_timeout)));
+                    reason = Some(text);
                 }
             }
         }
@@ -284,7 +277,6 @@ async fn forward_inner(
                         read.then_some(src),
                         write.then_some(dst),
                         cmd,
-                        &mut cmd_open,
                         None,
                         &mut deadline,
                     )
@@ -320,7 +312,7 @@ async fn forward_inner(
             wait_for_client_told = !turn;
         }
         let told = wait_for_client_told.then_some(shared);
-        match wait(Some(src), None, cmd, &mut cmd_open, told, &mut deadline).await? {
+        match wait(Some(src), None, cmd, told, &mut deadline).await? {
             Woke::Ready => {}
             Woke::Command | Woke::Told => continue,
             Woke::Deadline => return Ok(End::Hard),
@@ -400,7 +392,7 @@ async fn forward_inner(
 enum Woke {
     /// The source is readable or the destination writable.
     Ready,
-    /// The command changed (or its sender went away).
+    /// A command arrived.
     Command,
     /// The other direction has told the client.
     Told,
@@ -418,18 +410,13 @@ enum Woke {
 fn wait<'a>(
     read: Option<&'a TcpStream>,
     write: Option<&'a TcpStream>,
-    cmd: &'a mut watch::Receiver<Command>,
-    cmd_open: &'a mut bool,
+    cmd: &'a CommandReceiver,
     told: Option<&'a Shared>,
     deadline: &'a mut Option<Pin<Box<Sleep>>>,
 ) -> impl Future<Output = io::Result<Woke>> + 'a {
     std::future::poll_fn(move |cx| {
-        if *cmd_open {
-            match cmd.has_changed() {
-                Ok(true) => return Poll::Ready(Ok(Woke::Command)),
-                Ok(false) => {}
-                Err(_) => *cmd_open = false,
-            }
+        if cmd.has_changed() {
+            return Poll::Ready(Ok(Woke::Command));
         }
         if let Some(shared) = told {
             if shared.client_told.load(Ordering::Acquire)
