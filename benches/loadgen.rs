@@ -21,10 +21,12 @@ const USAGE: &str = "\
 loadgen serve --sink ADDR... --echo ADDR  sink (read to EOF) and echo servers
 loadgen idle ADDR N HOLD_SECS             N connections that send the AMQP header and idle;
                                           prints `ready` once all are open
-loadgen latency ADDR SAMPLES SIZE         ping-pong of SIZE-byte frames; prints p50_us p99_us
-loadgen connrate ADDR SECS WORKERS        connect, send the AMQP header, close; prints conns/s
-                                          (from 127.0.0.2-254 in turn, so that TIME_WAIT
-                                          sockets of earlier runs never exhaust local ports)
+loadgen latency SAMPLES SIZE ADDR...      ping-pong of SIZE-byte frames, the addresses taking
+                                          turns; prints `p50_us p99_us` per address
+loadgen connrate SECS WORKERS ADDR...     connect, send the AMQP header, close; the addresses
+                                          take turns in 250 ms slices; prints conns/s per
+                                          address (from 127.0.0.2-254 in turn, so that
+                                          TIME_WAIT sockets never exhaust local ports)
 loadgen bulk ADDR SECS STREAMS FRAME      AMQP body frames of FRAME bytes; prints bytes/s, bytes
 loadgen confirms URL SECS SIZE WINDOW     lapin publisher with confirms; prints msgs/s
 loadgen report FILE                       medians and ratios from `figure<TAB>path<TAB>value` lines";
@@ -88,16 +90,23 @@ fn run(args: &[String]) -> Res<()> {
             runtime(1)?.block_on(idle(addr, n, Duration::from_secs(hold)))
         }
         "latency" => {
-            let addr: SocketAddr = arg(args, 1, "address")?;
-            let samples: usize = arg(args, 2, "samples")?;
-            let size: usize = arg(args, 3, "size")?;
-            runtime(1)?.block_on(latency(addr, samples, size))
+            let samples: usize = arg(args, 1, "samples")?;
+            let size: usize = arg(args, 2, "size")?;
+            let addrs = (3..args.len())
+                .map(|i| arg::<SocketAddr>(args, i, "address"))
+                .collect::<Res<Vec<_>>>()?;
+            runtime(1)?.block_on(latency(&addrs, samples, size))
         }
         "connrate" => {
-            let addr: SocketAddr = arg(args, 1, "address")?;
-            let secs: f64 = arg(args, 2, "seconds")?;
-            let workers: usize = arg(args, 3, "workers")?;
-            runtime(1)?.block_on(connrate(addr, Duration::from_secs_f64(secs), workers))
+            let secs: f64 = arg(args, 1, "seconds")?;
+            let workers: usize = arg(args, 2, "workers")?;
+            let addrs = (3..args.len())
+                .map(|i| arg::<SocketAddr>(args, i, "address"))
+                .collect::<Res<Vec<_>>>()?;
+            if addrs.is_empty() {
+                return Err("missing address".into());
+            }
+            runtime(1)?.block_on(connrate(&addrs, Duration::from_secs_f64(secs), workers))
         }
         "bulk" => {
             let addr: SocketAddr = arg(args, 1, "address")?;
@@ -236,31 +245,43 @@ fn frame(ftype: u8, size: usize) -> Vec<u8> {
     f
 }
 
-async fn latency(addr: SocketAddr, samples: usize, size: usize) -> Res<()> {
-    let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    s.set_nodelay(true).map_err(|e| e.to_string())?;
+/// Ping-pong on one connection per address, the addresses taking turns sample
+/// by sample, so that a noisy machine disturbs every path alike.
+async fn latency(addrs: &[SocketAddr], samples: usize, size: usize) -> Res<()> {
     let req = frame(1, size);
     let mut back = vec![0u8; req.len().max(8)];
-    s.write_all(PROTOCOL_HEADER)
-        .await
-        .map_err(|e| e.to_string())?;
-    s.read_exact(&mut back[..8])
-        .await
-        .map_err(|e| e.to_string())?;
-    let warmup = samples / 10;
-    let mut rtts = Vec::with_capacity(samples);
-    for i in 0..warmup + samples {
-        let t = Instant::now();
-        s.write_all(&req).await.map_err(|e| e.to_string())?;
-        s.read_exact(&mut back[..req.len()])
+    let mut conns = Vec::new();
+    for addr in addrs {
+        let mut s = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("{addr}: {e}"))?;
+        s.set_nodelay(true).map_err(|e| e.to_string())?;
+        s.write_all(PROTOCOL_HEADER)
             .await
             .map_err(|e| e.to_string())?;
-        if i >= warmup {
-            rtts.push(t.elapsed().as_nanos() as f64 / 1000.0);
+        s.read_exact(&mut back[..8])
+            .await
+            .map_err(|e| e.to_string())?;
+        conns.push(s);
+    }
+    let warmup = samples / 10;
+    let mut rtts = vec![Vec::with_capacity(samples); conns.len()];
+    for i in 0..warmup + samples {
+        for (s, rtt) in conns.iter_mut().zip(rtts.iter_mut()) {
+            let t = Instant::now();
+            s.write_all(&req).await.map_err(|e| e.to_string())?;
+            s.read_exact(&mut back[..req.len()])
+                .await
+                .map_err(|e| e.to_string())?;
+            if i >= warmup {
+                rtt.push(t.elapsed().as_nanos() as f64 / 1000.0);
+            }
         }
     }
-    rtts.sort_by(f64::total_cmp);
-    println!("{:.2} {:.2}", pct(&rtts, 0.50), pct(&rtts, 0.99));
+    for mut r in rtts {
+        r.sort_by(f64::total_cmp);
+        println!("{:.2} {:.2}", pct(&r, 0.50), pct(&r, 0.99));
+    }
     Ok(())
 }
 
@@ -271,16 +292,48 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-async fn connrate(addr: SocketAddr, secs: Duration, workers: usize) -> Res<()> {
+/// Connection rate per address, the addresses taking turns in slices of a
+/// quarter second (so that a noisy machine disturbs every path alike).
+async fn connrate(addrs: &[SocketAddr], secs: Duration, workers: usize) -> Res<()> {
+    const SLICE: Duration = Duration::from_millis(250);
+    let mut done = vec![0u64; addrs.len()];
+    let mut spent = vec![Duration::ZERO; addrs.len()];
+    let mut errors = 0u64;
+    let mut source = 0usize;
+    while spent[0] < secs {
+        for (k, addr) in addrs.iter().enumerate() {
+            let (n, e, took) = connect_burst(*addr, SLICE, workers, source).await;
+            source += n as usize + e as usize;
+            done[k] += n;
+            errors += e;
+            spent[k] += took;
+        }
+    }
+    if errors > 0 {
+        eprintln!("loadgen connrate: {errors} failed connections");
+    }
+    for (n, t) in done.iter().zip(&spent) {
+        println!("{:.0}", *n as f64 / t.as_secs_f64());
+    }
+    Ok(())
+}
+
+/// `workers` loops of connect, header, close for `len`; (done, failed, time).
+async fn connect_burst(
+    addr: SocketAddr,
+    len: Duration,
+    workers: usize,
+    first_source: usize,
+) -> (u64, u64, Duration) {
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let end = start + secs;
+    let end = start + len;
     let mut tasks = Vec::new();
     for w in 0..workers {
         let (done, errors) = (done.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
-            let mut i = w;
+            let mut i = first_source + w;
             while Instant::now() < end {
                 i += workers;
                 let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + (i % 253) as u8);
@@ -302,13 +355,11 @@ async fn connrate(addr: SocketAddr, secs: Duration, workers: usize) -> Res<()> {
     for t in tasks {
         let _ = t.await;
     }
-    let el = start.elapsed().as_secs_f64();
-    let errs = errors.load(Ordering::Relaxed);
-    if errs > 0 {
-        eprintln!("loadgen connrate: {errs} failed connections");
-    }
-    println!("{:.0}", done.load(Ordering::Relaxed) as f64 / el);
-    Ok(())
+    (
+        done.load(Ordering::Relaxed),
+        errors.load(Ordering::Relaxed),
+        start.elapsed(),
+    )
 }
 
 async fn bulk(addr: SocketAddr, secs: Duration, streams: usize, frame_size: usize) -> Res<()> {
