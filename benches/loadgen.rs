@@ -28,7 +28,8 @@ loadgen connrate SECS WORKERS ADDR...     connect, send the AMQP header, close; 
                                           address (from 127.0.0.2-254 in turn, so that
                                           TIME_WAIT sockets never exhaust local ports)
 loadgen bulk ADDR SECS STREAMS FRAME      AMQP body frames of FRAME bytes; prints bytes/s, bytes
-loadgen confirms URL SECS SIZE WINDOW     lapin publisher with confirms; prints msgs/s
+loadgen confirms SECS SIZE WINDOW URL...  lapin publishers with confirms, the URLs taking turns
+                                          in 500 ms slices; prints msgs/s per URL
 loadgen report FILE                       medians and ratios from `figure<TAB>path<TAB>value` lines";
 
 fn main() {
@@ -116,11 +117,14 @@ fn run(args: &[String]) -> Res<()> {
             runtime(1)?.block_on(bulk(addr, Duration::from_secs_f64(secs), streams, frame))
         }
         "confirms" => {
-            let url = args.get(1).ok_or("missing url")?.clone();
-            let secs: f64 = arg(args, 2, "seconds")?;
-            let size: usize = arg(args, 3, "size")?;
-            let window: usize = arg(args, 4, "window")?;
-            runtime(2)?.block_on(confirms(url, Duration::from_secs_f64(secs), size, window))
+            let secs: f64 = arg(args, 1, "seconds")?;
+            let size: usize = arg(args, 2, "size")?;
+            let window: usize = arg(args, 3, "window")?;
+            let urls = args.get(4..).unwrap_or_default().to_vec();
+            if urls.is_empty() {
+                return Err("missing url".into());
+            }
+            runtime(2)?.block_on(confirms(urls, Duration::from_secs_f64(secs), size, window))
         }
         "report" => report(args.get(1).ok_or("missing file")?),
         _ => {
@@ -396,62 +400,75 @@ async fn bulk(addr: SocketAddr, secs: Duration, streams: usize, frame_size: usiz
     Ok(())
 }
 
-async fn confirms(url: String, secs: Duration, size: usize, window: usize) -> Res<()> {
+/// One publisher per URL, taking turns in half-second slices (each slice ends
+/// when its confirms are in), so that a noisy machine disturbs every path alike.
+async fn confirms(urls: Vec<String>, secs: Duration, size: usize, window: usize) -> Res<()> {
     use lapin::options::*;
     use lapin::types::{AMQPValue, FieldTable};
     use lapin::{BasicProperties, Connection, ConnectionProperties};
-    let conn = Connection::connect(&url, ConnectionProperties::default())
-        .await
-        .map_err(|e| format!("connect {url}: {e}"))?;
-    let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut args = FieldTable::default();
-    // Bounded, so a long run cannot fill the node's memory.
-    args.insert("x-max-length".into(), AMQPValue::LongLongInt(10_000));
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+    const SLICE: Duration = Duration::from_millis(500);
+    let mut pubs = Vec::new();
+    for url in &urls {
+        let conn = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .map_err(|e| format!("connect {url}: {e}"))?;
+        let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut args = FieldTable::default();
+        // Bounded, so a long run cannot fill the node's memory.
+        args.insert("x-max-length".into(), AMQPValue::LongLongInt(10_000));
+        let q = ch
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        pubs.push((conn, ch, q.name().as_str().to_string()));
+    }
     let body = vec![0x5au8; size];
-    let start = Instant::now();
-    let end = start + secs;
-    let mut inflight = FuturesUnordered::new();
-    let mut confirmed = 0u64;
-    while Instant::now() < end {
-        while inflight.len() < window {
-            let c = ch
-                .basic_publish(
-                    "".into(),
-                    q.name().as_str().into(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    BasicProperties::default(),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            inflight.push(c);
-        }
-        if let Some(r) = inflight.next().await {
-            r.map_err(|e| e.to_string())?;
-            confirmed += 1;
+    let mut confirmed = vec![0u64; pubs.len()];
+    let mut spent = vec![Duration::ZERO; pubs.len()];
+    while spent[0] < secs {
+        for (k, (_, ch, queue)) in pubs.iter().enumerate() {
+            let start = Instant::now();
+            let end = start + SLICE;
+            let mut inflight = FuturesUnordered::new();
+            while Instant::now() < end || !inflight.is_empty() {
+                while Instant::now() < end && inflight.len() < window {
+                    let c = ch
+                        .basic_publish(
+                            "".into(),
+                            queue.as_str().into(),
+                            BasicPublishOptions::default(),
+                            &body,
+                            BasicProperties::default(),
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    inflight.push(c);
+                }
+                if let Some(r) = inflight.next().await {
+                    r.map_err(|e| e.to_string())?;
+                    confirmed[k] += 1;
+                }
+            }
+            spent[k] += start.elapsed();
         }
     }
-    let el = start.elapsed().as_secs_f64();
-    while let Some(r) = inflight.next().await {
-        r.map_err(|e| e.to_string())?;
+    for (conn, _, _) in pubs {
+        let _ = conn.close(200, "bench done".into()).await;
     }
-    let _ = conn.close(200, "bench done".into()).await;
-    println!("{:.0}", confirmed as f64 / el);
+    for (n, t) in confirmed.iter().zip(&spent) {
+        println!("{:.0}", *n as f64 / t.as_secs_f64());
+    }
     Ok(())
 }
 
