@@ -71,11 +71,22 @@ impl fmt::Display for HumanDuration {
     }
 }
 
+/// `ip:port`, with an error that says so.
+fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    s.trim().parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "expected an `ip:port` address such as 127.0.0.1:5672, got `{s}`"
+        ))
+    })
+}
+
 /// The whole file.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where AMQP clients connect.
+    #[serde(deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
     #[serde(default)]
     pub admin: AdminConfig,
@@ -113,7 +124,7 @@ fn default_retries() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Admin HTTP listener: /healthz /readyz /metrics /api/...
-    #[serde(default = "default_admin_listen")]
+    #[serde(default = "default_admin_listen", deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
 }
 

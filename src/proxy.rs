@@ -9,7 +9,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,8 +46,14 @@ pub async fn serve(app: Arc<App>, client: TcpStream, peer: SocketAddr, id: u64) 
         let _active = backend.connection_guard();
         crate::metrics::backend_connection(backend.name(), 1.0);
         let cmd = backend.conns.register(id);
-        let close_timeout = app.config.load().drain.close_timeout.get();
-        let result = pump(&client, &server, cmd, close_timeout).await;
+        let limits = {
+            let c = app.config.load();
+            Limits {
+                close: c.drain.close_timeout.get(),
+                idle: c.timeouts.idle.map(|d| d.get()),
+            }
+        };
+        let result = pump(&client, &server, cmd, limits).await;
         backend.conns.unregister(id);
         crate::metrics::backend_connection(backend.name(), -1.0);
         match result {
@@ -129,9 +135,9 @@ pub async fn pump(
     client: &TcpStream,
     server: &TcpStream,
     cmd: watch::Receiver<Command>,
-    close_timeout: Duration,
+    limits: Limits,
 ) -> io::Result<End> {
-    let shared = Shared::default();
+    let shared = Shared::new();
     // A hard end of either direction ends both: it travels as an error through try_join.
     let stop_on_hard = |r: io::Result<End>| match r {
         Ok(End::Hard) => Err(None),
@@ -139,20 +145,10 @@ pub async fn pump(
         Err(e) => Err(Some(e)),
     };
     let up = async {
-        stop_on_hard(forward(client, server, Dir::Up, cmd.clone(), close_timeout, &shared).await)
+        stop_on_hard(forward(client, server, Dir::Up, cmd.clone(), limits, &shared).await)
     };
     let down = async {
-        stop_on_hard(
-            forward(
-                server,
-                client,
-                Dir::Down,
-                cmd.clone(),
-                close_timeout,
-                &shared,
-            )
-            .await,
-        )
+        stop_on_hard(forward(server, client, Dir::Down, cmd.clone(), limits, &shared).await)
     };
     match tokio::try_join!(up, down) {
         Ok((End::Graceful, _)) | Ok((_, End::Graceful)) => Ok(End::Graceful),
@@ -162,9 +158,21 @@ pub async fn pump(
     }
 }
 
-/// What the two directions of one connection tell each other while closing.
-#[derive(Default)]
+/// Time limits of one connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// How long a graceful close may take before it turns hard.
+    pub close: Duration,
+    /// Close when neither direction carried a byte for this long.
+    pub idle: Option<Duration>,
+}
+
+/// What the two directions of one connection tell each other.
 struct Shared {
+    epoch: Instant,
+    /// Milliseconds since `epoch` at the last byte read in either direction
+    /// (kept only when an idle timeout is set).
+    last_active: AtomicU64,
     /// The client has been sent `connection.close`.
     client_told: AtomicBool,
     /// The broker-to-client direction has ended.
@@ -173,6 +181,26 @@ struct Shared {
 }
 
 impl Shared {
+    fn new() -> Self {
+        Shared {
+            epoch: Instant::now(),
+            last_active: AtomicU64::new(0),
+            client_told: AtomicBool::new(false),
+            down_done: AtomicBool::new(false),
+            notify: Notify::new(),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_active.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the connection becomes idle, given the last activity seen.
+    fn idle_deadline(&self, idle: Duration) -> Instant {
+        self.epoch + Duration::from_millis(self.last_active.load(Ordering::Relaxed)) + idle
+    }
+
     fn set(&self, flag: &AtomicBool) {
         flag.store(true, Ordering::Release);
         self.notify.notify_waiters();
@@ -200,10 +228,10 @@ async fn forward(
     dst: &TcpStream,
     dir: Dir,
     mut cmd: watch::Receiver<Command>,
-    close_timeout: Duration,
+    limits: Limits,
     shared: &Shared,
 ) -> io::Result<End> {
-    let end = forward_inner(src, dst, dir, &mut cmd, close_timeout, shared).await;
+    let end = forward_inner(src, dst, dir, &mut cmd, limits, shared).await;
     if dir == Dir::Down {
         shared.set(&shared.down_done);
     }
@@ -215,7 +243,7 @@ async fn forward_inner(
     dst: &TcpStream,
     dir: Dir,
     cmd: &mut watch::Receiver<Command>,
-    close_timeout: Duration,
+    limits: Limits,
     shared: &Shared,
 ) -> io::Result<End> {
     let mut tracker = match dir {
@@ -235,7 +263,7 @@ async fn forward_inner(
                 Command::Hard => return Ok(End::Hard),
                 Command::Close(text) => {
                     if deadline.is_none() {
-                        deadline = Some(Instant::now() + close_timeout);
+                        deadline = Some(Instant::now() + limits.close);
                         reason = Some(text.clone());
                     }
                 }
@@ -277,6 +305,19 @@ async fn forward_inner(
             _ = tokio::time::sleep_until(deadline.unwrap_or(far_future)), if deadline.is_some() => {
                 return Ok(End::Hard);
             }
+            _ = tokio::time::sleep_until(limits.idle.map_or(far_future, |i| shared.idle_deadline(i))), if limits.idle.is_some() => {
+                // The other direction may have been busy meanwhile: look again.
+                if let Some(idle) = limits.idle {
+                    if Instant::now() >= shared.idle_deadline(idle) {
+                        tracing::debug!(?idle, "idle timeout");
+                        return Ok(End::Hard);
+                    }
+                }
+                continue;
+            }
+        }
+        if limits.idle.is_some() {
+            shared.touch();
         }
         let closing = reason.is_some();
         let step = SCRATCH.with(|scratch| -> io::Result<Step> {

@@ -296,3 +296,50 @@ async fn admin_api_reports_backends_and_readiness() {
     assert_eq!(w.admin_post("/healthz").await.0, 405);
     w.stop().await;
 }
+
+/// With an idle timeout longer than the AMQP heartbeat, heartbeats keep a quiet
+/// connection alive; a TCP connection that carries nothing is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_spares_heartbeating_amqp_connections() {
+    let nodes = cluster().await;
+    let w = Warren::start(&config_yaml(&nodes, "timeouts:\n  idle: 3s\n")).await;
+    let conn = amqp_connect(&format!("{}?heartbeat=1", w.url())).await;
+    let ch = conn.create_channel().await.expect("channel");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Still usable after more than the idle timeout without application traffic.
+    ch.queue_declare(
+        unique("q-idle").as_str().into(),
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("connection survived thanks to heartbeats");
+    assert!(conn.status().connected());
+
+    // A raw connection that sends nothing after the protocol header is cut.
+    let mut raw = tokio::net::TcpStream::connect(w.amqp)
+        .await
+        .expect("connect");
+    let started = tokio::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match raw.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "idle connection not closed within 10 s");
+    assert!(
+        started.elapsed() >= Duration::from_millis(2900),
+        "closed too early: {:?}",
+        started.elapsed()
+    );
+    let _ = conn.close(200, "bye".into()).await;
+    w.stop().await;
+}
