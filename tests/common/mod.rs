@@ -396,3 +396,48 @@ pub fn per_node(nodes: &[Node], nodes_list: &[String]) -> Vec<usize> {
         .map(|n| nodes_list.iter().filter(|x| **x == n.name).count())
         .collect()
 }
+
+/// How a connection was closed by the other side, as the client library saw it.
+#[derive(Clone, Debug)]
+pub struct Closed {
+    /// AMQP reply code (320 for CONNECTION_FORCED); `None` for a transport error.
+    pub code: Option<u16>,
+    pub text: String,
+    pub at: tokio::time::Instant,
+}
+
+/// Watches a connection from now on and reports its first error (a broker's or
+/// warren's `connection.close`, or an I/O error such as a reset).
+pub fn watch_close(conn: &Connection) -> tokio::task::JoinHandle<Option<Closed>> {
+    let mut events = conn.events_listener();
+    tokio::spawn(async move {
+        while let Some(ev) = events.next().await {
+            if let lapin::Event::Error(e) = ev {
+                let (code, text) = match e.kind() {
+                    lapin::ErrorKind::ProtocolError(amqp) => {
+                        (Some(amqp.get_id()), amqp.get_message().to_string())
+                    }
+                    other => (None, format!("{other:?}")),
+                };
+                return Some(Closed {
+                    code,
+                    text,
+                    at: tokio::time::Instant::now(),
+                });
+            }
+        }
+        None
+    })
+}
+
+/// Awaits a `watch_close` result for at most `within`.
+pub async fn closed_within(
+    h: tokio::task::JoinHandle<Option<Closed>>,
+    within: Duration,
+) -> Option<Closed> {
+    tokio::time::timeout(within, h)
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .flatten()
+}
