@@ -16,6 +16,7 @@ pub mod logging;
 pub mod metrics;
 pub mod mgmt;
 pub mod proxy;
+pub mod rebalance;
 pub mod shutdown;
 
 use std::net::SocketAddr;
@@ -40,6 +41,8 @@ pub struct App {
     pub shutdown: CancellationToken,
     pub next_conn_id: AtomicU64,
     pub metrics: PrometheusHandle,
+    /// The rebalance in progress, if any.
+    pub rebalance: std::sync::Mutex<Option<CancellationToken>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +94,7 @@ impl Server {
             shutdown: CancellationToken::new(),
             next_conn_id: AtomicU64::new(1),
             metrics: metrics::install(),
+            rebalance: rebalance::slot(),
         });
         Ok(Server {
             app,

@@ -19,6 +19,8 @@ pub const BACKEND_CONNECT_ERRORS: &str = "warren_backend_connect_errors_total";
 pub const HEALTH_CHECK_DURATION: &str = "warren_health_check_duration_seconds";
 pub const HEALTH_CHECK_FAILURES: &str = "warren_health_check_failures_total";
 
+pub const REBALANCE_CLOSES: &str = "warren_rebalance_closes_total";
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the global recorder once; later calls reuse it (tests start many servers).
@@ -89,4 +91,9 @@ pub fn backend_connection(backend: &str, delta: f64) {
 /// Connecting to `backend` failed.
 pub fn connect_error(backend: &str, kind: &'static str) {
     counter!(BACKEND_CONNECT_ERRORS, "backend" => backend.to_string(), "kind" => kind).increment(1);
+}
+
+/// A connection on `backend` was closed to rebalance.
+pub fn rebalance_close(backend: &str) {
+    counter!(REBALANCE_CLOSES, "backend" => backend.to_string()).increment(1);
 }

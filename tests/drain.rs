@@ -243,3 +243,89 @@ async fn drain_grace_closes_hard_what_does_not_answer() {
     );
     w.stop().await;
 }
+
+/// Clients that reconnect whenever they are closed, like real applications.
+fn reconnecting_clients(
+    url: String,
+    n: usize,
+    stop: tokio_util::sync::CancellationToken,
+) -> Vec<tokio::task::JoinHandle<usize>> {
+    (0..n)
+        .map(|_| {
+            let url = url.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut reconnects = 0;
+                loop {
+                    let conn = amqp_connect(&url).await;
+                    let closed = watch_close(&conn);
+                    tokio::select! {
+                        _ = stop.cancelled() => {
+                            let _ = conn.close(200, "bye".into()).await;
+                            return reconnects;
+                        }
+                        _ = closed => reconnects += 1,
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_evens_out_connections_after_a_node_returns() {
+    let _g = disruptive().lock().await;
+    let nodes = cluster().await;
+    let w = Warren::start(&config_yaml(
+        &nodes,
+        "health:\n  slowstart: 0s\n  password: guest\nrebalance:\n  enabled: true\n  tolerance: 0.2\n  window: 2s\n  max_fraction: 0.5\n",
+    ))
+    .await;
+    // n3 out of service while 30 clients connect: 15/15/0.
+    w.admin_post(&format!("/api/backends/{}/disable", nodes[2].backend))
+        .await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let clients = reconnecting_clients(w.url(), 30, stop.clone());
+    let active = |v: &serde_json::Value| v["active_connections"].as_u64().unwrap_or(0);
+    let counts = || async {
+        let mut c = Vec::new();
+        for n in &nodes {
+            c.push(active(&w.backend(&n.backend).await));
+        }
+        c
+    };
+    let start = tokio::time::Instant::now();
+    while counts().await != vec![15, 15, 0] {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "clients never settled: {:?}",
+            counts().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The node returns: connections move to it, paced, until the spread is even.
+    w.admin_post(&format!("/api/backends/{}/enable", nodes[2].backend))
+        .await;
+    let start = tokio::time::Instant::now();
+    let settled = loop {
+        let c = counts().await;
+        let (min, max) = (*c.iter().min().unwrap_or(&0), *c.iter().max().unwrap_or(&0));
+        if c.iter().sum::<u64>() == 30 && max - min <= 2 {
+            break c;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "not rebalanced: {c:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    eprintln!("rebalanced to {settled:?} in {:?}", start.elapsed());
+    stop.cancel();
+    let mut moved = 0;
+    for c in clients {
+        moved += c.await.expect("client task");
+    }
+    // Only a bounded share was moved: not every client was disturbed.
+    assert!((8..30).contains(&moved), "{moved} reconnects");
+    w.stop().await;
+}

@@ -406,27 +406,50 @@ pub struct Closed {
     pub at: tokio::time::Instant,
 }
 
-/// Watches a connection from now on and reports its first error (a broker's or
-/// warren's `connection.close`, or an I/O error such as a reset).
+/// Watches a connection from now on and reports how it was closed: the
+/// `connection.close` (broker's or warren's) if the client library saw one, else
+/// the first I/O error such as a reset. A broker that closes the socket right after
+/// its close frame makes lapin report an I/O error too, in either order, so errors
+/// arriving within half a second of the first are all considered.
 pub fn watch_close(conn: &Connection) -> tokio::task::JoinHandle<Option<Closed>> {
     let mut events = conn.events_listener();
     tokio::spawn(async move {
-        while let Some(ev) = events.next().await {
-            if let lapin::Event::Error(e) = ev {
-                let (code, text) = match e.kind() {
-                    lapin::ErrorKind::ProtocolError(amqp) => {
-                        (Some(amqp.get_id()), amqp.get_message().to_string())
+        let mut first: Option<Closed> = None;
+        loop {
+            let next = match &first {
+                None => events.next().await,
+                Some(_) => {
+                    match tokio::time::timeout(Duration::from_millis(500), events.next()).await {
+                        Ok(ev) => ev,
+                        Err(_) => return first,
                     }
-                    other => (None, format!("{other:?}")),
-                };
-                return Some(Closed {
-                    code,
-                    text,
-                    at: tokio::time::Instant::now(),
-                });
+                }
+            };
+            let Some(ev) = next else {
+                return first;
+            };
+            if let lapin::Event::Error(e) = ev {
+                let at = tokio::time::Instant::now();
+                match e.kind() {
+                    lapin::ErrorKind::ProtocolError(amqp) => {
+                        return Some(Closed {
+                            code: Some(amqp.get_id()),
+                            text: amqp.get_message().to_string(),
+                            at: first.map_or(at, |f| f.at),
+                        });
+                    }
+                    other => {
+                        if first.is_none() {
+                            first = Some(Closed {
+                                code: None,
+                                text: format!("{other:?}"),
+                                at,
+                            });
+                        }
+                    }
+                }
             }
         }
-        None
     })
 }
 
