@@ -128,6 +128,33 @@ pub struct AdminConfig {
     /// Admin HTTP listener: /healthz /readyz /metrics /api/...
     #[serde(default = "default_admin_listen", deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
+    /// When set, every mutating request (POST) must carry
+    /// `Authorization: Bearer <token>`; the token is read from this file...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// ...or from this environment variable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+}
+
+impl AdminConfig {
+    /// The bearer token for mutating requests, if one is configured.
+    pub fn resolve_token(&self) -> Result<Option<Secret>, String> {
+        let token = if let Some(f) = &self.token_file {
+            std::fs::read_to_string(f)
+                .map_err(|e| format!("cannot read {}: {e}", f.display()))?
+                .trim()
+                .to_string()
+        } else if let Some(var) = &self.token_env {
+            std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?
+        } else {
+            return Ok(None);
+        };
+        if token.len() < 16 {
+            return Err("expected a token of at least 16 characters".to_string());
+        }
+        Ok(Some(Secret(token)))
+    }
 }
 
 fn default_admin_listen() -> SocketAddr {
@@ -138,6 +165,8 @@ impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: default_admin_listen(),
+            token_file: None,
+            token_env: None,
         }
     }
 }
@@ -161,6 +190,15 @@ pub struct Timeouts {
     /// heartbeat kills healthy connections (HAProxy `timeout client`/`timeout server`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle: Option<HumanDuration>,
+    /// A client must send its first bytes (the AMQP protocol header) within this
+    /// time, or it is closed before any backend is involved (RabbitMQ's own
+    /// `handshake_timeout` is 10 s).
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake: HumanDuration,
+}
+
+fn default_handshake_timeout() -> HumanDuration {
+    HumanDuration::secs(10)
 }
 
 fn default_connect_timeout() -> HumanDuration {
@@ -172,6 +210,7 @@ impl Default for Timeouts {
         Timeouts {
             connect: default_connect_timeout(),
             idle: None,
+            handshake: default_handshake_timeout(),
         }
     }
 }
@@ -604,6 +643,26 @@ impl Config {
                     return Err(invalid(format!("backends[{i}].management"), e.to_string()));
                 }
             }
+        }
+        if self.admin.token_file.is_some() && self.admin.token_env.is_some() {
+            return Err(invalid(
+                "admin.token_file".into(),
+                "expected only one of `token_file`, `token_env`".into(),
+            ));
+        }
+        if let Err(e) = self.admin.resolve_token() {
+            let key = if self.admin.token_file.is_some() {
+                "admin.token_file"
+            } else {
+                "admin.token_env"
+            };
+            return Err(invalid(key.into(), e));
+        }
+        if self.timeouts.handshake.get().is_zero() {
+            return Err(invalid(
+                "timeouts.handshake".into(),
+                "expected a duration greater than 0".into(),
+            ));
         }
         let h = &self.health;
         if h.interval.get().is_zero() {

@@ -19,6 +19,7 @@ pub const BACKEND_CONNECT_ERRORS: &str = "warren_backend_connect_errors_total";
 pub const HEALTH_CHECK_DURATION: &str = "warren_health_check_duration_seconds";
 pub const HEALTH_CHECK_FAILURES: &str = "warren_health_check_failures_total";
 
+pub const HANDSHAKE_REJECTED: &str = "warren_listener_handshake_rejected_total";
 pub const REBALANCE_CLOSES: &str = "warren_rebalance_closes_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -96,4 +97,10 @@ pub fn connect_error(backend: &str, kind: &'static str) {
 /// A connection on `backend` was closed to rebalance.
 pub fn rebalance_close(backend: &str) {
     counter!(REBALANCE_CLOSES, "backend" => backend.to_string()).increment(1);
+}
+
+/// A client was turned away before its connection reached a backend
+/// (`reason`: timeout, closed, not_amqp).
+pub fn handshake_rejected(reason: &'static str) {
+    counter!(HANDSHAKE_REJECTED, "reason" => reason).increment(1);
 }

@@ -37,6 +37,12 @@ pub async fn serve(app: Arc<App>, client: TcpStream, peer: SocketAddr, id: u64) 
     async move {
         let _ = client.set_nodelay(true);
         set_keepalive(&client);
+        let handshake = app.config.load().timeouts.handshake.get();
+        if let Err(why) = await_protocol_header(&client, handshake).await {
+            tracing::debug!(reason = why, "client rejected before connecting upstream");
+            crate::metrics::handshake_rejected(why);
+            return;
+        }
         let Some((backend, server)) = connect(&app).await else {
             tracing::warn!("no backend reachable, closing client");
             return;
@@ -65,6 +71,24 @@ pub async fn serve(app: Arc<App>, client: TcpStream, peer: SocketAddr, id: u64) 
     .await
 }
 
+/// AMQP clients speak first: waits (bounded) for the client's first bytes and
+/// checks they can start the protocol header, so silent or non-AMQP clients are
+/// turned away without costing a backend connection.
+async fn await_protocol_header(client: &TcpStream, within: Duration) -> Result<(), &'static str> {
+    let mut head = [0u8; 8];
+    let n = match tokio::time::timeout(within, client.peek(&mut head)).await {
+        Err(_) => return Err("timeout"),
+        Ok(Err(_)) | Ok(Ok(0)) => return Err("closed"),
+        Ok(Ok(n)) => n,
+    };
+    let k = n.min(4);
+    if head[..k] == amqp::PROTOCOL_HEADER[..k] {
+        Ok(())
+    } else {
+        Err("not_amqp")
+    }
+}
+
 /// Connects to the first reachable candidate backend (bounded by `retries`).
 async fn connect(app: &Arc<App>) -> Option<(Arc<Backend>, TcpStream)> {
     let config = app.config.load();
@@ -79,6 +103,12 @@ async fn connect(app: &Arc<App>) -> Option<(Arc<Backend>, TcpStream)> {
             }
             Ok(Err(e)) => {
                 crate::metrics::connect_error(backend.name(), error_kind(&e));
+                if !blames_backend(&e) {
+                    // Out of file descriptors or ports here: not the node's fault,
+                    // and no other node would do better.
+                    tracing::warn!(backend = backend.name(), error = %e, "cannot connect: local resource exhausted");
+                    return None;
+                }
                 e.to_string()
             }
             Err(_) => {
@@ -90,6 +120,20 @@ async fn connect(app: &Arc<App>) -> Option<(Arc<Backend>, TcpStream)> {
         crate::health::passive_failure(app, &backend, &err);
     }
     None
+}
+
+/// Connect errors that say something about the backend (as opposed to this host).
+fn blames_backend(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::TimedOut
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+            | io::ErrorKind::NotFound
+    ) || e.raw_os_error().is_none()
 }
 
 fn error_kind(e: &io::Error) -> &'static str {

@@ -40,8 +40,7 @@ async fn connections_on(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_drain_closes_thirty_connections_paced_and_clients_reconnect_elsewhere() {
-    let _g = disruptive().lock().await;
-    let nodes = cluster().await;
+    let nodes = cluster_exclusive().await;
     let w = Warren::start(&config_yaml(
         &nodes,
         "drain:\n  window: 3s\n  grace: 10s\nhealth:\n  slowstart: 0s\n  password: guest\n",
@@ -137,8 +136,7 @@ async fn operator_drain_closes_thirty_connections_paced_and_clients_reconnect_el
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disable_keeps_existing_connections_and_takes_no_new_ones() {
-    let _g = disruptive().lock().await;
-    let nodes = cluster().await;
+    let nodes = cluster_exclusive().await;
     let w = Warren::start(&config_yaml(
         &nodes,
         "health:\n  slowstart: 0s\n  password: guest\n",
@@ -274,8 +272,7 @@ fn reconnecting_clients(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebalance_evens_out_connections_after_a_node_returns() {
-    let _g = disruptive().lock().await;
-    let nodes = cluster().await;
+    let nodes = cluster_exclusive().await;
     let w = Warren::start(&config_yaml(
         &nodes,
         "health:\n  slowstart: 0s\n  password: guest\nrebalance:\n  enabled: true\n  tolerance: 0.2\n  window: 2s\n  max_fraction: 0.5\n",
@@ -289,7 +286,7 @@ async fn rebalance_evens_out_connections_after_a_node_returns() {
     let active = |v: &serde_json::Value| v["active_connections"].as_u64().unwrap_or(0);
     let counts = || async {
         let mut c = Vec::new();
-        for n in &nodes {
+        for n in nodes.iter() {
             c.push(active(&w.backend(&n.backend).await));
         }
         c

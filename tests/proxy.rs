@@ -14,8 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_connections_land_ten_per_node() {
-    let _g = disruptive().lock().await;
-    let nodes = cluster().await;
+    let nodes = cluster_exclusive().await;
     let w = Warren::start(&config_yaml(&nodes, "")).await;
     let prefix = unique("spread");
     let mut conns = Vec::new();
@@ -166,8 +165,7 @@ async fn sixteen_mib_message_round_trips_intact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_app_on_one_node_new_connections_all_succeed() {
-    let _g = disruptive().lock().await;
-    let nodes = cluster().await;
+    let nodes = cluster_exclusive().await;
     // Health checks slower than the test, so it is the proxy's retry that is tested.
     let w = Warren::start(&config_yaml(
         &nodes,
@@ -188,14 +186,13 @@ async fn stop_app_on_one_node_new_connections_all_succeed() {
         let _ = c.close(200, "bye".into()).await;
     }
     drop(stopped);
-    cluster().await;
+    wait_nodes_up().await;
     w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_connections_picks_the_least_loaded_node() {
-    let _g = disruptive().lock().await;
-    let nodes = cluster().await;
+    let nodes = cluster_exclusive().await;
     let w = Warren::start(&config_yaml(
         &nodes,
         "balance: least-connections\nhealth:\n  slowstart: 0s\n  password: guest\n",
@@ -256,7 +253,10 @@ async fn half_close_is_propagated() {
     let mut c = tokio::net::TcpStream::connect(w.amqp)
         .await
         .expect("connect");
-    c.write_all(&[7u8; 100_000]).await.expect("write");
+    c.write_all(warren::amqp::PROTOCOL_HEADER)
+        .await
+        .expect("header");
+    c.write_all(&[7u8; 99_992]).await.expect("write");
     c.shutdown().await.expect("half-close");
     let mut reply = String::new();
     tokio::time::timeout(Duration::from_secs(10), c.read_to_string(&mut reply))
@@ -287,7 +287,7 @@ async fn admin_api_reports_backends_and_readiness() {
             "{b}"
         );
     }
-    for n in &nodes {
+    for n in nodes.iter() {
         w.admin_post(&format!("/api/backends/{}/disable", n.backend))
             .await;
     }
@@ -323,6 +323,9 @@ async fn idle_timeout_spares_heartbeating_amqp_connections() {
     let mut raw = tokio::net::TcpStream::connect(w.amqp)
         .await
         .expect("connect");
+    raw.write_all(warren::amqp::PROTOCOL_HEADER)
+        .await
+        .expect("header");
     let started = tokio::time::Instant::now();
     let mut buf = [0u8; 64];
     let closed = tokio::time::timeout(Duration::from_secs(10), async {

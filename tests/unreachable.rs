@@ -44,8 +44,7 @@ impl Drop for Cut {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_node_is_marked_down_and_its_clients_closed() {
-    let _g = disruptive().lock().await;
-    let nodes = cluster().await;
+    let nodes = cluster_exclusive().await;
     netns_node("up");
     let yaml = format!(
         "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n\
