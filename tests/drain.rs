@@ -11,33 +11,6 @@ use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 
-/// Opens `n` connections that all land on `target` (the other nodes disabled meanwhile).
-async fn connections_on(
-    w: &Warren,
-    nodes: &[Node],
-    target: usize,
-    n: usize,
-    prefix: &str,
-) -> Vec<lapin::Connection> {
-    for (i, node) in nodes.iter().enumerate() {
-        if i != target {
-            w.admin_post(&format!("/api/backends/{}/disable", node.backend))
-                .await;
-        }
-    }
-    let mut conns = Vec::new();
-    for i in 0..n {
-        conns.push(amqp_connect_named(&w.url(), &format!("{prefix}-{i}")).await);
-    }
-    for (i, node) in nodes.iter().enumerate() {
-        if i != target {
-            w.admin_post(&format!("/api/backends/{}/enable", node.backend))
-                .await;
-        }
-    }
-    conns
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_drain_closes_thirty_connections_paced_and_clients_reconnect_elsewhere() {
     let nodes = cluster_exclusive().await;

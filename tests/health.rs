@@ -17,33 +17,6 @@ const DOWN_BOUND: Duration = Duration::from_secs(3);
 /// Slack for a shared, noisy machine on top of the configured bound.
 const SLACK: Duration = Duration::from_secs(3);
 
-/// Opens `n` connections that all land on node `target`.
-async fn connections_on(
-    w: &Warren,
-    nodes: &[Node],
-    target: usize,
-    n: usize,
-    prefix: &str,
-) -> Vec<lapin::Connection> {
-    for (i, node) in nodes.iter().enumerate() {
-        if i != target {
-            w.admin_post(&format!("/api/backends/{}/disable", node.backend))
-                .await;
-        }
-    }
-    let mut conns = Vec::new();
-    for i in 0..n {
-        conns.push(amqp_connect_named(&w.url(), &format!("{prefix}-{i}")).await);
-    }
-    for (i, node) in nodes.iter().enumerate() {
-        if i != target {
-            w.admin_post(&format!("/api/backends/{}/enable", node.backend))
-                .await;
-        }
-    }
-    conns
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_app_marks_node_down_clients_get_320_and_it_returns_after_rise() {
     let nodes = cluster_exclusive().await;
@@ -293,51 +266,28 @@ async fn frozen_node_is_detected_and_its_clients_closed_by_warren() {
 
 /// A fake management API answering every request the same way.
 async fn fake_management(answer: &'static str) -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                match answer {
-                    "hang" => tokio::time::sleep(Duration::from_secs(3600)).await,
-                    "huge" => {
-                        let _ = s
-                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 104857600\r\n\r\n")
-                            .await;
-                        let chunk = vec![b' '; 65536];
-                        for _ in 0..1600 {
-                            if s.write_all(&chunk).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    other => {
-                        let _ = s.write_all(other.as_bytes()).await;
+    tcp_server(move |mut s| async move {
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        match answer {
+            "hang" => tokio::time::sleep(Duration::from_secs(3600)).await,
+            "huge" => {
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 104857600\r\n\r\n")
+                    .await;
+                let chunk = vec![b' '; 65536];
+                for _ in 0..1600 {
+                    if s.write_all(&chunk).await.is_err() {
+                        return;
                     }
                 }
-            });
+            }
+            other => {
+                let _ = s.write_all(other.as_bytes()).await;
+            }
         }
-    });
-    addr
-}
-
-/// A TCP port that accepts (stands in for a node's AMQP port).
-async fn accepting_port() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = l.accept().await {
-            held.push(s);
-        }
-    });
-    addr
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -359,7 +309,7 @@ async fn broken_management_apis_fail_checks_with_reasons_without_stalling_others
         nodes[0].mgmt_url()
     ));
     for (name, answer, _) in &cases {
-        let amqp = accepting_port().await;
+        let amqp = sink_backend().await;
         let mgmt = fake_management(answer).await;
         yaml.push_str(&format!(
             "  - name: {name}\n    address: {amqp}\n    management: http://{mgmt}\n"

@@ -26,27 +26,6 @@ async fn time_to_close(s: &mut TcpStream, within: Duration) -> Option<Duration> 
     .ok()
 }
 
-/// A backend that accepts and holds every connection, reading and discarding.
-async fn sink_backend() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_silent_clients_never_reach_a_backend() {
     let nodes = cluster().await;
@@ -149,21 +128,14 @@ async fn clients_vanishing_mid_stream_are_cleaned_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_resetting_mid_stream_closes_only_that_client() {
     // A backend that answers part of a frame and then resets the connection.
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut head = [0u8; 8];
-                if s.read_exact(&mut head).await.is_ok() {
-                    let _ = s.write_all(&[1, 0, 0, 0, 0, 1, 0, 0, 10]).await;
-                    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
-                }
-            });
+    let addr = tcp_server(|mut s| async move {
+        let mut head = [0u8; 8];
+        if s.read_exact(&mut head).await.is_ok() {
+            let _ = s.write_all(&[1, 0, 0, 0, 0, 1, 0, 0, 10]).await;
+            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
         }
-    });
+    })
+    .await;
     let yaml = format!(
         "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nhealth:\n  interval: 1h\nbackends:\n  - {{name: resetter, address: '{addr}'}}\n"
     );

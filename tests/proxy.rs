@@ -228,24 +228,16 @@ async fn least_connections_picks_the_least_loaded_node() {
 /// only after the client has finished sending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_is_propagated() {
-    let backend = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let baddr = backend.local_addr().expect("addr");
-    tokio::spawn(async move {
-        // Every connection (the health checker's TCP probe too) gets the same service.
-        while let Ok((mut s, _)) = backend.accept().await {
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                if s.read_to_end(&mut got).await.is_ok() {
-                    let _ = s
-                        .write_all(format!("got {} bytes", got.len()).as_bytes())
-                        .await;
-                }
-                // Dropping closes our side.
-            });
+    let baddr = tcp_server(|mut s| async move {
+        let mut got = Vec::new();
+        if s.read_to_end(&mut got).await.is_ok() {
+            let _ = s
+                .write_all(format!("got {} bytes", got.len()).as_bytes())
+                .await;
         }
-    });
+        // Dropping closes our side.
+    })
+    .await;
     let yaml = format!(
         "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nhealth:\n  interval: 1h\nbackends:\n  - name: echo\n    address: {baddr}\n"
     );

@@ -631,3 +631,64 @@ impl Drop for WarrenProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A small TCP server on an ephemeral loopback port: every connection (the health
+/// checker's probes included) is served by `handler` in its own task.
+pub async fn tcp_server<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(handler(s));
+        }
+    });
+    addr
+}
+
+/// A backend that accepts every connection, reads and discards until EOF.
+pub async fn sink_backend() -> SocketAddr {
+    tcp_server(|mut s| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await
+}
+
+/// Opens `n` connections through `w` that all land on node `target` (the other
+/// nodes disabled meanwhile, enabled again afterwards).
+pub async fn connections_on(
+    w: &Warren,
+    nodes: &[Node],
+    target: usize,
+    n: usize,
+    prefix: &str,
+) -> Vec<Connection> {
+    for (i, node) in nodes.iter().enumerate() {
+        if i != target {
+            w.admin_post(&format!("/api/backends/{}/disable", node.backend))
+                .await;
+        }
+    }
+    let mut conns = Vec::new();
+    for i in 0..n {
+        conns.push(amqp_connect_named(&w.url(), &format!("{prefix}-{i}")).await);
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        if i != target {
+            w.admin_post(&format!("/api/backends/{}/enable", node.backend))
+                .await;
+        }
+    }
+    conns
+}
