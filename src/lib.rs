@@ -113,9 +113,10 @@ impl Server {
     /// gracefully within `shutdown.grace`.
     pub async fn run(self) {
         let app = self.app;
+        // The bound addresses (a configured port 0 shows the port the OS chose).
         tracing::info!(
-            listen = %app.config.load().listen,
-            admin = %app.config.load().admin.listen,
+            listen = %self.amqp_addr,
+            admin = %self.admin_addr,
             backends = app.balancer.backends().len(),
             "warren started"
         );

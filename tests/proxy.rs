@@ -301,6 +301,8 @@ async fn admin_api_reports_backends_and_readiness() {
 /// connection alive; a TCP connection that carries nothing is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timeout_spares_heartbeating_amqp_connections() {
+    // A node stopped by another test would reset the raw connection early.
+    let _g = disruptive().lock().await;
     let nodes = cluster().await;
     let w = Warren::start(&config_yaml(&nodes, "timeouts:\n  idle: 3s\n")).await;
     let conn = amqp_connect(&format!("{}?heartbeat=1", w.url())).await;
