@@ -203,3 +203,38 @@ fn is_transient(e: &io::Error) -> bool {
             | io::ErrorKind::Interrupted
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn bound() -> (TcpListener, SocketAddr) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let a = l.local_addr().expect("addr");
+        (l, a)
+    }
+
+    #[tokio::test]
+    async fn rebind_takes_over_the_old_queue_then_closes_the_old_socket() {
+        let (old, old_addr) = bound().await;
+        let slot = Rebindable::new("test", old);
+        let mut acceptor = Acceptor::new(&slot);
+        // Completes its handshake in the old socket's queue; nobody has accepted it.
+        let queued = TcpStream::connect(old_addr).await.expect("connect");
+        let (new, new_addr) = bound().await;
+        slot.install(new);
+        let (_s, peer) = acceptor.accept().await.expect("open").expect("accepted");
+        assert_eq!(peer, queued.local_addr().expect("addr"));
+        let fresh = TcpStream::connect(new_addr).await.expect("connect");
+        let (_s, peer) = acceptor.accept().await.expect("open").expect("accepted");
+        assert_eq!(peer, fresh.local_addr().expect("addr"));
+        assert!(
+            TcpStream::connect(old_addr).await.is_err(),
+            "old socket closed"
+        );
+        assert_eq!(slot.local_addr(), Some(new_addr));
+        slot.close();
+        assert!(acceptor.accept().await.is_none());
+        assert!(TcpStream::connect(new_addr).await.is_err());
+    }
+}

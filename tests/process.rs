@@ -229,8 +229,11 @@ async fn a_second_signal_exits_at_once() {
         matches!(p.child.try_wait(), Ok(None)),
         "still waiting for the silent client"
     );
-    // Stopped accepting: the listening socket is closed.
+    // Stopped accepting: the listening socket is closed; the admin API still
+    // answers, and says "not ready" so load balancers and Kubernetes look elsewhere.
     assert!(tokio::net::TcpStream::connect(p.amqp).await.is_err());
+    assert_eq!(admin_request(p.admin, "GET", "/readyz").await.0, 503);
+    assert_eq!(admin_request(p.admin, "GET", "/healthz").await.0, 200);
     let sent = Instant::now();
     p.signal("TERM");
     let status = tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(5)))
