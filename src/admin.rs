@@ -148,7 +148,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
 }
 
 /// Applies an operator action.
-fn operate(app: &App, b: &Arc<Backend>, action: &str) {
+fn operate(app: &Arc<App>, b: &Arc<Backend>, action: &str) {
     match action {
         "drain" => {
             let prev = b.set_mode(Mode::Draining);
@@ -178,6 +178,9 @@ fn operate(app: &App, b: &Arc<Backend>, action: &str) {
             let prev = b.set_mode(Mode::Enabled);
             b.conns.cancel_drain();
             tracing::info!(backend = b.name(), previous = ?prev, "operator: enable");
+            if prev != Mode::Enabled {
+                crate::rebalance::trigger(app, &format!("{} enabled", b.name()));
+            }
         }
     }
     crate::metrics::backend_state(b);

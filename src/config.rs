@@ -106,6 +106,8 @@ pub struct Config {
     #[serde(default)]
     pub drain: DrainConfig,
     #[serde(default)]
+    pub rebalance: RebalanceConfig,
+    #[serde(default)]
     pub shutdown: ShutdownConfig,
     #[serde(default)]
     pub log: LogConfig,
@@ -365,6 +367,46 @@ impl Default for DrainConfig {
             window: default_drain_window(),
             grace: default_drain_grace(),
             close_timeout: default_close_timeout(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RebalanceConfig {
+    /// Move connections onto a node that returns (closing them, paced, on the
+    /// most loaded nodes). Off by default: only clients that reconnect after a
+    /// broker close can take it.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Accepted spread: max - min <= tolerance x mean connections per node.
+    #[serde(default = "default_tolerance")]
+    pub tolerance: f64,
+    /// Closes of one round are spread over this window.
+    #[serde(default = "default_rebalance_window")]
+    pub window: HumanDuration,
+    /// At most this share of all connections is closed per round.
+    #[serde(default = "default_max_fraction")]
+    pub max_fraction: f64,
+}
+
+fn default_tolerance() -> f64 {
+    0.2
+}
+fn default_rebalance_window() -> HumanDuration {
+    HumanDuration::secs(30)
+}
+fn default_max_fraction() -> f64 {
+    0.25
+}
+
+impl Default for RebalanceConfig {
+    fn default() -> Self {
+        RebalanceConfig {
+            enabled: false,
+            tolerance: default_tolerance(),
+            window: default_rebalance_window(),
+            max_fraction: default_max_fraction(),
         }
     }
 }
@@ -631,6 +673,19 @@ impl Config {
             return Err(invalid(
                 "health.fast_interval".into(),
                 "expected durations greater than 0 for fast_interval and down_interval".into(),
+            ));
+        }
+        let r = &self.rebalance;
+        if !(r.tolerance >= 0.0 && r.tolerance.is_finite()) {
+            return Err(invalid(
+                "rebalance.tolerance".into(),
+                format!("expected a number >= 0, got {}", r.tolerance),
+            ));
+        }
+        if !(r.max_fraction > 0.0 && r.max_fraction <= 1.0) {
+            return Err(invalid(
+                "rebalance.max_fraction".into(),
+                format!("expected a number in (0, 1], got {}", r.max_fraction),
             ));
         }
         let sources = [

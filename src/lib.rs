@@ -16,6 +16,7 @@ pub mod logging;
 pub mod metrics;
 pub mod mgmt;
 pub mod proxy;
+pub mod rebalance;
 pub mod reload;
 pub mod shutdown;
 
@@ -41,6 +42,8 @@ pub struct App {
     pub shutdown: CancellationToken,
     pub next_conn_id: AtomicU64,
     pub metrics: PrometheusHandle,
+    /// The rebalance in progress, if any.
+    pub rebalance: std::sync::Mutex<Option<CancellationToken>>,
     /// The AMQP listening socket; a reload may rebind it.
     pub amqp_listener: listener::Rebindable,
     /// The admin listening socket; a reload may rebind it.
@@ -97,6 +100,7 @@ impl Server {
             shutdown: CancellationToken::new(),
             next_conn_id: AtomicU64::new(1),
             metrics: metrics::install(),
+            rebalance: rebalance::slot(),
             amqp_listener: listener::Rebindable::new("amqp", amqp),
             admin_listener: listener::Rebindable::new("admin", admin),
             listener_stats: listener::ListenerStats::default(),

@@ -39,6 +39,7 @@ pub const BACKEND_RECEIVED_BYTES: &str = "warren_backend_received_bytes_total";
 pub const BACKEND_DRAINS: &str = "warren_backend_drains_total";
 pub const BACKEND_GRACEFUL_CLOSES: &str = "warren_backend_graceful_closes_total";
 pub const BACKEND_FORCED_CLOSES: &str = "warren_backend_forced_closes_total";
+pub const REBALANCE_CLOSES: &str = "warren_rebalance_closes_total";
 pub const HEALTH_CHECK_DURATION: &str = "warren_health_check_duration_seconds";
 pub const HEALTH_CHECK_FAILURES: &str = "warren_health_check_failures_total";
 pub const LISTENER_ACCEPTED: &str = "warren_listener_accepted_connections_total";
@@ -159,6 +160,11 @@ fn describe() {
         Count,
         "Connections warren had to close without a completed AMQP close (grace or close timeout over).",
     );
+    c(
+        REBALANCE_CLOSES,
+        Count,
+        "Connections on the backend closed (connection.close 320) to even out the spread after a node returned.",
+    );
     describe_histogram!(
         HEALTH_CHECK_DURATION,
         Seconds,
@@ -256,6 +262,7 @@ fn ensure_counters(backend: &str) {
     counter!(BACKEND_RECEIVED_BYTES, "backend" => name()).increment(0);
     counter!(BACKEND_GRACEFUL_CLOSES, "backend" => name()).increment(0);
     counter!(BACKEND_FORCED_CLOSES, "backend" => name()).increment(0);
+    counter!(REBALANCE_CLOSES, "backend" => name()).increment(0);
     for kind in CONNECT_ERROR_KINDS {
         counter!(BACKEND_CONNECT_ERRORS, "backend" => name(), "kind" => kind).increment(0);
     }
@@ -332,6 +339,11 @@ pub fn close_ended(backend: &str, graceful: bool) {
 /// Connecting to `backend` failed; `kind` is one of [`CONNECT_ERROR_KINDS`].
 pub fn connect_error(backend: &str, kind: &'static str) {
     counter!(BACKEND_CONNECT_ERRORS, "backend" => backend.to_string(), "kind" => kind).increment(1);
+}
+
+/// A connection on `backend` was closed to rebalance.
+pub fn rebalance_close(backend: &str) {
+    counter!(REBALANCE_CLOSES, "backend" => backend.to_string()).increment(1);
 }
 
 /// A drain of `backend` started; `trigger` is one of [`DRAIN_TRIGGERS`].

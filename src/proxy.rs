@@ -19,7 +19,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::amqp::{self, FrameTracker};
+use crate::amqp::{self, FrameTracker, Seen};
 use crate::balancer::Backend;
 use crate::drain::Command;
 use crate::App;
@@ -78,7 +78,7 @@ pub async fn serve(app: Arc<App>, client: TcpStream, peer: SocketAddr, id: u64) 
 }
 
 /// Connects to the first reachable candidate backend (bounded by `retries`).
-async fn connect(app: &App) -> Option<(Arc<Backend>, TcpStream)> {
+async fn connect(app: &Arc<App>) -> Option<(Arc<Backend>, TcpStream)> {
     let config = app.config.load();
     let timeout = config.timeouts.connect.get();
     for backend in app.balancer.candidates(config.retries + 1) {
@@ -222,6 +222,14 @@ struct Shared {
     client_told: AtomicBool,
     /// The broker-to-client direction has ended.
     down_done: AtomicBool,
+    /// Client or broker already sent `connection.close` on its own: the connection
+    /// is closing the normal way, so warren only forwards (within its deadline).
+    peer_closing: AtomicBool,
+    /// The broker sent `connection.close` (RabbitMQ closes its socket right after
+    /// it on shutdown, without waiting for close-ok).
+    broker_closed: AtomicBool,
+    /// The client answered a close with `close-ok`.
+    client_acked: AtomicBool,
     notify: Notify,
 }
 
@@ -232,6 +240,9 @@ impl Shared {
             last_active: AtomicU64::new(0),
             client_told: AtomicBool::new(false),
             down_done: AtomicBool::new(false),
+            peer_closing: AtomicBool::new(false),
+            broker_closed: AtomicBool::new(false),
+            client_acked: AtomicBool::new(false),
             notify: Notify::new(),
         }
     }
@@ -317,7 +328,8 @@ async fn forward_inner(
             }
         }
         let mut wait_for_client_told = false;
-        if let (Some(text), false) = (&reason, sent_close) {
+        let peer_closing = shared.peer_closing.load(Ordering::Acquire);
+        if let (Some(text), false, false) = (&reason, sent_close, peer_closing) {
             if tracker.is_lost() {
                 // Not AMQP: nothing graceful is possible.
                 return Ok(End::Hard);
@@ -366,7 +378,8 @@ async fn forward_inner(
         if limits.idle.is_some() {
             shared.touch();
         }
-        let closing = reason.is_some();
+        // A close already under way between client and broker is left to finish.
+        let closing = reason.is_some() && !shared.peer_closing.load(Ordering::Acquire);
         let step = SCRATCH.with(|scratch| -> io::Result<Step> {
             let mut scratch = scratch.borrow_mut();
             let buf = scratch.as_mut_slice();
@@ -374,6 +387,11 @@ async fn forward_inner(
                 Ok(0) => return Ok(Step::Eof),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Again),
+                // RabbitMQ resets the socket right after its own connection.close when
+                // the client's close-ok arrives late: that is the end of a normal close.
+                Err(_) if dir == Dir::Down && shared.broker_closed.load(Ordering::Acquire) => {
+                    return Ok(Step::Eof)
+                }
                 Err(e) => return Err(e),
             };
             let data = &buf[..n];
@@ -390,7 +408,18 @@ async fn forward_inner(
             }
             // While closing, forward only up to the next frame boundary.
             let k = if !closing {
-                tracker.feed(data, false)
+                let k = tracker.feed(data, false);
+                match (tracker.take_seen(), dir) {
+                    (Some(Seen::ConnectionClose), _) => {
+                        if dir == Dir::Down {
+                            shared.broker_closed.store(true, Ordering::Release);
+                        }
+                        shared.peer_closing.store(true, Ordering::Release);
+                    }
+                    (Some(Seen::ConnectionCloseOk), Dir::Up) => shared.set(&shared.client_acked),
+                    _ => {}
+                }
+                k
             } else if tracker.at_boundary() {
                 0
             } else {
@@ -411,6 +440,11 @@ async fn forward_inner(
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         return Ok(Step::Pending(out.to_vec()));
                     }
+                    // The broker closed after its connection.close: what the client
+                    // still sends (its close-ok) has nowhere to go and need not.
+                    Err(_) if dir == Dir::Up && shared.broker_closed.load(Ordering::Acquire) => {
+                        return Ok(Step::Again);
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -426,6 +460,21 @@ async fn forward_inner(
                 }
                 if closing {
                     return Ok(End::Hard);
+                }
+                if dir == Dir::Down && shared.broker_closed.load(Ordering::Acquire) {
+                    // The broker closed right after its connection.close: give the
+                    // client time to read it and answer before it sees EOF, so it
+                    // reports a broker close rather than a broken connection.
+                    let wait = async {
+                        while !shared.client_acked.load(Ordering::Acquire) {
+                            let notified = shared.notify.notified();
+                            if shared.client_acked.load(Ordering::Acquire) {
+                                break;
+                            }
+                            notified.await;
+                        }
+                    };
+                    let _ = tokio::time::timeout(limits.close, wait).await;
                 }
                 // Half-close: the peer is done sending; tell the other side, keep reading it.
                 let _ = SockRef::from(dst).shutdown(std::net::Shutdown::Write);

@@ -315,12 +315,15 @@ async fn drain_counts_graceful_and_forced_closes() {
         x.value(m::BACKEND_ACTIVE, &b(name)) == 2.0
     })
     .await;
+    let good_closed = watch_close(&good);
     let (status, body) = w.admin_post(&format!("/api/backends/{name}/drain")).await;
     assert_eq!(status, 200, "{body}");
-    let err = next_error(&good, Duration::from_secs(10))
+    let closed = tokio::time::timeout(Duration::from_secs(10), good_closed)
         .await
+        .expect("closed within 10 s")
+        .expect("watcher")
         .expect("the client is told to close");
-    assert_eq!(reply_code(&err), Some(320), "{err:?}");
+    assert_eq!(closed.code, Some(320), "{closed:?}");
     let after = wait_metrics(&w, "both closes counted", |x| {
         x.value(m::BACKEND_ACTIVE, &b(name)) == 0.0
             && x.value(m::BACKEND_GRACEFUL_CLOSES, &b(name)) == 1.0

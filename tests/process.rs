@@ -165,26 +165,20 @@ async fn sigterm_closes_amqp_clients_with_320_and_exits_0_within_the_grace() {
     for i in 0..3 {
         conns.push(amqp_connect_named(&p.url(), &format!("{}-{i}", unique("term"))).await);
     }
-    // Each client waits for its error in a task of its own, listening before the signal.
-    let watchers: Vec<_> = conns
-        .into_iter()
-        .map(|c| {
-            tokio::spawn(async move {
-                let e = next_error(&c, Duration::from_secs(20)).await;
-                (c, e)
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Listening on every client before the signal.
+    let watchers: Vec<_> = conns.iter().map(watch_close).collect();
     let sent = Instant::now();
     p.signal("TERM");
     let status = tokio::task::block_in_place(|| p.wait_exit(grace + Duration::from_secs(5)))
         .unwrap_or_else(|| panic!("warren still running: {}", p.text()));
     let took = sent.elapsed();
     for w in watchers {
-        let (_conn, err) = w.await.expect("watcher");
-        let err = err.expect("every client is told to close");
-        assert_eq!(reply_code(&err), Some(320), "{err:?}");
+        let closed = tokio::time::timeout(Duration::from_secs(5), w)
+            .await
+            .expect("the watcher ends")
+            .expect("watcher")
+            .expect("every client is told to close");
+        assert_eq!(closed.code, Some(320), "{closed:?}");
     }
     assert_eq!(status.code(), Some(0), "{}", p.text());
     assert!(took < grace, "exit took {took:?}, grace is {grace:?}");

@@ -483,3 +483,71 @@ pub fn promtool_check(text: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// How a connection was closed by the other side, as the client library saw it.
+#[derive(Clone, Debug)]
+pub struct Closed {
+    /// AMQP reply code (320 for CONNECTION_FORCED); `None` for a transport error.
+    pub code: Option<u16>,
+    pub text: String,
+    pub at: tokio::time::Instant,
+}
+
+/// Watches a connection from now on and reports how it was closed: the
+/// `connection.close` (broker's or warren's) if the client library saw one, else
+/// the first I/O error such as a reset. A broker that closes the socket right after
+/// its close frame makes lapin report an I/O error too, in either order, so errors
+/// arriving within half a second of the first are all considered.
+pub fn watch_close(conn: &Connection) -> tokio::task::JoinHandle<Option<Closed>> {
+    let mut events = conn.events_listener();
+    tokio::spawn(async move {
+        let mut first: Option<Closed> = None;
+        loop {
+            let next = match &first {
+                None => events.next().await,
+                Some(_) => {
+                    match tokio::time::timeout(Duration::from_millis(500), events.next()).await {
+                        Ok(ev) => ev,
+                        Err(_) => return first,
+                    }
+                }
+            };
+            let Some(ev) = next else {
+                return first;
+            };
+            if let lapin::Event::Error(e) = ev {
+                let at = tokio::time::Instant::now();
+                match e.kind() {
+                    lapin::ErrorKind::ProtocolError(amqp) => {
+                        return Some(Closed {
+                            code: Some(amqp.get_id()),
+                            text: amqp.get_message().to_string(),
+                            at: first.map_or(at, |f| f.at),
+                        });
+                    }
+                    other => {
+                        if first.is_none() {
+                            first = Some(Closed {
+                                code: None,
+                                text: format!("{other:?}"),
+                                at,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Awaits a `watch_close` result for at most `within`.
+pub async fn closed_within(
+    h: tokio::task::JoinHandle<Option<Closed>>,
+    within: Duration,
+) -> Option<Closed> {
+    tokio::time::timeout(within, h)
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .flatten()
+}
