@@ -286,9 +286,14 @@ fn swap_backends(app: &Arc<App>, cfg: &Config, summary: &mut Summary) {
     for b in gone {
         retire(app, b, cfg);
     }
+    let any_added = !added.is_empty();
     for b in added {
         crate::metrics::backend_state(&b);
         crate::health::spawn(Arc::clone(app), b);
+    }
+    if any_added {
+        // Like a node that returns: existing clients can be moved onto it (if enabled).
+        crate::rebalance::trigger(app, "backends added by a reload");
     }
 }
 
