@@ -108,9 +108,19 @@ fn dockerfile_builds_like_ci_and_runs_real_commands() {
     assert_eq!(commands, 2, "one CMD and one HEALTHCHECK");
     assert!(text.contains("COPY deploy/docker/warren.yaml /etc/warren/warren.yaml"));
     let ignore = read(".dockerignore");
-    assert!(!ignore
-        .lines()
-        .any(|l| l.trim() == "deploy" || l.trim() == "src"));
+    for needed in [
+        "src",
+        "Cargo.toml",
+        "Cargo.lock",
+        "deploy",
+        "benches",
+        "tests",
+    ] {
+        assert!(
+            !ignore.lines().any(|l| l.trim() == needed),
+            ".dockerignore must not exclude {needed}"
+        );
+    }
 }
 
 #[test]
