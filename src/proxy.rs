@@ -50,8 +50,9 @@ pub async fn serve(app: Arc<App>, client: TcpStream, peer: SocketAddr, id: u64) 
         tracing::Span::current().record("backend", backend.name());
         tracing::debug!("connected");
         let _active = backend.connection_guard();
-        crate::metrics::backend_connection(backend.name(), 1.0);
+        crate::metrics::backend_connection(backend.name());
         let cmd = backend.conns.register(id);
+        let told = cmd.clone();
         let limits = {
             let c = app.config.load();
             Limits {
@@ -59,9 +60,20 @@ pub async fn serve(app: Arc<App>, client: TcpStream, peer: SocketAddr, id: u64) 
                 idle: c.timeouts.idle.map(|d| d.get()),
             }
         };
-        let result = pump(&client, &server, cmd, limits).await;
+        let meters = Meters {
+            up: &backend.bytes_in,
+            down: &backend.bytes_out,
+        };
+        let result = pump(&client, &server, cmd, limits, meters).await;
         backend.conns.unregister(id);
-        crate::metrics::backend_connection(backend.name(), -1.0);
+        // Only closes warren asked for count as graceful or forced (not idle timeouts).
+        if *told.borrow() != Command::Run {
+            match &result {
+                Ok(End::Graceful) => crate::metrics::close_ended(backend.name(), true),
+                Ok(End::Hard) => crate::metrics::close_ended(backend.name(), false),
+                _ => {}
+            }
+        }
         match result {
             Ok(end) => tracing::debug!(?end, "closed"),
             Err(e) => tracing::debug!(error = %e, "closed with error"),
@@ -180,6 +192,7 @@ pub async fn pump(
     server: &TcpStream,
     cmd: watch::Receiver<Command>,
     limits: Limits,
+    meters: Meters<'_>,
 ) -> io::Result<End> {
     let shared = Shared::new();
     // A hard end of either direction ends both: it travels as an error through try_join.
@@ -189,10 +202,32 @@ pub async fn pump(
         Err(e) => Err(Some(e)),
     };
     let up = async {
-        stop_on_hard(forward(client, server, Dir::Up, cmd.clone(), limits, &shared).await)
+        stop_on_hard(
+            forward(
+                client,
+                server,
+                Dir::Up,
+                cmd.clone(),
+                limits,
+                &shared,
+                meters.up,
+            )
+            .await,
+        )
     };
     let down = async {
-        stop_on_hard(forward(server, client, Dir::Down, cmd.clone(), limits, &shared).await)
+        stop_on_hard(
+            forward(
+                server,
+                client,
+                Dir::Down,
+                cmd.clone(),
+                limits,
+                &shared,
+                meters.down,
+            )
+            .await,
+        )
     };
     match tokio::try_join!(up, down) {
         Ok((End::Graceful, _)) | Ok((_, End::Graceful)) => Ok(End::Graceful),
@@ -209,6 +244,16 @@ pub struct Limits {
     pub close: Duration,
     /// Close when neither direction carried a byte for this long.
     pub idle: Option<Duration>,
+}
+
+/// Where a connection counts the bytes it forwards: one relaxed add per read, on
+/// counters of its backend that the metrics read at scrape time.
+#[derive(Clone, Copy, Debug)]
+pub struct Meters<'a> {
+    /// Client to broker.
+    pub up: &'a AtomicU64,
+    /// Broker to client.
+    pub down: &'a AtomicU64,
 }
 
 /// What the two directions of one connection tell each other.
@@ -285,8 +330,9 @@ async fn forward(
     mut cmd: watch::Receiver<Command>,
     limits: Limits,
     shared: &Shared,
+    moved: &AtomicU64,
 ) -> io::Result<End> {
-    let end = forward_inner(src, dst, dir, &mut cmd, limits, shared).await;
+    let end = forward_inner(src, dst, dir, &mut cmd, limits, shared, moved).await;
     if dir == Dir::Down {
         shared.set(&shared.down_done);
     }
@@ -300,6 +346,7 @@ async fn forward_inner(
     cmd: &mut watch::Receiver<Command>,
     limits: Limits,
     shared: &Shared,
+    moved: &AtomicU64,
 ) -> io::Result<End> {
     let mut tracker = match dir {
         Dir::Up => FrameTracker::client_to_server(),
@@ -426,6 +473,9 @@ async fn forward_inner(
                 cut = true;
                 tracker.feed(&data[k..], false);
                 let _ = tracker.take_seen();
+            }
+            if k > 0 {
+                moved.fetch_add(k as u64, Ordering::Relaxed);
             }
             let mut out = &data[..k];
             while !out.is_empty() {
