@@ -350,22 +350,17 @@ async fn no_confirmed_message_is_lost_when_nodes_fail() {
     // Drain what remains with a fresh consumer.
     let conn = amqp_connect(&w.url()).await;
     let ch = conn.create_channel().await.expect("channel");
-    loop {
-        match ch
-            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
-            .await
-            .expect("get")
-        {
-            Some(m) => {
-                if let Ok(b) = <[u8; 8]>::try_from(&m.delivery.data[..]) {
-                    tally
-                        .consumed
-                        .lock()
-                        .expect("lock")
-                        .insert(u64::from_be_bytes(b));
-                }
-            }
-            None => break,
+    while let Some(m) = ch
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("get")
+    {
+        if let Ok(b) = <[u8; 8]>::try_from(&m.delivery.data[..]) {
+            tally
+                .consumed
+                .lock()
+                .expect("lock")
+                .insert(u64::from_be_bytes(b));
         }
     }
     let _ = ch
