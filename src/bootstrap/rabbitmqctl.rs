@@ -32,6 +32,8 @@ pub enum CtlError {
     Cookie { node: String, detail: String },
     #[error("the RabbitMQ app on {node} is stopped (its Erlang VM answers); start it with `rabbitmqctl -n {node} start_app`")]
     AppStopped { node: String },
+    #[error("rabbitmqctl could not start its own Erlang distribution (is epmd running on this machine?): {detail}")]
+    CliDistribution { detail: String },
     #[error("`{command}` failed ({status}): {output}")]
     Failed {
         command: String,
@@ -41,6 +43,9 @@ pub enum CtlError {
     #[error("`{command}`: unexpected output: {detail}")]
     Output { command: String, detail: String },
 }
+
+/// Tries for a CLI that cannot start its own distribution.
+const CLI_ATTEMPTS: u32 = 3;
 
 /// Output longer than this is cut in error messages.
 const MAX_ERROR_OUTPUT: usize = 1500;
@@ -81,7 +86,24 @@ impl Rabbitmqctl {
     }
 
     /// Runs `rabbitmqctl -n NODE -q ARGS...`; its stdout when it succeeds.
+    ///
+    /// A CLI that could not start its own Erlang distribution never reached the
+    /// node, so that (seen on a busy machine with many CLI calls at once) is
+    /// retried a few times; nothing else is.
     pub async fn run(&self, node: &str, args: &[&str]) -> Result<String, CtlError> {
+        let mut attempt = 1;
+        loop {
+            match self.run_once(node, args).await {
+                Err(CtlError::CliDistribution { .. }) if attempt < CLI_ATTEMPTS => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn run_once(&self, node: &str, args: &[&str]) -> Result<String, CtlError> {
         let command = self.display(node, args);
         let mut cmd = tokio::process::Command::new(self.program());
         cmd.args(self.argv.iter().skip(1))
@@ -196,6 +218,13 @@ fn unquote_atom(s: &str) -> &str {
 fn classify(node: &str, command: String, status: String, text: &str) -> CtlError {
     let node = node.to_string();
     let detail = diagnostics(text);
+    if text.contains("nodistribution") {
+        // The CLI's own node did not start (its name taken in epmd, or epmd
+        // too slow to answer): the command never reached `node`.
+        return CtlError::CliDistribution {
+            detail: trim_output(text),
+        };
+    }
     if text.contains("Erlang distribution failed") {
         // epmd answered and the TCP connection to the node's distribution port
         // worked, then the handshake failed: the cookie (or, rarely, inconsistent
@@ -319,6 +348,15 @@ Current node details:
             }
             other => panic!("expected a cookie error, got {other:?}"),
         }
+        assert!(matches!(
+            classify(
+                "b1@vm",
+                "x".into(),
+                "exit 1".into(),
+                "Distribution failed: {{:shutdown, {:failed_to_start_child, :net_kernel, {:EXIT, :nodistribution}}}, {:child, :undefined}}"
+            ),
+            CtlError::CliDistribution { .. }
+        ));
         assert!(matches!(
             classify("b9@vm", "x".into(), "exit 69".into(), DOWN),
             CtlError::NodeDown { .. }
