@@ -346,17 +346,42 @@ impl<'a> Run<'a> {
 
     async fn preflight(&mut self) -> Result<Vec<Seen>, BootstrapError> {
         let cookie = self.cookie_file()?;
+        // The nodes are probed at once (each is a few CLI calls of a second or so);
+        // their steps are printed in config order.
+        let probes: Vec<_> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let probe = Probe {
+                    name: n.name().to_string(),
+                    url: n.url.clone(),
+                    backend: n.cfg.backend.clone(),
+                    index: n.index,
+                    is_seed: i == self.seed,
+                    api: n.api.clone(),
+                    ctl: self.ctl.clone(),
+                    steps: Vec::new(),
+                };
+                tokio::spawn(probe.run(cookie.clone()))
+            })
+            .collect();
         let mut seen = Vec::with_capacity(self.nodes.len());
         let mut first: Option<BootstrapError> = None;
-        for i in 0..self.nodes.len() {
-            let mgmt = self.check_management(i).await;
-            let cli = self.check_cli(i, mgmt.is_ok(), cookie.as_ref()).await;
-            match (mgmt, cli) {
-                (Ok(version), Ok(status)) => seen.push(Seen { version, status }),
-                (mgmt, cli) => {
-                    let name = self.nodes[i].name().to_string();
-                    for e in [mgmt.err(), cli.err()].into_iter().flatten() {
-                        self.step(Tag::Error, &name, &problem_text(&e));
+        for (i, probe) in probes.into_iter().enumerate() {
+            let name = self.nodes[i].name();
+            let (steps, result) = probe.await.map_err(|e| BootstrapError::Failed {
+                subject: name.to_string(),
+                detail: format!("probe task failed: {e}"),
+            })?;
+            for (tag, message) in steps {
+                self.step(tag, name, &message);
+            }
+            match result {
+                Ok(s) => seen.push(s),
+                Err(errors) => {
+                    for e in errors {
+                        self.step(Tag::Error, name, &problem_text(&e));
                         first.get_or_insert(e);
                     }
                 }
@@ -405,116 +430,6 @@ impl<'a> Run<'a> {
             );
         }
         Ok(Some((shown, cookie.to_string())))
-    }
-
-    /// `GET /api/overview`: reachable, the right node, its version.
-    async fn check_management(&mut self, i: usize) -> Result<Option<Version>, BootstrapError> {
-        let n = &self.nodes[i];
-        let (name, url, api) = (n.name().to_string(), n.url.clone(), n.api.clone());
-        let (backend, index) = (n.cfg.backend.clone(), n.index);
-        let r = api
-            .request(Method::GET, "/api/overview", None)
-            .await
-            .map_err(|e| BootstrapError::Unreachable {
-                node: name.clone(),
-                detail: format!("management API {url}: {e}"),
-            })?;
-        if r.status == StatusCode::UNAUTHORIZED {
-            return Err(BootstrapError::Credentials {
-                node: name,
-                user: api.credentials.username.clone(),
-            });
-        }
-        if !r.status.is_success() {
-            return Err(BootstrapError::Unreachable {
-                node: name,
-                detail: format!(
-                    "management API {url}: GET /api/overview answered HTTP {}",
-                    r.status
-                ),
-            });
-        }
-        let overview = r.json().unwrap_or_default();
-        let actual = overview["node"].as_str().unwrap_or("");
-        if actual != name {
-            return Err(BootstrapError::Refused {
-                subject: name.clone(),
-                reason: format!(
-                    "the management API {url} (backend `{}`) belongs to node `{actual}`, not \
-                     to `{name}`: check cluster.nodes[{}] and the backend's management URL",
-                    backend, index
-                ),
-            });
-        }
-        let raw = overview["rabbitmq_version"].as_str().unwrap_or("");
-        let version = Version::parse(raw);
-        let erlang = overview["erlang_version"].as_str().unwrap_or("?");
-        match version {
-            Some(_) => self.step(
-                Tag::Check,
-                &name,
-                &format!("management API {url} answers: RabbitMQ {raw}, Erlang {erlang}"),
-            ),
-            None => self.step(
-                Tag::Warn,
-                &name,
-                &format!(
-                    "management API {url} answers but gives no RabbitMQ version I can read \
-                     (`{raw}`); version checks are skipped for it"
-                ),
-            ),
-        }
-        Ok(version)
-    }
-
-    /// `rabbitmqctl cluster_status`: the CLI reaches the node (so the cookie is
-    /// accepted) and what the node thinks its cluster is.
-    async fn check_cli(
-        &mut self,
-        i: usize,
-        management_ok: bool,
-        cookie: Option<&(String, String)>,
-    ) -> Result<ClusterStatus, BootstrapError> {
-        let name = self.nodes[i].name().to_string();
-        let status = self
-            .ctl
-            .cluster_status(&name)
-            .await
-            .map_err(|e| cli_error(&name, e, management_ok))?;
-        let role = if i == self.seed { "seed, " } else { "" };
-        self.step(
-            Tag::Check,
-            &name,
-            &format!(
-                "rabbitmqctl reaches it ({role}cookie accepted): cluster members {}, running {}",
-                cluster::list(&status.members()),
-                cluster::list(&status.running)
-            ),
-        );
-        if let Some((file, want)) = cookie {
-            let have = self
-                .ctl
-                .cookie(&name)
-                .await
-                .map_err(|e| cli_error(&name, e, management_ok))?;
-            if &have != want {
-                return Err(BootstrapError::Cookie {
-                    node: name,
-                    detail: format!(
-                        "the node runs with another Erlang cookie than {file} \
-                         (cluster.erlang_cookie_file); rabbitmqctl reached it with the node's \
-                         own cookie, so rabbitmqctl does not use that file either. Fix: \
-                         {COOKIE_FIX}"
-                    ),
-                });
-            }
-            self.step(
-                Tag::Check,
-                &name,
-                &format!("runs with the cookie in {file}"),
-            );
-        }
-        Ok(status)
     }
 
     /// Warnings and refusals that follow from the nodes' versions.
@@ -988,6 +903,139 @@ impl<'a> Run<'a> {
             }
         }
         Ok(())
+    }
+}
+
+/// The read-only checks of one node, run on their own task; the steps are
+/// kept to be printed in order.
+struct Probe {
+    name: String,
+    url: String,
+    backend: String,
+    index: usize,
+    is_seed: bool,
+    api: Api,
+    ctl: Rabbitmqctl,
+    steps: Vec<(Tag, String)>,
+}
+
+impl Probe {
+    fn step(&mut self, tag: Tag, message: String) {
+        self.steps.push((tag, message));
+    }
+
+    async fn run(
+        mut self,
+        cookie: Option<(String, String)>,
+    ) -> (Vec<(Tag, String)>, Result<Seen, Vec<BootstrapError>>) {
+        let mgmt = self.check_management().await;
+        let cli = self.check_cli(mgmt.is_ok(), cookie.as_ref()).await;
+        let result = match (mgmt, cli) {
+            (Ok(version), Ok(status)) => Ok(Seen { version, status }),
+            (mgmt, cli) => Err([mgmt.err(), cli.err()].into_iter().flatten().collect()),
+        };
+        (self.steps, result)
+    }
+
+    /// `GET /api/overview`: reachable, the right node, its version.
+    async fn check_management(&mut self) -> Result<Option<Version>, BootstrapError> {
+        let (name, url) = (self.name.clone(), self.url.clone());
+        let r = self
+            .api
+            .request(Method::GET, "/api/overview", None)
+            .await
+            .map_err(|e| BootstrapError::Unreachable {
+                node: name.clone(),
+                detail: format!("management API {url}: {e}"),
+            })?;
+        if r.status == StatusCode::UNAUTHORIZED {
+            return Err(BootstrapError::Credentials {
+                node: name,
+                user: self.api.credentials.username.clone(),
+            });
+        }
+        if !r.status.is_success() {
+            return Err(BootstrapError::Unreachable {
+                node: name,
+                detail: format!(
+                    "management API {url}: GET /api/overview answered HTTP {}",
+                    r.status
+                ),
+            });
+        }
+        let overview = r.json().unwrap_or_default();
+        let actual = overview["node"].as_str().unwrap_or("");
+        if actual != name {
+            return Err(BootstrapError::Refused {
+                subject: name.clone(),
+                reason: format!(
+                    "the management API {url} (backend `{}`) belongs to node `{actual}`, not \
+                     to `{name}`: check cluster.nodes[{}] and the backend's management URL",
+                    self.backend, self.index
+                ),
+            });
+        }
+        let raw = overview["rabbitmq_version"].as_str().unwrap_or("");
+        let version = Version::parse(raw);
+        let erlang = overview["erlang_version"].as_str().unwrap_or("?");
+        match version {
+            Some(_) => self.step(
+                Tag::Check,
+                format!("management API {url} answers: RabbitMQ {raw}, Erlang {erlang}"),
+            ),
+            None => self.step(
+                Tag::Warn,
+                format!(
+                    "management API {url} answers but gives no RabbitMQ version I can read \
+                     (`{raw}`); version checks are skipped for it"
+                ),
+            ),
+        }
+        Ok(version)
+    }
+
+    /// `rabbitmqctl cluster_status`: the CLI reaches the node (so the cookie is
+    /// accepted) and what the node thinks its cluster is.
+    async fn check_cli(
+        &mut self,
+        management_ok: bool,
+        cookie: Option<&(String, String)>,
+    ) -> Result<ClusterStatus, BootstrapError> {
+        let name = self.name.clone();
+        let status = self
+            .ctl
+            .cluster_status(&name)
+            .await
+            .map_err(|e| cli_error(&name, e, management_ok))?;
+        let role = if self.is_seed { "seed, " } else { "" };
+        self.step(
+            Tag::Check,
+            format!(
+                "rabbitmqctl reaches it ({role}cookie accepted): cluster members {}, running {}",
+                cluster::list(&status.members()),
+                cluster::list(&status.running)
+            ),
+        );
+        if let Some((file, want)) = cookie {
+            let have = self
+                .ctl
+                .cookie(&name)
+                .await
+                .map_err(|e| cli_error(&name, e, management_ok))?;
+            if &have != want {
+                return Err(BootstrapError::Cookie {
+                    node: name,
+                    detail: format!(
+                        "the node runs with another Erlang cookie than {file} \
+                         (cluster.erlang_cookie_file); rabbitmqctl reached it with the node's \
+                         own cookie, so rabbitmqctl does not use that file either. Fix: \
+                         {COOKIE_FIX}"
+                    ),
+                });
+            }
+            self.step(Tag::Check, format!("runs with the cookie in {file}"));
+        }
+        Ok(status)
     }
 }
 
