@@ -191,11 +191,16 @@ const HA_POLICY: &str = "  policies:
 /// A config for the three nodes (the third a RAM node) with the mirroring
 /// policy; `cluster_extra` goes into the `cluster:` section.
 fn config_file(nodes: &[Node], cluster_extra: &str) -> PathBuf {
+    config_file_typed(nodes, &["disc", "disc", "ram"], cluster_extra)
+}
+
+/// The same with the node types given, one per node.
+fn config_file_typed(nodes: &[Node], types: &[&str], cluster_extra: &str) -> PathBuf {
     let mut y = config_yaml(nodes, "");
     y.push_str("cluster:\n");
     y.push_str(cluster_extra);
     y.push_str("  nodes:\n");
-    for (n, t) in nodes.iter().zip(["disc", "disc", "ram"]) {
+    for (n, t) in nodes.iter().zip(types) {
         y.push_str(&format!(
             "    - {{backend: {}, node: {}, type: {t}}}\n",
             n.backend, n.name
@@ -564,6 +569,45 @@ async fn a_node_in_another_cluster_is_refused_unless_force_reset() {
     let s = status(&nodes[0]);
     assert_eq!(s.running, set(&[b1, b2, b3]));
     assert_eq!(s.ram, set(&[b3]));
+
+    // A config that wants b3 as a disc node changes its type.
+    let all_disc = config_file_typed(&nodes, &["disc", "disc", "disc"], "");
+    let r = bootstrap(&all_disc, &[]);
+    assert_eq!(r.code, 0, "{r}");
+    let changes = r.lines("change").join("\n");
+    assert!(
+        changes.contains(&format!("{b3}: change_cluster_node_type disc")),
+        "{r}"
+    );
+    assert_eq!(status(&nodes[0]).disc, set(&[b1, b2, b3]));
+
+    // A config without b3: the seed is clustered with a node it does not list.
+    let two = config_file(&nodes[..2], "");
+    let r = bootstrap(&two, &[]);
+    assert_eq!(r.code, 65, "{r}");
+    assert!(
+        r.lines("error").join("\n").contains(&format!(
+            "{b1}: the seed is clustered with nodes the config does not list: [{b3}]"
+        )),
+        "{r}"
+    );
+    assert!(r.lines("change").is_empty(), "{r}");
+    // --force-reset resets the seed; b2, then left in a cluster with b3 only, is
+    // reset and joins the seed.
+    let r = bootstrap(&two, &["--force-reset"]);
+    assert_eq!(r.code, 0, "{r}");
+    let changes = r.lines("change").join("\n");
+    for c in [
+        format!("{b1}: reset"),
+        format!("{b2}: reset"),
+        format!("{b2}: join_cluster {b1}"),
+    ] {
+        assert!(changes.contains(&c), "missing `{c}`: {r}");
+    }
+    let s = status(&nodes[0]);
+    assert_eq!(s.running, set(&[b1, b2]));
+    assert_eq!(s.disc, set(&[b1, b2]));
+    assert_eq!(status(&nodes[2]).members(), set(&[b3]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

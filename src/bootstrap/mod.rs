@@ -605,13 +605,14 @@ impl<'a> Run<'a> {
         let mut was_reset = false;
         for i in self.order() {
             let mut d = decisions[i].clone();
-            if d == Decision::AlreadySo {
+            if d == Decision::AlreadySo && !was_reset {
                 continue;
             }
             self.check_interrupt()?;
             let name = self.nodes[i].name().to_string();
             if was_reset {
-                // A reset changed the membership other nodes saw during preflight.
+                // A reset changed the membership other nodes saw during preflight
+                // (a node that was in the seed's cluster may be in the rest of it).
                 let status = self
                     .ctl
                     .cluster_status(&name)
@@ -619,8 +620,27 @@ impl<'a> Run<'a> {
                     .map_err(|e| cli_error(&name, e, true))?;
                 d = cluster::decide(&self.nodes[i].want(), seed, &self.config_nodes, &status);
                 if d == Decision::AlreadySo {
-                    self.step(Tag::Same, &name, "already as the config wants it now");
+                    self.step(
+                        Tag::Same,
+                        &name,
+                        "still as the config wants it after the reset",
+                    );
                     continue;
+                }
+                if d != decisions[i] {
+                    let now = match &d {
+                        Decision::Foreign { others } => format!(
+                            "after the reset, in a cluster with {}: `rabbitmqctl reset` \
+                             (--force-reset) deletes ALL data of {name}, then it joins {seed}",
+                            cluster::list(others)
+                        ),
+                        Decision::Join => format!("after the reset, standalone: joins {seed}"),
+                        Decision::ChangeType { from } => {
+                            format!("after the reset, a {} node: changes type", type_name(*from))
+                        }
+                        Decision::AlreadySo => String::new(),
+                    };
+                    self.step(Tag::Warn, &name, &now);
                 }
             }
             let node_type = self.nodes[i].cfg.node_type;

@@ -112,6 +112,9 @@ impl Rabbitmqctl {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Its own process group: a Ctrl-C at the terminal interrupts bootstrap
+            // between steps, and never kills a `start_app` halfway.
+            .process_group(0)
             .kill_on_drop(true);
         let child = cmd.spawn().map_err(|source| CtlError::Spawn {
             program: self.program().to_string(),
