@@ -190,12 +190,12 @@ const HA_POLICY: &str = "  policies:
 
 /// A config for the three nodes (the third a RAM node) with the mirroring
 /// policy; `cluster_extra` goes into the `cluster:` section.
-fn config_file(nodes: &[Node], cluster_extra: &str) -> PathBuf {
+fn config_file(nodes: &[Node], cluster_extra: &str) -> TempFile {
     config_file_typed(nodes, &["disc", "disc", "ram"], cluster_extra)
 }
 
 /// The same with the node types given, one per node.
-fn config_file_typed(nodes: &[Node], types: &[&str], cluster_extra: &str) -> PathBuf {
+fn config_file_typed(nodes: &[Node], types: &[&str], cluster_extra: &str) -> TempFile {
     let mut y = config_yaml(nodes, "");
     y.push_str("cluster:\n");
     y.push_str(cluster_extra);
@@ -210,10 +210,32 @@ fn config_file_typed(nodes: &[Node], types: &[&str], cluster_extra: &str) -> Pat
     write_temp("yaml", &y)
 }
 
-fn write_temp(ext: &str, text: &str) -> PathBuf {
+/// A file in the temp directory, deleted when dropped.
+struct TempFile(PathBuf);
+
+impl std::ops::Deref for TempFile {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for TempFile {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn write_temp(ext: &str, text: &str) -> TempFile {
     let p = std::env::temp_dir().join(format!("{}.{ext}", unique("warren-bootstrap")));
     std::fs::write(&p, text).expect("temp file written");
-    p
+    TempFile(p)
 }
 
 /// `GET /api/policies/%2F/ha-allqueue`: the policy, or None on 404.
@@ -745,8 +767,9 @@ async fn fake_management(node: &str, version: &str) -> std::net::SocketAddr {
     addr
 }
 
-/// A config for one fake node whose rabbitmqctl always reports it standalone.
-fn fake_config(mgmt: std::net::SocketAddr) -> PathBuf {
+/// A config for one fake node whose rabbitmqctl (the second file) always
+/// reports it standalone.
+fn fake_config(mgmt: std::net::SocketAddr) -> (TempFile, TempFile) {
     let ctl = write_temp(
         "sh",
         "#!/bin/sh\nnode=\nwhile [ $# -gt 0 ]; do\n  case \"$1\" in -n) node=$2; shift 2 ;; *) shift ;; esac\ndone\n\
@@ -754,20 +777,21 @@ fn fake_config(mgmt: std::net::SocketAddr) -> PathBuf {
     );
     std::fs::set_permissions(&ctl, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod");
-    write_temp(
+    let config = write_temp(
         "yaml",
         &format!(
             "listen: 127.0.0.1:0\nbackends:\n  - {{name: x1, address: '127.0.0.1:1', management: 'http://{mgmt}'}}\n\
              cluster:\n  rabbitmqctl: {}\n  nodes:\n    - {{backend: x1, node: x1@fake}}\n{HA_POLICY}",
             ctl.display()
         ),
-    )
+    );
+    (config, ctl)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ha_policies_are_refused_on_rabbitmq_4_with_the_quorum_alternative() {
     let addr = fake_management("x1@fake", "4.0.5").await;
-    let cfg = fake_config(addr);
+    let (cfg, _ctl) = fake_config(addr);
     let r = tokio::task::spawn_blocking(move || bootstrap(&cfg, &[]))
         .await
         .expect("runs");
@@ -790,7 +814,7 @@ async fn ha_policies_are_refused_on_rabbitmq_4_with_the_quorum_alternative() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_3_13_mirroring_warns_and_a_policy_not_read_back_is_not_reported_applied() {
     let addr = fake_management("x1@fake", "3.13.7").await;
-    let cfg = fake_config(addr);
+    let (cfg, _ctl) = fake_config(addr);
     let r = tokio::task::spawn_blocking(move || bootstrap(&cfg, &[]))
         .await
         .expect("runs");
