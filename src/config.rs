@@ -71,11 +71,22 @@ impl fmt::Display for HumanDuration {
     }
 }
 
+/// `ip:port`, with an error that says so.
+fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    s.trim().parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "expected an `ip:port` address such as 127.0.0.1:5672, got `{s}`"
+        ))
+    })
+}
+
 /// The whole file.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where AMQP clients connect.
+    #[serde(deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
     #[serde(default)]
     pub admin: AdminConfig,
@@ -95,11 +106,15 @@ pub struct Config {
     #[serde(default)]
     pub drain: DrainConfig,
     #[serde(default)]
+    pub rebalance: RebalanceConfig,
+    #[serde(default)]
     pub shutdown: ShutdownConfig,
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterConfig>,
+    #[serde(default)]
+    pub reload: ReloadConfig,
 }
 
 fn default_max_connections() -> usize {
@@ -113,8 +128,35 @@ fn default_retries() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Admin HTTP listener: /healthz /readyz /metrics /api/...
-    #[serde(default = "default_admin_listen")]
+    #[serde(default = "default_admin_listen", deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
+    /// When set, every mutating request (POST) must carry
+    /// `Authorization: Bearer <token>`; the token is read from this file...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// ...or from this environment variable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+}
+
+impl AdminConfig {
+    /// The bearer token for mutating requests, if one is configured.
+    pub fn resolve_token(&self) -> Result<Option<Secret>, String> {
+        let token = if let Some(f) = &self.token_file {
+            std::fs::read_to_string(f)
+                .map_err(|e| format!("cannot read {}: {e}", f.display()))?
+                .trim()
+                .to_string()
+        } else if let Some(var) = &self.token_env {
+            std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?
+        } else {
+            return Ok(None);
+        };
+        if token.len() < 16 {
+            return Err("expected a token of at least 16 characters".to_string());
+        }
+        Ok(Some(Secret(token)))
+    }
 }
 
 fn default_admin_listen() -> SocketAddr {
@@ -125,6 +167,8 @@ impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: default_admin_listen(),
+            token_file: None,
+            token_env: None,
         }
     }
 }
@@ -148,6 +192,15 @@ pub struct Timeouts {
     /// heartbeat kills healthy connections (HAProxy `timeout client`/`timeout server`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle: Option<HumanDuration>,
+    /// A client must send its first bytes (the AMQP protocol header) within this
+    /// time, or it is closed before any backend is involved (RabbitMQ's own
+    /// `handshake_timeout` is 10 s).
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake: HumanDuration,
+}
+
+fn default_handshake_timeout() -> HumanDuration {
+    HumanDuration::secs(10)
 }
 
 fn default_connect_timeout() -> HumanDuration {
@@ -159,6 +212,7 @@ impl Default for Timeouts {
         Timeouts {
             connect: default_connect_timeout(),
             idle: None,
+            handshake: default_handshake_timeout(),
         }
     }
 }
@@ -358,6 +412,46 @@ impl Default for DrainConfig {
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+pub struct RebalanceConfig {
+    /// Move connections onto a node that returns (closing them, paced, on the
+    /// most loaded nodes). Off by default: only clients that reconnect after a
+    /// broker close can take it.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Accepted spread: max - min <= tolerance x mean connections per node.
+    #[serde(default = "default_tolerance")]
+    pub tolerance: f64,
+    /// Closes of one round are spread over this window.
+    #[serde(default = "default_rebalance_window")]
+    pub window: HumanDuration,
+    /// At most this share of all connections is closed per round.
+    #[serde(default = "default_max_fraction")]
+    pub max_fraction: f64,
+}
+
+fn default_tolerance() -> f64 {
+    0.2
+}
+fn default_rebalance_window() -> HumanDuration {
+    HumanDuration::secs(30)
+}
+fn default_max_fraction() -> f64 {
+    0.25
+}
+
+impl Default for RebalanceConfig {
+    fn default() -> Self {
+        RebalanceConfig {
+            enabled: false,
+            tolerance: default_tolerance(),
+            window: default_rebalance_window(),
+            max_fraction: default_max_fraction(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct ShutdownConfig {
     /// On SIGTERM, open connections get `connection.close` and this long to finish.
     #[serde(default = "default_shutdown_grace")]
@@ -406,6 +500,31 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// Hot reload (SIGHUP and `POST /api/reload` always work; this adds a file watch).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadConfig {
+    /// Reload when the config file's content changes (checked by polling).
+    #[serde(default)]
+    pub watch: bool,
+    /// How often the watched file is read and compared.
+    #[serde(default = "default_watch_interval")]
+    pub watch_interval: HumanDuration,
+}
+
+fn default_watch_interval() -> HumanDuration {
+    HumanDuration::secs(2)
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            watch: false,
+            watch_interval: default_watch_interval(),
+        }
+    }
 }
 
 /// The RabbitMQ cluster `warren bootstrap` builds.
@@ -486,10 +605,14 @@ impl Config {
 
     /// Parses and validates YAML text; `path` only names the file in errors.
     pub fn from_yaml(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
-            file: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        // No source snippet in errors: the lines around a mistake may hold a password,
+        // and these messages reach logs and the admin API (line and column remain).
+        let options = serde_saphyr::options! { with_snippet: false };
+        let config: Config =
+            serde_saphyr::from_str_with_options(text, options).map_err(|e| ConfigError::Parse {
+                file: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
         config.validate(path)?;
         Ok(config)
     }
@@ -552,6 +675,26 @@ impl Config {
                 }
             }
         }
+        if self.admin.token_file.is_some() && self.admin.token_env.is_some() {
+            return Err(invalid(
+                "admin.token_file".into(),
+                "expected only one of `token_file`, `token_env`".into(),
+            ));
+        }
+        if let Err(e) = self.admin.resolve_token() {
+            let key = if self.admin.token_file.is_some() {
+                "admin.token_file"
+            } else {
+                "admin.token_env"
+            };
+            return Err(invalid(key.into(), e));
+        }
+        if self.timeouts.handshake.get().is_zero() {
+            return Err(invalid(
+                "timeouts.handshake".into(),
+                "expected a duration greater than 0".into(),
+            ));
+        }
         let h = &self.health;
         if h.interval.get().is_zero() {
             return Err(invalid(
@@ -591,6 +734,19 @@ impl Config {
                 "expected durations greater than 0 for fast_interval and down_interval".into(),
             ));
         }
+        let r = &self.rebalance;
+        if !(r.tolerance >= 0.0 && r.tolerance.is_finite()) {
+            return Err(invalid(
+                "rebalance.tolerance".into(),
+                format!("expected a number >= 0, got {}", r.tolerance),
+            ));
+        }
+        if !(r.max_fraction > 0.0 && r.max_fraction <= 1.0) {
+            return Err(invalid(
+                "rebalance.max_fraction".into(),
+                format!("expected a number in (0, 1], got {}", r.max_fraction),
+            ));
+        }
         let sources = [
             h.password.is_some(),
             h.password_file.is_some(),
@@ -606,6 +762,12 @@ impl Config {
             return Err(invalid(
                 "log.level".into(),
                 format!("expected a tracing filter such as `info` or `warren=debug`: {e}"),
+            ));
+        }
+        if self.reload.watch_interval.get().is_zero() {
+            return Err(invalid(
+                "reload.watch_interval".into(),
+                "expected a duration greater than 0".into(),
             ));
         }
         if let Some(c) = &self.cluster {
@@ -760,6 +922,18 @@ mod tests {
         .expect("valid");
         assert!(!c.to_yaml().contains("hunter2"));
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn parse_errors_do_not_quote_the_file() {
+        for text in [
+            "listen: 127.0.0.1:5672\nhealth: {password: hunter2, bogus: 1}\nbackends: []\n",
+            "listen: 127.0.0.1:5672\nhealth:\n  password: hunter2\n  rise: x\nbackends: []\n",
+        ] {
+            let e = parse(text).expect_err("invalid").to_string();
+            assert!(!e.contains("hunter2"), "{e}");
+            assert!(e.contains("test.yaml") && e.contains("line"), "{e}");
+        }
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub mod logging;
 pub mod metrics;
 pub mod mgmt;
 pub mod proxy;
+pub mod rebalance;
+pub mod reload;
 pub mod shutdown;
 
 use std::net::SocketAddr;
@@ -41,6 +43,15 @@ pub struct App {
     pub shutdown: CancellationToken,
     pub next_conn_id: AtomicU64,
     pub metrics: PrometheusHandle,
+    /// The rebalance in progress, if any.
+    pub rebalance: std::sync::Mutex<Option<CancellationToken>>,
+    /// The AMQP listening socket; a reload may rebind it.
+    pub amqp_listener: listener::Rebindable,
+    /// The admin listening socket; a reload may rebind it.
+    pub admin_listener: listener::Rebindable,
+    pub listener_stats: listener::ListenerStats,
+    /// Serialises reloads and keeps their outcome for metrics.
+    pub reloader: reload::Reloader,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +70,6 @@ pub struct Server {
     pub app: Arc<App>,
     pub amqp_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    amqp: TcpListener,
-    admin: TcpListener,
 }
 
 impl Server {
@@ -92,25 +101,27 @@ impl Server {
             shutdown: CancellationToken::new(),
             next_conn_id: AtomicU64::new(1),
             metrics: metrics::install(),
+            rebalance: rebalance::slot(),
+            amqp_listener: listener::Rebindable::new("amqp", amqp),
+            admin_listener: listener::Rebindable::new("admin", admin),
+            listener_stats: listener::ListenerStats::default(),
+            reloader: reload::Reloader::default(),
         });
         Ok(Server {
             app,
             amqp_addr,
             admin_addr,
-            amqp,
-            admin,
         })
     }
 
     /// Runs until `app.shutdown` is cancelled, then closes client connections
     /// gracefully within `shutdown.grace`.
     pub async fn run(self) {
-        let Server {
-            app, amqp, admin, ..
-        } = self;
+        let app = self.app;
+        // The bound addresses (a configured port 0 shows the port the OS chose).
         tracing::info!(
-            listen = %app.config.load().listen,
-            admin = %app.config.load().admin.listen,
+            listen = %self.amqp_addr,
+            admin = %self.admin_addr,
             backends = app.balancer.backends().len(),
             "warren started"
         );
@@ -118,8 +129,11 @@ impl Server {
             metrics::backend_state(b);
             health::spawn(Arc::clone(&app), Arc::clone(b));
         }
-        let admin_task = tokio::spawn(admin::run(Arc::clone(&app), admin));
-        listener::run(Arc::clone(&app), amqp).await;
+        let admin_task = tokio::spawn(admin::run(Arc::clone(&app)));
+        reload::spawn_watcher(Arc::clone(&app));
+        listener::run(Arc::clone(&app)).await;
+        // Stop accepting at once: new clients are refused, not left in the backlog.
+        app.amqp_listener.close();
         shutdown::close_connections(&app).await;
         admin_task.abort();
     }

@@ -9,7 +9,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::amqp::{self, FrameTracker};
+use crate::amqp::{self, FrameTracker, Seen};
 use crate::balancer::Backend;
 use crate::drain::Command;
 use crate::App;
@@ -37,6 +37,12 @@ pub async fn serve(app: Arc<App>, client: TcpStream, peer: SocketAddr, id: u64) 
     async move {
         let _ = client.set_nodelay(true);
         set_keepalive(&client);
+        let handshake = app.config.load().timeouts.handshake.get();
+        if let Err(why) = await_protocol_header(&client, handshake).await {
+            tracing::debug!(reason = why, "client rejected before connecting upstream");
+            crate::metrics::handshake_rejected(why);
+            return;
+        }
         let Some((backend, server)) = connect(&app).await else {
             tracing::warn!("no backend reachable, closing client");
             return;
@@ -44,12 +50,30 @@ pub async fn serve(app: Arc<App>, client: TcpStream, peer: SocketAddr, id: u64) 
         tracing::Span::current().record("backend", backend.name());
         tracing::debug!("connected");
         let _active = backend.connection_guard();
-        crate::metrics::backend_connection(backend.name(), 1.0);
+        crate::metrics::backend_connection(backend.name());
         let cmd = backend.conns.register(id);
-        let close_timeout = app.config.load().drain.close_timeout.get();
-        let result = pump(&client, &server, cmd, close_timeout).await;
+        let told = cmd.clone();
+        let limits = {
+            let c = app.config.load();
+            Limits {
+                close: c.drain.close_timeout.get(),
+                idle: c.timeouts.idle.map(|d| d.get()),
+            }
+        };
+        let meters = Meters {
+            up: &backend.bytes_in,
+            down: &backend.bytes_out,
+        };
+        let result = pump(&client, &server, cmd, limits, meters).await;
         backend.conns.unregister(id);
-        crate::metrics::backend_connection(backend.name(), -1.0);
+        // Only closes warren asked for count as graceful or forced (not idle timeouts).
+        if *told.borrow() != Command::Run {
+            match &result {
+                Ok(End::Graceful) => crate::metrics::close_ended(backend.name(), true),
+                Ok(End::Hard) => crate::metrics::close_ended(backend.name(), false),
+                _ => {}
+            }
+        }
         match result {
             Ok(end) => tracing::debug!(?end, "closed"),
             Err(e) => tracing::debug!(error = %e, "closed with error"),
@@ -59,8 +83,26 @@ pub async fn serve(app: Arc<App>, client: TcpStream, peer: SocketAddr, id: u64) 
     .await
 }
 
+/// AMQP clients speak first: waits (bounded) for the client's first bytes and
+/// checks they can start the protocol header, so silent or non-AMQP clients are
+/// turned away without costing a backend connection.
+async fn await_protocol_header(client: &TcpStream, within: Duration) -> Result<(), &'static str> {
+    let mut head = [0u8; 8];
+    let n = match tokio::time::timeout(within, client.peek(&mut head)).await {
+        Err(_) => return Err("timeout"),
+        Ok(Err(_)) | Ok(Ok(0)) => return Err("closed"),
+        Ok(Ok(n)) => n,
+    };
+    let k = n.min(4);
+    if head[..k] == amqp::PROTOCOL_HEADER[..k] {
+        Ok(())
+    } else {
+        Err("not_amqp")
+    }
+}
+
 /// Connects to the first reachable candidate backend (bounded by `retries`).
-async fn connect(app: &App) -> Option<(Arc<Backend>, TcpStream)> {
+async fn connect(app: &Arc<App>) -> Option<(Arc<Backend>, TcpStream)> {
     let config = app.config.load();
     let timeout = config.timeouts.connect.get();
     for backend in app.balancer.candidates(config.retries + 1) {
@@ -73,6 +115,12 @@ async fn connect(app: &App) -> Option<(Arc<Backend>, TcpStream)> {
             }
             Ok(Err(e)) => {
                 crate::metrics::connect_error(backend.name(), error_kind(&e));
+                if !blames_backend(&e) {
+                    // Out of file descriptors or ports here: not the node's fault,
+                    // and no other node would do better.
+                    tracing::warn!(backend = backend.name(), error = %e, "cannot connect: local resource exhausted");
+                    return None;
+                }
                 e.to_string()
             }
             Err(_) => {
@@ -84,6 +132,20 @@ async fn connect(app: &App) -> Option<(Arc<Backend>, TcpStream)> {
         crate::health::passive_failure(app, &backend, &err);
     }
     None
+}
+
+/// Connect errors that say something about the backend (as opposed to this host).
+fn blames_backend(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::TimedOut
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+            | io::ErrorKind::NotFound
+    ) || e.raw_os_error().is_none()
 }
 
 fn error_kind(e: &io::Error) -> &'static str {
@@ -129,9 +191,10 @@ pub async fn pump(
     client: &TcpStream,
     server: &TcpStream,
     cmd: watch::Receiver<Command>,
-    close_timeout: Duration,
+    limits: Limits,
+    meters: Meters<'_>,
 ) -> io::Result<End> {
-    let shared = Shared::default();
+    let shared = Shared::new();
     // A hard end of either direction ends both: it travels as an error through try_join.
     let stop_on_hard = |r: io::Result<End>| match r {
         Ok(End::Hard) => Err(None),
@@ -139,7 +202,18 @@ pub async fn pump(
         Err(e) => Err(Some(e)),
     };
     let up = async {
-        stop_on_hard(forward(client, server, Dir::Up, cmd.clone(), close_timeout, &shared).await)
+        stop_on_hard(
+            forward(
+                client,
+                server,
+                Dir::Up,
+                cmd.clone(),
+                limits,
+                &shared,
+                meters.up,
+            )
+            .await,
+        )
     };
     let down = async {
         stop_on_hard(
@@ -148,8 +222,9 @@ pub async fn pump(
                 client,
                 Dir::Down,
                 cmd.clone(),
-                close_timeout,
+                limits,
                 &shared,
+                meters.down,
             )
             .await,
         )
@@ -162,17 +237,70 @@ pub async fn pump(
     }
 }
 
-/// What the two directions of one connection tell each other while closing.
-#[derive(Default)]
+/// Time limits of one connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// How long a graceful close may take before it turns hard.
+    pub close: Duration,
+    /// Close when neither direction carried a byte for this long.
+    pub idle: Option<Duration>,
+}
+
+/// Where a connection counts the bytes it forwards: one relaxed add per read, on
+/// counters of its backend that the metrics read at scrape time.
+#[derive(Clone, Copy, Debug)]
+pub struct Meters<'a> {
+    /// Client to broker.
+    pub up: &'a AtomicU64,
+    /// Broker to client.
+    pub down: &'a AtomicU64,
+}
+
+/// What the two directions of one connection tell each other.
 struct Shared {
+    epoch: Instant,
+    /// Milliseconds since `epoch` at the last byte read in either direction
+    /// (kept only when an idle timeout is set).
+    last_active: AtomicU64,
     /// The client has been sent `connection.close`.
     client_told: AtomicBool,
     /// The broker-to-client direction has ended.
     down_done: AtomicBool,
+    /// Client or broker already sent `connection.close` on its own: the connection
+    /// is closing the normal way, so warren only forwards (within its deadline).
+    peer_closing: AtomicBool,
+    /// The broker sent `connection.close` (RabbitMQ closes its socket right after
+    /// it on shutdown, without waiting for close-ok).
+    broker_closed: AtomicBool,
+    /// The client answered a close with `close-ok`.
+    client_acked: AtomicBool,
     notify: Notify,
 }
 
 impl Shared {
+    fn new() -> Self {
+        Shared {
+            epoch: Instant::now(),
+            last_active: AtomicU64::new(0),
+            client_told: AtomicBool::new(false),
+            down_done: AtomicBool::new(false),
+            peer_closing: AtomicBool::new(false),
+            broker_closed: AtomicBool::new(false),
+            client_acked: AtomicBool::new(false),
+            notify: Notify::new(),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_active.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the connection becomes idle, given the last activity seen.
+    fn idle_deadline(&self, idle: Duration) -> Instant {
+        self.epoch + Duration::from_millis(self.last_active.load(Ordering::Relaxed)) + idle
+    }
+
     fn set(&self, flag: &AtomicBool) {
         flag.store(true, Ordering::Release);
         self.notify.notify_waiters();
@@ -200,10 +328,11 @@ async fn forward(
     dst: &TcpStream,
     dir: Dir,
     mut cmd: watch::Receiver<Command>,
-    close_timeout: Duration,
+    limits: Limits,
     shared: &Shared,
+    moved: &AtomicU64,
 ) -> io::Result<End> {
-    let end = forward_inner(src, dst, dir, &mut cmd, close_timeout, shared).await;
+    let end = forward_inner(src, dst, dir, &mut cmd, limits, shared, moved).await;
     if dir == Dir::Down {
         shared.set(&shared.down_done);
     }
@@ -215,8 +344,9 @@ async fn forward_inner(
     dst: &TcpStream,
     dir: Dir,
     cmd: &mut watch::Receiver<Command>,
-    close_timeout: Duration,
+    limits: Limits,
     shared: &Shared,
+    moved: &AtomicU64,
 ) -> io::Result<End> {
     let mut tracker = match dir {
         Dir::Up => FrameTracker::client_to_server(),
@@ -235,14 +365,15 @@ async fn forward_inner(
                 Command::Hard => return Ok(End::Hard),
                 Command::Close(text) => {
                     if deadline.is_none() {
-                        deadline = Some(Instant::now() + close_timeout);
+                        deadline = Some(Instant::now() + limits.close);
                         reason = Some(text.clone());
                     }
                 }
             }
         }
         let mut wait_for_client_told = false;
-        if let (Some(text), false) = (&reason, sent_close) {
+        let peer_closing = shared.peer_closing.load(Ordering::Acquire);
+        if let (Some(text), false, false) = (&reason, sent_close, peer_closing) {
             if tracker.is_lost() {
                 // Not AMQP: nothing graceful is possible.
                 return Ok(End::Hard);
@@ -277,8 +408,22 @@ async fn forward_inner(
             _ = tokio::time::sleep_until(deadline.unwrap_or(far_future)), if deadline.is_some() => {
                 return Ok(End::Hard);
             }
+            _ = tokio::time::sleep_until(limits.idle.map_or(far_future, |i| shared.idle_deadline(i))), if limits.idle.is_some() => {
+                // The other direction may have been busy meanwhile: look again.
+                if let Some(idle) = limits.idle {
+                    if Instant::now() >= shared.idle_deadline(idle) {
+                        tracing::debug!(?idle, "idle timeout");
+                        return Ok(End::Hard);
+                    }
+                }
+                continue;
+            }
         }
-        let closing = reason.is_some();
+        if limits.idle.is_some() {
+            shared.touch();
+        }
+        // A close already under way between client and broker is left to finish.
+        let closing = reason.is_some() && !shared.peer_closing.load(Ordering::Acquire);
         let step = SCRATCH.with(|scratch| -> io::Result<Step> {
             let mut scratch = scratch.borrow_mut();
             let buf = scratch.as_mut_slice();
@@ -286,6 +431,11 @@ async fn forward_inner(
                 Ok(0) => return Ok(Step::Eof),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Again),
+                // RabbitMQ resets the socket right after its own connection.close when
+                // the client's close-ok arrives late: that is the end of a normal close.
+                Err(_) if dir == Dir::Down && shared.broker_closed.load(Ordering::Acquire) => {
+                    return Ok(Step::Eof)
+                }
                 Err(e) => return Err(e),
             };
             let data = &buf[..n];
@@ -302,7 +452,18 @@ async fn forward_inner(
             }
             // While closing, forward only up to the next frame boundary.
             let k = if !closing {
-                tracker.feed(data, false)
+                let k = tracker.feed(data, false);
+                match (tracker.take_seen(), dir) {
+                    (Some(Seen::ConnectionClose), _) => {
+                        if dir == Dir::Down {
+                            shared.broker_closed.store(true, Ordering::Release);
+                        }
+                        shared.peer_closing.store(true, Ordering::Release);
+                    }
+                    (Some(Seen::ConnectionCloseOk), Dir::Up) => shared.set(&shared.client_acked),
+                    _ => {}
+                }
+                k
             } else if tracker.at_boundary() {
                 0
             } else {
@@ -313,12 +474,20 @@ async fn forward_inner(
                 tracker.feed(&data[k..], false);
                 let _ = tracker.take_seen();
             }
+            if k > 0 {
+                moved.fetch_add(k as u64, Ordering::Relaxed);
+            }
             let mut out = &data[..k];
             while !out.is_empty() {
                 match dst.try_write(out) {
                     Ok(w) => out = &out[w..],
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         return Ok(Step::Pending(out.to_vec()));
+                    }
+                    // The broker closed after its connection.close: what the client
+                    // still sends (its close-ok) has nowhere to go and need not.
+                    Err(_) if dir == Dir::Up && shared.broker_closed.load(Ordering::Acquire) => {
+                        return Ok(Step::Again);
                     }
                     Err(e) => return Err(e),
                 }
@@ -335,6 +504,21 @@ async fn forward_inner(
                 }
                 if closing {
                     return Ok(End::Hard);
+                }
+                if dir == Dir::Down && shared.broker_closed.load(Ordering::Acquire) {
+                    // The broker closed right after its connection.close: give the
+                    // client time to read it and answer before it sees EOF, so it
+                    // reports a broker close rather than a broken connection.
+                    let wait = async {
+                        while !shared.client_acked.load(Ordering::Acquire) {
+                            let notified = shared.notify.notified();
+                            if shared.client_acked.load(Ordering::Acquire) {
+                                break;
+                            }
+                            notified.await;
+                        }
+                    };
+                    let _ = tokio::time::timeout(limits.close, wait).await;
                 }
                 // Half-close: the peer is done sending; tell the other side, keep reading it.
                 let _ = SockRef::from(dst).shutdown(std::net::Shutdown::Write);

@@ -68,6 +68,14 @@ fn bootstrap(config: &PathBuf, args: &[&str]) -> Ran {
     ran
 }
 
+/// The node tests reset all three nodes, so they run one at a time.
+async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::OnceLock<tokio::sync::Mutex<()>> = std::sync::OnceLock::new();
+    LOCK.get_or_init(|| tokio::sync::Mutex::new(()))
+        .lock()
+        .await
+}
+
 /// The nodes of this test binary; refuses the shared default set.
 fn own_nodes() -> Vec<Node> {
     let prefix = std::env::var("WARREN_NODE_PREFIX").unwrap_or_default();
@@ -167,7 +175,7 @@ async fn standalone_nodes() -> Vec<Node> {
         script(&["wipe"], &[]);
         script(&["start"], &[]);
     }
-    let nodes = cluster().await;
+    let nodes = wait_nodes_up().await;
     for n in &nodes {
         assert_eq!(
             status(n).members(),
@@ -263,7 +271,7 @@ async fn assert_untouched(nodes: &[Node]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "resets its nodes: run by scripts/test on the b-node set"]
 async fn forms_the_cluster_mirrors_queues_and_a_second_run_changes_nothing() {
-    let _g = disruptive().lock().await;
+    let _g = exclusive().await;
     let nodes = standalone_nodes().await;
     let (b1, b2, b3) = (&nodes[0].name, &nodes[1].name, &nodes[2].name);
     let cfg = config_file(
@@ -447,7 +455,7 @@ async fn forms_the_cluster_mirrors_queues_and_a_second_run_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "resets its nodes: run by scripts/test on the b-node set"]
 async fn a_node_that_is_down_stops_bootstrap_before_anything_changes() {
-    let _g = disruptive().lock().await;
+    let _g = exclusive().await;
     let nodes = standalone_nodes().await;
     let cfg = config_file(&nodes, "");
     let down = &nodes[1];
@@ -491,7 +499,7 @@ async fn a_node_that_is_down_stops_bootstrap_before_anything_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "resets its nodes: run by scripts/test on the b-node set"]
 async fn a_node_with_another_cookie_gives_the_cookie_error() {
-    let _g = disruptive().lock().await;
+    let _g = exclusive().await;
     let nodes = standalone_nodes().await;
 
     // A cookie file that no node uses.
@@ -546,7 +554,7 @@ async fn a_node_with_another_cookie_gives_the_cookie_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "resets its nodes: run by scripts/test on the b-node set"]
 async fn a_node_in_another_cluster_is_refused_unless_force_reset() {
-    let _g = disruptive().lock().await;
+    let _g = exclusive().await;
     let nodes = standalone_nodes().await;
     let (b1, b2, b3) = (&nodes[0].name, &nodes[1].name, &nodes[2].name);
     // b2 and b3 form a cluster of their own.
@@ -635,7 +643,7 @@ async fn a_node_in_another_cluster_is_refused_unless_force_reset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "resets its nodes: run by scripts/test on the b-node set"]
 async fn a_failed_join_starts_the_app_again() {
-    let _g = disruptive().lock().await;
+    let _g = exclusive().await;
     let nodes = standalone_nodes().await;
     // cluster.rabbitmqctl pointing at a wrapper whose join_cluster fails; every
     // other command reaches the real node.
