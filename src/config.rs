@@ -794,6 +794,12 @@ impl Config {
                 "expected at least one node of type `disc` (a cluster must keep one)".into(),
             ));
         }
+        if c.rabbitmqctl.split_whitespace().next().is_none() {
+            return Err(invalid(
+                "cluster.rabbitmqctl".into(),
+                "expected a command such as `rabbitmqctl` or `sudo -u rabbitmq rabbitmqctl`".into(),
+            ));
+        }
         let mut seen_nodes = std::collections::HashSet::new();
         let mut seen_backends = std::collections::HashSet::new();
         for (i, n) in c.nodes.iter().enumerate() {
@@ -937,6 +943,72 @@ mod tests {
         assert_eq!(split_host_port("a"), None);
         assert_eq!(split_host_port("a:0"), None);
         assert_eq!(split_host_port(":5"), None);
+    }
+
+    #[test]
+    fn cluster_section_as_in_the_docs() {
+        let c = parse(
+            "listen: 127.0.0.1:5672
+backends:
+  - {name: node1, address: 'node1:5672', management: 'http://node1:15672'}
+  - {name: node2, address: 'node2:5672', management: 'http://node2:15672'}
+  - {name: node3, address: 'node3:5672', management: 'http://node3:15672'}
+cluster:
+  erlang_cookie_file: /var/lib/rabbitmq/.erlang.cookie
+  nodes:
+    - {backend: node1, node: rabbit@node1, type: disc}
+    - {backend: node2, node: rabbit@node2, type: disc}
+    - {backend: node3, node: rabbit@node3, type: ram}
+  policies:
+    - name: ha-allqueue
+      vhost: /
+      pattern: '^'
+      apply_to: queues
+      priority: 0
+      definition: {ha-mode: all, ha-sync-mode: automatic}
+",
+        )
+        .expect("valid");
+        let cl = c.cluster.expect("cluster section");
+        assert_eq!(cl.rabbitmqctl, "rabbitmqctl");
+        assert_eq!(cl.nodes[2].node_type, NodeType::Ram);
+        assert_eq!(cl.policies[0].definition["ha-mode"], "all");
+        assert_eq!(cl.policies[0].apply_to, ApplyTo::Queues);
+    }
+
+    #[test]
+    fn cluster_section_errors_name_the_key() {
+        let base = "listen: 127.0.0.1:5672\nbackends:\n  - {name: a, address: 'h:1'}\n";
+        for (cluster, key) in [
+            ("cluster: {nodes: []}", "cluster.nodes"),
+            (
+                "cluster: {nodes: [{backend: a, node: r@h, type: ram}]}",
+                "cluster.nodes",
+            ),
+            (
+                "cluster: {nodes: [{backend: b, node: r@h}]}",
+                "cluster.nodes[0].backend",
+            ),
+            (
+                "cluster: {nodes: [{backend: a, node: rabbit}]}",
+                "cluster.nodes[0].node",
+            ),
+            (
+                "cluster: {rabbitmqctl: ' ', nodes: [{backend: a, node: r@h}]}",
+                "cluster.rabbitmqctl",
+            ),
+        ] {
+            match parse(&format!("{base}{cluster}\n")) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{cluster}"),
+                other => panic!("{cluster}: expected an error for {key}, got {other:?}"),
+            }
+        }
+        assert!(matches!(
+            parse(&format!(
+                "{base}cluster: {{nodes: [{{backend: a, node: r@h, typ: disc}}]}}\n"
+            )),
+            Err(ConfigError::Parse { .. })
+        ));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod amqp;
 pub mod balancer;
+pub mod bootstrap;
 pub mod config;
 pub mod drain;
 pub mod health;
