@@ -97,6 +97,8 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
             }
         }),
         ["metrics"] => only_get(&method, || {
+            // Seconds-until-expiry gauges are computed at scrape time.
+            app.tls.record_expiry();
             let mut r = Response::new(Full::new(Bytes::from(app.metrics.render())));
             r.headers_mut().insert(
                 CONTENT_TYPE,

@@ -16,7 +16,11 @@ pub mod logging;
 pub mod metrics;
 pub mod mgmt;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod shutdown;
+pub mod stream;
+pub mod tls;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,6 +44,8 @@ pub struct App {
     pub shutdown: CancellationToken,
     pub next_conn_id: AtomicU64,
     pub metrics: PrometheusHandle,
+    /// Certificates and rustls configs; [`tls::Tls::reload`] re-reads them.
+    pub tls: tls::Tls,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,14 +57,23 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error("TLS: key `{key}`: {source}", key = .source.key())]
+    Tls {
+        #[from]
+        source: tls::TlsError,
+    },
 }
 
 /// The bound listeners of a server, so callers (tests) can learn the ports.
 pub struct Server {
     pub app: Arc<App>,
-    pub amqp_addr: SocketAddr,
+    /// The plain AMQP listener's address, if there is one.
+    pub amqp_addr: Option<SocketAddr>,
+    /// The TLS listener's address, if there is one.
+    pub tls_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
-    amqp: TcpListener,
+    amqp: Option<TcpListener>,
+    tls: Option<TcpListener>,
     admin: TcpListener,
 }
 
@@ -70,9 +85,20 @@ impl Server {
                 .await
                 .map_err(|source| RunError::Bind { what, addr, source })
         };
-        let amqp = bind("amqp", config.listen).await?;
+        // The recorder first: loading the certificates records their expiry.
+        let metrics = metrics::install();
+        let tls_state = tls::Tls::load(&config)?;
+        let amqp = match config.listen {
+            Some(addr) => Some((bind("amqp", addr).await?, addr)),
+            None => None,
+        };
+        let tls = match &config.tls {
+            Some(t) => Some((bind("amqps", t.listen).await?, t.listen)),
+            None => None,
+        };
         let admin = bind("admin", config.admin.listen).await?;
-        let amqp_addr = amqp.local_addr().unwrap_or(config.listen);
+        let amqp_addr = amqp.as_ref().map(|(l, a)| l.local_addr().unwrap_or(*a));
+        let tls_addr = tls.as_ref().map(|(l, a)| l.local_addr().unwrap_or(*a));
         let admin_addr = admin.local_addr().unwrap_or(config.admin.listen);
         let backends: Vec<Arc<Backend>> = config
             .backends
@@ -90,13 +116,16 @@ impl Server {
             config_path,
             shutdown: CancellationToken::new(),
             next_conn_id: AtomicU64::new(1),
-            metrics: metrics::install(),
+            metrics,
+            tls: tls_state,
         });
         Ok(Server {
             app,
             amqp_addr,
+            tls_addr,
             admin_addr,
-            amqp,
+            amqp: amqp.map(|(l, _)| l),
+            tls: tls.map(|(l, _)| l),
             admin,
         })
     }
@@ -105,10 +134,15 @@ impl Server {
     /// gracefully within `shutdown.grace`.
     pub async fn run(self) {
         let Server {
-            app, amqp, admin, ..
+            app,
+            amqp,
+            tls,
+            admin,
+            ..
         } = self;
         tracing::info!(
-            listen = %app.config.load().listen,
+            listen = ?app.config.load().listen,
+            tls_listen = ?app.config.load().tls.as_ref().map(|t| t.listen),
             admin = %app.config.load().admin.listen,
             backends = app.balancer.backends().len(),
             "warren started"
@@ -118,7 +152,7 @@ impl Server {
             health::spawn(Arc::clone(&app), Arc::clone(b));
         }
         let admin_task = tokio::spawn(admin::run(Arc::clone(&app), admin));
-        listener::run(Arc::clone(&app), amqp).await;
+        listener::run_all(Arc::clone(&app), amqp, tls).await;
         shutdown::close_connections(&app).await;
         admin_task.abort();
     }

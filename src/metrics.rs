@@ -90,3 +90,27 @@ pub fn backend_connection(backend: &str, delta: f64) {
 pub fn connect_error(backend: &str, kind: &'static str) {
     counter!(BACKEND_CONNECT_ERRORS, "backend" => backend.to_string(), "kind" => kind).increment(1);
 }
+
+pub const TLS_HANDSHAKES: &str = "warren_tls_handshakes_total";
+pub const TLS_CERTIFICATE_EXPIRY: &str = "warren_tls_certificate_expiry_seconds";
+
+/// A TLS handshake ended: `result` is `ok` or a bounded failure reason
+/// (see `tls::classify`).
+pub fn tls_handshake(side: crate::tls::Side, result: &'static str) {
+    counter!(TLS_HANDSHAKES, "side" => side.as_str(), "result" => result).increment(1);
+}
+
+/// Seconds until a certificate's notAfter (negative once expired).
+pub fn tls_certificate_expiry(label: &crate::tls::ExpiryLabel, seconds: f64) {
+    match label {
+        crate::tls::ExpiryLabel::Listener => {
+            gauge!(TLS_CERTIFICATE_EXPIRY, "certificate" => "listener").set(seconds)
+        }
+        crate::tls::ExpiryLabel::Backend(name) => gauge!(
+            TLS_CERTIFICATE_EXPIRY,
+            "certificate" => "backend_client",
+            "backend" => name.clone()
+        )
+        .set(seconds),
+    }
+}

@@ -22,6 +22,8 @@ use tracing::Instrument;
 use crate::amqp::{self, FrameTracker};
 use crate::balancer::Backend;
 use crate::drain::Command;
+use crate::stream::Stream;
+use crate::upstream::ClientAddrs;
 use crate::App;
 
 /// Bytes moved per read; large enough for bulk transfers.
@@ -37,30 +39,65 @@ pub async fn serve(app: Arc<App>, client: TcpStream, peer: SocketAddr, id: u64) 
     async move {
         let _ = client.set_nodelay(true);
         set_keepalive(&client);
-        let Some((backend, server)) = connect(&app).await else {
-            tracing::warn!("no backend reachable, closing client");
-            return;
-        };
-        tracing::Span::current().record("backend", backend.name());
-        tracing::debug!("connected");
-        let _active = backend.connection_guard();
-        crate::metrics::backend_connection(backend.name(), 1.0);
-        let cmd = backend.conns.register(id);
-        let close_timeout = app.config.load().drain.close_timeout.get();
-        let result = pump(&client, &server, cmd, close_timeout).await;
-        backend.conns.unregister(id);
-        crate::metrics::backend_connection(backend.name(), -1.0);
-        match result {
-            Ok(end) => tracing::debug!(?end, "closed"),
-            Err(e) => tracing::debug!(error = %e, "closed with error"),
-        }
+        carry(&app, Stream::Plain(client), peer, id).await
     }
     .instrument(span)
     .await
 }
 
-/// Connects to the first reachable candidate backend (bounded by `retries`).
-async fn connect(app: &App) -> Option<(Arc<Backend>, TcpStream)> {
+/// Serves one connection accepted on the TLS listener: the TLS handshake, then
+/// the same as [`serve`].
+pub async fn serve_tls(app: Arc<App>, client: TcpStream, peer: SocketAddr, id: u64) {
+    let span = tracing::info_span!("conn", id, %peer, tls = true, backend = tracing::field::Empty);
+    async move {
+        let _ = client.set_nodelay(true);
+        set_keepalive(&client);
+        let Some(client) = app.tls.accept(client).await else {
+            return;
+        };
+        carry(&app, Stream::from(client), peer, id).await
+    }
+    .instrument(span)
+    .await
+}
+
+/// Connects a backend and carries the connection to its end: plain TCP on both
+/// sides takes [`pump`]; TLS on either side takes [`crate::stream::pump`].
+async fn carry(app: &App, client: Stream, peer: SocketAddr, id: u64) {
+    let local = match client.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::debug!(error = %e, "client socket gone");
+            return;
+        }
+    };
+    let Some((backend, server)) = connect(app, ClientAddrs { peer, local }).await else {
+        tracing::warn!("no backend reachable, closing client");
+        return;
+    };
+    tracing::Span::current().record("backend", backend.name());
+    tracing::debug!("connected");
+    let _active = backend.connection_guard();
+    crate::metrics::backend_connection(backend.name(), 1.0);
+    let cmd = backend.conns.register(id);
+    let close_timeout = app.config.load().drain.close_timeout.get();
+    let result = match (client, server) {
+        (Stream::Plain(client), Stream::Plain(server)) => {
+            pump(&client, &server, cmd, close_timeout).await
+        }
+        (client, server) => crate::stream::pump(client, server, cmd, close_timeout).await,
+    };
+    backend.conns.unregister(id);
+    crate::metrics::backend_connection(backend.name(), -1.0);
+    match result {
+        Ok(end) => tracing::debug!(?end, "closed"),
+        Err(e) => tracing::debug!(error = %e, "closed with error"),
+    }
+}
+
+/// Connects to the first reachable candidate backend (bounded by `retries`),
+/// sending the PROXY header and running TLS where the backend asks for them.
+async fn connect(app: &App, client: ClientAddrs) -> Option<(Arc<Backend>, Stream)> {
     let config = app.config.load();
     let timeout = config.timeouts.connect.get();
     for backend in app.balancer.candidates(config.retries + 1) {
@@ -69,7 +106,16 @@ async fn connect(app: &App) -> Option<(Arc<Backend>, TcpStream)> {
             Ok(Ok(server)) => {
                 let _ = server.set_nodelay(true);
                 set_keepalive(&server);
-                return Some((backend, server));
+                if !crate::upstream::needs_preparing(&backend) {
+                    return Some((backend, Stream::Plain(server)));
+                }
+                match crate::upstream::prepare(app, &backend, server, client, timeout).await {
+                    Ok(server) => return Some((backend, server)),
+                    Err(e) => {
+                        crate::metrics::connect_error(backend.name(), e.kind());
+                        e.to_string()
+                    }
+                }
             }
             Ok(Err(e)) => {
                 crate::metrics::connect_error(backend.name(), error_kind(&e));

@@ -1,0 +1,571 @@
+//! TLS with rustls (ring provider): termination on the `tls` listener and
+//! origination to backends that only speak AMQPS.
+//!
+//! Certificates are read from PEM files when warren starts and again on
+//! [`Tls::reload`]; a reload builds every new rustls config first and swaps them
+//! in only when all of them are good, so a bad file leaves the running ones in
+//! place. Each handshake takes the config current at its start (an `ArcSwap`
+//! load), so open connections are never touched by a reload.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use tokio::net::TcpStream;
+
+use crate::config::{split_host_port, BackendConfig, BackendTlsConfig, Config, TlsListenConfig};
+
+/// Errors building a TLS config; each names the file (and the config key) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        key: String,
+        file: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{file}: {message}")]
+    Bad {
+        key: String,
+        file: PathBuf,
+        message: String,
+    },
+    #[error("{message}")]
+    Invalid { key: String, message: String },
+}
+
+impl TlsError {
+    /// The config key the error is about, e.g. `tls.cert` or `backends[1].tls.ca`.
+    pub fn key(&self) -> &str {
+        match self {
+            TlsError::Read { key, .. }
+            | TlsError::Bad { key, .. }
+            | TlsError::Invalid { key, .. } => key,
+        }
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read(key: &str, file: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(file).map_err(|source| TlsError::Read {
+        key: key.to_string(),
+        file: file.to_path_buf(),
+        source,
+    })
+}
+
+fn bad(key: &str, file: &Path, message: impl Into<String>) -> TlsError {
+    TlsError::Bad {
+        key: key.to_string(),
+        file: file.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// Every certificate in a PEM file, in order; at least one.
+pub fn load_certs(key: &str, file: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(key, file)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(key, file, format!("invalid PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad(
+            key,
+            file,
+            "expected at least one `BEGIN CERTIFICATE` PEM block",
+        ));
+    }
+    for c in &certs {
+        if x509_parser::parse_x509_certificate(c).is_err() {
+            return Err(bad(key, file, "a PEM block is not an X.509 certificate"));
+        }
+    }
+    Ok(certs)
+}
+
+/// The first private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
+pub fn load_key(key: &str, file: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(key, file)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => bad(
+            key,
+            file,
+            "expected a `BEGIN PRIVATE KEY` (or RSA / EC PRIVATE KEY) PEM block",
+        ),
+        e => bad(key, file, format!("invalid PEM: {e}")),
+    })
+}
+
+fn load_roots(key: &str, file: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in load_certs(key, file)? {
+        roots
+            .add(c)
+            .map_err(|e| bad(key, file, format!("not a usable CA certificate: {e}")))?;
+    }
+    Ok(roots)
+}
+
+/// Seconds since the Unix epoch at which a DER certificate stops being valid.
+pub fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
+    x509_parser::parse_x509_certificate(cert)
+        .ok()
+        .map(|(_, c)| c.validity().not_after.timestamp())
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Builds the listener's rustls config from its files.
+pub fn server_config(t: &TlsListenConfig) -> Result<(ServerConfig, Option<i64>), TlsError> {
+    let certs = load_certs("tls.cert", &t.cert)?;
+    let key = load_key("tls.key", &t.key)?;
+    let expiry = not_after(&certs[0]);
+    let provider = provider();
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("tls.cert", &t.cert, e.to_string()))?;
+    let builder = match &t.client_ca {
+        Some(ca) => {
+            let roots = load_roots("tls.client_ca", ca)?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| bad("tls.client_ca", ca, e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder.with_single_cert(certs, key).map_err(|e| {
+        bad(
+            "tls.key",
+            &t.key,
+            format!("does not fit the certificate in {}: {e}", t.cert.display()),
+        )
+    })?;
+    Ok((config, expiry))
+}
+
+/// How warren reaches one backend over TLS.
+pub struct Origin {
+    pub connector: tokio_rustls::TlsConnector,
+    pub server_name: ServerName<'static>,
+}
+
+/// Builds a backend's TLS client config. `i` is its index in `backends`.
+pub fn origin(
+    i: usize,
+    b: &BackendConfig,
+    t: &BackendTlsConfig,
+) -> Result<(Origin, Option<i64>), TlsError> {
+    let key_of = |k: &str| format!("backends[{i}].tls.{k}");
+    let name = match &t.server_name {
+        Some(n) => n.clone(),
+        None => split_host_port(&b.address)
+            .map(|(h, _)| h.to_string())
+            .unwrap_or_default(),
+    };
+    let server_name = ServerName::try_from(name.clone()).map_err(|_| TlsError::Invalid {
+        key: key_of("server_name"),
+        message: format!("expected a DNS name or an IP address, got `{name}`"),
+    })?;
+    let provider = provider();
+    let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Invalid {
+            key: key_of("ca"),
+            message: e.to_string(),
+        })?;
+    let builder = if t.verify {
+        let Some(ca) = &t.ca else {
+            return Err(TlsError::Invalid {
+                key: key_of("ca"),
+                message: "expected a CA file (PEM) to verify the node's certificate with, \
+                          or `verify: false`"
+                    .into(),
+            });
+        };
+        builder.with_root_certificates(load_roots(&key_of("ca"), ca)?)
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+    };
+    let (config, expiry) = match (&t.cert, &t.key) {
+        (Some(cert), Some(key)) => {
+            let certs = load_certs(&key_of("cert"), cert)?;
+            let expiry = not_after(&certs[0]);
+            let k = load_key(&key_of("key"), key)?;
+            let config = builder.with_client_auth_cert(certs, k).map_err(|e| {
+                bad(
+                    &key_of("key"),
+                    key,
+                    format!("does not fit the certificate in {}: {e}", cert.display()),
+                )
+            })?;
+            (config, expiry)
+        }
+        (None, None) => (builder.with_no_client_auth(), None),
+        _ => {
+            return Err(TlsError::Invalid {
+                key: key_of("cert"),
+                message: "expected both `cert` and `key` for a client certificate, or neither"
+                    .into(),
+            })
+        }
+    };
+    Ok((
+        Origin {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            server_name,
+        },
+        expiry,
+    ))
+}
+
+/// `verify: false`: any certificate is accepted, but the handshake signatures are
+/// still checked, so the session is encrypted to whoever holds the key.
+#[derive(Debug)]
+struct NoVerification(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Everything TLS a running warren holds: the listener's config (if it has a TLS
+/// listener) and one client config per backend with `tls`.
+pub struct Tls {
+    server: Option<ArcSwap<ServerConfig>>,
+    handshake_timeout: ArcSwap<Duration>,
+    origins: ArcSwap<HashMap<String, Arc<Origin>>>,
+    /// notAfter (Unix seconds) per certificate label, for the expiry gauge.
+    expiry: Mutex<Vec<(ExpiryLabel, i64)>>,
+}
+
+/// Which certificate an expiry figure is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExpiryLabel {
+    /// The TLS listener's server certificate.
+    Listener,
+    /// The client certificate warren presents to a backend.
+    Backend(String),
+}
+
+struct Built {
+    server: Option<(ServerConfig, Option<i64>)>,
+    handshake_timeout: Duration,
+    origins: HashMap<String, Arc<Origin>>,
+    expiry: Vec<(ExpiryLabel, i64)>,
+}
+
+fn build(config: &Config) -> Result<Built, TlsError> {
+    let mut expiry = Vec::new();
+    let server = match &config.tls {
+        Some(t) => {
+            let (sc, exp) = server_config(t)?;
+            if let Some(e) = exp {
+                expiry.push((ExpiryLabel::Listener, e));
+            }
+            Some((sc, exp))
+        }
+        None => None,
+    };
+    let mut origins = HashMap::new();
+    for (i, b) in config.backends.iter().enumerate() {
+        if let Some(t) = &b.tls {
+            let (o, exp) = origin(i, b, t)?;
+            if let Some(e) = exp {
+                expiry.push((ExpiryLabel::Backend(b.name.clone()), e));
+            }
+            origins.insert(b.name.clone(), Arc::new(o));
+        }
+    }
+    Ok(Built {
+        server,
+        handshake_timeout: config
+            .tls
+            .as_ref()
+            .map(|t| t.handshake_timeout.get())
+            .unwrap_or(Duration::from_secs(10)),
+        origins,
+        expiry,
+    })
+}
+
+/// Checks every TLS file a config names, without keeping anything (for validation).
+pub fn check(config: &Config) -> Result<(), TlsError> {
+    build(config).map(|_| ())
+}
+
+impl Tls {
+    /// Reads every certificate and key `config` names.
+    pub fn load(config: &Config) -> Result<Tls, TlsError> {
+        let b = build(config)?;
+        let tls = Tls {
+            server: b.server.map(|(sc, _)| ArcSwap::from_pointee(sc)),
+            handshake_timeout: ArcSwap::from_pointee(b.handshake_timeout),
+            origins: ArcSwap::from_pointee(b.origins),
+            expiry: Mutex::new(b.expiry),
+        };
+        tls.warn_expired();
+        tls.record_expiry();
+        Ok(tls)
+    }
+
+    /// Re-reads every certificate, key and CA file of `config` (the listener's and
+    /// the backends'). Open connections keep the config they started with. On an
+    /// error nothing changes. The TLS listener itself (whether there is one, and
+    /// its address) is fixed when warren starts: adding or removing `tls` needs a
+    /// restart and is reported as an error here.
+    pub fn reload(&self, config: &Config) -> Result<(), TlsError> {
+        if config.tls.is_some() != self.server.is_some() {
+            return Err(TlsError::Invalid {
+                key: "tls".into(),
+                message: "adding or removing the TLS listener needs a restart".into(),
+            });
+        }
+        let b = build(config)?;
+        if let (Some(slot), Some((sc, _))) = (&self.server, b.server) {
+            slot.store(Arc::new(sc));
+        }
+        self.handshake_timeout.store(Arc::new(b.handshake_timeout));
+        self.origins.store(Arc::new(b.origins));
+        if let Ok(mut e) = self.expiry.lock() {
+            *e = b.expiry;
+        }
+        self.warn_expired();
+        self.record_expiry();
+        tracing::info!("TLS certificates reloaded");
+        Ok(())
+    }
+
+    /// True when warren has a TLS listener.
+    pub fn terminates(&self) -> bool {
+        self.server.is_some()
+    }
+
+    /// The TLS client config for `backend`, if it is reached over TLS.
+    pub fn origin(&self, backend: &str) -> Option<Arc<Origin>> {
+        self.origins.load().get(backend).cloned()
+    }
+
+    /// Runs the server side of a handshake on an accepted connection, bounded by
+    /// `tls.handshake_timeout`; counts and logs the outcome.
+    pub async fn accept(
+        &self,
+        tcp: TcpStream,
+    ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+        let config = self.server.as_ref()?.load_full();
+        let timeout = **self.handshake_timeout.load();
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let result = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+            Ok(r) => r.map_err(|e| classify(&e)),
+            Err(_) => Err(Failure {
+                reason: "timeout",
+                detail: format!("no handshake within {timeout:?}"),
+            }),
+        };
+        match result {
+            Ok(s) => {
+                crate::metrics::tls_handshake(Side::Client, "ok");
+                Some(s)
+            }
+            Err(f) => {
+                crate::metrics::tls_handshake(Side::Client, f.reason);
+                if f.is_certificate() {
+                    tracing::warn!(reason = f.reason, error = %f.detail, "TLS handshake failed: client certificate rejected");
+                } else {
+                    tracing::debug!(reason = f.reason, error = %f.detail, "TLS handshake failed");
+                }
+                None
+            }
+        }
+    }
+
+    /// Sets the expiry gauges to the seconds left until each certificate's notAfter
+    /// (negative once expired). Called on load, reload and every /metrics scrape.
+    pub fn record_expiry(&self) {
+        let now = now_unix();
+        if let Ok(e) = self.expiry.lock() {
+            for (label, not_after) in e.iter() {
+                crate::metrics::tls_certificate_expiry(label, (not_after - now) as f64);
+            }
+        }
+    }
+
+    fn warn_expired(&self) {
+        let now = now_unix();
+        if let Ok(e) = self.expiry.lock() {
+            for (label, not_after) in e.iter() {
+                if *not_after <= now {
+                    tracing::warn!(certificate = ?label, "TLS certificate has expired");
+                }
+            }
+        }
+    }
+}
+
+/// Which side of warren a handshake was with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// A client on the TLS listener.
+    Client,
+    /// A backend warren connected to.
+    Backend,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Backend => "backend",
+        }
+    }
+}
+
+/// A failed handshake: a bounded reason for metrics and the full text for logs.
+#[derive(Debug)]
+pub struct Failure {
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+impl Failure {
+    /// A certificate was missing or refused (by us or by the peer).
+    pub fn is_certificate(&self) -> bool {
+        matches!(
+            self.reason,
+            "no_certificate" | "bad_certificate" | "peer_rejected_certificate"
+        )
+    }
+}
+
+/// Sorts a handshake error into a bounded set of reasons.
+pub fn classify(e: &io::Error) -> Failure {
+    use rustls::Error as E;
+    let detail = e.to_string();
+    let tls = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+    let reason = match tls {
+        Some(E::NoCertificatesPresented) => "no_certificate",
+        Some(E::InvalidCertificate(_)) => "bad_certificate",
+        Some(E::AlertReceived(a)) => match a {
+            rustls::AlertDescription::BadCertificate
+            | rustls::AlertDescription::UnknownCA
+            | rustls::AlertDescription::CertificateExpired
+            | rustls::AlertDescription::CertificateUnknown
+            | rustls::AlertDescription::CertificateRequired
+            | rustls::AlertDescription::UnsupportedCertificate
+            | rustls::AlertDescription::AccessDenied => "peer_rejected_certificate",
+            _ => "alert",
+        },
+        Some(E::PeerIncompatible(_)) => "incompatible",
+        Some(
+            E::InvalidMessage(_)
+            | E::InappropriateMessage { .. }
+            | E::InappropriateHandshakeMessage { .. }
+            | E::PeerMisbehaved(_)
+            | E::DecryptError,
+        ) => "protocol",
+        Some(_) => "other",
+        None => match e.kind() {
+            io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => "closed",
+            io::ErrorKind::TimedOut => "timeout",
+            _ => "io",
+        },
+    };
+    Failure { reason, detail }
+}
+
+/// The client side of a handshake with a backend, bounded by `timeout`; counted.
+pub async fn connect(
+    origin: &Origin,
+    tcp: TcpStream,
+    timeout: Duration,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Failure> {
+    let result = match tokio::time::timeout(
+        timeout,
+        origin.connector.connect(origin.server_name.clone(), tcp),
+    )
+    .await
+    {
+        Ok(r) => r.map_err(|e| classify(&e)),
+        Err(_) => Err(Failure {
+            reason: "timeout",
+            detail: format!("no handshake within {timeout:?}"),
+        }),
+    };
+    crate::metrics::tls_handshake(
+        Side::Backend,
+        match &result {
+            Ok(_) => "ok",
+            Err(f) => f.reason,
+        },
+    );
+    result
+}
+
+/// The address a TLS client connected to, for the PROXY header.
+pub fn local_addr(s: &tokio_rustls::server::TlsStream<TcpStream>) -> io::Result<SocketAddr> {
+    s.get_ref().0.local_addr()
+}
