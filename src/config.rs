@@ -862,6 +862,40 @@ mod tests {
     }
 
     #[test]
+    fn a_listener_is_required() {
+        let e = parse("backends:\n  - {name: a, address: 'h:5672'}\n").expect_err("no listener");
+        assert!(e.to_string().contains("`listen`"), "{e}");
+    }
+
+    #[test]
+    fn tls_files_are_checked_and_named() {
+        let e = parse(
+            "listen: 127.0.0.1:5672\ntls:\n  listen: 127.0.0.1:5671\n  cert: /nonexistent/c.pem\n  key: /nonexistent/k.pem\nbackends:\n  - {name: a, address: 'h:5672'}\n",
+        )
+        .expect_err("missing certificate");
+        let text = e.to_string();
+        assert!(
+            text.starts_with("test.yaml: key `tls.cert`: /nonexistent/c.pem"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn backend_tls_and_send_proxy_parse() {
+        let c = parse(
+            "listen: 127.0.0.1:5672\nbackends:\n  - {name: a, address: 'h:5671', send_proxy: v2, tls: {verify: false}}\n",
+        )
+        .expect("valid");
+        assert_eq!(c.backends[0].send_proxy, Some(ProxyVersion::V2));
+        assert!(!c.backends[0].tls.as_ref().expect("tls").verify);
+        let e = parse(
+            "listen: 127.0.0.1:5672\nbackends:\n  - {name: a, address: 'h:5671', send_proxy: v3}\n",
+        )
+        .expect_err("v3 is no PROXY version");
+        assert!(e.to_string().contains("v3"), "{e}");
+    }
+
+    #[test]
     fn node_names() {
         assert!(valid_node_name("rabbit@node1"));
         assert!(!valid_node_name("rabbit"));

@@ -52,7 +52,7 @@ pub async fn serve_tls(app: Arc<App>, client: TcpStream, peer: SocketAddr, id: u
     async move {
         let _ = client.set_nodelay(true);
         set_keepalive(&client);
-        let Some(client) = app.tls.accept(client).await else {
+        let Some(client) = app.tls.accept(client, peer).await else {
             return;
         };
         carry(&app, Stream::from(client), peer, id).await

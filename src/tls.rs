@@ -412,6 +412,7 @@ impl Tls {
     pub async fn accept(
         &self,
         tcp: TcpStream,
+        peer: SocketAddr,
     ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
         let config = self.server.as_ref()?.load_full();
         let timeout = **self.handshake_timeout.load();
@@ -431,9 +432,9 @@ impl Tls {
             Err(f) => {
                 crate::metrics::tls_handshake(Side::Client, f.reason);
                 if f.is_certificate() {
-                    tracing::warn!(reason = f.reason, error = %f.detail, "TLS handshake failed: client certificate rejected");
+                    tracing::warn!(%peer, reason = f.reason, error = %f.detail, "TLS handshake failed: client certificate rejected");
                 } else {
-                    tracing::debug!(reason = f.reason, error = %f.detail, "TLS handshake failed");
+                    tracing::debug!(%peer, reason = f.reason, error = %f.detail, "TLS handshake failed");
                 }
                 None
             }
@@ -565,7 +566,134 @@ pub async fn connect(
     result
 }
 
-/// The address a TLS client connected to, for the PROXY header.
-pub fn local_addr(s: &tokio_rustls::server::TlsStream<TcpStream>) -> io::Result<SocketAddr> {
-    s.get_ref().0.local_addr()
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, KeyPair};
+
+    /// A temporary directory removed on drop.
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(tag: &str) -> Dir {
+            let d = std::env::temp_dir().join(format!(
+                "warren-tls-unit-{tag}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            std::fs::create_dir_all(&d).expect("temp dir");
+            Dir(d)
+        }
+        fn write(&self, name: &str, text: &str) -> PathBuf {
+            let p = self.0.join(name);
+            std::fs::write(&p, text).expect("write");
+            p
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn self_signed(year: i32) -> (String, String) {
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        p.not_after = rcgen::date_time_ymd(year, 1, 1);
+        let cert = p.self_signed(&key).expect("cert");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn listener(cert: PathBuf, key: PathBuf) -> TlsListenConfig {
+        TlsListenConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            cert,
+            key,
+            client_ca: None,
+            handshake_timeout: crate::config::HumanDuration::secs(10),
+        }
+    }
+
+    #[test]
+    fn loads_a_certificate_and_reads_its_expiry() {
+        let d = Dir::new("ok");
+        let (c, k) = self_signed(2031);
+        let t = listener(d.write("c.pem", &c), d.write("k.pem", &k));
+        let (_, expiry) = server_config(&t).expect("loads");
+        // 2031-01-01T00:00:00Z
+        assert_eq!(expiry, Some(1_924_992_000));
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let d = Dir::new("missing");
+        let (_, k) = self_signed(2031);
+        let cert = d.0.join("nope.pem");
+        let t = listener(cert.clone(), d.write("k.pem", &k));
+        let e = server_config(&t).expect_err("error");
+        assert_eq!(e.key(), "tls.cert");
+        assert!(e.to_string().contains(&cert.display().to_string()), "{e}");
+        assert!(e.to_string().contains("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn a_file_without_certificates_is_named() {
+        let d = Dir::new("nocert");
+        let (_, k) = self_signed(2031);
+        let cert = d.write("c.pem", "hello\n");
+        let e = server_config(&listener(cert.clone(), d.write("k.pem", &k))).expect_err("error");
+        assert_eq!(e.key(), "tls.cert");
+        assert!(e.to_string().contains("BEGIN CERTIFICATE"), "{e}");
+    }
+
+    #[test]
+    fn a_key_that_does_not_fit_is_named() {
+        let d = Dir::new("mismatch");
+        let (c, _) = self_signed(2031);
+        let (_, other_key) = self_signed(2031);
+        let key = d.write("k.pem", &other_key);
+        let e = server_config(&listener(d.write("c.pem", &c), key.clone())).expect_err("error");
+        assert_eq!(e.key(), "tls.key");
+        assert!(e.to_string().contains(&key.display().to_string()), "{e}");
+    }
+
+    #[test]
+    fn a_backend_needs_a_ca_while_verifying() {
+        let b = BackendConfig {
+            name: "a".into(),
+            address: "node1:5671".into(),
+            management: None,
+            tls: None,
+            send_proxy: None,
+        };
+        let t = BackendTlsConfig {
+            ca: None,
+            server_name: None,
+            verify: true,
+            cert: None,
+            key: None,
+        };
+        let e = origin(3, &b, &t).err().expect("error");
+        assert_eq!(e.key(), "backends[3].tls.ca");
+        let t = BackendTlsConfig { verify: false, ..t };
+        let (o, _) = origin(3, &b, &t).expect("verify off needs no CA");
+        assert_eq!(o.server_name.to_str(), "node1");
+    }
+
+    #[test]
+    fn handshake_errors_are_sorted() {
+        let e = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::NoCertificatesPresented,
+        );
+        assert_eq!(classify(&e).reason, "no_certificate");
+        let e = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        assert_eq!(classify(&e).reason, "bad_certificate");
+        let e = io::Error::new(io::ErrorKind::UnexpectedEof, "eof");
+        assert_eq!(classify(&e).reason, "closed");
+    }
 }

@@ -610,6 +610,22 @@ async fn send_proxy_shows_the_real_client_address_to_the_broker() {
         let _ = conn.close(200, "bye".into()).await;
         w.stop().await;
     }
+    // Control: without the header the broker sees warren's own port, so the
+    // assertion above does tell the two apart.
+    let n3 = &nodes[2];
+    let w = start(&yaml(
+        "listen: 127.0.0.1:0",
+        NO_PROBES,
+        &[backend(n3, n3.amqp, "")],
+    ))
+    .await;
+    let name = unique("proxy-none");
+    let conn = common::amqp_connect_named(&w.url(), &name).await;
+    let ports = client_ports_to(w.amqp);
+    let c = broker_connection(n3, &name).await;
+    assert_ne!(c["peer_port"], ports[0], "{c}");
+    let _ = conn.close(200, "bye".into()).await;
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
