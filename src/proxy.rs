@@ -64,14 +64,7 @@ pub async fn serve_tls(app: Arc<App>, client: TcpStream, peer: SocketAddr, id: u
 /// Connects a backend and carries the connection to its end: plain TCP on both
 /// sides takes [`pump`]; TLS on either side takes [`crate::stream::pump`].
 async fn carry(app: &App, client: Stream, peer: SocketAddr, id: u64) {
-    let local = match client.local_addr() {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::debug!(error = %e, "client socket gone");
-            return;
-        }
-    };
-    let Some((backend, server)) = connect(app, ClientAddrs { peer, local }).await else {
+    let Some((backend, server)) = connect(app, client.tcp(), peer).await else {
         tracing::warn!("no backend reachable, closing client");
         return;
     };
@@ -97,7 +90,11 @@ async fn carry(app: &App, client: Stream, peer: SocketAddr, id: u64) {
 
 /// Connects to the first reachable candidate backend (bounded by `retries`),
 /// sending the PROXY header and running TLS where the backend asks for them.
-async fn connect(app: &App, client: ClientAddrs) -> Option<(Arc<Backend>, Stream)> {
+async fn connect(
+    app: &App,
+    client: &TcpStream,
+    peer: SocketAddr,
+) -> Option<(Arc<Backend>, Stream)> {
     let config = app.config.load();
     let timeout = config.timeouts.connect.get();
     for backend in app.balancer.candidates(config.retries + 1) {
@@ -109,7 +106,17 @@ async fn connect(app: &App, client: ClientAddrs) -> Option<(Arc<Backend>, Stream
                 if !crate::upstream::needs_preparing(&backend) {
                     return Some((backend, Stream::Plain(server)));
                 }
-                match crate::upstream::prepare(app, &backend, server, client, timeout).await {
+                // The address the client connected to, for the PROXY header; asked
+                // for only here, to spare the plain path a syscall.
+                let local = match client.local_addr() {
+                    Ok(local) => local,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "client socket gone");
+                        return None;
+                    }
+                };
+                let addrs = ClientAddrs { peer, local };
+                match crate::upstream::prepare(app, &backend, server, addrs, timeout).await {
                     Ok(server) => return Some((backend, server)),
                     Err(e) => {
                         crate::metrics::connect_error(backend.name(), e.kind());

@@ -16,7 +16,6 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -48,15 +47,6 @@ impl Stream {
             Stream::Plain(s) => s,
             Stream::Tls(s) => s.get_ref().0,
         }
-    }
-
-    /// The local address of the TCP socket (for a client: the address it connected to).
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.tcp().local_addr()
-    }
-
-    pub fn is_tls(&self) -> bool {
-        matches!(self, Stream::Tls(_))
     }
 }
 

@@ -293,8 +293,7 @@ impl ServerCertVerifier for NoVerification {
 /// Everything TLS a running warren holds: the listener's config (if it has a TLS
 /// listener) and one client config per backend with `tls`.
 pub struct Tls {
-    server: Option<ArcSwap<ServerConfig>>,
-    handshake_timeout: ArcSwap<Duration>,
+    server: Option<ArcSwap<Listener>>,
     origins: ArcSwap<HashMap<String, Arc<Origin>>>,
     /// notAfter (Unix seconds) per certificate label, for the expiry gauge.
     expiry: Mutex<Vec<(ExpiryLabel, i64)>>,
@@ -309,9 +308,14 @@ pub enum ExpiryLabel {
     Backend(String),
 }
 
-struct Built {
-    server: Option<(ServerConfig, Option<i64>)>,
+/// What a handshake on the TLS listener uses, swapped whole on reload.
+struct Listener {
+    config: Arc<ServerConfig>,
     handshake_timeout: Duration,
+}
+
+struct Built {
+    server: Option<Listener>,
     origins: HashMap<String, Arc<Origin>>,
     expiry: Vec<(ExpiryLabel, i64)>,
 }
@@ -324,7 +328,10 @@ fn build(config: &Config) -> Result<Built, TlsError> {
             if let Some(e) = exp {
                 expiry.push((ExpiryLabel::Listener, e));
             }
-            Some((sc, exp))
+            Some(Listener {
+                config: Arc::new(sc),
+                handshake_timeout: t.handshake_timeout.get(),
+            })
         }
         None => None,
     };
@@ -340,11 +347,6 @@ fn build(config: &Config) -> Result<Built, TlsError> {
     }
     Ok(Built {
         server,
-        handshake_timeout: config
-            .tls
-            .as_ref()
-            .map(|t| t.handshake_timeout.get())
-            .unwrap_or(Duration::from_secs(10)),
         origins,
         expiry,
     })
@@ -360,8 +362,7 @@ impl Tls {
     pub fn load(config: &Config) -> Result<Tls, TlsError> {
         let b = build(config)?;
         let tls = Tls {
-            server: b.server.map(|(sc, _)| ArcSwap::from_pointee(sc)),
-            handshake_timeout: ArcSwap::from_pointee(b.handshake_timeout),
+            server: b.server.map(ArcSwap::from_pointee),
             origins: ArcSwap::from_pointee(b.origins),
             expiry: Mutex::new(b.expiry),
         };
@@ -383,10 +384,9 @@ impl Tls {
             });
         }
         let b = build(config)?;
-        if let (Some(slot), Some((sc, _))) = (&self.server, b.server) {
-            slot.store(Arc::new(sc));
+        if let (Some(slot), Some(listener)) = (&self.server, b.server) {
+            slot.store(Arc::new(listener));
         }
-        self.handshake_timeout.store(Arc::new(b.handshake_timeout));
         self.origins.store(Arc::new(b.origins));
         if let Ok(mut e) = self.expiry.lock() {
             *e = b.expiry;
@@ -414,9 +414,9 @@ impl Tls {
         tcp: TcpStream,
         peer: SocketAddr,
     ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-        let config = self.server.as_ref()?.load_full();
-        let timeout = **self.handshake_timeout.load();
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let listener = self.server.as_ref()?.load_full();
+        let timeout = listener.handshake_timeout;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&listener.config));
         let result = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
             Ok(r) => r.map_err(|e| classify(&e)),
             Err(_) => Err(Failure {
