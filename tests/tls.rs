@@ -838,3 +838,65 @@ async fn drain_closes_a_tls_client_with_320() {
     }
     w.stop().await;
 }
+
+/// Half-close through the TLS data path: the client's close_notify and FIN reach
+/// the backend as a FIN, and the backend's answer still comes back. Against a
+/// small TCP backend that answers only after the client has finished sending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_is_propagated_over_tls() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let baddr = backend.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = backend.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                if s.read_to_end(&mut got).await.is_ok() {
+                    let _ = s
+                        .write_all(format!("got {} bytes", got.len()).as_bytes())
+                        .await;
+                }
+            });
+        }
+    });
+    let pki = Pki::new("halfclose");
+    let (cert, key) = pki.write_server("server", 2031);
+    let w = start(&format!(
+        "admin:\n  listen: 127.0.0.1:0\n{}health:\n  interval: 1h\nbackends:\n  - name: echo\n    address: {baddr}\n",
+        tls_listener(&cert, &key, None)
+    ))
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::pem::PemObject::pem_file_iter(pki.path("ca.pem")).expect("CA") {
+        let c: rustls::pki_types::CertificateDer<'static> = c.expect("CA cert");
+        roots.add(c).expect("root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(w.tls.expect("TLS listener"))
+        .await
+        .expect("connect");
+    let mut c = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("handshake");
+    c.write_all(&[7u8; 300_000]).await.expect("write");
+    c.shutdown().await.expect("half-close");
+    let mut reply = String::new();
+    tokio::time::timeout(Duration::from_secs(10), c.read_to_string(&mut reply))
+        .await
+        .expect("reply in time")
+        .expect("read");
+    assert_eq!(reply, "got 300000 bytes");
+    w.stop().await;
+}
