@@ -83,9 +83,26 @@ fn view(b: &Backend) -> BackendView<'_> {
     }
 }
 
+/// Request bodies larger than this are refused (no endpoint takes a body today).
+const MAX_BODY: u64 = 64 * 1024;
+
 async fn route(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
+    let too_large = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > MAX_BODY);
+    if too_large {
+        return text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+    }
+    if method != Method::GET && method != Method::HEAD {
+        if let Some(refusal) = refuse_unauthorized(app, &req) {
+            return refusal;
+        }
+    }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segments.as_slice() {
         ["healthz"] => only_get(&method, || text(StatusCode::OK, "ok\n")),
@@ -129,8 +146,49 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
+/// Mutating requests need the bearer token when one is configured; the answer
+/// to send instead when the request does not carry it.
+fn refuse_unauthorized(app: &App, req: &Request<Incoming>) -> Option<Response<Body>> {
+    let token = match app.config.load().admin.resolve_token() {
+        Ok(Some(t)) => t,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::error!(error = %e, "admin token unavailable; refusing mutating requests");
+            return Some(text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "admin token unavailable\n",
+            ));
+        }
+    };
+    let given = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), token.0.as_bytes()) {
+        None
+    } else {
+        tracing::warn!(path = %req.uri().path(), "admin: missing or wrong bearer token");
+        let mut r = text(StatusCode::UNAUTHORIZED, "bearer token required\n");
+        r.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer"),
+        );
+        Some(r)
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Applies an operator action.
-fn operate(app: &App, b: &Arc<Backend>, action: &str) {
+fn operate(app: &Arc<App>, b: &Arc<Backend>, action: &str) {
     match action {
         "drain" => {
             let prev = b.set_mode(Mode::Draining);
@@ -159,6 +217,9 @@ fn operate(app: &App, b: &Arc<Backend>, action: &str) {
             let prev = b.set_mode(Mode::Enabled);
             b.conns.cancel_drain();
             tracing::info!(backend = b.name(), previous = ?prev, "operator: enable");
+            if prev != Mode::Enabled {
+                crate::rebalance::trigger(app, &format!("{} enabled", b.name()));
+            }
         }
     }
     crate::metrics::backend_state(b);

@@ -276,16 +276,16 @@ impl Balancer {
     /// Only usable backends are returned; the caller tries them in order.
     pub fn candidates(&self, max: usize) -> Vec<Arc<Backend>> {
         let all = self.backends.load();
-        let n = all.len();
-        if n == 0 || max == 0 {
+        if all.is_empty() || max == 0 {
             return Vec::new();
         }
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-        // Rotate so that ties are broken round-robin under both policies.
-        let mut usable: Vec<Arc<Backend>> = (0..n)
-            .map(|k| &all[(start + k) % n])
-            .filter(|b| b.usable())
-            .cloned()
+        // Rotate over the usable ones only, so that a backend out of service does not
+        // hand its turn to its neighbour; ties are broken round-robin under both policies.
+        let usable: Vec<&Arc<Backend>> = all.iter().filter(|b| b.usable()).collect();
+        let m = usable.len();
+        let mut usable: Vec<Arc<Backend>> = (0..m)
+            .map(|k| Arc::clone(usable[(start + k) % m]))
             .collect();
         let policy = **self.policy.load();
         if policy.balance == Balance::LeastConnections {
@@ -342,8 +342,13 @@ mod tests {
             .map(|_| names(&lb.candidates(1))[0].clone())
             .collect();
         assert_eq!(firsts, ["a", "b", "c", "a", "b", "c"]);
-        b.set_health(Health::Down);
         c.set_mode(Mode::Disabled);
+        // The remaining two share evenly: c's turn does not go to its neighbour.
+        let firsts: Vec<String> = (0..6)
+            .map(|_| names(&lb.candidates(1))[0].clone())
+            .collect();
+        assert_eq!(firsts.iter().filter(|n| *n == "a").count(), 3, "{firsts:?}");
+        b.set_health(Health::Down);
         for _ in 0..4 {
             assert_eq!(names(&lb.candidates(3)), ["a"]);
         }

@@ -71,12 +71,31 @@ impl fmt::Display for HumanDuration {
     }
 }
 
+/// `ip:port`, with an error that says so.
+fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    s.trim().parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "expected an `ip:port` address such as 127.0.0.1:5672, got `{s}`"
+        ))
+    })
+}
+
+/// An optional `ip:port` (absent key: `None`).
+fn opt_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    socket_addr(d).map(Some)
+}
+
 /// The whole file.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where AMQP clients connect (plain TCP). Optional when `tls` has a listener.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "opt_socket_addr",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub listen: Option<SocketAddr>,
     /// Where AMQPS clients connect: TLS termination.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,6 +118,8 @@ pub struct Config {
     #[serde(default)]
     pub drain: DrainConfig,
     #[serde(default)]
+    pub rebalance: RebalanceConfig,
+    #[serde(default)]
     pub shutdown: ShutdownConfig,
     #[serde(default)]
     pub log: LogConfig,
@@ -117,8 +138,35 @@ fn default_retries() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Admin HTTP listener: /healthz /readyz /metrics /api/...
-    #[serde(default = "default_admin_listen")]
+    #[serde(default = "default_admin_listen", deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
+    /// When set, every mutating request (POST) must carry
+    /// `Authorization: Bearer <token>`; the token is read from this file...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// ...or from this environment variable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+}
+
+impl AdminConfig {
+    /// The bearer token for mutating requests, if one is configured.
+    pub fn resolve_token(&self) -> Result<Option<Secret>, String> {
+        let token = if let Some(f) = &self.token_file {
+            std::fs::read_to_string(f)
+                .map_err(|e| format!("cannot read {}: {e}", f.display()))?
+                .trim()
+                .to_string()
+        } else if let Some(var) = &self.token_env {
+            std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?
+        } else {
+            return Ok(None);
+        };
+        if token.len() < 16 {
+            return Err("expected a token of at least 16 characters".to_string());
+        }
+        Ok(Some(Secret(token)))
+    }
 }
 
 fn default_admin_listen() -> SocketAddr {
@@ -129,6 +177,8 @@ impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: default_admin_listen(),
+            token_file: None,
+            token_env: None,
         }
     }
 }
@@ -152,6 +202,15 @@ pub struct Timeouts {
     /// heartbeat kills healthy connections (HAProxy `timeout client`/`timeout server`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle: Option<HumanDuration>,
+    /// A client must send its first bytes (the AMQP protocol header) within this
+    /// time, or it is closed before any backend is involved (RabbitMQ's own
+    /// `handshake_timeout` is 10 s).
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake: HumanDuration,
+}
+
+fn default_handshake_timeout() -> HumanDuration {
+    HumanDuration::secs(10)
 }
 
 fn default_connect_timeout() -> HumanDuration {
@@ -163,6 +222,7 @@ impl Default for Timeouts {
         Timeouts {
             connect: default_connect_timeout(),
             idle: None,
+            handshake: default_handshake_timeout(),
         }
     }
 }
@@ -191,6 +251,7 @@ pub struct BackendConfig {
 #[serde(deny_unknown_fields)]
 pub struct TlsListenConfig {
     /// Where AMQPS clients connect, e.g. `0.0.0.0:5671`.
+    #[serde(deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
     /// Certificate chain, PEM, the server's certificate first.
     pub cert: PathBuf,
@@ -200,13 +261,6 @@ pub struct TlsListenConfig {
     /// chains to one of them (mutual TLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_ca: Option<PathBuf>,
-    /// Time a client has to complete the TLS handshake.
-    #[serde(default = "default_tls_handshake_timeout")]
-    pub handshake_timeout: HumanDuration,
-}
-
-fn default_tls_handshake_timeout() -> HumanDuration {
-    HumanDuration::secs(10)
 }
 
 /// TLS origination: how warren connects to a node over TLS.
@@ -427,6 +481,46 @@ impl Default for DrainConfig {
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+pub struct RebalanceConfig {
+    /// Move connections onto a node that returns (closing them, paced, on the
+    /// most loaded nodes). Off by default: only clients that reconnect after a
+    /// broker close can take it.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Accepted spread: max - min <= tolerance x mean connections per node.
+    #[serde(default = "default_tolerance")]
+    pub tolerance: f64,
+    /// Closes of one round are spread over this window.
+    #[serde(default = "default_rebalance_window")]
+    pub window: HumanDuration,
+    /// At most this share of all connections is closed per round.
+    #[serde(default = "default_max_fraction")]
+    pub max_fraction: f64,
+}
+
+fn default_tolerance() -> f64 {
+    0.2
+}
+fn default_rebalance_window() -> HumanDuration {
+    HumanDuration::secs(30)
+}
+fn default_max_fraction() -> f64 {
+    0.25
+}
+
+impl Default for RebalanceConfig {
+    fn default() -> Self {
+        RebalanceConfig {
+            enabled: false,
+            tolerance: default_tolerance(),
+            window: default_rebalance_window(),
+            max_fraction: default_max_fraction(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct ShutdownConfig {
     /// On SIGTERM, open connections get `connection.close` and this long to finish.
     #[serde(default = "default_shutdown_grace")]
@@ -586,16 +680,6 @@ impl Config {
                 "expected `listen`, `tls.listen` or both".into(),
             ));
         }
-        if self
-            .tls
-            .as_ref()
-            .is_some_and(|t| t.handshake_timeout.get().is_zero())
-        {
-            return Err(invalid(
-                "tls.handshake_timeout".into(),
-                "expected a duration greater than 0".into(),
-            ));
-        }
         if let (Some(plain), Some(t)) = (self.listen, &self.tls) {
             if plain == t.listen && plain.port() != 0 {
                 return Err(invalid(
@@ -645,6 +729,26 @@ impl Config {
                 }
             }
         }
+        if self.admin.token_file.is_some() && self.admin.token_env.is_some() {
+            return Err(invalid(
+                "admin.token_file".into(),
+                "expected only one of `token_file`, `token_env`".into(),
+            ));
+        }
+        if let Err(e) = self.admin.resolve_token() {
+            let key = if self.admin.token_file.is_some() {
+                "admin.token_file"
+            } else {
+                "admin.token_env"
+            };
+            return Err(invalid(key.into(), e));
+        }
+        if self.timeouts.handshake.get().is_zero() {
+            return Err(invalid(
+                "timeouts.handshake".into(),
+                "expected a duration greater than 0".into(),
+            ));
+        }
         let h = &self.health;
         if h.interval.get().is_zero() {
             return Err(invalid(
@@ -682,6 +786,19 @@ impl Config {
             return Err(invalid(
                 "health.fast_interval".into(),
                 "expected durations greater than 0 for fast_interval and down_interval".into(),
+            ));
+        }
+        let r = &self.rebalance;
+        if !(r.tolerance >= 0.0 && r.tolerance.is_finite()) {
+            return Err(invalid(
+                "rebalance.tolerance".into(),
+                format!("expected a number >= 0, got {}", r.tolerance),
+            ));
+        }
+        if !(r.max_fraction > 0.0 && r.max_fraction <= 1.0) {
+            return Err(invalid(
+                "rebalance.max_fraction".into(),
+                format!("expected a number in (0, 1], got {}", r.max_fraction),
             ));
         }
         let sources = [

@@ -40,7 +40,7 @@ pub fn spawn(app: Arc<App>, backend: Arc<Backend>) {
     });
 }
 
-async fn run(app: &App, backend: &Arc<Backend>) {
+async fn run(app: &Arc<App>, backend: &Arc<Backend>) {
     loop {
         let cfg = app.config.load().health.clone();
         let creds = match cfg.resolve_password() {
@@ -135,12 +135,12 @@ async fn probe_inner(
 }
 
 /// A connect failure seen by the proxy counts like a failed probe.
-pub fn passive_failure(app: &App, backend: &Arc<Backend>, reason: &str) {
+pub fn passive_failure(app: &Arc<App>, backend: &Arc<Backend>, reason: &str) {
     record(app, backend, &Outcome::Fail(format!("connect: {reason}")));
 }
 
 /// Applies one outcome to the rise/fall counters and acts on a verdict flip.
-pub fn record(app: &App, backend: &Arc<Backend>, outcome: &Outcome) {
+pub fn record(app: &Arc<App>, backend: &Arc<Backend>, outcome: &Outcome) {
     let cfg = app.config.load();
     let hc = &cfg.health;
     let now = SystemTime::now()
@@ -195,6 +195,7 @@ pub fn record(app: &App, backend: &Arc<Backend>, outcome: &Outcome) {
             backend.set_health(Health::Up);
             tracing::info!(backend = backend.name(), "backend up");
             crate::metrics::backend_state(backend);
+            crate::rebalance::trigger(app, &format!("{} came back", backend.name()));
         }
         None => {
             tracing::debug!(backend = backend.name(), ?outcome, "check");

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod mgmt;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod rebalance;
 pub mod shutdown;
 pub mod stream;
 pub mod tls;
@@ -46,6 +47,8 @@ pub struct App {
     pub metrics: PrometheusHandle,
     /// Certificates and rustls configs; [`tls::Tls::reload`] re-reads them.
     pub tls: tls::Tls,
+    /// The rebalance in progress, if any.
+    pub rebalance: std::sync::Mutex<Option<CancellationToken>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +121,7 @@ impl Server {
             next_conn_id: AtomicU64::new(1),
             metrics,
             tls: tls_state,
+            rebalance: rebalance::slot(),
         });
         Ok(Server {
             app,

@@ -19,6 +19,11 @@ pub const BACKEND_CONNECT_ERRORS: &str = "warren_backend_connect_errors_total";
 pub const HEALTH_CHECK_DURATION: &str = "warren_health_check_duration_seconds";
 pub const HEALTH_CHECK_FAILURES: &str = "warren_health_check_failures_total";
 
+pub const HANDSHAKE_REJECTED: &str = "warren_listener_handshake_rejected_total";
+pub const REBALANCE_CLOSES: &str = "warren_rebalance_closes_total";
+pub const TLS_HANDSHAKES: &str = "warren_tls_handshakes_total";
+pub const TLS_CERTIFICATE_EXPIRY: &str = "warren_tls_certificate_expiry_seconds";
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the global recorder once; later calls reuse it (tests start many servers).
@@ -91,8 +96,16 @@ pub fn connect_error(backend: &str, kind: &'static str) {
     counter!(BACKEND_CONNECT_ERRORS, "backend" => backend.to_string(), "kind" => kind).increment(1);
 }
 
-pub const TLS_HANDSHAKES: &str = "warren_tls_handshakes_total";
-pub const TLS_CERTIFICATE_EXPIRY: &str = "warren_tls_certificate_expiry_seconds";
+/// A connection on `backend` was closed to rebalance.
+pub fn rebalance_close(backend: &str) {
+    counter!(REBALANCE_CLOSES, "backend" => backend.to_string()).increment(1);
+}
+
+/// A client was turned away before its connection reached a backend
+/// (`reason`: timeout, closed, not_amqp).
+pub fn handshake_rejected(reason: &'static str) {
+    counter!(HANDSHAKE_REJECTED, "reason" => reason).increment(1);
+}
 
 /// A TLS handshake ended: `result` is `ok` or a bounded failure reason
 /// (see `tls::classify`).

@@ -9,17 +9,18 @@
 use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::amqp::{self, FrameTracker};
+use crate::amqp::{self, FrameTracker, Seen};
 use crate::balancer::Backend;
 use crate::drain::Command;
 use crate::stream::Stream;
@@ -39,31 +40,75 @@ pub async fn serve(app: Arc<App>, client: TcpStream, peer: SocketAddr, id: u64) 
     async move {
         let _ = client.set_nodelay(true);
         set_keepalive(&client);
-        carry(&app, Stream::Plain(client), peer, id).await
+        let handshake = app.config.load().timeouts.handshake.get();
+        if let Err(why) = await_protocol_header(&client, handshake).await {
+            tracing::debug!(reason = why, "client rejected before connecting upstream");
+            crate::metrics::handshake_rejected(why);
+            return;
+        }
+        carry(&app, Stream::Plain(client), Vec::new(), peer, id).await
     }
     .instrument(span)
     .await
 }
 
-/// Serves one connection accepted on the TLS listener: the TLS handshake, then
-/// the same as [`serve`].
+/// Serves one connection accepted on the TLS listener: the TLS handshake and the
+/// AMQP protocol header, both within `timeouts.handshake`, then the same as [`serve`].
 pub async fn serve_tls(app: Arc<App>, client: TcpStream, peer: SocketAddr, id: u64) {
     let span = tracing::info_span!("conn", id, %peer, tls = true, backend = tracing::field::Empty);
     async move {
         let _ = client.set_nodelay(true);
         set_keepalive(&client);
-        let Some(client) = app.tls.accept(client, peer).await else {
+        let handshake = app.config.load().timeouts.handshake.get();
+        let deadline = Instant::now() + handshake;
+        let Some(mut client) = app.tls.accept(client, peer, handshake).await else {
             return;
         };
-        carry(&app, Stream::from(client), peer, id).await
+        // A TLS stream cannot be peeked: the first bytes are read here and sent
+        // upstream ahead of the rest.
+        let mut head = [0u8; 8];
+        let n = match tokio::time::timeout_at(deadline, client.read(&mut head)).await {
+            Err(_) => Err("timeout"),
+            Ok(Err(_)) | Ok(Ok(0)) => Err("closed"),
+            Ok(Ok(n)) if head[..n.min(4)] == amqp::PROTOCOL_HEADER[..n.min(4)] => Ok(n),
+            Ok(Ok(_)) => Err("not_amqp"),
+        };
+        let n = match n {
+            Ok(n) => n,
+            Err(why) => {
+                tracing::debug!(reason = why, "client rejected before connecting upstream");
+                crate::metrics::handshake_rejected(why);
+                return;
+            }
+        };
+        carry(&app, Stream::from(client), head[..n].to_vec(), peer, id).await
     }
     .instrument(span)
     .await
 }
 
+/// AMQP clients speak first: waits (bounded) for the client's first bytes and
+/// checks they can start the protocol header, so silent or non-AMQP clients are
+/// turned away without costing a backend connection.
+async fn await_protocol_header(client: &TcpStream, within: Duration) -> Result<(), &'static str> {
+    let mut head = [0u8; 8];
+    let n = match tokio::time::timeout(within, client.peek(&mut head)).await {
+        Err(_) => return Err("timeout"),
+        Ok(Err(_)) | Ok(Ok(0)) => return Err("closed"),
+        Ok(Ok(n)) => n,
+    };
+    let k = n.min(4);
+    if head[..k] == amqp::PROTOCOL_HEADER[..k] {
+        Ok(())
+    } else {
+        Err("not_amqp")
+    }
+}
+
 /// Connects a backend and carries the connection to its end: plain TCP on both
 /// sides takes [`pump`]; TLS on either side takes [`crate::stream::pump`].
-async fn carry(app: &App, client: Stream, peer: SocketAddr, id: u64) {
+/// `head`: client bytes already read (TLS clients), to be sent upstream first.
+async fn carry(app: &Arc<App>, client: Stream, head: Vec<u8>, peer: SocketAddr, id: u64) {
     let Some((backend, server)) = connect(app, client.tcp(), peer).await else {
         tracing::warn!("no backend reachable, closing client");
         return;
@@ -73,12 +118,16 @@ async fn carry(app: &App, client: Stream, peer: SocketAddr, id: u64) {
     let _active = backend.connection_guard();
     crate::metrics::backend_connection(backend.name(), 1.0);
     let cmd = backend.conns.register(id);
-    let close_timeout = app.config.load().drain.close_timeout.get();
-    let result = match (client, server) {
-        (Stream::Plain(client), Stream::Plain(server)) => {
-            pump(&client, &server, cmd, close_timeout).await
+    let limits = {
+        let c = app.config.load();
+        Limits {
+            close: c.drain.close_timeout.get(),
+            idle: c.timeouts.idle.map(|d| d.get()),
         }
-        (client, server) => crate::stream::pump(client, server, cmd, close_timeout).await,
+    };
+    let result = match (client, server) {
+        (Stream::Plain(client), Stream::Plain(server)) => pump(&client, &server, cmd, limits).await,
+        (client, server) => crate::stream::pump(client, server, &head, cmd, limits).await,
     };
     backend.conns.unregister(id);
     crate::metrics::backend_connection(backend.name(), -1.0);
@@ -91,7 +140,7 @@ async fn carry(app: &App, client: Stream, peer: SocketAddr, id: u64) {
 /// Connects to the first reachable candidate backend (bounded by `retries`),
 /// sending the PROXY header and running TLS where the backend asks for them.
 async fn connect(
-    app: &App,
+    app: &Arc<App>,
     client: &TcpStream,
     peer: SocketAddr,
 ) -> Option<(Arc<Backend>, Stream)> {
@@ -126,6 +175,12 @@ async fn connect(
             }
             Ok(Err(e)) => {
                 crate::metrics::connect_error(backend.name(), error_kind(&e));
+                if !blames_backend(&e) {
+                    // Out of file descriptors or ports here: not the node's fault,
+                    // and no other node would do better.
+                    tracing::warn!(backend = backend.name(), error = %e, "cannot connect: local resource exhausted");
+                    return None;
+                }
                 e.to_string()
             }
             Err(_) => {
@@ -137,6 +192,20 @@ async fn connect(
         crate::health::passive_failure(app, &backend, &err);
     }
     None
+}
+
+/// Connect errors that say something about the backend (as opposed to this host).
+fn blames_backend(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::TimedOut
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+            | io::ErrorKind::NotFound
+    ) || e.raw_os_error().is_none()
 }
 
 fn error_kind(e: &io::Error) -> &'static str {
@@ -182,9 +251,9 @@ pub async fn pump(
     client: &TcpStream,
     server: &TcpStream,
     cmd: watch::Receiver<Command>,
-    close_timeout: Duration,
+    limits: Limits,
 ) -> io::Result<End> {
-    let shared = Shared::default();
+    let shared = Shared::new();
     // A hard end of either direction ends both: it travels as an error through try_join.
     let stop_on_hard = |r: io::Result<End>| match r {
         Ok(End::Hard) => Err(None),
@@ -192,20 +261,10 @@ pub async fn pump(
         Err(e) => Err(Some(e)),
     };
     let up = async {
-        stop_on_hard(forward(client, server, Dir::Up, cmd.clone(), close_timeout, &shared).await)
+        stop_on_hard(forward(client, server, Dir::Up, cmd.clone(), limits, &shared).await)
     };
     let down = async {
-        stop_on_hard(
-            forward(
-                server,
-                client,
-                Dir::Down,
-                cmd.clone(),
-                close_timeout,
-                &shared,
-            )
-            .await,
-        )
+        stop_on_hard(forward(server, client, Dir::Down, cmd.clone(), limits, &shared).await)
     };
     match tokio::try_join!(up, down) {
         Ok((End::Graceful, _)) | Ok((_, End::Graceful)) => Ok(End::Graceful),
@@ -215,17 +274,60 @@ pub async fn pump(
     }
 }
 
-/// What the two directions of one connection tell each other while closing.
-#[derive(Default)]
+/// Time limits of one connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// How long a graceful close may take before it turns hard.
+    pub close: Duration,
+    /// Close when neither direction carried a byte for this long.
+    pub idle: Option<Duration>,
+}
+
+/// What the two directions of one connection tell each other.
 struct Shared {
+    epoch: Instant,
+    /// Milliseconds since `epoch` at the last byte read in either direction
+    /// (kept only when an idle timeout is set).
+    last_active: AtomicU64,
     /// The client has been sent `connection.close`.
     client_told: AtomicBool,
     /// The broker-to-client direction has ended.
     down_done: AtomicBool,
+    /// Client or broker already sent `connection.close` on its own: the connection
+    /// is closing the normal way, so warren only forwards (within its deadline).
+    peer_closing: AtomicBool,
+    /// The broker sent `connection.close` (RabbitMQ closes its socket right after
+    /// it on shutdown, without waiting for close-ok).
+    broker_closed: AtomicBool,
+    /// The client answered a close with `close-ok`.
+    client_acked: AtomicBool,
     notify: Notify,
 }
 
 impl Shared {
+    fn new() -> Self {
+        Shared {
+            epoch: Instant::now(),
+            last_active: AtomicU64::new(0),
+            client_told: AtomicBool::new(false),
+            down_done: AtomicBool::new(false),
+            peer_closing: AtomicBool::new(false),
+            broker_closed: AtomicBool::new(false),
+            client_acked: AtomicBool::new(false),
+            notify: Notify::new(),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_active.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the connection becomes idle, given the last activity seen.
+    fn idle_deadline(&self, idle: Duration) -> Instant {
+        self.epoch + Duration::from_millis(self.last_active.load(Ordering::Relaxed)) + idle
+    }
+
     fn set(&self, flag: &AtomicBool) {
         flag.store(true, Ordering::Release);
         self.notify.notify_waiters();
@@ -253,10 +355,10 @@ async fn forward(
     dst: &TcpStream,
     dir: Dir,
     mut cmd: watch::Receiver<Command>,
-    close_timeout: Duration,
+    limits: Limits,
     shared: &Shared,
 ) -> io::Result<End> {
-    let end = forward_inner(src, dst, dir, &mut cmd, close_timeout, shared).await;
+    let end = forward_inner(src, dst, dir, &mut cmd, limits, shared).await;
     if dir == Dir::Down {
         shared.set(&shared.down_done);
     }
@@ -268,7 +370,7 @@ async fn forward_inner(
     dst: &TcpStream,
     dir: Dir,
     cmd: &mut watch::Receiver<Command>,
-    close_timeout: Duration,
+    limits: Limits,
     shared: &Shared,
 ) -> io::Result<End> {
     let mut tracker = match dir {
@@ -288,14 +390,15 @@ async fn forward_inner(
                 Command::Hard => return Ok(End::Hard),
                 Command::Close(text) => {
                     if deadline.is_none() {
-                        deadline = Some(Instant::now() + close_timeout);
+                        deadline = Some(Instant::now() + limits.close);
                         reason = Some(text.clone());
                     }
                 }
             }
         }
         let mut wait_for_client_told = false;
-        if let (Some(text), false) = (&reason, sent_close) {
+        let peer_closing = shared.peer_closing.load(Ordering::Acquire);
+        if let (Some(text), false, false) = (&reason, sent_close, peer_closing) {
             if tracker.is_lost() {
                 // Not AMQP: nothing graceful is possible.
                 return Ok(End::Hard);
@@ -330,8 +433,22 @@ async fn forward_inner(
             _ = tokio::time::sleep_until(deadline.unwrap_or(far_future)), if deadline.is_some() => {
                 return Ok(End::Hard);
             }
+            _ = tokio::time::sleep_until(limits.idle.map_or(far_future, |i| shared.idle_deadline(i))), if limits.idle.is_some() => {
+                // The other direction may have been busy meanwhile: look again.
+                if let Some(idle) = limits.idle {
+                    if Instant::now() >= shared.idle_deadline(idle) {
+                        tracing::debug!(?idle, "idle timeout");
+                        return Ok(End::Hard);
+                    }
+                }
+                continue;
+            }
         }
-        let closing = reason.is_some();
+        if limits.idle.is_some() {
+            shared.touch();
+        }
+        // A close already under way between client and broker is left to finish.
+        let closing = reason.is_some() && !shared.peer_closing.load(Ordering::Acquire);
         let step = SCRATCH.with(|scratch| -> io::Result<Step> {
             let mut scratch = scratch.borrow_mut();
             let buf = scratch.as_mut_slice();
@@ -339,6 +456,11 @@ async fn forward_inner(
                 Ok(0) => return Ok(Step::Eof),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Again),
+                // RabbitMQ resets the socket right after its own connection.close when
+                // the client's close-ok arrives late: that is the end of a normal close.
+                Err(_) if dir == Dir::Down && shared.broker_closed.load(Ordering::Acquire) => {
+                    return Ok(Step::Eof)
+                }
                 Err(e) => return Err(e),
             };
             let data = &buf[..n];
@@ -355,7 +477,18 @@ async fn forward_inner(
             }
             // While closing, forward only up to the next frame boundary.
             let k = if !closing {
-                tracker.feed(data, false)
+                let k = tracker.feed(data, false);
+                match (tracker.take_seen(), dir) {
+                    (Some(Seen::ConnectionClose), _) => {
+                        if dir == Dir::Down {
+                            shared.broker_closed.store(true, Ordering::Release);
+                        }
+                        shared.peer_closing.store(true, Ordering::Release);
+                    }
+                    (Some(Seen::ConnectionCloseOk), Dir::Up) => shared.set(&shared.client_acked),
+                    _ => {}
+                }
+                k
             } else if tracker.at_boundary() {
                 0
             } else {
@@ -373,6 +506,11 @@ async fn forward_inner(
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         return Ok(Step::Pending(out.to_vec()));
                     }
+                    // The broker closed after its connection.close: what the client
+                    // still sends (its close-ok) has nowhere to go and need not.
+                    Err(_) if dir == Dir::Up && shared.broker_closed.load(Ordering::Acquire) => {
+                        return Ok(Step::Again);
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -388,6 +526,21 @@ async fn forward_inner(
                 }
                 if closing {
                     return Ok(End::Hard);
+                }
+                if dir == Dir::Down && shared.broker_closed.load(Ordering::Acquire) {
+                    // The broker closed right after its connection.close: give the
+                    // client time to read it and answer before it sees EOF, so it
+                    // reports a broker close rather than a broken connection.
+                    let wait = async {
+                        while !shared.client_acked.load(Ordering::Acquire) {
+                            let notified = shared.notify.notified();
+                            if shared.client_acked.load(Ordering::Acquire) {
+                                break;
+                            }
+                            notified.await;
+                        }
+                    };
+                    let _ = tokio::time::timeout(limits.close, wait).await;
                 }
                 // Half-close: the peer is done sending; tell the other side, keep reading it.
                 let _ = SockRef::from(dst).shutdown(std::net::Shutdown::Write);

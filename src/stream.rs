@@ -17,7 +17,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -27,9 +27,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use crate::amqp::{self, FrameTracker};
+use crate::amqp::{self, FrameTracker, Seen};
 use crate::drain::Command;
-use crate::proxy::End;
+use crate::proxy::{End, Limits};
 
 const BUF_START: usize = 8 * 1024;
 const BUF_MAX: usize = 64 * 1024;
@@ -110,17 +110,49 @@ enum Dir {
     Down,
 }
 
-/// What the two directions tell each other while closing (as in `proxy`).
-#[derive(Default)]
+/// What the two directions tell each other (the same flags as in `proxy`).
 struct Shared {
+    epoch: Instant,
+    /// Milliseconds since `epoch` at the last byte read in either direction
+    /// (kept only when an idle timeout is set).
+    last_active: AtomicU64,
     /// The client has been sent `connection.close`.
     client_told: AtomicBool,
     /// The broker-to-client direction has ended.
     down_done: AtomicBool,
+    /// Client or broker already sent `connection.close` on its own: warren only
+    /// forwards (within its deadline).
+    peer_closing: AtomicBool,
+    /// The broker sent `connection.close`.
+    broker_closed: AtomicBool,
+    /// The client answered a close with `close-ok`.
+    client_acked: AtomicBool,
     notify: Notify,
 }
 
 impl Shared {
+    fn new() -> Self {
+        Shared {
+            epoch: Instant::now(),
+            last_active: AtomicU64::new(0),
+            client_told: AtomicBool::new(false),
+            down_done: AtomicBool::new(false),
+            peer_closing: AtomicBool::new(false),
+            broker_closed: AtomicBool::new(false),
+            client_acked: AtomicBool::new(false),
+            notify: Notify::new(),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_active.store(ms, Ordering::Relaxed);
+    }
+
+    fn idle_deadline(&self, idle: Duration) -> Instant {
+        self.epoch + Duration::from_millis(self.last_active.load(Ordering::Relaxed)) + idle
+    }
+
     fn set(&self, flag: &AtomicBool) {
         flag.store(true, Ordering::Release);
         self.notify.notify_waiters();
@@ -128,17 +160,20 @@ impl Shared {
 }
 
 /// Carries bytes both ways until both directions are done or a command ends them.
+/// `head`: bytes already read from the client (the start of its protocol
+/// header), sent to the broker first.
 pub async fn pump(
     client: Stream,
     server: Stream,
+    head: &[u8],
     cmd: watch::Receiver<Command>,
-    close_timeout: Duration,
+    limits: Limits,
 ) -> io::Result<End> {
     // Both halves of each stream are driven from this one task (try_join), so the
     // lock inside `split` is never contended and one waker serves both directions.
     let (mut client_rx, mut client_tx) = tokio::io::split(client);
     let (mut server_rx, mut server_tx) = tokio::io::split(server);
-    let shared = Shared::default();
+    let shared = Shared::new();
     let (mut up_cmd, mut down_cmd) = (cmd.clone(), cmd);
     let stop_on_hard = |r: io::Result<End>| match r {
         Ok(End::Hard) => Err(None),
@@ -147,29 +182,25 @@ pub async fn pump(
     };
     let joined = {
         let up = async {
+            let dirn = Direction {
+                dir: Dir::Up,
+                limits,
+                shared: &shared,
+            };
             stop_on_hard(
-                forward(
-                    &mut client_rx,
-                    &mut server_tx,
-                    Dir::Up,
-                    &mut up_cmd,
-                    close_timeout,
-                    &shared,
-                )
-                .await,
+                dirn.forward(&mut client_rx, &mut server_tx, head, &mut up_cmd)
+                    .await,
             )
         };
         let down = async {
+            let dirn = Direction {
+                dir: Dir::Down,
+                limits,
+                shared: &shared,
+            };
             stop_on_hard(
-                forward(
-                    &mut server_rx,
-                    &mut client_tx,
-                    Dir::Down,
-                    &mut down_cmd,
-                    close_timeout,
-                    &shared,
-                )
-                .await,
+                dirn.forward(&mut server_rx, &mut client_tx, &[], &mut down_cmd)
+                    .await,
             )
         };
         tokio::try_join!(up, down)
@@ -192,152 +223,219 @@ pub async fn pump(
     Ok(end)
 }
 
-async fn forward<R, W>(
-    src: &mut R,
-    dst: &mut W,
+/// One direction of a connection and what it shares with the other.
+struct Direction<'a> {
     dir: Dir,
-    cmd: &mut watch::Receiver<Command>,
-    close_timeout: Duration,
-    shared: &Shared,
-) -> io::Result<End>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let end = forward_inner(src, dst, dir, cmd, close_timeout, shared).await;
-    if dir == Dir::Down {
-        shared.set(&shared.down_done);
-    }
-    end
+    limits: Limits,
+    shared: &'a Shared,
 }
 
-/// One direction; the same states as `proxy::forward`: copying while tracking
-/// frames, then on [`Command::Close`] cut at the next frame boundary, send our
-/// own `connection.close` (towards the client first) and discard what follows
-/// until the peer's `close-ok`, all within `close_timeout`.
-async fn forward_inner<R, W>(
-    src: &mut R,
-    dst: &mut W,
-    dir: Dir,
-    cmd: &mut watch::Receiver<Command>,
-    close_timeout: Duration,
-    shared: &Shared,
-) -> io::Result<End>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut tracker = match dir {
-        Dir::Up => FrameTracker::client_to_server(),
-        Dir::Down => FrameTracker::server_to_client(),
-    };
-    let mut buf = vec![0u8; BUF_START];
-    let mut cmd_open = true;
-    let mut deadline: Option<Instant> = None;
-    let mut reason: Option<Arc<str>> = None;
-    // `cut`: forwarding stopped at a frame boundary; `sent_close`: our close went out.
-    let mut cut = false;
-    let mut sent_close = false;
-    loop {
-        if cmd_open {
-            match &*cmd.borrow_and_update() {
-                Command::Run => {}
-                Command::Hard => return Ok(End::Hard),
-                Command::Close(text) => {
-                    if deadline.is_none() {
-                        deadline = Some(Instant::now() + close_timeout);
-                        reason = Some(text.clone());
+impl Direction<'_> {
+    async fn forward<R, W>(
+        &self,
+        src: &mut R,
+        dst: &mut W,
+        head: &[u8],
+        cmd: &mut watch::Receiver<Command>,
+    ) -> io::Result<End>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let end = self.forward_inner(src, dst, head, cmd).await;
+        if self.dir == Dir::Down {
+            self.shared.set(&self.shared.down_done);
+        }
+        end
+    }
+
+    /// The same states as `proxy::forward_inner`: copying while tracking frames;
+    /// on [`Command::Close`] cut at the next frame boundary, send our own
+    /// `connection.close` (towards the client first) and discard what follows
+    /// until the peer's `close-ok`, all within the close timeout. A close the
+    /// client or the broker started itself is left to finish.
+    async fn forward_inner<R, W>(
+        &self,
+        src: &mut R,
+        dst: &mut W,
+        head: &[u8],
+        cmd: &mut watch::Receiver<Command>,
+    ) -> io::Result<End>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let (dir, limits, shared) = (self.dir, self.limits, self.shared);
+        let mut tracker = match dir {
+            Dir::Up => FrameTracker::client_to_server(),
+            Dir::Down => FrameTracker::server_to_client(),
+        };
+        let mut buf = vec![0u8; BUF_START];
+        let mut cmd_open = true;
+        let mut deadline: Option<Instant> = None;
+        let mut reason: Option<Arc<str>> = None;
+        // `cut`: forwarding stopped at a frame boundary; `sent_close`: our close went out.
+        let mut cut = false;
+        let mut sent_close = false;
+        if !head.is_empty() {
+            tracker.feed(head, false);
+            if !guarded(write_flush(dst, head), cmd, &mut cmd_open, deadline).await? {
+                return Ok(End::Hard);
+            }
+        }
+        loop {
+            if cmd_open {
+                match &*cmd.borrow_and_update() {
+                    Command::Run => {}
+                    Command::Hard => return Ok(End::Hard),
+                    Command::Close(text) => {
+                        if deadline.is_none() {
+                            deadline = Some(Instant::now() + limits.close);
+                            reason = Some(text.clone());
+                        }
                     }
                 }
             }
-        }
-        // Created before the flag is read, so a notification in between is not lost.
-        let told = shared.notify.notified();
-        tokio::pin!(told);
-        let mut wait_for_client_told = false;
-        if let (Some(text), false) = (reason.clone(), sent_close) {
-            if tracker.is_lost() {
-                // Not AMQP: nothing graceful is possible.
-                return Ok(End::Hard);
-            }
-            let turn = match dir {
-                Dir::Down => true,
-                Dir::Up => shared.client_told.load(Ordering::Acquire),
-            };
-            if dir == Dir::Up && !turn && shared.down_done.load(Ordering::Acquire) {
-                // The broker already closed its side; the client cannot be told.
-                return Ok(End::Hard);
-            }
-            if turn && (cut || tracker.at_boundary()) {
-                let frame = close_frame(dir, &text);
-                if !guarded(write_flush(dst, &frame), cmd, &mut cmd_open, deadline).await? {
+            // Created before the flags are read, so a notification in between is not lost.
+            let told = shared.notify.notified();
+            tokio::pin!(told);
+            let mut wait_for_client_told = false;
+            let peer_closing = shared.peer_closing.load(Ordering::Acquire);
+            if let (Some(text), false, false) = (reason.clone(), sent_close, peer_closing) {
+                if tracker.is_lost() {
+                    // Not AMQP: nothing graceful is possible.
                     return Ok(End::Hard);
                 }
-                sent_close = true;
-                if dir == Dir::Down {
-                    shared.set(&shared.client_told);
+                let turn = match dir {
+                    Dir::Down => true,
+                    Dir::Up => shared.client_told.load(Ordering::Acquire),
+                };
+                if dir == Dir::Up && !turn && shared.down_done.load(Ordering::Acquire) {
+                    // The broker already closed its side; the client cannot be told.
+                    return Ok(End::Hard);
                 }
+                if turn && (cut || tracker.at_boundary()) {
+                    let frame = close_frame(dir, &text);
+                    if !guarded(write_flush(dst, &frame), cmd, &mut cmd_open, deadline).await? {
+                        return Ok(End::Hard);
+                    }
+                    sent_close = true;
+                    if dir == Dir::Down {
+                        shared.set(&shared.client_told);
+                    }
+                }
+                wait_for_client_told = !turn;
             }
-            wait_for_client_told = !turn;
-        }
-        let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
-        let n = tokio::select! {
-            r = src.read(&mut buf) => match r {
-                Ok(n) => n,
-                // A TLS peer that closes TCP without close_notify: an ordinary end here.
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
-                Err(e) => return Err(e),
-            },
-            changed = cmd.changed(), if cmd_open => {
-                if changed.is_err() {
-                    cmd_open = false;
+            let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
+            let idle_at = limits.idle.map_or(far_future, |i| shared.idle_deadline(i));
+            let n = tokio::select! {
+                r = src.read(&mut buf) => match r {
+                    Ok(n) => n,
+                    // A TLS peer that closes TCP without close_notify: an ordinary end here.
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
+                    // RabbitMQ resets the socket right after its own connection.close
+                    // when the client's close-ok arrives late: the end of a normal close.
+                    Err(_) if dir == Dir::Down && shared.broker_closed.load(Ordering::Acquire) => 0,
+                    Err(e) => return Err(e),
+                },
+                changed = cmd.changed(), if cmd_open => {
+                    if changed.is_err() {
+                        cmd_open = false;
+                    }
+                    continue;
+                }
+                _ = &mut told, if wait_for_client_told => continue,
+                _ = tokio::time::sleep_until(deadline.unwrap_or(far_future)), if deadline.is_some() => {
+                    return Ok(End::Hard);
+                }
+                _ = tokio::time::sleep_until(idle_at), if limits.idle.is_some() => {
+                    // The other direction may have been busy meanwhile: look again.
+                    if let Some(idle) = limits.idle {
+                        if Instant::now() >= shared.idle_deadline(idle) {
+                            tracing::debug!(?idle, "idle timeout");
+                            return Ok(End::Hard);
+                        }
+                    }
+                    continue;
+                }
+            };
+            if limits.idle.is_some() {
+                shared.touch();
+            }
+            if n == 0 {
+                if sent_close {
+                    return Ok(End::Graceful);
+                }
+                // A close already under way between client and broker is left to finish.
+                if reason.is_some() && !shared.peer_closing.load(Ordering::Acquire) {
+                    return Ok(End::Hard);
+                }
+                if dir == Dir::Down && shared.broker_closed.load(Ordering::Acquire) {
+                    // The broker closed right after its connection.close: give the
+                    // client time to read it and answer before it sees EOF.
+                    let wait = async {
+                        while !shared.client_acked.load(Ordering::Acquire) {
+                            let notified = shared.notify.notified();
+                            if shared.client_acked.load(Ordering::Acquire) {
+                                break;
+                            }
+                            notified.await;
+                        }
+                    };
+                    let _ = tokio::time::timeout(limits.close, wait).await;
+                }
+                // Half-close: the peer is done sending; tell the other side, keep reading it.
+                let _ = guarded(dst.shutdown(), cmd, &mut cmd_open, deadline).await;
+                return Ok(End::Closed);
+            }
+            let closing = reason.is_some() && !shared.peer_closing.load(Ordering::Acquire);
+            let data = &buf[..n];
+            if sent_close || cut {
+                // Past the cut nothing is forwarded; the tracker keeps following the
+                // stream to recognise the peer's close-ok.
+                tracker.feed(data, false);
+                if tracker.take_seen().is_some() && sent_close {
+                    return Ok(End::Graceful);
                 }
                 continue;
             }
-            _ = &mut told, if wait_for_client_told => continue,
-            _ = tokio::time::sleep_until(deadline.unwrap_or(far_future)), if deadline.is_some() => {
-                return Ok(End::Hard);
+            // While closing, forward only up to the next frame boundary.
+            let k = if !closing {
+                let k = tracker.feed(data, false);
+                match (tracker.take_seen(), dir) {
+                    (Some(Seen::ConnectionClose), _) => {
+                        if dir == Dir::Down {
+                            shared.broker_closed.store(true, Ordering::Release);
+                        }
+                        shared.peer_closing.store(true, Ordering::Release);
+                    }
+                    (Some(Seen::ConnectionCloseOk), Dir::Up) => shared.set(&shared.client_acked),
+                    _ => {}
+                }
+                k
+            } else if tracker.at_boundary() {
+                0
+            } else {
+                tracker.feed(data, true)
+            };
+            if k < n {
+                cut = true;
+                tracker.feed(&data[k..], false);
+                let _ = tracker.take_seen();
             }
-        };
-        if n == 0 {
-            if sent_close {
-                return Ok(End::Graceful);
+            if k > 0 {
+                match guarded(write_flush(dst, &buf[..k]), cmd, &mut cmd_open, deadline).await {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(End::Hard),
+                    // The broker closed after its connection.close: what the client
+                    // still sends (its close-ok) has nowhere to go and need not.
+                    Err(_) if dir == Dir::Up && shared.broker_closed.load(Ordering::Acquire) => {}
+                    Err(e) => return Err(e),
+                }
             }
-            if reason.is_some() {
-                return Ok(End::Hard);
+            if n == buf.len() && buf.len() < BUF_MAX {
+                buf.resize(buf.len() * 2, 0);
             }
-            // Half-close: the peer is done sending; tell the other side, keep reading it.
-            let _ = guarded(dst.shutdown(), cmd, &mut cmd_open, deadline).await;
-            return Ok(End::Closed);
-        }
-        let data = &buf[..n];
-        if sent_close || cut {
-            // Past the cut nothing is forwarded; the tracker keeps following the
-            // stream to recognise the peer's close-ok.
-            tracker.feed(data, false);
-            if tracker.take_seen().is_some() && sent_close {
-                return Ok(End::Graceful);
-            }
-            continue;
-        }
-        // While closing, forward only up to the next frame boundary.
-        let k = if reason.is_none() {
-            tracker.feed(data, false)
-        } else if tracker.at_boundary() {
-            0
-        } else {
-            tracker.feed(data, true)
-        };
-        if k < n {
-            cut = true;
-            tracker.feed(&data[k..], false);
-            let _ = tracker.take_seen();
-        }
-        if k > 0 && !guarded(write_flush(dst, &buf[..k]), cmd, &mut cmd_open, deadline).await? {
-            return Ok(End::Hard);
-        }
-        if n == buf.len() && buf.len() < BUF_MAX {
-            buf.resize(buf.len() * 2, 0);
         }
     }
 }

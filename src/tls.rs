@@ -311,7 +311,6 @@ pub enum ExpiryLabel {
 /// What a handshake on the TLS listener uses, swapped whole on reload.
 struct Listener {
     config: Arc<ServerConfig>,
-    handshake_timeout: Duration,
 }
 
 struct Built {
@@ -330,7 +329,6 @@ fn build(config: &Config) -> Result<Built, TlsError> {
             }
             Some(Listener {
                 config: Arc::new(sc),
-                handshake_timeout: t.handshake_timeout.get(),
             })
         }
         None => None,
@@ -408,14 +406,14 @@ impl Tls {
     }
 
     /// Runs the server side of a handshake on an accepted connection, bounded by
-    /// `tls.handshake_timeout`; counts and logs the outcome.
+    /// `timeout`; counts and logs the outcome.
     pub async fn accept(
         &self,
         tcp: TcpStream,
         peer: SocketAddr,
+        timeout: Duration,
     ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
         let listener = self.server.as_ref()?.load_full();
-        let timeout = listener.handshake_timeout;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&listener.config));
         let result = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
             Ok(r) => r.map_err(|e| classify(&e)),
@@ -611,7 +609,6 @@ mod tests {
             cert,
             key,
             client_ca: None,
-            handshake_timeout: crate::config::HumanDuration::secs(10),
         }
     }
 

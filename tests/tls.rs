@@ -196,7 +196,10 @@ fn logs() -> Arc<Mutex<Vec<u8>>> {
         let buf = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&buf);
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
             .with_ansi(false)
             .with_writer(move || Capture(Arc::clone(&sink)))
             .try_init();
@@ -820,12 +823,13 @@ async fn drain_closes_a_tls_client_with_320() {
         .await
         .expect("connect");
     publish_and_consume(&conn, 5).await;
-    let (status, body) =
-        admin_request(w.admin, "POST", &format!("/api/backends/{}/drain", n3.name)).await;
+    // Listening for the close before the drain starts (it takes milliseconds).
+    let (err, (status, body)) = tokio::join!(next_error(&conn, Duration::from_secs(15)), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        admin_request(w.admin, "POST", &format!("/api/backends/{}/drain", n3.name)).await
+    });
     assert_eq!(status, 200, "{body}");
-    let err = next_error(&conn, Duration::from_secs(15))
-        .await
-        .expect("the client is told to close");
+    let err = err.expect("the client is told to close");
     assert_eq!(reply_code(&err), Some(320), "{err:?}");
     // The connection's task ends: nothing left on the backend.
     let start = tokio::time::Instant::now();
@@ -890,6 +894,7 @@ async fn half_close_is_propagated_over_tls() {
         )
         .await
         .expect("handshake");
+    c.write_all(b"AMQP\x00\x00\x09\x01").await.expect("header");
     c.write_all(&[7u8; 300_000]).await.expect("write");
     c.shutdown().await.expect("half-close");
     let mut reply = String::new();
@@ -897,6 +902,93 @@ async fn half_close_is_propagated_over_tls() {
         .await
         .expect("reply in time")
         .expect("read");
-    assert_eq!(reply, "got 300000 bytes");
+    assert_eq!(reply, "got 300008 bytes");
+    w.stop().await;
+}
+
+/// The TLS listener turns away, before any backend connection, a client that
+/// does not speak TLS and a TLS client that does not speak AMQP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listener_turns_away_non_tls_and_non_amqp_clients() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let baddr = backend.local_addr().expect("addr");
+    tokio::spawn(async move { while backend.accept().await.is_ok() {} });
+    let pki = Pki::new("turnaway");
+    let (cert, key) = pki.write_server("server", 2031);
+    let w = start(&format!(
+        "admin:\n  listen: 127.0.0.1:0\n{}health:\n  interval: 1h\nbackends:\n  - name: sink\n    address: {baddr}\n",
+        tls_listener(&cert, &key, None)
+    ))
+    .await;
+    let addr = w.tls.expect("TLS listener");
+
+    // Plain AMQP to the TLS port.
+    let before = metric(
+        &w,
+        "warren_tls_handshakes_total",
+        &[("side", "client"), ("result", "protocol")],
+    )
+    .await;
+    let mut plain = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    plain
+        .write_all(b"AMQP\x00\x00\x09\x01")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 64];
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read(&mut buf))
+        .await
+        .expect("closed in time");
+    let after = metric(
+        &w,
+        "warren_tls_handshakes_total",
+        &[("side", "client"), ("result", "protocol")],
+    )
+    .await;
+    assert_eq!(after, before + 1.0);
+
+    // HTTP inside TLS.
+    let before = metric(
+        &w,
+        "warren_listener_handshake_rejected_total",
+        &[("reason", "not_amqp")],
+    )
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::pem::PemObject::pem_file_iter(pki.path("ca.pem")).expect("CA") {
+        let c: rustls::pki_types::CertificateDer<'static> = c.expect("CA cert");
+        roots.add(c).expect("root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut c = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("handshake");
+    c.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest))
+        .await
+        .expect("closed in time");
+    assert!(rest.is_empty(), "nothing comes back");
+    let after = metric(
+        &w,
+        "warren_listener_handshake_rejected_total",
+        &[("reason", "not_amqp")],
+    )
+    .await;
+    assert_eq!(after, before + 1.0);
+    assert_eq!(w.backend("sink").await["total_connections"], 0);
     w.stop().await;
 }
