@@ -125,6 +125,8 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterConfig>,
+    #[serde(default)]
+    pub reload: ReloadConfig,
 }
 
 fn default_max_connections() -> usize {
@@ -571,6 +573,31 @@ pub enum LogFormat {
     Json,
 }
 
+/// Hot reload (SIGHUP and `POST /api/reload` always work; this adds a file watch).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadConfig {
+    /// Reload when the config file's content changes (checked by polling).
+    #[serde(default)]
+    pub watch: bool,
+    /// How often the watched file is read and compared.
+    #[serde(default = "default_watch_interval")]
+    pub watch_interval: HumanDuration,
+}
+
+fn default_watch_interval() -> HumanDuration {
+    HumanDuration::secs(2)
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            watch: false,
+            watch_interval: default_watch_interval(),
+        }
+    }
+}
+
 /// The RabbitMQ cluster `warren bootstrap` builds.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -649,10 +676,14 @@ impl Config {
 
     /// Parses and validates YAML text; `path` only names the file in errors.
     pub fn from_yaml(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
-            file: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        // No source snippet in errors: the lines around a mistake may hold a password,
+        // and these messages reach logs and the admin API (line and column remain).
+        let options = serde_saphyr::options! { with_snippet: false };
+        let config: Config =
+            serde_saphyr::from_str_with_options(text, options).map_err(|e| ConfigError::Parse {
+                file: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
         config.validate(path)?;
         Ok(config)
     }
@@ -818,6 +849,12 @@ impl Config {
                 format!("expected a tracing filter such as `info` or `warren=debug`: {e}"),
             ));
         }
+        if self.reload.watch_interval.get().is_zero() {
+            return Err(invalid(
+                "reload.watch_interval".into(),
+                "expected a duration greater than 0".into(),
+            ));
+        }
         if let Some(c) = &self.cluster {
             self.validate_cluster(c, file)?;
         }
@@ -967,6 +1004,18 @@ mod tests {
         .expect("valid");
         assert!(!c.to_yaml().contains("hunter2"));
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn parse_errors_do_not_quote_the_file() {
+        for text in [
+            "listen: 127.0.0.1:5672\nhealth: {password: hunter2, bogus: 1}\nbackends: []\n",
+            "listen: 127.0.0.1:5672\nhealth:\n  password: hunter2\n  rise: x\nbackends: []\n",
+        ] {
+            let e = parse(text).expect_err("invalid").to_string();
+            assert!(!e.contains("hunter2"), "{e}");
+            assert!(e.contains("test.yaml") && e.contains("line"), "{e}");
+        }
     }
 
     #[test]

@@ -159,6 +159,9 @@ async fn run(backend: &Backend, plan: &DrainPlan) {
     let deadline = started + plan.grace.max(plan.window);
     while !backend.conns.is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
+        // A connection that chose this backend just before it stopped taking new
+        // ones registers late: tell it too (already-told ones are left alone).
+        backend.conns.broadcast(Command::Close(plan.reason.clone()));
     }
     let left = backend.conns.len();
     if left > 0 {

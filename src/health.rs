@@ -58,7 +58,11 @@ async fn run(app: &Arc<App>, backend: &Arc<Backend>) {
         let took = started.elapsed();
         crate::metrics::health_check(backend.name(), took, &outcome);
         record(app, backend, &outcome);
-        tokio::time::sleep(next_interval(backend, &cfg)).await;
+        // A reload may have changed the intervals: start over with the new ones.
+        tokio::select! {
+            _ = tokio::time::sleep(next_interval(backend, &cfg)) => {}
+            _ = app.reloader.changed.notified() => {}
+        }
     }
 }
 
@@ -211,6 +215,7 @@ fn set_alarm(app: &App, backend: &Arc<Backend>, alarm: Option<String>) {
             let cfg = app.config.load();
             tracing::warn!(backend = backend.name(), reason = reason.as_str(), on_alarm = ?cfg.health.on_alarm, "resource alarm");
             if cfg.health.on_alarm == OnAlarm::Drain && backend.mode() == Mode::Enabled {
+                crate::metrics::drain_started(backend.name(), "alarm");
                 drain::start(
                     Arc::clone(backend),
                     DrainPlan {

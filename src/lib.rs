@@ -18,6 +18,7 @@ pub mod mgmt;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod rebalance;
+pub mod reload;
 pub mod shutdown;
 pub mod stream;
 pub mod tls;
@@ -49,6 +50,15 @@ pub struct App {
     pub tls: tls::Tls,
     /// The rebalance in progress, if any.
     pub rebalance: std::sync::Mutex<Option<CancellationToken>>,
+    /// The AMQP listening socket (absent without `listen`); a reload may rebind it.
+    pub amqp_listener: listener::Rebindable,
+    /// The TLS listening socket (absent without `tls`); a reload may rebind it.
+    pub tls_listener: listener::Rebindable,
+    /// The admin listening socket; a reload may rebind it.
+    pub admin_listener: listener::Rebindable,
+    pub listener_stats: listener::ListenerStats,
+    /// Serialises reloads and keeps their outcome for metrics.
+    pub reloader: reload::Reloader,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,9 +85,6 @@ pub struct Server {
     /// The TLS listener's address, if there is one.
     pub tls_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
-    amqp: Option<TcpListener>,
-    tls: Option<TcpListener>,
-    admin: TcpListener,
 }
 
 impl Server {
@@ -122,32 +129,30 @@ impl Server {
             metrics,
             tls: tls_state,
             rebalance: rebalance::slot(),
+            amqp_listener: listener::Rebindable::new("amqp", amqp.map(|(l, _)| l)),
+            tls_listener: listener::Rebindable::new("amqps", tls.map(|(l, _)| l)),
+            admin_listener: listener::Rebindable::new("admin", Some(admin)),
+            listener_stats: listener::ListenerStats::default(),
+            reloader: reload::Reloader::default(),
         });
         Ok(Server {
             app,
             amqp_addr,
             tls_addr,
             admin_addr,
-            amqp: amqp.map(|(l, _)| l),
-            tls: tls.map(|(l, _)| l),
-            admin,
         })
     }
 
     /// Runs until `app.shutdown` is cancelled, then closes client connections
     /// gracefully within `shutdown.grace`.
     pub async fn run(self) {
-        let Server {
-            app,
-            amqp,
-            tls,
-            admin,
-            ..
-        } = self;
+        let app = self.app;
+        // The bound addresses (a configured port 0 shows the port the OS chose).
         tracing::info!(
-            listen = ?app.config.load().listen,
-            tls_listen = ?app.config.load().tls.as_ref().map(|t| t.listen),
-            admin = %app.config.load().admin.listen,
+            // Absent listeners leave their field out.
+            listen = self.amqp_addr.map(tracing::field::display),
+            tls_listen = self.tls_addr.map(tracing::field::display),
+            admin = %self.admin_addr,
             backends = app.balancer.backends().len(),
             "warren started"
         );
@@ -155,8 +160,12 @@ impl Server {
             metrics::backend_state(b);
             health::spawn(Arc::clone(&app), Arc::clone(b));
         }
-        let admin_task = tokio::spawn(admin::run(Arc::clone(&app), admin));
-        listener::run_all(Arc::clone(&app), amqp, tls).await;
+        let admin_task = tokio::spawn(admin::run(Arc::clone(&app)));
+        reload::spawn_watcher(Arc::clone(&app));
+        listener::run(Arc::clone(&app)).await;
+        // Stop accepting at once: new clients are refused, not left in the backlog.
+        app.amqp_listener.close();
+        app.tls_listener.close();
         shutdown::close_connections(&app).await;
         admin_task.abort();
     }

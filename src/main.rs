@@ -33,6 +33,22 @@ enum Cmd {
         #[arg(short, long, default_value = "/etc/warren/warren.yaml")]
         config: PathBuf,
     },
+    /// Exit 0 when the running warren's admin API answers GET /healthz with 200,
+    /// else 1. For container HEALTHCHECKs: needs no curl or shell in the image.
+    Healthcheck {
+        /// Config file whose `admin.listen` is probed.
+        #[arg(short, long, default_value = "/etc/warren/warren.yaml")]
+        config: PathBuf,
+        /// Probe this address instead of the config's `admin.listen`.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+        /// Path to ask for (`/readyz` checks for a usable backend too).
+        #[arg(long, default_value = "/healthz")]
+        path: String,
+        /// Time the whole probe may take.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 fn load(path: &Path) -> Result<Config, ExitCode> {
@@ -45,6 +61,27 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Cmd::Healthcheck {
+            config,
+            admin,
+            path,
+            timeout,
+        } => {
+            let addr = match admin {
+                Some(a) => a,
+                None => match load(&config) {
+                    Ok(c) => c.admin.listen,
+                    Err(code) => return code,
+                },
+            };
+            match warren::admin::healthcheck(addr, &path, timeout) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("warren: unhealthy: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Check { config } => match load(&config) {
             Ok(c) => {
                 print!("{}", c.to_yaml());
@@ -74,6 +111,7 @@ fn main() -> ExitCode {
                     }
                 };
                 warren::shutdown::watch_signals(server.app.clone());
+                warren::reload::watch_sighup(server.app.clone());
                 server.run().await;
                 tracing::info!("warren stopped");
                 ExitCode::SUCCESS

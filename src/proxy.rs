@@ -116,8 +116,9 @@ async fn carry(app: &Arc<App>, client: Stream, head: Vec<u8>, peer: SocketAddr, 
     tracing::Span::current().record("backend", backend.name());
     tracing::debug!("connected");
     let _active = backend.connection_guard();
-    crate::metrics::backend_connection(backend.name(), 1.0);
+    crate::metrics::backend_connection(backend.name());
     let cmd = backend.conns.register(id);
+    let told = cmd.clone();
     let limits = {
         let c = app.config.load();
         Limits {
@@ -125,12 +126,25 @@ async fn carry(app: &Arc<App>, client: Stream, head: Vec<u8>, peer: SocketAddr, 
             idle: c.timeouts.idle.map(|d| d.get()),
         }
     };
+    let meters = Meters {
+        up: &backend.bytes_in,
+        down: &backend.bytes_out,
+    };
     let result = match (client, server) {
-        (Stream::Plain(client), Stream::Plain(server)) => pump(&client, &server, cmd, limits).await,
-        (client, server) => crate::stream::pump(client, server, &head, cmd, limits).await,
+        (Stream::Plain(client), Stream::Plain(server)) => {
+            pump(&client, &server, cmd, limits, meters).await
+        }
+        (client, server) => crate::stream::pump(client, server, &head, cmd, limits, meters).await,
     };
     backend.conns.unregister(id);
-    crate::metrics::backend_connection(backend.name(), -1.0);
+    // Only closes warren asked for count as graceful or forced (not idle timeouts).
+    if *told.borrow() != Command::Run {
+        match &result {
+            Ok(End::Graceful) => crate::metrics::close_ended(backend.name(), true),
+            Ok(End::Hard) => crate::metrics::close_ended(backend.name(), false),
+            _ => {}
+        }
+    }
     match result {
         Ok(end) => tracing::debug!(?end, "closed"),
         Err(e) => tracing::debug!(error = %e, "closed with error"),
@@ -252,6 +266,7 @@ pub async fn pump(
     server: &TcpStream,
     cmd: watch::Receiver<Command>,
     limits: Limits,
+    meters: Meters<'_>,
 ) -> io::Result<End> {
     let shared = Shared::new();
     // A hard end of either direction ends both: it travels as an error through try_join.
@@ -261,10 +276,32 @@ pub async fn pump(
         Err(e) => Err(Some(e)),
     };
     let up = async {
-        stop_on_hard(forward(client, server, Dir::Up, cmd.clone(), limits, &shared).await)
+        stop_on_hard(
+            forward(
+                client,
+                server,
+                Dir::Up,
+                cmd.clone(),
+                limits,
+                &shared,
+                meters.up,
+            )
+            .await,
+        )
     };
     let down = async {
-        stop_on_hard(forward(server, client, Dir::Down, cmd.clone(), limits, &shared).await)
+        stop_on_hard(
+            forward(
+                server,
+                client,
+                Dir::Down,
+                cmd.clone(),
+                limits,
+                &shared,
+                meters.down,
+            )
+            .await,
+        )
     };
     match tokio::try_join!(up, down) {
         Ok((End::Graceful, _)) | Ok((_, End::Graceful)) => Ok(End::Graceful),
@@ -281,6 +318,16 @@ pub struct Limits {
     pub close: Duration,
     /// Close when neither direction carried a byte for this long.
     pub idle: Option<Duration>,
+}
+
+/// Where a connection counts the bytes it forwards: one relaxed add per read, on
+/// counters of its backend that the metrics read at scrape time.
+#[derive(Clone, Copy, Debug)]
+pub struct Meters<'a> {
+    /// Client to broker.
+    pub up: &'a AtomicU64,
+    /// Broker to client.
+    pub down: &'a AtomicU64,
 }
 
 /// What the two directions of one connection tell each other.
@@ -357,8 +404,9 @@ async fn forward(
     mut cmd: watch::Receiver<Command>,
     limits: Limits,
     shared: &Shared,
+    moved: &AtomicU64,
 ) -> io::Result<End> {
-    let end = forward_inner(src, dst, dir, &mut cmd, limits, shared).await;
+    let end = forward_inner(src, dst, dir, &mut cmd, limits, shared, moved).await;
     if dir == Dir::Down {
         shared.set(&shared.down_done);
     }
@@ -372,6 +420,7 @@ async fn forward_inner(
     cmd: &mut watch::Receiver<Command>,
     limits: Limits,
     shared: &Shared,
+    moved: &AtomicU64,
 ) -> io::Result<End> {
     let mut tracker = match dir {
         Dir::Up => FrameTracker::client_to_server(),
@@ -498,6 +547,9 @@ async fn forward_inner(
                 cut = true;
                 tracker.feed(&data[k..], false);
                 let _ = tracker.take_seen();
+            }
+            if k > 0 {
+                moved.fetch_add(k as u64, Ordering::Relaxed);
             }
             let mut out = &data[..k];
             while !out.is_empty() {

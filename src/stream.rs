@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 use crate::amqp::{self, FrameTracker, Seen};
 use crate::drain::Command;
-use crate::proxy::{End, Limits};
+use crate::proxy::{End, Limits, Meters};
 
 const BUF_START: usize = 8 * 1024;
 const BUF_MAX: usize = 64 * 1024;
@@ -161,13 +161,16 @@ impl Shared {
 
 /// Carries bytes both ways until both directions are done or a command ends them.
 /// `head`: bytes already read from the client (the start of its protocol
-/// header), sent to the broker first.
+/// header), sent to the broker first. Forwarded AMQP bytes (plaintext, not TLS
+/// records; warren's own close frames excluded) are added to `meters`, as on the
+/// plain path.
 pub async fn pump(
     client: Stream,
     server: Stream,
     head: &[u8],
     cmd: watch::Receiver<Command>,
     limits: Limits,
+    meters: Meters<'_>,
 ) -> io::Result<End> {
     // Both halves of each stream are driven from this one task (try_join), so the
     // lock inside `split` is never contended and one waker serves both directions.
@@ -186,6 +189,7 @@ pub async fn pump(
                 dir: Dir::Up,
                 limits,
                 shared: &shared,
+                moved: meters.up,
             };
             stop_on_hard(
                 dirn.forward(&mut client_rx, &mut server_tx, head, &mut up_cmd)
@@ -197,6 +201,7 @@ pub async fn pump(
                 dir: Dir::Down,
                 limits,
                 shared: &shared,
+                moved: meters.down,
             };
             stop_on_hard(
                 dirn.forward(&mut server_rx, &mut client_tx, &[], &mut down_cmd)
@@ -228,6 +233,8 @@ struct Direction<'a> {
     dir: Dir,
     limits: Limits,
     shared: &'a Shared,
+    /// Counts the bytes this direction forwards.
+    moved: &'a AtomicU64,
 }
 
 impl Direction<'_> {
@@ -279,6 +286,7 @@ impl Direction<'_> {
         let mut sent_close = false;
         if !head.is_empty() {
             tracker.feed(head, false);
+            self.moved.fetch_add(head.len() as u64, Ordering::Relaxed);
             if !guarded(write_flush(dst, head), cmd, &mut cmd_open, deadline).await? {
                 return Ok(End::Hard);
             }
@@ -424,6 +432,7 @@ impl Direction<'_> {
                 let _ = tracker.take_seen();
             }
             if k > 0 {
+                self.moved.fetch_add(k as u64, Ordering::Relaxed);
                 match guarded(write_flush(dst, &buf[..k]), cmd, &mut cmd_open, deadline).await {
                     Ok(true) => {}
                     Ok(false) => return Ok(End::Hard),

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -293,7 +293,8 @@ impl ServerCertVerifier for NoVerification {
 /// Everything TLS a running warren holds: the listener's config (if it has a TLS
 /// listener) and one client config per backend with `tls`.
 pub struct Tls {
-    server: Option<ArcSwap<Listener>>,
+    /// `None` without a TLS listener; a reload may add or remove it.
+    server: ArcSwapOption<Listener>,
     origins: ArcSwap<HashMap<String, Arc<Origin>>>,
     /// notAfter (Unix seconds) per certificate label, for the expiry gauge.
     expiry: Mutex<Vec<(ExpiryLabel, i64)>>,
@@ -360,7 +361,7 @@ impl Tls {
     pub fn load(config: &Config) -> Result<Tls, TlsError> {
         let b = build(config)?;
         let tls = Tls {
-            server: b.server.map(ArcSwap::from_pointee),
+            server: ArcSwapOption::from_pointee(b.server),
             origins: ArcSwap::from_pointee(b.origins),
             expiry: Mutex::new(b.expiry),
         };
@@ -371,20 +372,11 @@ impl Tls {
 
     /// Re-reads every certificate, key and CA file of `config` (the listener's and
     /// the backends'). Open connections keep the config they started with. On an
-    /// error nothing changes. The TLS listener itself (whether there is one, and
-    /// its address) is fixed when warren starts: adding or removing `tls` needs a
-    /// restart and is reported as an error here.
+    /// error nothing changes. Adding or removing `tls` adds or removes the
+    /// listener's config here; the listening socket itself is `reload`'s business.
     pub fn reload(&self, config: &Config) -> Result<(), TlsError> {
-        if config.tls.is_some() != self.server.is_some() {
-            return Err(TlsError::Invalid {
-                key: "tls".into(),
-                message: "adding or removing the TLS listener needs a restart".into(),
-            });
-        }
         let b = build(config)?;
-        if let (Some(slot), Some(listener)) = (&self.server, b.server) {
-            slot.store(Arc::new(listener));
-        }
+        self.server.store(b.server.map(Arc::new));
         self.origins.store(Arc::new(b.origins));
         if let Ok(mut e) = self.expiry.lock() {
             *e = b.expiry;
@@ -397,7 +389,7 @@ impl Tls {
 
     /// True when warren has a TLS listener.
     pub fn terminates(&self) -> bool {
-        self.server.is_some()
+        self.server.load().is_some()
     }
 
     /// The TLS client config for `backend`, if it is reached over TLS.
@@ -413,7 +405,7 @@ impl Tls {
         peer: SocketAddr,
         timeout: Duration,
     ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-        let listener = self.server.as_ref()?.load_full();
+        let listener = self.server.load_full()?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&listener.config));
         let result = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
             Ok(r) => r.map_err(|e| classify(&e)),

@@ -736,30 +736,69 @@ async fn health_probes_leave_a_proxy_protocol_listener_alone() {
     );
 }
 
+/// Waits (bounded) until the TLS listener is bound to `addr`.
+async fn wait_tls_listener(w: &Warren, addr: SocketAddr) {
+    let moved = tokio::time::timeout(Duration::from_secs(10), async {
+        while w.app.tls_listener.local_addr() != Some(addr) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(moved.is_ok(), "the TLS listener never moved to {addr}");
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Certificates are re-read by the real reload paths (`POST /api/reload`, then
+/// SIGHUP), open TLS connections carry on, a broken key changes nothing, and a
+/// changed `tls.listen` is rebound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_reload_keeps_open_connections() {
     let nodes = tls_nodes().await;
     let old = Pki::new("reload-old");
     let new = Pki::new("reload-new");
     let (cert, key) = old.write_server("server", 2031);
-    let listeners = tls_listener(&cert, &key, None);
-    let yaml = yaml(
-        &listeners,
-        NO_PROBES,
-        &[backend(&nodes[2], nodes[2].amqp, "")],
-    );
-    let w = start(&yaml).await;
+    let write_config = |listeners: &str| {
+        let text = yaml(
+            listeners,
+            NO_PROBES,
+            &[backend(&nodes[2], nodes[2].amqp, "")],
+        );
+        let path = old.path("warren.yaml");
+        std::fs::write(&path, text).expect("write config");
+        path
+    };
+    let path = write_config(&tls_listener(&cert, &key, None));
+    logs();
+    let w = Warren::start_file(&path).await;
     let port = w.tls.expect("TLS listener").port();
     let open = amqps(port, &unique("reload-open"), &old.ca_pem, None)
         .await
         .expect("connect with the old certificate");
+    publish_and_consume(&open, 5).await;
+    // The TLS data path counts its bytes like the plain one.
+    let backend_name = [("backend", nodes[2].name.as_str())];
+    let sent = metric(&w, "warren_backend_sent_bytes_total", &backend_name).await;
+    let received = metric(&w, "warren_backend_received_bytes_total", &backend_name).await;
+    assert!(
+        sent > 0.0 && received > 0.0,
+        "sent {sent}, received {received}"
+    );
 
-    // Replace the files with a certificate from another CA, then reload.
+    // Replace the files with a certificate from another CA, then POST /api/reload.
     let (new_cert, new_key) = new.leaf(&["localhost", "127.0.0.1"], 2032);
-    std::fs::write(&cert, new_cert).expect("write cert");
-    std::fs::write(&key, new_key).expect("write key");
-    let config = warren::config::Config::from_yaml(&yaml, Path::new("test.yaml")).expect("valid");
-    w.app.tls.reload(&config).expect("reload");
+    std::fs::write(&cert, &new_cert).expect("write cert");
+    std::fs::write(&key, &new_key).expect("write key");
+    let (status, body) = w.admin_post("/api/reload").await;
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON answer");
+    assert_eq!(answer["tls_reloaded"], true, "{body}");
 
     // The open connection carries on; new clients get the new certificate.
     publish_and_consume(&open, 20).await;
@@ -783,24 +822,48 @@ async fn certificate_reload_keeps_open_connections() {
         ((jan1(2032) - common_now()) as f64 - expiry).abs() < 120.0,
         "{expiry}"
     );
-
-    // A broken key is an error naming the file, and changes nothing.
-    std::fs::write(&key, "not a key").expect("write key");
-    let err = w
-        .app
-        .tls
-        .reload(&config)
-        .expect_err("a broken key must not load");
     assert!(
-        err.to_string().contains(&key.display().to_string()),
-        "{err}"
+        metric(&w, "warren_backend_sent_bytes_total", &backend_name).await > sent,
+        "bytes of the TLS connections are counted"
     );
-    assert_eq!(err.key(), "tls.key");
+
+    // A broken key is an error naming the file and key, and changes nothing.
+    std::fs::write(&key, "not a key").expect("write key");
+    let (status, body) = w.admin_post("/api/reload").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains(&key.display().to_string()), "{body}");
+    assert!(body.contains("tls.key"), "{body}");
     let again = amqps(port, &unique("reload-kept"), &new.ca_pem, None)
         .await
         .expect("the last good certificate is still served");
     publish_and_consume(&open, 5).await;
-    for c in [open, fresh, again] {
+
+    // SIGHUP: a good key again and a new `tls.listen`; the listener moves, open
+    // connections stay.
+    std::fs::write(&key, &new_key).expect("write key");
+    let moved: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let listeners = tls_listener(&cert, &key, None).replace("127.0.0.1:0", &moved.to_string());
+    write_config(&listeners);
+    warren::reload::watch_sighup(w.app.clone());
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(hup.success());
+    wait_tls_listener(&w, moved).await;
+    let on_new_port = amqps(moved.port(), &unique("reload-moved"), &new.ca_pem, None)
+        .await
+        .expect("connect on the new tls.listen");
+    publish_and_consume(&on_new_port, 5).await;
+    publish_and_consume(&open, 5).await;
+    publish_and_consume(&again, 5).await;
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err(),
+        "the old TLS port still accepts"
+    );
+    for c in [open, fresh, again, on_new_port] {
         let _ = c.close(200, "bye".into()).await;
     }
     w.stop().await;

@@ -289,6 +289,32 @@ impl Warren {
         }
     }
 
+    /// Starts from a config file, so that a reload reads that file again.
+    pub async fn start_file(path: &std::path::Path) -> Warren {
+        init_logs();
+        let config = Config::load(path).expect("test config is valid");
+        let server = warren::Server::bind(config, path.to_path_buf())
+            .await
+            .expect("warren binds");
+        let (app, admin, tls) = (server.app.clone(), server.admin_addr, server.tls_addr);
+        let amqp = server.amqp_addr.or(tls).expect("warren has a listener");
+        let task = tokio::spawn(server.run());
+        Warren {
+            app,
+            amqp,
+            tls,
+            admin,
+            task,
+        }
+    }
+
+    /// `GET /metrics`, checked to be a 200.
+    pub async fn metrics(&self) -> Metrics {
+        let (status, body) = self.admin_get("/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        Metrics(body)
+    }
+
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@{}/%2f", self.amqp)
     }
@@ -460,6 +486,69 @@ pub fn per_node(nodes: &[Node], nodes_list: &[String]) -> Vec<usize> {
         .iter()
         .map(|n| nodes_list.iter().filter(|x| **x == n.name).count())
         .collect()
+}
+
+/// A Prometheus text exposition, with a lookup by name and labels.
+#[derive(Clone, Debug)]
+pub struct Metrics(pub String);
+
+impl Metrics {
+    /// The value of the series `name` carrying all of `labels` (`key="value"`
+    /// pairs, in any order); `None` when absent.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.0.lines().find_map(|line| {
+            if line.starts_with('#') {
+                return None;
+            }
+            let (series, value) = line.rsplit_once(' ')?;
+            let (n, rest) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if n != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+            if all {
+                value.parse().ok()
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Like [`Metrics::get`], 0 when absent.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels).unwrap_or(0.0)
+    }
+}
+
+/// Runs `promtool check metrics` on an exposition; panics with its output on failure.
+pub fn promtool_check(text: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs (Debian package `prometheus`; scripts/test installs it)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool ends");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed ({}): {}{}\n--- metrics ---\n{text}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// How a connection was closed by the other side, as the client library saw it.
