@@ -7,6 +7,7 @@
 //!   POST /api/backends/{name}/drain   no new connections; existing ones closed, paced
 //!   POST /api/backends/{name}/disable no new connections; existing ones kept
 //!   POST /api/backends/{name}/enable  back to health-driven
+//!   POST /api/reload                  reload the config file (200, 400 invalid, 500 failed)
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -20,27 +21,29 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
-use tokio::net::TcpListener;
 
 use crate::balancer::{Backend, CheckStatus, Mode, State};
 use crate::drain::{self, DrainPlan};
+use crate::listener::Acceptor;
+use crate::reload::{self, ReloadError, Trigger};
 use crate::App;
 
 type Body = Full<Bytes>;
 
-/// Serves the admin API until shutdown.
-pub async fn run(app: Arc<App>, listener: TcpListener) {
+/// Serves the admin API. It keeps serving during a graceful shutdown (`/readyz`
+/// answers 503 then, `/metrics` still shows the connections closing); the server
+/// stops it when the connections are gone.
+pub async fn run(app: Arc<App>) {
+    let mut acceptor = Acceptor::new(&app.admin_listener);
     loop {
-        let (stream, _) = tokio::select! {
-            _ = app.shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let (stream, _) = match acceptor.accept().await {
+            None => return,
+            Some(Ok(a)) => a,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let app = Arc::clone(&app);
         tokio::spawn(async move {
@@ -83,21 +86,40 @@ fn view(b: &Backend) -> BackendView<'_> {
     }
 }
 
+/// Request bodies larger than this are refused (no endpoint takes a body today).
+const MAX_BODY: u64 = 64 * 1024;
+
 async fn route(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
+    let too_large = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > MAX_BODY);
+    if too_large {
+        return text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+    }
+    if method != Method::GET && method != Method::HEAD {
+        if let Some(refusal) = refuse_unauthorized(app, &req) {
+            return refusal;
+        }
+    }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segments.as_slice() {
         ["healthz"] => only_get(&method, || text(StatusCode::OK, "ok\n")),
         ["readyz"] => only_get(&method, || {
-            if app.balancer.any_usable() {
+            if app.shutdown.is_cancelled() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+            } else if app.balancer.any_usable() {
                 text(StatusCode::OK, "ready\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "no usable backend\n")
             }
         }),
         ["metrics"] => only_get(&method, || {
-            let mut r = Response::new(Full::new(Bytes::from(app.metrics.render())));
+            let mut r = Response::new(Full::new(Bytes::from(crate::metrics::render(app))));
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -123,16 +145,73 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
             operate(app, &b, action);
             json(StatusCode::OK, &view(&b))
         }
+        ["api", "reload"] => {
+            if method != Method::POST {
+                return method_not_allowed("POST");
+            }
+            match reload::reload(app, Trigger::Api).await {
+                Ok(summary) => json(StatusCode::OK, &summary),
+                Err(e) => {
+                    let status = match e {
+                        ReloadError::Config(_) | ReloadError::Tls { .. } => StatusCode::BAD_REQUEST,
+                        _ => StatusCode::INTERNAL_SERVER_ERROR,
+                    };
+                    json(status, &serde_json::json!({ "error": e.to_string() }))
+                }
+            }
+        }
         _ => not_found(),
     }
 }
 
+/// Mutating requests need the bearer token when one is configured; the answer
+/// to send instead when the request does not carry it.
+fn refuse_unauthorized(app: &App, req: &Request<Incoming>) -> Option<Response<Body>> {
+    let token = match app.config.load().admin.resolve_token() {
+        Ok(Some(t)) => t,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::error!(error = %e, "admin token unavailable; refusing mutating requests");
+            return Some(text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "admin token unavailable\n",
+            ));
+        }
+    };
+    let given = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), token.0.as_bytes()) {
+        None
+    } else {
+        tracing::warn!(path = %req.uri().path(), "admin: missing or wrong bearer token");
+        let mut r = text(StatusCode::UNAUTHORIZED, "bearer token required\n");
+        r.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer"),
+        );
+        Some(r)
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Applies an operator action.
-fn operate(app: &App, b: &Arc<Backend>, action: &str) {
+fn operate(app: &Arc<App>, b: &Arc<Backend>, action: &str) {
     match action {
         "drain" => {
             let prev = b.set_mode(Mode::Draining);
             tracing::info!(backend = b.name(), previous = ?prev, "operator: drain");
+            crate::metrics::drain_started(b.name(), "operator");
             let cfg = app.config.load();
             drain::start(
                 Arc::clone(b),
@@ -157,6 +236,9 @@ fn operate(app: &App, b: &Arc<Backend>, action: &str) {
             let prev = b.set_mode(Mode::Enabled);
             b.conns.cancel_drain();
             tracing::info!(backend = b.name(), previous = ?prev, "operator: enable");
+            if prev != Mode::Enabled {
+                crate::rebalance::trigger(app, &format!("{} enabled", b.name()));
+            }
         }
     }
     crate::metrics::backend_state(b);
@@ -198,4 +280,44 @@ fn method_not_allowed(allow: &'static str) -> Response<Body> {
     r.headers_mut()
         .insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
     r
+}
+
+/// One blocking `GET path` to a running warren's admin API (the `healthcheck`
+/// command); Ok on 200. A wildcard `admin.listen` is probed on loopback.
+pub fn healthcheck(
+    addr: std::net::SocketAddr,
+    path: &str,
+    timeout: std::time::Duration,
+) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("connect to {addr}: {e}"))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("send to {addr}: {e}"))?;
+    let mut head = [0u8; 64];
+    let n = s
+        .read(&mut head)
+        .map_err(|e| format!("read from {addr}: {e}"))?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    let status = line.split_whitespace().nth(1).unwrap_or("");
+    if status == "200" {
+        Ok(())
+    } else {
+        Err(format!(
+            "GET {path} on {addr}: {}",
+            line.lines().next().unwrap_or("no answer")
+        ))
+    }
 }

@@ -75,8 +75,13 @@ pub struct Backend {
     mode: AtomicU8,
     /// A resource alarm (memory/disk) on the node, per `health.on_alarm`.
     alarm: AtomicBool,
+    /// Bytes forwarded from clients to this backend (added per read, relaxed).
     pub bytes_in: AtomicU64,
+    /// Bytes forwarded from this backend to clients.
     pub bytes_out: AtomicU64,
+    /// The part of `bytes_in`/`bytes_out` already handed to the metrics.
+    reported_in: AtomicU64,
+    reported_out: AtomicU64,
     active: AtomicUsize,
     total: AtomicU64,
     /// When the backend last came up (for slow start); `None` while never down.
@@ -97,6 +102,8 @@ impl Backend {
             alarm: AtomicBool::new(false),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            reported_in: AtomicU64::new(0),
+            reported_out: AtomicU64::new(0),
             active: AtomicUsize::new(0),
             total: AtomicU64::new(0),
             up_since: Mutex::new(None),
@@ -203,6 +210,19 @@ impl Backend {
         self.total.load(Ordering::Relaxed)
     }
 
+    /// Bytes (in, out) forwarded since the previous call; each byte is reported once
+    /// even when two scrapes race.
+    pub fn take_unreported_bytes(&self) -> (u64, u64) {
+        let take = |total: &AtomicU64, reported: &AtomicU64| {
+            let now = total.load(Ordering::Relaxed);
+            now.saturating_sub(reported.swap(now, Ordering::Relaxed))
+        };
+        (
+            take(&self.bytes_in, &self.reported_in),
+            take(&self.bytes_out, &self.reported_out),
+        )
+    }
+
     /// Counts a connection for as long as the guard lives.
     pub fn connection_guard(self: &Arc<Self>) -> ActiveGuard {
         self.active.fetch_add(1, Ordering::Relaxed);
@@ -231,6 +251,9 @@ pub struct Balancer {
     backends: ArcSwap<Vec<Arc<Backend>>>,
     policy: ArcSwap<Policy>,
     cursor: AtomicUsize,
+    /// Backends removed by a reload whose connections are still closing: shutdown
+    /// must still close them, metrics still count them.
+    retired: Mutex<Vec<Arc<Backend>>>,
 }
 
 /// How to choose among usable backends.
@@ -246,6 +269,7 @@ impl Balancer {
             backends: ArcSwap::from_pointee(backends),
             policy: ArcSwap::from_pointee(policy),
             cursor: AtomicUsize::new(0),
+            retired: Mutex::new(Vec::new()),
         }
     }
 
@@ -267,6 +291,42 @@ impl Balancer {
         self.backends.store(Arc::new(backends));
     }
 
+    /// The policy in force.
+    pub fn policy(&self) -> Policy {
+        **self.policy.load()
+    }
+
+    /// Keeps a removed backend until its connections are gone.
+    pub fn retire(&self, b: Arc<Backend>) {
+        if let Ok(mut r) = self.retired.lock() {
+            r.push(b);
+        }
+    }
+
+    /// Removed backends that still had connections when last looked at.
+    pub fn retired(&self) -> Vec<Arc<Backend>> {
+        self.retired.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Forgets the retired backends with no connection left and returns them.
+    pub fn prune_retired(&self) -> Vec<Arc<Backend>> {
+        let Ok(mut r) = self.retired.lock() else {
+            return Vec::new();
+        };
+        let (gone, keep): (Vec<_>, Vec<_>) = r
+            .drain(..)
+            .partition(|b| b.conns.is_empty() && b.active_connections() == 0);
+        *r = keep;
+        gone
+    }
+
+    /// Current and retired backends: everything that may hold connections.
+    pub fn all(&self) -> Vec<Arc<Backend>> {
+        let mut v: Vec<Arc<Backend>> = self.backends.load().iter().cloned().collect();
+        v.extend(self.retired());
+        v
+    }
+
     /// True when at least one backend may take new connections.
     pub fn any_usable(&self) -> bool {
         self.backends.load().iter().any(|b| b.usable())
@@ -276,16 +336,16 @@ impl Balancer {
     /// Only usable backends are returned; the caller tries them in order.
     pub fn candidates(&self, max: usize) -> Vec<Arc<Backend>> {
         let all = self.backends.load();
-        let n = all.len();
-        if n == 0 || max == 0 {
+        if all.is_empty() || max == 0 {
             return Vec::new();
         }
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-        // Rotate so that ties are broken round-robin under both policies.
-        let mut usable: Vec<Arc<Backend>> = (0..n)
-            .map(|k| &all[(start + k) % n])
-            .filter(|b| b.usable())
-            .cloned()
+        // Rotate over the usable ones only, so that a backend out of service does not
+        // hand its turn to its neighbour; ties are broken round-robin under both policies.
+        let usable: Vec<&Arc<Backend>> = all.iter().filter(|b| b.usable()).collect();
+        let m = usable.len();
+        let mut usable: Vec<Arc<Backend>> = (0..m)
+            .map(|k| Arc::clone(usable[(start + k) % m]))
             .collect();
         let policy = **self.policy.load();
         if policy.balance == Balance::LeastConnections {
@@ -315,6 +375,8 @@ mod tests {
             name: name.into(),
             address: format!("{name}:5672"),
             management: None,
+            tls: None,
+            send_proxy: None,
         }))
     }
 
@@ -340,8 +402,13 @@ mod tests {
             .map(|_| names(&lb.candidates(1))[0].clone())
             .collect();
         assert_eq!(firsts, ["a", "b", "c", "a", "b", "c"]);
-        b.set_health(Health::Down);
         c.set_mode(Mode::Disabled);
+        // The remaining two share evenly: c's turn does not go to its neighbour.
+        let firsts: Vec<String> = (0..6)
+            .map(|_| names(&lb.candidates(1))[0].clone())
+            .collect();
+        assert_eq!(firsts.iter().filter(|n| *n == "a").count(), 3, "{firsts:?}");
+        b.set_health(Health::Down);
         for _ in 0..4 {
             assert_eq!(names(&lb.candidates(3)), ["a"]);
         }

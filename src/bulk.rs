@@ -14,6 +14,7 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -101,12 +102,14 @@ impl Bulk {
     }
 
     /// Moves what it can without waiting: out of the pipe first (making room),
-    /// then from the source into it.
+    /// then from the source into it. Bytes taken from the source are added to
+    /// `counted`.
     pub fn step(
         &mut self,
         src: &TcpStream,
         dst: &TcpStream,
         tracker: &mut FrameTracker,
+        counted: &AtomicU64,
     ) -> io::Result<Moved> {
         let mut moved = false;
         let mut write = false;
@@ -149,6 +152,7 @@ impl Bulk {
                     Ok(SpliceIn::Moved(n)) => {
                         self.left -= n as u64;
                         tracker.skip(n as u64);
+                        counted.fetch_add(n as u64, Ordering::Relaxed);
                         moved = true;
                     }
                     Ok(SpliceIn::Eof) => {

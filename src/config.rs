@@ -71,12 +71,35 @@ impl fmt::Display for HumanDuration {
     }
 }
 
+/// `ip:port`, with an error that says so.
+fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    s.trim().parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "expected an `ip:port` address such as 127.0.0.1:5672, got `{s}`"
+        ))
+    })
+}
+
+/// An optional `ip:port` (absent key: `None`).
+fn opt_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    socket_addr(d).map(Some)
+}
+
 /// The whole file.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Where AMQP clients connect.
-    pub listen: SocketAddr,
+    /// Where AMQP clients connect (plain TCP). Optional when `tls` has a listener.
+    #[serde(
+        default,
+        deserialize_with = "opt_socket_addr",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub listen: Option<SocketAddr>,
+    /// Where AMQPS clients connect: TLS termination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsListenConfig>,
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
@@ -95,11 +118,15 @@ pub struct Config {
     #[serde(default)]
     pub drain: DrainConfig,
     #[serde(default)]
+    pub rebalance: RebalanceConfig,
+    #[serde(default)]
     pub shutdown: ShutdownConfig,
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterConfig>,
+    #[serde(default)]
+    pub reload: ReloadConfig,
 }
 
 fn default_max_connections() -> usize {
@@ -113,8 +140,35 @@ fn default_retries() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Admin HTTP listener: /healthz /readyz /metrics /api/...
-    #[serde(default = "default_admin_listen")]
+    #[serde(default = "default_admin_listen", deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
+    /// When set, every mutating request (POST) must carry
+    /// `Authorization: Bearer <token>`; the token is read from this file...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// ...or from this environment variable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+}
+
+impl AdminConfig {
+    /// The bearer token for mutating requests, if one is configured.
+    pub fn resolve_token(&self) -> Result<Option<Secret>, String> {
+        let token = if let Some(f) = &self.token_file {
+            std::fs::read_to_string(f)
+                .map_err(|e| format!("cannot read {}: {e}", f.display()))?
+                .trim()
+                .to_string()
+        } else if let Some(var) = &self.token_env {
+            std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?
+        } else {
+            return Ok(None);
+        };
+        if token.len() < 16 {
+            return Err("expected a token of at least 16 characters".to_string());
+        }
+        Ok(Some(Secret(token)))
+    }
 }
 
 fn default_admin_listen() -> SocketAddr {
@@ -125,6 +179,8 @@ impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: default_admin_listen(),
+            token_file: None,
+            token_env: None,
         }
     }
 }
@@ -148,6 +204,15 @@ pub struct Timeouts {
     /// heartbeat kills healthy connections (HAProxy `timeout client`/`timeout server`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle: Option<HumanDuration>,
+    /// A client must send its first bytes (the AMQP protocol header) within this
+    /// time, or it is closed before any backend is involved (RabbitMQ's own
+    /// `handshake_timeout` is 10 s).
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake: HumanDuration,
+}
+
+fn default_handshake_timeout() -> HumanDuration {
+    HumanDuration::secs(10)
 }
 
 fn default_connect_timeout() -> HumanDuration {
@@ -159,6 +224,7 @@ impl Default for Timeouts {
         Timeouts {
             connect: default_connect_timeout(),
             idle: None,
+            handshake: default_handshake_timeout(),
         }
     }
 }
@@ -173,6 +239,65 @@ pub struct BackendConfig {
     /// The node's management API base URL, e.g. `http://127.0.0.1:15672`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub management: Option<String>,
+    /// Connect to the node with TLS (for nodes that listen only on AMQPS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<BackendTlsConfig>,
+    /// Send a PROXY protocol header first, so the node (with `proxy_protocol = true`)
+    /// sees the client's address instead of warren's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_proxy: Option<ProxyVersion>,
+}
+
+/// TLS termination: a listener for AMQPS clients.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListenConfig {
+    /// Where AMQPS clients connect, e.g. `0.0.0.0:5671`.
+    #[serde(deserialize_with = "socket_addr")]
+    pub listen: SocketAddr,
+    /// Certificate chain, PEM, the server's certificate first.
+    pub cert: PathBuf,
+    /// The certificate's private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA certificates, PEM: when set, clients must present a certificate that
+    /// chains to one of them (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+}
+
+/// TLS origination: how warren connects to a node over TLS.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTlsConfig {
+    /// CA certificates, PEM, that the node's certificate must chain to.
+    /// Required while `verify` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// The name the node's certificate must carry; defaults to the host part of
+    /// `address`. Also sent as SNI (unless it is an IP address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// Verify the node's certificate against `ca` and `server_name`.
+    #[serde(default = "default_true")]
+    pub verify: bool,
+    /// A client certificate chain, PEM, for nodes that require one
+    /// (`ssl_options.fail_if_no_peer_cert = true`); `key` must come with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// PROXY protocol version: `v1` (text) or `v2` (binary).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyVersion {
+    V1,
+    V2,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -358,6 +483,46 @@ impl Default for DrainConfig {
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+pub struct RebalanceConfig {
+    /// Move connections onto a node that returns (closing them, paced, on the
+    /// most loaded nodes). Off by default: only clients that reconnect after a
+    /// broker close can take it.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Accepted spread: max - min <= tolerance x mean connections per node.
+    #[serde(default = "default_tolerance")]
+    pub tolerance: f64,
+    /// Closes of one round are spread over this window.
+    #[serde(default = "default_rebalance_window")]
+    pub window: HumanDuration,
+    /// At most this share of all connections is closed per round.
+    #[serde(default = "default_max_fraction")]
+    pub max_fraction: f64,
+}
+
+fn default_tolerance() -> f64 {
+    0.2
+}
+fn default_rebalance_window() -> HumanDuration {
+    HumanDuration::secs(30)
+}
+fn default_max_fraction() -> f64 {
+    0.25
+}
+
+impl Default for RebalanceConfig {
+    fn default() -> Self {
+        RebalanceConfig {
+            enabled: false,
+            tolerance: default_tolerance(),
+            window: default_rebalance_window(),
+            max_fraction: default_max_fraction(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct ShutdownConfig {
     /// On SIGTERM, open connections get `connection.close` and this long to finish.
     #[serde(default = "default_shutdown_grace")]
@@ -406,6 +571,31 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// Hot reload (SIGHUP and `POST /api/reload` always work; this adds a file watch).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadConfig {
+    /// Reload when the config file's content changes (checked by polling).
+    #[serde(default)]
+    pub watch: bool,
+    /// How often the watched file is read and compared.
+    #[serde(default = "default_watch_interval")]
+    pub watch_interval: HumanDuration,
+}
+
+fn default_watch_interval() -> HumanDuration {
+    HumanDuration::secs(2)
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            watch: false,
+            watch_interval: default_watch_interval(),
+        }
+    }
 }
 
 /// The RabbitMQ cluster `warren bootstrap` builds.
@@ -486,10 +676,14 @@ impl Config {
 
     /// Parses and validates YAML text; `path` only names the file in errors.
     pub fn from_yaml(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
-            file: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        // No source snippet in errors: the lines around a mistake may hold a password,
+        // and these messages reach logs and the admin API (line and column remain).
+        let options = serde_saphyr::options! { with_snippet: false };
+        let config: Config =
+            serde_saphyr::from_str_with_options(text, options).map_err(|e| ConfigError::Parse {
+                file: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
         config.validate(path)?;
         Ok(config)
     }
@@ -510,6 +704,20 @@ impl Config {
                 "backends".into(),
                 "expected at least one backend".into(),
             ));
+        }
+        if self.listen.is_none() && self.tls.is_none() {
+            return Err(invalid(
+                "listen".into(),
+                "expected `listen`, `tls.listen` or both".into(),
+            ));
+        }
+        if let (Some(plain), Some(t)) = (self.listen, &self.tls) {
+            if plain == t.listen && plain.port() != 0 {
+                return Err(invalid(
+                    "tls.listen".into(),
+                    format!("expected an address other than `listen` ({plain})"),
+                ));
+            }
         }
         if self.max_connections == 0 {
             return Err(invalid(
@@ -552,6 +760,26 @@ impl Config {
                 }
             }
         }
+        if self.admin.token_file.is_some() && self.admin.token_env.is_some() {
+            return Err(invalid(
+                "admin.token_file".into(),
+                "expected only one of `token_file`, `token_env`".into(),
+            ));
+        }
+        if let Err(e) = self.admin.resolve_token() {
+            let key = if self.admin.token_file.is_some() {
+                "admin.token_file"
+            } else {
+                "admin.token_env"
+            };
+            return Err(invalid(key.into(), e));
+        }
+        if self.timeouts.handshake.get().is_zero() {
+            return Err(invalid(
+                "timeouts.handshake".into(),
+                "expected a duration greater than 0".into(),
+            ));
+        }
         let h = &self.health;
         if h.interval.get().is_zero() {
             return Err(invalid(
@@ -591,6 +819,19 @@ impl Config {
                 "expected durations greater than 0 for fast_interval and down_interval".into(),
             ));
         }
+        let r = &self.rebalance;
+        if !(r.tolerance >= 0.0 && r.tolerance.is_finite()) {
+            return Err(invalid(
+                "rebalance.tolerance".into(),
+                format!("expected a number >= 0, got {}", r.tolerance),
+            ));
+        }
+        if !(r.max_fraction > 0.0 && r.max_fraction <= 1.0) {
+            return Err(invalid(
+                "rebalance.max_fraction".into(),
+                format!("expected a number in (0, 1], got {}", r.max_fraction),
+            ));
+        }
         let sources = [
             h.password.is_some(),
             h.password_file.is_some(),
@@ -608,8 +849,17 @@ impl Config {
                 format!("expected a tracing filter such as `info` or `warren=debug`: {e}"),
             ));
         }
+        if self.reload.watch_interval.get().is_zero() {
+            return Err(invalid(
+                "reload.watch_interval".into(),
+                "expected a duration greater than 0".into(),
+            ));
+        }
         if let Some(c) = &self.cluster {
             self.validate_cluster(c, file)?;
+        }
+        if let Err(e) = crate::tls::check(self) {
+            return Err(invalid(e.key().to_string(), e.to_string()));
         }
         Ok(())
     }
@@ -630,6 +880,12 @@ impl Config {
             return Err(invalid(
                 "cluster.nodes".into(),
                 "expected at least one node of type `disc` (a cluster must keep one)".into(),
+            ));
+        }
+        if c.rabbitmqctl.split_whitespace().next().is_none() {
+            return Err(invalid(
+                "cluster.rabbitmqctl".into(),
+                "expected a command such as `rabbitmqctl` or `sudo -u rabbitmq rabbitmqctl`".into(),
             ));
         }
         let mut seen_nodes = std::collections::HashSet::new();
@@ -757,12 +1013,124 @@ mod tests {
     }
 
     #[test]
+    fn parse_errors_do_not_quote_the_file() {
+        for text in [
+            "listen: 127.0.0.1:5672\nhealth: {password: hunter2, bogus: 1}\nbackends: []\n",
+            "listen: 127.0.0.1:5672\nhealth:\n  password: hunter2\n  rise: x\nbackends: []\n",
+        ] {
+            let e = parse(text).expect_err("invalid").to_string();
+            assert!(!e.contains("hunter2"), "{e}");
+            assert!(e.contains("test.yaml") && e.contains("line"), "{e}");
+        }
+    }
+
+    #[test]
     fn host_port() {
         assert_eq!(split_host_port("a:1"), Some(("a", 1)));
         assert_eq!(split_host_port("[::1]:5672"), Some(("::1", 5672)));
         assert_eq!(split_host_port("a"), None);
         assert_eq!(split_host_port("a:0"), None);
         assert_eq!(split_host_port(":5"), None);
+    }
+
+    #[test]
+    fn cluster_section_as_in_the_docs() {
+        let c = parse(
+            "listen: 127.0.0.1:5672
+backends:
+  - {name: node1, address: 'node1:5672', management: 'http://node1:15672'}
+  - {name: node2, address: 'node2:5672', management: 'http://node2:15672'}
+  - {name: node3, address: 'node3:5672', management: 'http://node3:15672'}
+cluster:
+  erlang_cookie_file: /var/lib/rabbitmq/.erlang.cookie
+  nodes:
+    - {backend: node1, node: rabbit@node1, type: disc}
+    - {backend: node2, node: rabbit@node2, type: disc}
+    - {backend: node3, node: rabbit@node3, type: ram}
+  policies:
+    - name: ha-allqueue
+      vhost: /
+      pattern: '^'
+      apply_to: queues
+      priority: 0
+      definition: {ha-mode: all, ha-sync-mode: automatic}
+",
+        )
+        .expect("valid");
+        let cl = c.cluster.expect("cluster section");
+        assert_eq!(cl.rabbitmqctl, "rabbitmqctl");
+        assert_eq!(cl.nodes[2].node_type, NodeType::Ram);
+        assert_eq!(cl.policies[0].definition["ha-mode"], "all");
+        assert_eq!(cl.policies[0].apply_to, ApplyTo::Queues);
+    }
+
+    #[test]
+    fn cluster_section_errors_name_the_key() {
+        let base = "listen: 127.0.0.1:5672\nbackends:\n  - {name: a, address: 'h:1'}\n";
+        for (cluster, key) in [
+            ("cluster: {nodes: []}", "cluster.nodes"),
+            (
+                "cluster: {nodes: [{backend: a, node: r@h, type: ram}]}",
+                "cluster.nodes",
+            ),
+            (
+                "cluster: {nodes: [{backend: b, node: r@h}]}",
+                "cluster.nodes[0].backend",
+            ),
+            (
+                "cluster: {nodes: [{backend: a, node: rabbit}]}",
+                "cluster.nodes[0].node",
+            ),
+            (
+                "cluster: {rabbitmqctl: ' ', nodes: [{backend: a, node: r@h}]}",
+                "cluster.rabbitmqctl",
+            ),
+        ] {
+            match parse(&format!("{base}{cluster}\n")) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{cluster}"),
+                other => panic!("{cluster}: expected an error for {key}, got {other:?}"),
+            }
+        }
+        assert!(matches!(
+            parse(&format!(
+                "{base}cluster: {{nodes: [{{backend: a, node: r@h, typ: disc}}]}}\n"
+            )),
+            Err(ConfigError::Parse { .. })
+        ));
+    }
+
+    #[test]
+    fn a_listener_is_required() {
+        let e = parse("backends:\n  - {name: a, address: 'h:5672'}\n").expect_err("no listener");
+        assert!(e.to_string().contains("`listen`"), "{e}");
+    }
+
+    #[test]
+    fn tls_files_are_checked_and_named() {
+        let e = parse(
+            "listen: 127.0.0.1:5672\ntls:\n  listen: 127.0.0.1:5671\n  cert: /nonexistent/c.pem\n  key: /nonexistent/k.pem\nbackends:\n  - {name: a, address: 'h:5672'}\n",
+        )
+        .expect_err("missing certificate");
+        let text = e.to_string();
+        assert!(
+            text.starts_with("test.yaml: key `tls.cert`: /nonexistent/c.pem"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn backend_tls_and_send_proxy_parse() {
+        let c = parse(
+            "listen: 127.0.0.1:5672\nbackends:\n  - {name: a, address: 'h:5671', send_proxy: v2, tls: {verify: false}}\n",
+        )
+        .expect("valid");
+        assert_eq!(c.backends[0].send_proxy, Some(ProxyVersion::V2));
+        assert!(!c.backends[0].tls.as_ref().expect("tls").verify);
+        let e = parse(
+            "listen: 127.0.0.1:5672\nbackends:\n  - {name: a, address: 'h:5671', send_proxy: v3}\n",
+        )
+        .expect_err("v3 is no PROXY version");
+        assert!(e.to_string().contains("v3"), "{e}");
     }
 
     #[test]

@@ -9,9 +9,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::task::Waker;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::balancer::Backend;
@@ -28,108 +28,20 @@ pub enum Command {
     Hard,
 }
 
-/// The command slot of one connection. Every idle connection keeps one, so it
-/// is a mutex around the command, a version and the waker of the connection's
-/// task (about 80 bytes; a `watch` channel costs several hundred).
-#[derive(Debug)]
-struct Slot {
-    state: Mutex<SlotState>,
-}
-
-#[derive(Debug)]
-struct SlotState {
-    cmd: Command,
-    version: u64,
-    waker: Option<Waker>,
-}
-
-impl Slot {
-    /// Sets `cmd` and wakes the task; never downgrades a hard close.
-    fn send(&self, cmd: Command) {
-        let Ok(mut st) = self.state.lock() else {
-            return;
-        };
-        if st.cmd == Command::Hard || st.cmd == cmd {
-            return;
-        }
-        st.cmd = cmd;
-        st.version += 1;
-        let waker = st.waker.take();
-        drop(st);
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
-}
-
-/// A connection's end of its command slot. Clones share the slot and each
-/// keeps its own idea of what it has seen.
-#[derive(Clone, Debug)]
-pub struct CommandReceiver {
-    slot: Arc<Slot>,
-    seen: u64,
-}
-
-impl CommandReceiver {
-    /// A receiver that nothing will ever send to (tests, tools).
-    pub fn detached() -> Self {
-        CommandReceiver {
-            slot: Arc::new(Slot {
-                state: Mutex::new(SlotState {
-                    cmd: Command::Run,
-                    version: 0,
-                    waker: None,
-                }),
-            }),
-            seen: 0,
-        }
-    }
-
-    /// True when a command arrived since this receiver last looked.
-    pub fn has_changed(&self) -> bool {
-        self.slot
-            .state
-            .lock()
-            .map(|st| st.version != self.seen)
-            .unwrap_or(false)
-    }
-
-    /// The current command, marked as seen.
-    pub fn borrow_and_update(&mut self) -> Command {
-        match self.slot.state.lock() {
-            Ok(st) => {
-                self.seen = st.version;
-                st.cmd.clone()
-            }
-            Err(_) => Command::Hard,
-        }
-    }
-
-    /// Makes the next command wake `waker` (one waker per slot: the task that
-    /// carries the connection registers it each time it is polled).
-    pub fn register(&self, waker: &Waker) {
-        if let Ok(mut st) = self.slot.state.lock() {
-            if !st.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
-                st.waker = Some(waker.clone());
-            }
-        }
-    }
-}
-
 /// The open connections of one backend.
 #[derive(Debug, Default)]
 pub struct ConnRegistry {
-    conns: Mutex<HashMap<u64, Arc<Slot>>>,
+    conns: Mutex<HashMap<u64, watch::Sender<Command>>>,
     /// The drain in progress, if any, so `enable` can stop it.
     drain: Mutex<Option<CancellationToken>>,
 }
 
 impl ConnRegistry {
     /// Registers connection `id`; its task listens on the returned receiver.
-    pub fn register(&self, id: u64) -> CommandReceiver {
-        let rx = CommandReceiver::detached();
+    pub fn register(&self, id: u64) -> watch::Receiver<Command> {
+        let (tx, rx) = watch::channel(Command::Run);
         if let Ok(mut m) = self.conns.lock() {
-            m.insert(id, Arc::clone(&rx.slot));
+            m.insert(id, tx);
         }
         rx
     }
@@ -165,8 +77,16 @@ impl ConnRegistry {
             return false;
         };
         match m.get(&id) {
-            Some(slot) => {
-                slot.send(cmd);
+            Some(tx) => {
+                // Never downgrade a hard close to a graceful one.
+                tx.send_if_modified(|c| {
+                    if *c == Command::Hard || *c == cmd {
+                        false
+                    } else {
+                        *c = cmd.clone();
+                        true
+                    }
+                });
                 true
             }
             None => false,
@@ -239,6 +159,9 @@ async fn run(backend: &Backend, plan: &DrainPlan) {
     let deadline = started + plan.grace.max(plan.window);
     while !backend.conns.is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
+        // A connection that chose this backend just before it stopped taking new
+        // ones registers late: tell it too (already-told ones are left alone).
+        backend.conns.broadcast(Command::Close(plan.reason.clone()));
     }
     let left = backend.conns.len();
     if left > 0 {

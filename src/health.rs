@@ -40,7 +40,7 @@ pub fn spawn(app: Arc<App>, backend: Arc<Backend>) {
     });
 }
 
-async fn run(app: &App, backend: &Arc<Backend>) {
+async fn run(app: &Arc<App>, backend: &Arc<Backend>) {
     loop {
         let cfg = app.config.load().health.clone();
         let creds = match cfg.resolve_password() {
@@ -58,7 +58,11 @@ async fn run(app: &App, backend: &Arc<Backend>) {
         let took = started.elapsed();
         crate::metrics::health_check(backend.name(), took, &outcome);
         record(app, backend, &outcome);
-        tokio::time::sleep(next_interval(backend, &cfg)).await;
+        // A reload may have changed the intervals: start over with the new ones.
+        tokio::select! {
+            _ = tokio::time::sleep(next_interval(backend, &cfg)) => {}
+            _ = app.reloader.changed.notified() => {}
+        }
     }
 }
 
@@ -93,7 +97,9 @@ async fn probe_inner(
     timeout: Duration,
 ) -> Outcome {
     // The AMQP port: a connect and an immediate close. It sends no bytes, so a
-    // listener expecting a PROXY header is not disturbed.
+    // listener expecting a PROXY header is not disturbed (RabbitMQ 3.10.8 logs
+    // nothing for it), and it runs no TLS handshake on AMQPS ports (a handshake
+    // then a close makes RabbitMQ log a warning per probe). See docs/tls.md.
     if let Err(e) = TcpStream::connect(&backend.config.address).await {
         return Outcome::Fail(format!("amqp port {}: {e}", backend.config.address));
     }
@@ -133,12 +139,12 @@ async fn probe_inner(
 }
 
 /// A connect failure seen by the proxy counts like a failed probe.
-pub fn passive_failure(app: &App, backend: &Arc<Backend>, reason: &str) {
+pub fn passive_failure(app: &Arc<App>, backend: &Arc<Backend>, reason: &str) {
     record(app, backend, &Outcome::Fail(format!("connect: {reason}")));
 }
 
 /// Applies one outcome to the rise/fall counters and acts on a verdict flip.
-pub fn record(app: &App, backend: &Arc<Backend>, outcome: &Outcome) {
+pub fn record(app: &Arc<App>, backend: &Arc<Backend>, outcome: &Outcome) {
     let cfg = app.config.load();
     let hc = &cfg.health;
     let now = SystemTime::now()
@@ -193,6 +199,7 @@ pub fn record(app: &App, backend: &Arc<Backend>, outcome: &Outcome) {
             backend.set_health(Health::Up);
             tracing::info!(backend = backend.name(), "backend up");
             crate::metrics::backend_state(backend);
+            crate::rebalance::trigger(app, &format!("{} came back", backend.name()));
         }
         None => {
             tracing::debug!(backend = backend.name(), ?outcome, "check");
@@ -208,6 +215,7 @@ fn set_alarm(app: &App, backend: &Arc<Backend>, alarm: Option<String>) {
             let cfg = app.config.load();
             tracing::warn!(backend = backend.name(), reason = reason.as_str(), on_alarm = ?cfg.health.on_alarm, "resource alarm");
             if cfg.health.on_alarm == OnAlarm::Drain && backend.mode() == Mode::Enabled {
+                crate::metrics::drain_started(backend.name(), "alarm");
                 drain::start(
                     Arc::clone(backend),
                     DrainPlan {

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod amqp;
 pub mod balancer;
+pub mod bootstrap;
 pub mod bulk;
 pub mod config;
 pub mod drain;
@@ -17,8 +18,14 @@ pub mod logging;
 pub mod metrics;
 pub mod mgmt;
 pub mod proxy;
+pub mod proxy_protocol;
+pub mod rebalance;
+pub mod reload;
 pub mod shutdown;
 pub mod splice;
+pub mod stream;
+pub mod tls;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,7 +34,6 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::balancer::{Backend, Balancer, Policy};
@@ -42,6 +48,19 @@ pub struct App {
     pub shutdown: CancellationToken,
     pub next_conn_id: AtomicU64,
     pub metrics: PrometheusHandle,
+    /// Certificates and rustls configs; [`tls::Tls::reload`] re-reads them.
+    pub tls: tls::Tls,
+    /// The rebalance in progress, if any.
+    pub rebalance: std::sync::Mutex<Option<CancellationToken>>,
+    /// The AMQP listening socket (absent without `listen`); a reload may rebind it.
+    pub amqp_listener: listener::Rebindable,
+    /// The TLS listening socket (absent without `tls`); a reload may rebind it.
+    pub tls_listener: listener::Rebindable,
+    /// The admin listening socket; a reload may rebind it.
+    pub admin_listener: listener::Rebindable,
+    pub listener_stats: listener::ListenerStats,
+    /// Serialises reloads and keeps their outcome for metrics.
+    pub reloader: reload::Reloader,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,15 +72,21 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error("TLS: key `{key}`: {source}", key = .source.key())]
+    Tls {
+        #[from]
+        source: tls::TlsError,
+    },
 }
 
 /// The bound listeners of a server, so callers (tests) can learn the ports.
 pub struct Server {
     pub app: Arc<App>,
-    pub amqp_addr: SocketAddr,
+    /// The plain AMQP listener's address, if there is one.
+    pub amqp_addr: Option<SocketAddr>,
+    /// The TLS listener's address, if there is one.
+    pub tls_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
-    amqp: TcpListener,
-    admin: TcpListener,
 }
 
 impl Server {
@@ -70,9 +95,20 @@ impl Server {
         let bind = |what: &'static str, addr: SocketAddr| async move {
             listener::bind(addr).map_err(|source| RunError::Bind { what, addr, source })
         };
-        let amqp = bind("amqp", config.listen).await?;
+        // The recorder first: loading the certificates records their expiry.
+        let metrics = metrics::install();
+        let tls_state = tls::Tls::load(&config)?;
+        let amqp = match config.listen {
+            Some(addr) => Some((bind("amqp", addr).await?, addr)),
+            None => None,
+        };
+        let tls = match &config.tls {
+            Some(t) => Some((bind("amqps", t.listen).await?, t.listen)),
+            None => None,
+        };
         let admin = bind("admin", config.admin.listen).await?;
-        let amqp_addr = amqp.local_addr().unwrap_or(config.listen);
+        let amqp_addr = amqp.as_ref().map(|(l, a)| l.local_addr().unwrap_or(*a));
+        let tls_addr = tls.as_ref().map(|(l, a)| l.local_addr().unwrap_or(*a));
         let admin_addr = admin.local_addr().unwrap_or(config.admin.listen);
         let backends: Vec<Arc<Backend>> = config
             .backends
@@ -90,26 +126,33 @@ impl Server {
             config_path,
             shutdown: CancellationToken::new(),
             next_conn_id: AtomicU64::new(1),
-            metrics: metrics::install(),
+            metrics,
+            tls: tls_state,
+            rebalance: rebalance::slot(),
+            amqp_listener: listener::Rebindable::new("amqp", amqp.map(|(l, _)| l)),
+            tls_listener: listener::Rebindable::new("amqps", tls.map(|(l, _)| l)),
+            admin_listener: listener::Rebindable::new("admin", Some(admin)),
+            listener_stats: listener::ListenerStats::default(),
+            reloader: reload::Reloader::default(),
         });
         Ok(Server {
             app,
             amqp_addr,
+            tls_addr,
             admin_addr,
-            amqp,
-            admin,
         })
     }
 
     /// Runs until `app.shutdown` is cancelled, then closes client connections
     /// gracefully within `shutdown.grace`.
     pub async fn run(self) {
-        let Server {
-            app, amqp, admin, ..
-        } = self;
+        let app = self.app;
+        // The bound addresses (a configured port 0 shows the port the OS chose).
         tracing::info!(
-            listen = %app.config.load().listen,
-            admin = %app.config.load().admin.listen,
+            // Absent listeners leave their field out.
+            listen = self.amqp_addr.map(tracing::field::display),
+            tls_listen = self.tls_addr.map(tracing::field::display),
+            admin = %self.admin_addr,
             backends = app.balancer.backends().len(),
             "warren started"
         );
@@ -117,8 +160,12 @@ impl Server {
             metrics::backend_state(b);
             health::spawn(Arc::clone(&app), Arc::clone(b));
         }
-        let admin_task = tokio::spawn(admin::run(Arc::clone(&app), admin));
-        listener::run(Arc::clone(&app), amqp).await;
+        let admin_task = tokio::spawn(admin::run(Arc::clone(&app)));
+        reload::spawn_watcher(Arc::clone(&app));
+        listener::run(Arc::clone(&app)).await;
+        // Stop accepting at once: new clients are refused, not left in the backlog.
+        app.amqp_listener.close();
+        app.tls_listener.close();
         shutdown::close_connections(&app).await;
         admin_task.abort();
     }

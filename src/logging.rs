@@ -1,20 +1,51 @@
 //! Logs with `tracing`: text on a terminal, JSON when configured; `RUST_LOG`
-//! overrides the configured level.
+//! overrides the configured level. A reload may change the level (not the format).
+//!
+//! Secrets never reach a log line: the config holds them as `Secret` (redacted in
+//! `Debug` and serialisation), credentials in management URLs are refused by the
+//! config check, and the proxy never logs payload bytes (AMQP credentials travel
+//! in `connection.start-ok`).
 
-use tracing_subscriber::EnvFilter;
+use std::io::IsTerminal;
+use std::sync::OnceLock;
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Registry};
 
 use crate::config::{LogConfig, LogFormat};
 
+/// Set when the level comes from the config (not from `RUST_LOG`), so a reload may change it.
+static LEVEL: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
 /// Installs the global subscriber; a second call is a no-op.
 pub fn init(cfg: &LogConfig) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&cfg.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match cfg.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let env_set = from_env.is_some();
+    let filter = from_env
+        .or_else(|| EnvFilter::try_new(&cfg.level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let registry = tracing_subscriber::registry().with(filter);
+    let installed = match cfg.format {
+        LogFormat::Json => registry
+            .with(fmt.json().flatten_event(true).with_current_span(true))
+            .try_init(),
+        LogFormat::Text => registry.with(fmt).try_init(),
     };
+    if installed.is_ok() && !env_set {
+        let _ = LEVEL.set(handle);
+    }
+}
+
+/// Applies a new configured level (reload). False when `RUST_LOG` is in charge,
+/// logging was not initialised here, or the filter does not parse.
+pub fn set_level(level: &str) -> bool {
+    let (Some(handle), Ok(filter)) = (LEVEL.get(), EnvFilter::try_new(level)) else {
+        return false;
+    };
+    handle.reload(filter).is_ok()
 }

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use warren::bootstrap;
 use warren::config::Config;
 
 /// EX_USAGE: the config (or the command line) is wrong.
@@ -33,7 +35,44 @@ enum Cmd {
         #[arg(short, long, default_value = "/etc/warren/warren.yaml")]
         config: PathBuf,
     },
+    /// Exit 0 when the running warren's admin API answers GET /healthz with 200,
+    /// else 1. For container HEALTHCHECKs: needs no curl or shell in the image.
+    Healthcheck {
+        /// Config file whose `admin.listen` is probed.
+        #[arg(short, long, default_value = "/etc/warren/warren.yaml")]
+        config: PathBuf,
+        /// Probe this address instead of the config's `admin.listen`.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+        /// Path to ask for (`/readyz` checks for a usable backend too).
+        #[arg(long, default_value = "/healthz")]
+        path: String,
+        /// Time the whole probe may take.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Form the RabbitMQ cluster and apply the policies of the config's `cluster:` section.
+    #[command(after_help = BOOTSTRAP_HELP)]
+    Bootstrap {
+        #[arg(short, long, default_value = "/etc/warren/warren.yaml")]
+        config: PathBuf,
+        /// Print what would change; change nothing.
+        #[arg(long, conflicts_with = "check")]
+        dry_run: bool,
+        /// Verify that the cluster matches the config; exit 1 with the differences when not.
+        #[arg(long)]
+        check: bool,
+        /// Allow `rabbitmqctl reset`, which deletes a node's data, on a node that is in another cluster.
+        #[arg(long)]
+        force_reset: bool,
+    },
 }
+
+const BOOTSTRAP_HELP: &str = "Exit codes: 0 done or nothing to change (--check: matches), \
+1 --check found differences, 64 config error, 65 refused (node in another cluster without \
+--force-reset, ha-* policy on RabbitMQ 4.x, management URL of another node), 69 a node is not \
+reachable (nothing changed), 70 a change failed (no node left stopped), 77 Erlang cookie or \
+management credentials rejected, 130 interrupted. See docs/bootstrap.md.";
 
 fn load(path: &Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| {
@@ -45,6 +84,40 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Cmd::Healthcheck {
+            config,
+            admin,
+            path,
+            timeout,
+        } => {
+            let addr = match admin {
+                Some(a) => a,
+                None => match load(&config) {
+                    Ok(c) => c.admin.listen,
+                    Err(code) => return code,
+                },
+            };
+            match warren::admin::healthcheck(addr, &path, timeout) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("warren: unhealthy: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Bootstrap {
+            config,
+            dry_run,
+            check,
+            force_reset,
+        } => {
+            let mode = match (dry_run, check) {
+                (true, _) => bootstrap::Mode::DryRun,
+                (_, true) => bootstrap::Mode::Check,
+                _ => bootstrap::Mode::Apply,
+            };
+            run_bootstrap(&config, bootstrap::Options { mode, force_reset })
+        }
         Cmd::Check { config } => match load(&config) {
             Ok(c) => {
                 print!("{}", c.to_yaml());
@@ -74,10 +147,94 @@ fn main() -> ExitCode {
                     }
                 };
                 warren::shutdown::watch_signals(server.app.clone());
+                warren::reload::watch_sighup(server.app.clone());
                 server.run().await;
                 tracing::info!("warren stopped");
                 ExitCode::SUCCESS
             })
         }
     }
+}
+
+/// Prints each bootstrap step as one line: `label    subject: message`.
+struct Printer;
+
+impl bootstrap::Report for Printer {
+    fn step(&mut self, tag: bootstrap::Tag, subject: &str, message: &str) {
+        println!("{:<8} {subject}: {message}", tag.label());
+    }
+}
+
+fn run_bootstrap(path: &Path, opts: bootstrap::Options) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("warren: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        // SIGINT/SIGTERM end the run between two steps, never while a node's app
+        // is stopped.
+        let interrupt = CancellationToken::new();
+        let token = interrupt.clone();
+        tokio::spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+            token.cancel();
+        });
+        let file = path.display();
+        let what = match opts.mode {
+            bootstrap::Mode::Apply => "bootstrap",
+            bootstrap::Mode::DryRun => "bootstrap --dry-run",
+            bootstrap::Mode::Check => "bootstrap --check",
+        };
+        println!("warren {what}: {file}");
+        match bootstrap::run(&config, path, opts, &interrupt, &mut Printer).await {
+            Ok(o) => match opts.mode {
+                bootstrap::Mode::Apply if o.changes == 0 => {
+                    println!("no change: the cluster already matches {file}");
+                    ExitCode::SUCCESS
+                }
+                bootstrap::Mode::Apply => {
+                    println!("{} change(s) made: the cluster now matches {file}", o.changes);
+                    ExitCode::SUCCESS
+                }
+                bootstrap::Mode::DryRun if o.planned == 0 => {
+                    println!("dry run: nothing would change");
+                    ExitCode::SUCCESS
+                }
+                bootstrap::Mode::DryRun => {
+                    println!("dry run: {} change(s) planned, nothing was changed", o.planned);
+                    ExitCode::SUCCESS
+                }
+                bootstrap::Mode::Check if o.differences == 0 => {
+                    println!("check: the cluster matches {file}");
+                    ExitCode::SUCCESS
+                }
+                bootstrap::Mode::Check => {
+                    println!("check: {} difference(s) from {file}", o.differences);
+                    ExitCode::from(bootstrap::exit::DIFFERENCES)
+                }
+            },
+            Err(f) => {
+                let changed = match f.changes {
+                    0 => "nothing was changed".to_string(),
+                    n => format!("{n} change(s) were made before it"),
+                };
+                eprintln!("warren bootstrap: {} ({changed})", f.error);
+                ExitCode::from(f.error.exit_code())
+            }
+        }
+    })
 }

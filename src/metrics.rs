@@ -1,23 +1,79 @@
 //! Prometheus metrics: every name in one place, recorded through the `metrics`
 //! facade and rendered by `metrics-exporter-prometheus` on the admin listener.
+//!
+//! Two kinds of recording:
+//! - events (a connection opened, a connect failed, a probe finished, a reload)
+//!   are counted or observed where they happen;
+//! - gauges (state, active connections) and byte counts are taken from the live
+//!   state at every scrape ([`render`]). The data path only adds to two relaxed
+//!   atomics of its backend per read; a scrape moves the difference into the
+//!   counters. A removed backend's gauges disappear once its last connection is
+//!   gone (they are no longer refreshed and expire); counters keep their final
+//!   value, as counters do.
+//!
+//! Labels are bounded: backend names come from the config, every other label
+//! value is one of a fixed set. Client addresses are never labels.
 
+use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{Unit, Unit::Bytes, Unit::Count, Unit::Seconds};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
 
 use crate::balancer::{Backend, State};
 use crate::health::Outcome;
+use crate::App;
 
 pub const BUILD_INFO: &str = "warren_build_info";
 pub const BACKEND_UP: &str = "warren_backend_up";
 pub const BACKEND_STATE: &str = "warren_backend_state";
+pub const BACKEND_ALARM: &str = "warren_backend_alarm";
 pub const BACKEND_ACTIVE: &str = "warren_backend_active_connections";
 pub const BACKEND_CONNECTIONS: &str = "warren_backend_connections_total";
 pub const BACKEND_CONNECT_ERRORS: &str = "warren_backend_connect_errors_total";
+pub const BACKEND_SENT_BYTES: &str = "warren_backend_sent_bytes_total";
+pub const BACKEND_RECEIVED_BYTES: &str = "warren_backend_received_bytes_total";
+pub const BACKEND_DRAINS: &str = "warren_backend_drains_total";
+pub const BACKEND_GRACEFUL_CLOSES: &str = "warren_backend_graceful_closes_total";
+pub const BACKEND_FORCED_CLOSES: &str = "warren_backend_forced_closes_total";
+pub const REBALANCE_CLOSES: &str = "warren_rebalance_closes_total";
 pub const HEALTH_CHECK_DURATION: &str = "warren_health_check_duration_seconds";
 pub const HEALTH_CHECK_FAILURES: &str = "warren_health_check_failures_total";
+pub const LISTENER_ACCEPTED: &str = "warren_listener_accepted_connections_total";
+pub const LISTENER_REJECTED: &str = "warren_listener_rejected_connections_total";
+pub const LISTENER_ACTIVE: &str = "warren_listener_active_connections";
+pub const CONFIG_RELOADS: &str = "warren_config_reloads_total";
+pub const CONFIG_LAST_RELOAD_OK: &str = "warren_config_last_reload_successful";
+pub const CONFIG_LAST_RELOAD_TIME: &str = "warren_config_last_reload_success_timestamp_seconds";
+
+pub const HANDSHAKE_REJECTED: &str = "warren_listener_handshake_rejected_total";
+pub const TLS_HANDSHAKES: &str = "warren_tls_handshakes_total";
+pub const TLS_CERTIFICATE_EXPIRY: &str = "warren_tls_certificate_expiry_seconds";
+/// Label values of [`BACKEND_CONNECT_ERRORS`].
+pub const CONNECT_ERROR_KINDS: [&str; 6] = [
+    "refused",
+    "reset",
+    "timeout",
+    "other",
+    "tls",
+    "proxy_header",
+];
+/// Label values of [`HEALTH_CHECK_FAILURES`].
+pub const FAILURE_REASONS: [&str; 5] = ["timeout", "tcp", "unauthorized", "http_status", "other"];
+/// Label values of [`BACKEND_DRAINS`].
+pub const DRAIN_TRIGGERS: [&str; 3] = ["operator", "alarm", "reload"];
+/// The plain AMQP listener's label value.
+pub const LISTENER_PLAIN: &str = "amqp";
+/// The TLS listener's label value.
+pub const LISTENER_TLS: &str = "amqps";
+/// Label values of the listener series.
+pub const LISTENERS: [&str; 2] = [LISTENER_PLAIN, LISTENER_TLS];
+
+/// Gauges not refreshed for this long are dropped (a removed backend's).
+const GAUGE_IDLE: Duration = Duration::from_secs(10);
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -25,22 +81,238 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
+            let builder = PrometheusBuilder::new()
+                .idle_timeout(MetricKindMask::GAUGE, Some(GAUGE_IDLE))
                 .set_buckets_for_metric(
-                    metrics_exporter_prometheus::Matcher::Full(HEALTH_CHECK_DURATION.to_string()),
+                    Matcher::Full(HEALTH_CHECK_DURATION.to_string()),
                     &[
                         0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                     ],
-                )
-                .map(|b| b.build_recorder())
-                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+                );
+            let recorder = match builder {
+                Ok(b) => b.build_recorder(),
+                Err(_) => PrometheusBuilder::new().build_recorder(),
+            };
             let handle = recorder.handle();
             // Another recorder may already be installed (embedding); then ours stays local.
             let _ = metrics::set_global_recorder(recorder);
-            gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            describe();
+            for trigger in crate::reload::Trigger::ALL {
+                for result in ["success", "failure"] {
+                    counter!(CONFIG_RELOADS, "result" => result, "trigger" => trigger.as_str())
+                        .increment(0);
+                }
+            }
+            for listener in LISTENERS {
+                counter!(LISTENER_ACCEPTED, "listener" => listener).increment(0);
+                counter!(LISTENER_REJECTED, "listener" => listener).increment(0);
+            }
             handle
         })
         .clone()
+}
+
+fn describe() {
+    let g = |name: &'static str, unit: Unit, help: &'static str| describe_gauge!(name, unit, help);
+    let c =
+        |name: &'static str, unit: Unit, help: &'static str| describe_counter!(name, unit, help);
+    g(
+        BUILD_INFO,
+        Count,
+        "Always 1; the version label tells which warren runs.",
+    );
+    g(
+        BACKEND_UP,
+        Count,
+        "1 when the backend may take new connections (up, enabled, no alarm), else 0.",
+    );
+    g(
+        BACKEND_STATE,
+        Count,
+        "1 for the backend's current state (up, down, draining, disabled), 0 for the others.",
+    );
+    g(
+        BACKEND_ALARM,
+        Count,
+        "1 while the node reports a memory or disk alarm (local-alarms check).",
+    );
+    g(
+        BACKEND_ACTIVE,
+        Count,
+        "Client connections currently proxied to the backend.",
+    );
+    c(
+        BACKEND_CONNECTIONS,
+        Count,
+        "Client connections proxied to the backend since start.",
+    );
+    c(
+        BACKEND_CONNECT_ERRORS,
+        Count,
+        "Failed connects to the backend's AMQP port, by kind (refused, reset, timeout, other, tls, proxy_header).",
+    );
+    c(
+        BACKEND_SENT_BYTES,
+        Bytes,
+        "Bytes forwarded from clients to the backend.",
+    );
+    c(
+        BACKEND_RECEIVED_BYTES,
+        Bytes,
+        "Bytes forwarded from the backend to clients.",
+    );
+    c(
+        BACKEND_DRAINS,
+        Count,
+        "Drains started on the backend, by trigger (operator, alarm, reload).",
+    );
+    c(
+        BACKEND_GRACEFUL_CLOSES,
+        Count,
+        "Connections warren closed with AMQP connection.close (drain, node down, shutdown).",
+    );
+    c(
+        BACKEND_FORCED_CLOSES,
+        Count,
+        "Connections warren had to close without a completed AMQP close (grace or close timeout over).",
+    );
+    c(
+        REBALANCE_CLOSES,
+        Count,
+        "Connections on the backend closed (connection.close 320) to even out the spread after a node returned.",
+    );
+    describe_histogram!(
+        HEALTH_CHECK_DURATION,
+        Seconds,
+        "Time one health probe of the backend took (TCP connect plus management checks)."
+    );
+    c(
+        HEALTH_CHECK_FAILURES,
+        Count,
+        "Failed health probes, by reason (timeout, tcp, unauthorized, http_status, other).",
+    );
+    c(
+        LISTENER_ACCEPTED,
+        Count,
+        "Client connections accepted by the listener.",
+    );
+    c(
+        LISTENER_REJECTED,
+        Count,
+        "Client connections refused because max_connections were open.",
+    );
+    g(
+        LISTENER_ACTIVE,
+        Count,
+        "Client connections currently open on the listener.",
+    );
+    c(
+        CONFIG_RELOADS,
+        Count,
+        "Config reloads, by result (success, failure) and trigger (signal, api, watch).",
+    );
+    g(
+        CONFIG_LAST_RELOAD_OK,
+        Count,
+        "1 when the last reload succeeded (or none was tried), 0 when it failed.",
+    );
+    g(
+        CONFIG_LAST_RELOAD_TIME,
+        Seconds,
+        "Unix time of the last successful config load (start or reload).",
+    );
+    c(
+        TLS_HANDSHAKES,
+        Count,
+        "TLS handshakes, by side (client: on the TLS listener, backend: to a node) and result.",
+    );
+    g(
+        TLS_CERTIFICATE_EXPIRY,
+        Seconds,
+        "Seconds until the certificate's notAfter (negative once expired), by certificate.",
+    );
+}
+
+/// Refreshes the gauges and byte counters from the live state and renders the
+/// Prometheus text format.
+pub fn render(app: &App) -> String {
+    refresh(app);
+    app.metrics.render()
+}
+
+fn refresh(app: &App) {
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    let all = app.listener_stats.active.load(Ordering::Relaxed);
+    let tls = app.listener_stats.tls_active.load(Ordering::Relaxed);
+    gauge!(LISTENER_ACTIVE, "listener" => LISTENER_PLAIN).set(all.saturating_sub(tls) as f64);
+    gauge!(LISTENER_ACTIVE, "listener" => LISTENER_TLS).set(tls as f64);
+    // Seconds-until-expiry of the certificates, computed at scrape time.
+    app.tls.record_expiry();
+    let (ok, at) = app.reloader.last();
+    gauge!(CONFIG_LAST_RELOAD_OK).set(if ok { 1.0 } else { 0.0 });
+    gauge!(CONFIG_LAST_RELOAD_TIME).set(at);
+    // Removed backends still draining are shown too, unless a current backend
+    // has their name (a changed backend): then the current one's state wins and
+    // connections and bytes add up.
+    let current = app.balancer.backends();
+    for b in current.iter() {
+        backend_state(b);
+        ensure_counters(b.name());
+    }
+    let mut active: Vec<(String, usize)> = current
+        .iter()
+        .map(|b| (b.name().to_string(), b.active_connections()))
+        .collect();
+    for b in app.balancer.retired() {
+        match active.iter_mut().find(|(n, _)| n == b.name()) {
+            Some((_, n)) => *n += b.active_connections(),
+            None => {
+                backend_state(&b);
+                active.push((b.name().to_string(), b.active_connections()));
+            }
+        }
+        flush_traffic(&b);
+    }
+    for (name, n) in active {
+        gauge!(BACKEND_ACTIVE, "backend" => name).set(n as f64);
+    }
+    for b in current.iter() {
+        flush_traffic(b);
+    }
+    for b in app.balancer.prune_retired() {
+        flush_traffic(&b);
+    }
+}
+
+/// Series that exist from the start at 0, so `rate()` and alerts see the first event.
+fn ensure_counters(backend: &str) {
+    let name = || backend.to_string();
+    counter!(BACKEND_CONNECTIONS, "backend" => name()).increment(0);
+    counter!(BACKEND_SENT_BYTES, "backend" => name()).increment(0);
+    counter!(BACKEND_RECEIVED_BYTES, "backend" => name()).increment(0);
+    counter!(BACKEND_GRACEFUL_CLOSES, "backend" => name()).increment(0);
+    counter!(BACKEND_FORCED_CLOSES, "backend" => name()).increment(0);
+    counter!(REBALANCE_CLOSES, "backend" => name()).increment(0);
+    for kind in CONNECT_ERROR_KINDS {
+        counter!(BACKEND_CONNECT_ERRORS, "backend" => name(), "kind" => kind).increment(0);
+    }
+    for reason in FAILURE_REASONS {
+        counter!(HEALTH_CHECK_FAILURES, "backend" => name(), "reason" => reason).increment(0);
+    }
+    for trigger in DRAIN_TRIGGERS {
+        counter!(BACKEND_DRAINS, "backend" => name(), "trigger" => trigger).increment(0);
+    }
+}
+
+/// Moves the bytes counted by the data path since the last flush into the counters.
+fn flush_traffic(b: &Backend) {
+    let (sent, received) = b.take_unreported_bytes();
+    if sent > 0 {
+        counter!(BACKEND_SENT_BYTES, "backend" => b.name().to_string()).increment(sent);
+    }
+    if received > 0 {
+        counter!(BACKEND_RECEIVED_BYTES, "backend" => b.name().to_string()).increment(received);
+    }
 }
 
 /// One probe finished.
@@ -67,26 +339,108 @@ fn failure_kind(reason: &str) -> &'static str {
     }
 }
 
-/// The backend's state changed (or was first seen).
+/// The backend's state changed (or was first seen, or a scrape refreshes it).
 pub fn backend_state(b: &Backend) {
     let state = b.state();
     let name = b.name().to_string();
     gauge!(BACKEND_UP, "backend" => name.clone()).set(if b.usable() { 1.0 } else { 0.0 });
+    gauge!(BACKEND_ALARM, "backend" => name.clone()).set(if b.alarm() { 1.0 } else { 0.0 });
     for s in [State::Up, State::Down, State::Draining, State::Disabled] {
         gauge!(BACKEND_STATE, "backend" => name.clone(), "state" => s.as_str())
             .set(if s == state { 1.0 } else { 0.0 });
     }
 }
 
-/// A client connection to `backend` opened (+1) or closed (-1).
-pub fn backend_connection(backend: &str, delta: f64) {
-    gauge!(BACKEND_ACTIVE, "backend" => backend.to_string()).increment(delta);
-    if delta > 0.0 {
-        counter!(BACKEND_CONNECTIONS, "backend" => backend.to_string()).increment(1);
+/// A client connection to `backend` opened (the active gauge is taken at scrape).
+pub fn backend_connection(backend: &str) {
+    counter!(BACKEND_CONNECTIONS, "backend" => backend.to_string()).increment(1);
+}
+
+/// A connection warren told to close ended: gracefully or not.
+pub fn close_ended(backend: &str, graceful: bool) {
+    let name = if graceful {
+        BACKEND_GRACEFUL_CLOSES
+    } else {
+        BACKEND_FORCED_CLOSES
+    };
+    counter!(name, "backend" => backend.to_string()).increment(1);
+}
+
+/// Connecting to `backend` failed; `kind` is one of [`CONNECT_ERROR_KINDS`].
+pub fn connect_error(backend: &str, kind: &'static str) {
+    counter!(BACKEND_CONNECT_ERRORS, "backend" => backend.to_string(), "kind" => kind).increment(1);
+}
+
+/// A connection on `backend` was closed to rebalance.
+pub fn rebalance_close(backend: &str) {
+    counter!(REBALANCE_CLOSES, "backend" => backend.to_string()).increment(1);
+}
+
+/// A client was turned away before its connection reached a backend
+/// (`reason`: timeout, closed, not_amqp).
+pub fn handshake_rejected(reason: &'static str) {
+    counter!(HANDSHAKE_REJECTED, "reason" => reason).increment(1);
+}
+
+/// A drain of `backend` started; `trigger` is one of [`DRAIN_TRIGGERS`].
+pub fn drain_started(backend: &str, trigger: &'static str) {
+    counter!(BACKEND_DRAINS, "backend" => backend.to_string(), "trigger" => trigger).increment(1);
+}
+
+/// A client connection was accepted (`true`) or refused over the cap, on the
+/// listener labelled `listener` (one of [`LISTENERS`]).
+pub fn listener_accept(listener: &'static str, accepted: bool) {
+    let name = if accepted {
+        LISTENER_ACCEPTED
+    } else {
+        LISTENER_REJECTED
+    };
+    counter!(name, "listener" => listener).increment(1);
+}
+
+/// A reload finished.
+pub fn reload(trigger: &'static str, ok: bool) {
+    let result = if ok { "success" } else { "failure" };
+    counter!(CONFIG_RELOADS, "result" => result, "trigger" => trigger).increment(1);
+}
+
+/// A TLS handshake ended: `result` is `ok` or a bounded failure reason
+/// (see `tls::classify`).
+pub fn tls_handshake(side: crate::tls::Side, result: &'static str) {
+    counter!(TLS_HANDSHAKES, "side" => side.as_str(), "result" => result).increment(1);
+}
+
+/// Seconds until a certificate's notAfter (negative once expired).
+pub fn tls_certificate_expiry(label: &crate::tls::ExpiryLabel, seconds: f64) {
+    match label {
+        crate::tls::ExpiryLabel::Listener => {
+            gauge!(TLS_CERTIFICATE_EXPIRY, "certificate" => "listener").set(seconds)
+        }
+        crate::tls::ExpiryLabel::Backend(name) => gauge!(
+            TLS_CERTIFICATE_EXPIRY,
+            "certificate" => "backend_client",
+            "backend" => name.clone()
+        )
+        .set(seconds),
     }
 }
 
-/// Connecting to `backend` failed.
-pub fn connect_error(backend: &str, kind: &'static str) {
-    counter!(BACKEND_CONNECT_ERRORS, "backend" => backend.to_string(), "kind" => kind).increment(1);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_reasons_map_to_bounded_labels() {
+        for (reason, kind) in [
+            ("check timed out after 1s", "timeout"),
+            ("amqp port 127.0.0.1:1: refused", "tcp"),
+            ("connect: refused", "tcp"),
+            ("local-alarms: HTTP 401: Unauthorized", "unauthorized"),
+            ("virtual-hosts: HTTP 503: failed", "http_status"),
+            ("something else", "other"),
+        ] {
+            assert_eq!(failure_kind(reason), kind, "{reason}");
+            assert!(FAILURE_REASONS.contains(&kind));
+        }
+    }
 }

@@ -4,28 +4,30 @@
 //!
 //! The data path reads into a per-thread scratch buffer and writes straight on, so
 //! an idle connection holds no buffer at all; only bytes a slow peer has not taken
-//! yet are copied into a buffer owned by the connection. Long payloads (large
-//! body frames, or a stream that is not AMQP) are spliced instead (`bulk`).
+//! yet are copied into a buffer owned by the connection. Long payloads of plain
+//! TCP connections (large body frames, or a stream that is not AMQP) are spliced
+//! instead (`bulk`).
 
 use std::cell::RefCell;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::time::Sleep;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::amqp::{self, FrameTracker};
+use crate::amqp::{self, FrameTracker, Seen};
 use crate::balancer::Backend;
 use crate::bulk::{Bulk, Moved};
-use crate::drain::{Command, CommandReceiver};
+use crate::drain::Command;
+use crate::stream::Stream;
+use crate::upstream::ClientAddrs;
 use crate::App;
 
 /// Bytes moved per read; large enough for bulk transfers.
@@ -41,30 +43,124 @@ pub async fn serve(app: Arc<App>, client: TcpStream, peer: SocketAddr, id: u64) 
     async move {
         let _ = client.set_nodelay(true);
         set_keepalive(&client);
-        let Some((backend, server)) = connect(&app).await else {
-            tracing::warn!("no backend reachable, closing client");
+        let handshake = app.config.load().timeouts.handshake.get();
+        if let Err(why) = await_protocol_header(&client, handshake).await {
+            tracing::debug!(reason = why, "client rejected before connecting upstream");
+            crate::metrics::handshake_rejected(why);
             return;
-        };
-        tracing::Span::current().record("backend", backend.name());
-        tracing::debug!("connected");
-        let _active = backend.connection_guard();
-        crate::metrics::backend_connection(backend.name(), 1.0);
-        let cmd = backend.conns.register(id);
-        let close_timeout = app.config.load().drain.close_timeout.get();
-        let result = pump(&client, &server, cmd, close_timeout).await;
-        backend.conns.unregister(id);
-        crate::metrics::backend_connection(backend.name(), -1.0);
-        match result {
-            Ok(end) => tracing::debug!(?end, "closed"),
-            Err(e) => tracing::debug!(error = %e, "closed with error"),
         }
+        carry(&app, Stream::Plain(client), Vec::new(), peer, id).await
     }
     .instrument(span)
     .await
 }
 
-/// Connects to the first reachable candidate backend (bounded by `retries`).
-async fn connect(app: &App) -> Option<(Arc<Backend>, TcpStream)> {
+/// Serves one connection accepted on the TLS listener: the TLS handshake and the
+/// AMQP protocol header, both within `timeouts.handshake`, then the same as [`serve`].
+pub async fn serve_tls(app: Arc<App>, client: TcpStream, peer: SocketAddr, id: u64) {
+    let span = tracing::info_span!("conn", id, %peer, tls = true, backend = tracing::field::Empty);
+    async move {
+        let _ = client.set_nodelay(true);
+        set_keepalive(&client);
+        let handshake = app.config.load().timeouts.handshake.get();
+        let deadline = Instant::now() + handshake;
+        let Some(mut client) = app.tls.accept(client, peer, handshake).await else {
+            return;
+        };
+        // A TLS stream cannot be peeked: the first bytes are read here and sent
+        // upstream ahead of the rest.
+        let mut head = [0u8; 8];
+        let n = match tokio::time::timeout_at(deadline, client.read(&mut head)).await {
+            Err(_) => Err("timeout"),
+            Ok(Err(_)) | Ok(Ok(0)) => Err("closed"),
+            Ok(Ok(n)) if head[..n.min(4)] == amqp::PROTOCOL_HEADER[..n.min(4)] => Ok(n),
+            Ok(Ok(_)) => Err("not_amqp"),
+        };
+        let n = match n {
+            Ok(n) => n,
+            Err(why) => {
+                tracing::debug!(reason = why, "client rejected before connecting upstream");
+                crate::metrics::handshake_rejected(why);
+                return;
+            }
+        };
+        carry(&app, Stream::from(client), head[..n].to_vec(), peer, id).await
+    }
+    .instrument(span)
+    .await
+}
+
+/// AMQP clients speak first: waits (bounded) for the client's first bytes and
+/// checks they can start the protocol header, so silent or non-AMQP clients are
+/// turned away without costing a backend connection.
+async fn await_protocol_header(client: &TcpStream, within: Duration) -> Result<(), &'static str> {
+    let mut head = [0u8; 8];
+    let n = match tokio::time::timeout(within, client.peek(&mut head)).await {
+        Err(_) => return Err("timeout"),
+        Ok(Err(_)) | Ok(Ok(0)) => return Err("closed"),
+        Ok(Ok(n)) => n,
+    };
+    let k = n.min(4);
+    if head[..k] == amqp::PROTOCOL_HEADER[..k] {
+        Ok(())
+    } else {
+        Err("not_amqp")
+    }
+}
+
+/// Connects a backend and carries the connection to its end: plain TCP on both
+/// sides takes [`pump`]; TLS on either side takes [`crate::stream::pump`].
+/// `head`: client bytes already read (TLS clients), to be sent upstream first.
+async fn carry(app: &Arc<App>, client: Stream, head: Vec<u8>, peer: SocketAddr, id: u64) {
+    let Some((backend, server)) = connect(app, client.tcp(), peer).await else {
+        tracing::warn!("no backend reachable, closing client");
+        return;
+    };
+    tracing::Span::current().record("backend", backend.name());
+    tracing::debug!("connected");
+    let _active = backend.connection_guard();
+    crate::metrics::backend_connection(backend.name());
+    let cmd = backend.conns.register(id);
+    let told = cmd.clone();
+    let limits = {
+        let c = app.config.load();
+        Limits {
+            close: c.drain.close_timeout.get(),
+            idle: c.timeouts.idle.map(|d| d.get()),
+        }
+    };
+    let meters = Meters {
+        up: &backend.bytes_in,
+        down: &backend.bytes_out,
+    };
+    let result = match (client, server) {
+        (Stream::Plain(client), Stream::Plain(server)) => {
+            pump(&client, &server, cmd, limits, meters).await
+        }
+        (client, server) => crate::stream::pump(client, server, &head, cmd, limits, meters).await,
+    };
+    backend.conns.unregister(id);
+    // Only closes warren asked for count as graceful or forced (not idle timeouts).
+    if *told.borrow() != Command::Run {
+        match &result {
+            Ok(End::Graceful) => crate::metrics::close_ended(backend.name(), true),
+            Ok(End::Hard) => crate::metrics::close_ended(backend.name(), false),
+            _ => {}
+        }
+    }
+    match result {
+        Ok(end) => tracing::debug!(?end, "closed"),
+        Err(e) => tracing::debug!(error = %e, "closed with error"),
+    }
+}
+
+/// Connects to the first reachable candidate backend (bounded by `retries`),
+/// sending the PROXY header and running TLS where the backend asks for them.
+async fn connect(
+    app: &Arc<App>,
+    client: &TcpStream,
+    peer: SocketAddr,
+) -> Option<(Arc<Backend>, Stream)> {
     let config = app.config.load();
     let timeout = config.timeouts.connect.get();
     for backend in app.balancer.candidates(config.retries + 1) {
@@ -73,10 +169,35 @@ async fn connect(app: &App) -> Option<(Arc<Backend>, TcpStream)> {
             Ok(Ok(server)) => {
                 let _ = server.set_nodelay(true);
                 set_keepalive(&server);
-                return Some((backend, server));
+                if !crate::upstream::needs_preparing(&backend) {
+                    return Some((backend, Stream::Plain(server)));
+                }
+                // The address the client connected to, for the PROXY header; asked
+                // for only here, to spare the plain path a syscall.
+                let local = match client.local_addr() {
+                    Ok(local) => local,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "client socket gone");
+                        return None;
+                    }
+                };
+                let addrs = ClientAddrs { peer, local };
+                match crate::upstream::prepare(app, &backend, server, addrs, timeout).await {
+                    Ok(server) => return Some((backend, server)),
+                    Err(e) => {
+                        crate::metrics::connect_error(backend.name(), e.kind());
+                        e.to_string()
+                    }
+                }
             }
             Ok(Err(e)) => {
                 crate::metrics::connect_error(backend.name(), error_kind(&e));
+                if !blames_backend(&e) {
+                    // Out of file descriptors or ports here: not the node's fault,
+                    // and no other node would do better.
+                    tracing::warn!(backend = backend.name(), error = %e, "cannot connect: local resource exhausted");
+                    return None;
+                }
                 e.to_string()
             }
             Err(_) => {
@@ -88,6 +209,20 @@ async fn connect(app: &App) -> Option<(Arc<Backend>, TcpStream)> {
         crate::health::passive_failure(app, &backend, &err);
     }
     None
+}
+
+/// Connect errors that say something about the backend (as opposed to this host).
+fn blames_backend(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::TimedOut
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+            | io::ErrorKind::NotFound
+    ) || e.raw_os_error().is_none()
 }
 
 fn error_kind(e: &io::Error) -> &'static str {
@@ -132,50 +267,46 @@ enum Dir {
 pub async fn pump(
     client: &TcpStream,
     server: &TcpStream,
-    cmd: CommandReceiver,
-    close_timeout: Duration,
+    cmd: watch::Receiver<Command>,
+    limits: Limits,
+    meters: Meters<'_>,
 ) -> io::Result<End> {
-    let shared = Shared::default();
+    let shared = Shared::new();
     // A hard end of either direction ends both: it travels as an error through try_join.
     let stop_on_hard = |r: io::Result<End>| match r {
         Ok(End::Hard) => Err(None),
         Ok(end) => Ok(end),
         Err(e) => Err(Some(e)),
     };
-    // The branches are built inside the joined future so that no second copy of
-    // them lives in this function's state.
-    let joined = async {
-        tokio::try_join!(
-            async {
-                stop_on_hard(
-                    forward(client, server, Dir::Up, cmd.clone(), close_timeout, &shared).await,
-                )
-            },
-            async {
-                stop_on_hard(
-                    forward(
-                        server,
-                        client,
-                        Dir::Down,
-                        cmd.clone(),
-                        close_timeout,
-                        &shared,
-                    )
-                    .await,
-                )
-            },
+    let up = async {
+        stop_on_hard(
+            forward(
+                client,
+                server,
+                Dir::Up,
+                cmd.clone(),
+                limits,
+                &shared,
+                meters.up,
+            )
+            .await,
         )
     };
-    tokio::pin!(joined);
-    // The task registers for commands each time it is polled, before the
-    // directions run; each direction then sees a command through `has_changed`
-    // (see `wait`), so neither keeps a future of its own for it while idle.
-    let joined = std::future::poll_fn(|cx| {
-        cmd.register(cx.waker());
-        joined.as_mut().poll(cx)
-    })
-    .await;
-    match joined {
+    let down = async {
+        stop_on_hard(
+            forward(
+                server,
+                client,
+                Dir::Down,
+                cmd.clone(),
+                limits,
+                &shared,
+                meters.down,
+            )
+            .await,
+        )
+    };
+    match tokio::try_join!(up, down) {
         Ok((End::Graceful, _)) | Ok((_, End::Graceful)) => Ok(End::Graceful),
         Ok(_) => Ok(End::Closed),
         Err(None) => Ok(End::Hard),
@@ -183,22 +314,74 @@ pub async fn pump(
     }
 }
 
-/// What the two directions of one connection tell each other while closing.
-/// Both run in one task, which is polled again after every flag set here (see
-/// [`tell`]).
-#[derive(Default)]
+/// Time limits of one connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// How long a graceful close may take before it turns hard.
+    pub close: Duration,
+    /// Close when neither direction carried a byte for this long.
+    pub idle: Option<Duration>,
+}
+
+/// Where a connection counts the bytes it forwards: one relaxed add per read, on
+/// counters of its backend that the metrics read at scrape time.
+#[derive(Clone, Copy, Debug)]
+pub struct Meters<'a> {
+    /// Client to broker.
+    pub up: &'a AtomicU64,
+    /// Broker to client.
+    pub down: &'a AtomicU64,
+}
+
+/// What the two directions of one connection tell each other.
 struct Shared {
+    epoch: Instant,
+    /// Milliseconds since `epoch` at the last byte read in either direction
+    /// (kept only when an idle timeout is set).
+    last_active: AtomicU64,
     /// The client has been sent `connection.close`.
     client_told: AtomicBool,
     /// The broker-to-client direction has ended.
     down_done: AtomicBool,
+    /// Client or broker already sent `connection.close` on its own: the connection
+    /// is closing the normal way, so warren only forwards (within its deadline).
+    peer_closing: AtomicBool,
+    /// The broker sent `connection.close` (RabbitMQ closes its socket right after
+    /// it on shutdown, without waiting for close-ok).
+    broker_closed: AtomicBool,
+    /// The client answered a close with `close-ok`.
+    client_acked: AtomicBool,
+    notify: Notify,
 }
 
-/// Sets `flag` and yields, so that the task polls the other direction again
-/// (try_join polls every unfinished branch on each wake-up).
-async fn tell(flag: &AtomicBool) {
-    flag.store(true, Ordering::Release);
-    tokio::task::yield_now().await;
+impl Shared {
+    fn new() -> Self {
+        Shared {
+            epoch: Instant::now(),
+            last_active: AtomicU64::new(0),
+            client_told: AtomicBool::new(false),
+            down_done: AtomicBool::new(false),
+            peer_closing: AtomicBool::new(false),
+            broker_closed: AtomicBool::new(false),
+            client_acked: AtomicBool::new(false),
+            notify: Notify::new(),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_active.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the connection becomes idle, given the last activity seen.
+    fn idle_deadline(&self, idle: Duration) -> Instant {
+        self.epoch + Duration::from_millis(self.last_active.load(Ordering::Relaxed)) + idle
+    }
+
+    fn set(&self, flag: &AtomicBool) {
+        flag.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
 }
 
 /// What one read did.
@@ -211,23 +394,24 @@ enum Step {
     Finished,
 }
 
-/// One direction. In normal operation it copies (or splices, see [`Bulk`]) and
-/// tracks frames. On [`Command::Close`] it stops forwarding at the next frame
-/// boundary and sends its own `connection.close` (320 towards the client first;
-/// then 200 towards the broker, so the broker's close-ok can never reach a
-/// client that was not told), then discards what follows until the peer's
-/// `close-ok`, all within `close_timeout`.
+/// One direction. In normal operation it copies and tracks frames. On
+/// [`Command::Close`] it stops forwarding at the next frame boundary and sends its
+/// own `connection.close` (320 towards the client first; then 200 towards the
+/// broker, so the broker's close-ok can never reach a client that was not told),
+/// then discards what follows until the peer's `close-ok`, all within
+/// `close_timeout`.
 async fn forward(
     src: &TcpStream,
     dst: &TcpStream,
     dir: Dir,
-    mut cmd: CommandReceiver,
-    close_timeout: Duration,
+    mut cmd: watch::Receiver<Command>,
+    limits: Limits,
     shared: &Shared,
+    moved: &AtomicU64,
 ) -> io::Result<End> {
-    let end = forward_inner(src, dst, dir, &mut cmd, close_timeout, shared).await;
+    let end = forward_inner(src, dst, dir, &mut cmd, limits, shared, moved).await;
     if dir == Dir::Down {
-        tell(&shared.down_done).await;
+        shared.set(&shared.down_done);
     }
     end
 }
@@ -236,30 +420,32 @@ async fn forward_inner(
     src: &TcpStream,
     dst: &TcpStream,
     dir: Dir,
-    cmd: &mut CommandReceiver,
-    close_timeout: Duration,
+    cmd: &mut watch::Receiver<Command>,
+    limits: Limits,
     shared: &Shared,
+    moved: &AtomicU64,
 ) -> io::Result<End> {
     let mut tracker = match dir {
         Dir::Up => FrameTracker::client_to_server(),
         Dir::Down => FrameTracker::server_to_client(),
     };
     let mut bulk = Bulk::default();
-    // Boxed, and only while closing: a timer inline would make every idle
-    // connection's task bigger.
-    let mut deadline: Option<Pin<Box<Sleep>>> = None;
+    let mut cmd_open = true;
+    let mut deadline: Option<Instant> = None;
     let mut reason: Option<Arc<str>> = None;
     // `cut`: forwarding stopped at a frame boundary; `sent_close`: our close went out.
     let mut cut = false;
     let mut sent_close = false;
     loop {
-        match cmd.borrow_and_update() {
-            Command::Run => {}
-            Command::Hard => return Ok(End::Hard),
-            Command::Close(text) => {
-                if deadline.is_none() {
-                    deadline = Some(Box::pin(tokio::time::sleep(close_timeout)));
-                    reason = Some(text);
+        if cmd_open {
+            match &*cmd.borrow_and_update() {
+                Command::Run => {}
+                Command::Hard => return Ok(End::Hard),
+                Command::Close(text) => {
+                    if deadline.is_none() {
+                        deadline = Some(Instant::now() + limits.close);
+                        reason = Some(text.clone());
+                    }
                 }
             }
         }
@@ -269,27 +455,56 @@ async fn forward_inner(
             if reason.is_some() && tracker.is_lost() {
                 return Ok(End::Hard);
             }
-            match bulk.step(src, dst, &mut tracker)? {
-                Moved::Some => tokio::task::consume_budget().await,
-                Moved::Eof => return Ok(on_eof(dst, sent_close, reason.is_some())),
-                Moved::Wait { read, write } => {
-                    let woke = wait(
-                        read.then_some(src),
-                        write.then_some(dst),
-                        cmd,
-                        None,
-                        &mut deadline,
-                    )
-                    .await?;
-                    if woke == Woke::Deadline {
-                        return Ok(End::Hard);
+            let (read, write) = match bulk.step(src, dst, &mut tracker, moved) {
+                Ok(Moved::Some) => {
+                    if limits.idle.is_some() {
+                        shared.touch();
+                    }
+                    tokio::task::consume_budget().await;
+                    continue;
+                }
+                Ok(Moved::Eof) => {
+                    let closing = reason.is_some() && !shared.peer_closing.load(Ordering::Acquire);
+                    return Ok(on_eof(dst, dir, sent_close, closing, limits, shared).await);
+                }
+                Ok(Moved::Wait { read, write }) => (read, write),
+                // The same ends of a normal close as on the copying path below.
+                Err(_) if dir == Dir::Down && shared.broker_closed.load(Ordering::Acquire) => {
+                    return Ok(on_eof(dst, dir, sent_close, false, limits, shared).await);
+                }
+                Err(_) if dir == Dir::Up && shared.broker_closed.load(Ordering::Acquire) => {
+                    // What was read is dropped, as the copying path drops it.
+                    bulk = Bulk::default();
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
+            tokio::select! {
+                r = src.readable(), if read => r?,
+                r = dst.writable(), if write => r?,
+                changed = cmd.changed(), if cmd_open => {
+                    if changed.is_err() {
+                        cmd_open = false;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.unwrap_or(far_future)), if deadline.is_some() => {
+                    return Ok(End::Hard);
+                }
+                _ = tokio::time::sleep_until(limits.idle.map_or(far_future, |i| shared.idle_deadline(i))), if limits.idle.is_some() => {
+                    if let Some(idle) = limits.idle {
+                        if Instant::now() >= shared.idle_deadline(idle) {
+                            tracing::debug!(?idle, "idle timeout");
+                            return Ok(End::Hard);
+                        }
                     }
                 }
             }
             continue;
         }
         let mut wait_for_client_told = false;
-        if let (Some(text), false) = (&reason, sent_close) {
+        let peer_closing = shared.peer_closing.load(Ordering::Acquire);
+        if let (Some(text), false, false) = (&reason, sent_close, peer_closing) {
             if tracker.is_lost() {
                 // Not AMQP: nothing graceful is possible.
                 return Ok(End::Hard);
@@ -306,18 +521,40 @@ async fn forward_inner(
                 write_all(dst, &close_frame(dir, text)).await?;
                 sent_close = true;
                 if dir == Dir::Down {
-                    tell(&shared.client_told).await;
+                    shared.set(&shared.client_told);
                 }
             }
             wait_for_client_told = !turn;
         }
-        let told = wait_for_client_told.then_some(shared);
-        match wait(Some(src), None, cmd, told, &mut deadline).await? {
-            Woke::Ready => {}
-            Woke::Command | Woke::Told => continue,
-            Woke::Deadline => return Ok(End::Hard),
+        let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
+        tokio::select! {
+            r = src.readable() => r?,
+            changed = cmd.changed(), if cmd_open => {
+                if changed.is_err() {
+                    cmd_open = false;
+                }
+                continue;
+            }
+            _ = shared.notify.notified(), if wait_for_client_told => continue,
+            _ = tokio::time::sleep_until(deadline.unwrap_or(far_future)), if deadline.is_some() => {
+                return Ok(End::Hard);
+            }
+            _ = tokio::time::sleep_until(limits.idle.map_or(far_future, |i| shared.idle_deadline(i))), if limits.idle.is_some() => {
+                // The other direction may have been busy meanwhile: look again.
+                if let Some(idle) = limits.idle {
+                    if Instant::now() >= shared.idle_deadline(idle) {
+                        tracing::debug!(?idle, "idle timeout");
+                        return Ok(End::Hard);
+                    }
+                }
+                continue;
+            }
         }
-        let closing = reason.is_some();
+        if limits.idle.is_some() {
+            shared.touch();
+        }
+        // A close already under way between client and broker is left to finish.
+        let closing = reason.is_some() && !shared.peer_closing.load(Ordering::Acquire);
         let step = SCRATCH.with(|scratch| -> io::Result<Step> {
             let mut scratch = scratch.borrow_mut();
             let buf = &mut scratch[..bulk.read_size(SCRATCH_SIZE)];
@@ -325,6 +562,11 @@ async fn forward_inner(
                 Ok(0) => return Ok(Step::Eof),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Again),
+                // RabbitMQ resets the socket right after its own connection.close when
+                // the client's close-ok arrives late: that is the end of a normal close.
+                Err(_) if dir == Dir::Down && shared.broker_closed.load(Ordering::Acquire) => {
+                    return Ok(Step::Eof)
+                }
                 Err(e) => return Err(e),
             };
             let data = &buf[..n];
@@ -341,7 +583,18 @@ async fn forward_inner(
             }
             // While closing, forward only up to the next frame boundary.
             let k = if !closing {
-                tracker.feed(data, false)
+                let k = tracker.feed(data, false);
+                match (tracker.take_seen(), dir) {
+                    (Some(Seen::ConnectionClose), _) => {
+                        if dir == Dir::Down {
+                            shared.broker_closed.store(true, Ordering::Release);
+                        }
+                        shared.peer_closing.store(true, Ordering::Release);
+                    }
+                    (Some(Seen::ConnectionCloseOk), Dir::Up) => shared.set(&shared.client_acked),
+                    _ => {}
+                }
+                k
             } else if tracker.at_boundary() {
                 0
             } else {
@@ -352,8 +605,11 @@ async fn forward_inner(
                 tracker.feed(&data[k..], false);
                 let _ = tracker.take_seen();
             }
+            if k > 0 {
+                moved.fetch_add(k as u64, Ordering::Relaxed);
+            }
             let mut out = &data[..k];
-            if !closing {
+            if !closing && !shared.peer_closing.load(Ordering::Acquire) {
                 // A long payload follows: what was read goes into a pipe, ahead of
                 // the payload that will be spliced after it.
                 if let Some(rest) = bulk.start(&tracker, out)? {
@@ -369,6 +625,11 @@ async fn forward_inner(
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         return Ok(Step::Pending(out.to_vec()));
                     }
+                    // The broker closed after its connection.close: what the client
+                    // still sends (its close-ok) has nowhere to go and need not.
+                    Err(_) if dir == Dir::Up && shared.broker_closed.load(Ordering::Acquire) => {
+                        return Ok(Step::Again);
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -382,75 +643,40 @@ async fn forward_inner(
                 write_all(dst, &bytes).await?;
             }
             Step::Finished => return Ok(End::Graceful),
-            Step::Eof => return Ok(on_eof(dst, sent_close, closing)),
+            Step::Eof => return Ok(on_eof(dst, dir, sent_close, closing, limits, shared).await),
         }
     }
 }
 
-/// What ended a [`wait`].
-#[derive(Debug, PartialEq, Eq)]
-enum Woke {
-    /// The source is readable or the destination writable.
-    Ready,
-    /// A command arrived.
-    Command,
-    /// The other direction has told the client.
-    Told,
-    /// The close timeout is over.
-    Deadline,
-}
-
-/// Waits for readiness (`read` on the source, `write` on the destination), a
-/// command, the other direction's notice (`told`), or the close deadline.
-/// Everything is polled in place, with no future kept for any of it: an idle
-/// connection's task stays small. Each socket's read and write interest belongs
-/// to exactly one direction of the one task, so the single waker slot that
-/// `poll_*_ready` keeps is enough; commands wake the task through `pump`'s
-/// watcher.
-fn wait<'a>(
-    read: Option<&'a TcpStream>,
-    write: Option<&'a TcpStream>,
-    cmd: &'a CommandReceiver,
-    told: Option<&'a Shared>,
-    deadline: &'a mut Option<Pin<Box<Sleep>>>,
-) -> impl Future<Output = io::Result<Woke>> + 'a {
-    std::future::poll_fn(move |cx| {
-        if cmd.has_changed() {
-            return Poll::Ready(Ok(Woke::Command));
-        }
-        if let Some(shared) = told {
-            if shared.client_told.load(Ordering::Acquire)
-                || shared.down_done.load(Ordering::Acquire)
-            {
-                return Poll::Ready(Ok(Woke::Told));
-            }
-        }
-        if let Some(sleep) = deadline.as_mut() {
-            if sleep.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Ok(Woke::Deadline));
-            }
-        }
-        if let Some(s) = read {
-            if let Poll::Ready(r) = s.poll_read_ready(cx) {
-                return Poll::Ready(r.map(|()| Woke::Ready));
-            }
-        }
-        if let Some(s) = write {
-            if let Poll::Ready(r) = s.poll_write_ready(cx) {
-                return Poll::Ready(r.map(|()| Woke::Ready));
-            }
-        }
-        Poll::Pending
-    })
-}
-
 /// The source ended: how the direction ends.
-fn on_eof(dst: &TcpStream, sent_close: bool, closing: bool) -> End {
+async fn on_eof(
+    dst: &TcpStream,
+    dir: Dir,
+    sent_close: bool,
+    closing: bool,
+    limits: Limits,
+    shared: &Shared,
+) -> End {
     if sent_close {
         return End::Graceful;
     }
     if closing {
         return End::Hard;
+    }
+    if dir == Dir::Down && shared.broker_closed.load(Ordering::Acquire) {
+        // The broker closed right after its connection.close: give the
+        // client time to read it and answer before it sees EOF, so it
+        // reports a broker close rather than a broken connection.
+        let wait = async {
+            while !shared.client_acked.load(Ordering::Acquire) {
+                let notified = shared.notify.notified();
+                if shared.client_acked.load(Ordering::Acquire) {
+                    break;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(limits.close, wait).await;
     }
     // Half-close: the peer is done sending; tell the other side, keep reading it.
     let _ = SockRef::from(dst).shutdown(std::net::Shutdown::Write);
@@ -466,7 +692,7 @@ fn close_frame(dir: Dir, reason: &str) -> Vec<u8> {
 
 async fn write_all(dst: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
-        std::future::poll_fn(|cx| dst.poll_write_ready(cx)).await?;
+        dst.writable().await?;
         match dst.try_write(buf) {
             Ok(n) => buf = &buf[n..],
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

@@ -33,8 +33,9 @@ async fn wait_for_signal() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Includes backends removed by a reload whose connections are still closing.
 fn open_connections(app: &App) -> usize {
-    app.balancer.backends().iter().map(|b| b.conns.len()).sum()
+    app.balancer.all().iter().map(|b| b.conns.len()).sum()
 }
 
 /// Tells every connection to close (connection.close 320), waits for them up to
@@ -47,7 +48,7 @@ pub async fn close_connections(app: &App) {
     }
     tracing::info!(connections = open, ?grace, "closing client connections");
     let reason: Arc<str> = "warren: shutting down, reconnect".into();
-    for b in app.balancer.backends().iter() {
+    for b in app.balancer.all() {
         b.conns.broadcast(Command::Close(reason.clone()));
     }
     let deadline = tokio::time::Instant::now() + grace;
@@ -57,7 +58,7 @@ pub async fn close_connections(app: &App) {
     let left = open_connections(app);
     if left > 0 {
         tracing::warn!(connections = left, "shutdown grace over, closing hard");
-        for b in app.balancer.backends().iter() {
+        for b in app.balancer.all() {
             b.conns.broadcast(Command::Hard);
         }
         // Give the tasks a moment to drop their sockets.

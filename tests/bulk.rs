@@ -145,7 +145,6 @@ async fn drain_during_spliced_body_frames_closes_at_a_boundary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_of_large_messages_gets_320_on_drain() {
-    let _g = disruptive().lock().await;
     let nodes = cluster().await;
     let queue = unique("q-bulk-drain");
     // Fill the queue directly on the first node.

@@ -14,8 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_connections_land_ten_per_node() {
-    let _g = disruptive().lock().await;
-    let nodes = cluster().await;
+    let nodes = cluster_exclusive().await;
     let w = Warren::start(&config_yaml(&nodes, "")).await;
     let prefix = unique("spread");
     let mut conns = Vec::new();
@@ -166,8 +165,7 @@ async fn sixteen_mib_message_round_trips_intact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_app_on_one_node_new_connections_all_succeed() {
-    let _g = disruptive().lock().await;
-    let nodes = cluster().await;
+    let nodes = cluster_exclusive().await;
     // Health checks slower than the test, so it is the proxy's retry that is tested.
     let w = Warren::start(&config_yaml(
         &nodes,
@@ -188,14 +186,13 @@ async fn stop_app_on_one_node_new_connections_all_succeed() {
         let _ = c.close(200, "bye".into()).await;
     }
     drop(stopped);
-    cluster().await;
+    wait_nodes_up().await;
     w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_connections_picks_the_least_loaded_node() {
-    let _g = disruptive().lock().await;
-    let nodes = cluster().await;
+    let nodes = cluster_exclusive().await;
     let w = Warren::start(&config_yaml(
         &nodes,
         "balance: least-connections\nhealth:\n  slowstart: 0s\n  password: guest\n",
@@ -231,24 +228,16 @@ async fn least_connections_picks_the_least_loaded_node() {
 /// only after the client has finished sending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_is_propagated() {
-    let backend = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let baddr = backend.local_addr().expect("addr");
-    tokio::spawn(async move {
-        // Every connection (the health checker's TCP probe too) gets the same service.
-        while let Ok((mut s, _)) = backend.accept().await {
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                if s.read_to_end(&mut got).await.is_ok() {
-                    let _ = s
-                        .write_all(format!("got {} bytes", got.len()).as_bytes())
-                        .await;
-                }
-                // Dropping closes our side.
-            });
+    let baddr = tcp_server(|mut s| async move {
+        let mut got = Vec::new();
+        if s.read_to_end(&mut got).await.is_ok() {
+            let _ = s
+                .write_all(format!("got {} bytes", got.len()).as_bytes())
+                .await;
         }
-    });
+        // Dropping closes our side.
+    })
+    .await;
     let yaml = format!(
         "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nhealth:\n  interval: 1h\nbackends:\n  - name: echo\n    address: {baddr}\n"
     );
@@ -256,7 +245,10 @@ async fn half_close_is_propagated() {
     let mut c = tokio::net::TcpStream::connect(w.amqp)
         .await
         .expect("connect");
-    c.write_all(&[7u8; 100_000]).await.expect("write");
+    c.write_all(warren::amqp::PROTOCOL_HEADER)
+        .await
+        .expect("header");
+    c.write_all(&[7u8; 99_992]).await.expect("write");
     c.shutdown().await.expect("half-close");
     let mut reply = String::new();
     tokio::time::timeout(Duration::from_secs(10), c.read_to_string(&mut reply))
@@ -287,12 +279,62 @@ async fn admin_api_reports_backends_and_readiness() {
             "{b}"
         );
     }
-    for n in &nodes {
+    for n in nodes.iter() {
         w.admin_post(&format!("/api/backends/{}/disable", n.backend))
             .await;
     }
     assert_eq!(w.admin_get("/readyz").await.0, 503);
     assert_eq!(w.admin_get("/nope").await.0, 404);
     assert_eq!(w.admin_post("/healthz").await.0, 405);
+    w.stop().await;
+}
+
+/// With an idle timeout longer than the AMQP heartbeat, heartbeats keep a quiet
+/// connection alive; a TCP connection that carries nothing is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_spares_heartbeating_amqp_connections() {
+    let nodes = cluster().await;
+    let w = Warren::start(&config_yaml(&nodes, "timeouts:\n  idle: 3s\n")).await;
+    let conn = amqp_connect(&format!("{}?heartbeat=1", w.url())).await;
+    let ch = conn.create_channel().await.expect("channel");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Still usable after more than the idle timeout without application traffic.
+    ch.queue_declare(
+        unique("q-idle").as_str().into(),
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("connection survived thanks to heartbeats");
+    assert!(conn.status().connected());
+
+    // A raw connection that sends nothing after the protocol header is cut.
+    let mut raw = tokio::net::TcpStream::connect(w.amqp)
+        .await
+        .expect("connect");
+    raw.write_all(warren::amqp::PROTOCOL_HEADER)
+        .await
+        .expect("header");
+    let started = tokio::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match raw.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "idle connection not closed within 10 s");
+    assert!(
+        started.elapsed() >= Duration::from_millis(2900),
+        "closed too early: {:?}",
+        started.elapsed()
+    );
+    let _ = conn.close(200, "bye".into()).await;
     w.stop().await;
 }

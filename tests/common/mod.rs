@@ -15,14 +15,42 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::{Connection, ConnectionProperties};
-use tokio::sync::Mutex;
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 use warren::config::Config;
 
-/// Tests that stop, freeze or alarm a node hold this, so they run one at a time
-/// within a test binary (cargo runs test binaries one after another).
-pub fn disruptive() -> &'static Mutex<()> {
-    static LOCK: OnceLock<Mutex<()>> = OnceLock::new();
-    LOCK.get_or_init(|| Mutex::new(()))
+/// The nodes are shared by every test of a binary: tests that only use them run
+/// side by side (read lock), tests that stop, freeze or alarm a node run alone
+/// (write lock). Cargo runs the test binaries one after another.
+fn node_lock() -> Arc<RwLock<()>> {
+    static LOCK: OnceLock<Arc<RwLock<()>>> = OnceLock::new();
+    LOCK.get_or_init(|| Arc::new(RwLock::new(()))).clone()
+}
+
+#[allow(dead_code)]
+enum NodeGuard {
+    Shared(OwnedRwLockReadGuard<()>),
+    Exclusive(OwnedRwLockWriteGuard<()>),
+}
+
+/// The three nodes, with the right to use them for as long as it lives.
+pub struct Cluster {
+    nodes: Vec<Node>,
+    _guard: NodeGuard,
+}
+
+impl<'a> IntoIterator for &'a Cluster {
+    type Item = &'a Node;
+    type IntoIter = std::slice::Iter<'a, Node>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.nodes.iter()
+    }
+}
+
+impl std::ops::Deref for Cluster {
+    type Target = [Node];
+    fn deref(&self) -> &[Node] {
+        &self.nodes
+    }
 }
 
 fn env_u16(name: &str, default: u16) -> u16 {
@@ -75,11 +103,31 @@ pub fn nodes() -> Vec<Node> {
         .collect()
 }
 
-/// The nodes, after checking that every one answers on AMQP and management.
-pub async fn cluster() -> Vec<Node> {
+/// The nodes, shared with other tests, once every one answers.
+pub async fn cluster() -> Cluster {
+    let guard = NodeGuard::Shared(node_lock().read_owned().await);
+    Cluster {
+        nodes: wait_nodes_up().await,
+        _guard: guard,
+    }
+}
+
+/// The nodes for a test that disturbs one (stops, freezes, alarms it): no other
+/// test of this binary uses them meanwhile. The test restores what it disturbs.
+pub async fn cluster_exclusive() -> Cluster {
+    let guard = NodeGuard::Exclusive(node_lock().write_owned().await);
+    Cluster {
+        nodes: wait_nodes_up().await,
+        _guard: guard,
+    }
+}
+
+/// The nodes, after checking that every one answers on AMQP and management;
+/// fails the test when one does not.
+pub async fn wait_nodes_up() -> Vec<Node> {
     let nodes = nodes();
     for n in &nodes {
-        let ok = tokio::time::timeout(Duration::from_secs(30), async {
+        let ok = tokio::time::timeout(Duration::from_secs(90), async {
             loop {
                 if mgmt_get(n, "/api/health/checks/virtual-hosts")
                     .await
@@ -167,19 +215,31 @@ impl StoppedApp {
 
 impl Drop for StoppedApp {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl")
-            .args(["-n", &self.node.name, "start_app"])
-            .output();
-        let _ = std::process::Command::new("rabbitmqctl")
-            .args(["-n", &self.node.name, "await_startup", "--timeout", "60"])
-            .output();
+        for attempt in 1..=3 {
+            let start = std::process::Command::new("rabbitmqctl")
+                .args(["-n", &self.node.name, "start_app"])
+                .output();
+            let up = std::process::Command::new("rabbitmqctl")
+                .args(["-n", &self.node.name, "await_startup", "--timeout", "60"])
+                .output();
+            if up.as_ref().is_ok_and(|o| o.status.success()) {
+                return;
+            }
+            eprintln!(
+                "restarting {} failed (attempt {attempt}): {:?} {:?}",
+                self.node.name, start, up
+            );
+        }
     }
 }
 
 /// A warren config for the three nodes, listeners on ephemeral ports. `extra` is
 /// YAML appended at the top level (for instance `balance: least-connections`).
 pub fn config_yaml(nodes: &[Node], extra: &str) -> String {
-    let mut y = String::from("listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n");
+    let mut y = String::from("listen: 127.0.0.1:0\n");
+    if !extra.starts_with("admin:") && !extra.contains("\nadmin:") {
+        y.push_str("admin:\n  listen: 127.0.0.1:0\n");
+    }
     y.push_str(extra);
     if !extra.is_empty() && !extra.ends_with('\n') {
         y.push('\n');
@@ -201,7 +261,10 @@ pub fn config_yaml(nodes: &[Node], extra: &str) -> String {
 /// A warren running in this process.
 pub struct Warren {
     pub app: Arc<warren::App>,
+    /// The plain AMQP listener (the TLS listener when there is no plain one).
     pub amqp: SocketAddr,
+    /// The TLS listener, when the config has one.
+    pub tls: Option<SocketAddr>,
     pub admin: SocketAddr,
     task: tokio::task::JoinHandle<()>,
 }
@@ -214,14 +277,42 @@ impl Warren {
         let server = warren::Server::bind(config, PathBuf::from("test.yaml"))
             .await
             .expect("warren binds");
-        let (app, amqp, admin) = (server.app.clone(), server.amqp_addr, server.admin_addr);
+        let (app, admin, tls) = (server.app.clone(), server.admin_addr, server.tls_addr);
+        let amqp = server.amqp_addr.or(tls).expect("warren has a listener");
         let task = tokio::spawn(server.run());
         Warren {
             app,
             amqp,
+            tls,
             admin,
             task,
         }
+    }
+
+    /// Starts from a config file, so that a reload reads that file again.
+    pub async fn start_file(path: &std::path::Path) -> Warren {
+        init_logs();
+        let config = Config::load(path).expect("test config is valid");
+        let server = warren::Server::bind(config, path.to_path_buf())
+            .await
+            .expect("warren binds");
+        let (app, admin, tls) = (server.app.clone(), server.admin_addr, server.tls_addr);
+        let amqp = server.amqp_addr.or(tls).expect("warren has a listener");
+        let task = tokio::spawn(server.run());
+        Warren {
+            app,
+            amqp,
+            tls,
+            admin,
+            task,
+        }
+    }
+
+    /// `GET /metrics`, checked to be a 200.
+    pub async fn metrics(&self) -> Metrics {
+        let (status, body) = self.admin_get("/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        Metrics(body)
     }
 
     pub fn url(&self) -> String {
@@ -395,4 +486,303 @@ pub fn per_node(nodes: &[Node], nodes_list: &[String]) -> Vec<usize> {
         .iter()
         .map(|n| nodes_list.iter().filter(|x| **x == n.name).count())
         .collect()
+}
+
+/// A Prometheus text exposition, with a lookup by name and labels.
+#[derive(Clone, Debug)]
+pub struct Metrics(pub String);
+
+impl Metrics {
+    /// The value of the series `name` carrying all of `labels` (`key="value"`
+    /// pairs, in any order); `None` when absent.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.0.lines().find_map(|line| {
+            if line.starts_with('#') {
+                return None;
+            }
+            let (series, value) = line.rsplit_once(' ')?;
+            let (n, rest) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if n != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+            if all {
+                value.parse().ok()
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Like [`Metrics::get`], 0 when absent.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels).unwrap_or(0.0)
+    }
+}
+
+/// Runs `promtool check metrics` on an exposition; panics with its output on failure.
+pub fn promtool_check(text: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs (Debian package `prometheus`; scripts/test installs it)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool ends");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed ({}): {}{}\n--- metrics ---\n{text}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// How a connection was closed by the other side, as the client library saw it.
+#[derive(Clone, Debug)]
+pub struct Closed {
+    /// AMQP reply code (320 for CONNECTION_FORCED); `None` for a transport error.
+    pub code: Option<u16>,
+    pub text: String,
+    pub at: tokio::time::Instant,
+}
+
+/// Watches a connection from now on and reports how it was closed: the
+/// `connection.close` (broker's or warren's) if the client library saw one, else
+/// the first I/O error such as a reset. A broker that closes the socket right after
+/// its close frame makes lapin report an I/O error too, in either order, so errors
+/// arriving within half a second of the first are all considered.
+pub fn watch_close(conn: &Connection) -> tokio::task::JoinHandle<Option<Closed>> {
+    let mut events = conn.events_listener();
+    tokio::spawn(async move {
+        let mut first: Option<Closed> = None;
+        loop {
+            let next = match &first {
+                None => events.next().await,
+                Some(_) => {
+                    match tokio::time::timeout(Duration::from_millis(500), events.next()).await {
+                        Ok(ev) => ev,
+                        Err(_) => return first,
+                    }
+                }
+            };
+            let Some(ev) = next else {
+                return first;
+            };
+            if let lapin::Event::Error(e) = ev {
+                let at = tokio::time::Instant::now();
+                match e.kind() {
+                    lapin::ErrorKind::ProtocolError(amqp) => {
+                        return Some(Closed {
+                            code: Some(amqp.get_id()),
+                            text: amqp.get_message().to_string(),
+                            at: first.map_or(at, |f| f.at),
+                        });
+                    }
+                    other => {
+                        if first.is_none() {
+                            first = Some(Closed {
+                                code: None,
+                                text: format!("{other:?}"),
+                                at,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Awaits a `watch_close` result for at most `within`.
+pub async fn closed_within(
+    h: tokio::task::JoinHandle<Option<Closed>>,
+    within: Duration,
+) -> Option<Closed> {
+    tokio::time::timeout(within, h)
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .flatten()
+}
+
+/// A free loopback port (bound and released; fine for tests on one machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// warren run as its real binary, for what needs a process of its own (signals,
+/// file-descriptor limits, memory).
+pub struct WarrenProcess {
+    pub child: std::process::Child,
+    pub amqp: SocketAddr,
+    pub admin: SocketAddr,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+impl WarrenProcess {
+    /// Starts `warren run` with `yaml`, whose `listen`/`admin.listen` are filled in
+    /// here (the YAML must not set them), under `ulimit -n nofile`.
+    pub async fn start(yaml_rest: &str, nofile: u32) -> WarrenProcess {
+        let amqp = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let dir = std::env::temp_dir().join(unique("warren-proc"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let config = dir.join("warren.yaml");
+        let log = dir.join("warren.log");
+        std::fs::write(
+            &config,
+            format!("listen: {amqp}\nadmin:\n  listen: {admin}\n{yaml_rest}"),
+        )
+        .expect("config written");
+        let script = format!(
+            "ulimit -n {nofile} && exec {} run -c {}",
+            env!("CARGO_BIN_EXE_warren"),
+            config.display()
+        );
+        let child = std::process::Command::new("bash")
+            .args(["-c", &script])
+            .stdout(std::fs::File::create(&log).expect("log file"))
+            .stderr(std::fs::File::create(dir.join("warren.err")).expect("log file"))
+            .spawn()
+            .expect("warren starts");
+        let log = dir.join("warren.err");
+        let p = WarrenProcess {
+            child,
+            amqp,
+            admin,
+            config,
+            log,
+        };
+        let start = tokio::time::Instant::now();
+        while tokio::net::TcpStream::connect(admin).await.is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "warren did not start: {}",
+                p.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        p
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// (user + system CPU seconds, RSS bytes) from /proc.
+    pub fn cpu_and_rss(&self) -> (f64, u64) {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the command name, which is in parentheses.
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // utime and stime are fields 14 and 15 of stat; here indices 11 and 12.
+        let cpu = (ticks(11) + ticks(12)) / 100.0;
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let rss_kb = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        (cpu, rss_kb * 1024)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status();
+    }
+}
+
+impl Drop for WarrenProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A small TCP server on an ephemeral loopback port: every connection (the health
+/// checker's probes included) is served by `handler` in its own task.
+pub async fn tcp_server<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(handler(s));
+        }
+    });
+    addr
+}
+
+/// A backend that accepts every connection, reads and discards until EOF.
+pub async fn sink_backend() -> SocketAddr {
+    tcp_server(|mut s| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await
+}
+
+/// Opens `n` connections through `w` that all land on node `target` (the other
+/// nodes disabled meanwhile, enabled again afterwards).
+pub async fn connections_on(
+    w: &Warren,
+    nodes: &[Node],
+    target: usize,
+    n: usize,
+    prefix: &str,
+) -> Vec<Connection> {
+    for (i, node) in nodes.iter().enumerate() {
+        if i != target {
+            w.admin_post(&format!("/api/backends/{}/disable", node.backend))
+                .await;
+        }
+    }
+    let mut conns = Vec::new();
+    for i in 0..n {
+        conns.push(amqp_connect_named(&w.url(), &format!("{prefix}-{i}")).await);
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        if i != target {
+            w.admin_post(&format!("/api/backends/{}/enable", node.backend))
+                .await;
+        }
+    }
+    conns
 }

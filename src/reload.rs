@@ -1,0 +1,419 @@
+//! Hot reload: on SIGHUP, `POST /api/reload`, or (with `reload.watch: true`) when
+//! the file's content changes, read the config file again and apply it live.
+//!
+//! Everything that can fail happens before anything changes: the file is parsed
+//! and validated, a changed `listen`, `tls.listen` or `admin.listen` is bound, and
+//! every TLS certificate, key and CA file is read again and built into new rustls
+//! configs. Only then is the new config swapped in. So an invalid file, a bad
+//! certificate, or an address that cannot be bound, leaves the running config
+//! untouched; the error is logged with the file and key and counted in
+//! `warren_config_reloads_total{result="failure"}`.
+//!
+//! The TLS configs are swapped before the listeners: a handshake takes the config
+//! current at its start, so open TLS connections keep theirs and new handshakes
+//! use the re-read certificates. `listen` and `tls` may be added, moved or removed
+//! (a removed listener stops accepting; its open connections go on).
+//!
+//! Backends are matched by name. An unchanged one keeps its `Arc<Backend>`: same
+//! connections, same health verdict, same counters. A new one gets a health
+//! checker. A removed one leaves the balancer at once, its checker stops, and its
+//! connections are drained the AMQP way (paced, `drain.*`). One whose address or
+//! management URL changed is removed and added. Settings read per connection or
+//! per probe (balance, timeouts, retries, health, drain, shutdown, max_connections)
+//! apply from the next use; health checkers wake up to pick up new intervals.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::balancer::{Backend, Mode, Policy};
+use crate::config::{Config, ConfigError};
+use crate::drain::{self, DrainPlan};
+use crate::App;
+
+/// What asked for a reload (a metrics label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// SIGHUP.
+    Signal,
+    /// `POST /api/reload`.
+    Api,
+    /// The watched file changed.
+    Watch,
+}
+
+impl Trigger {
+    pub const ALL: [Trigger; 3] = [Trigger::Signal, Trigger::Api, Trigger::Watch];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Signal => "signal",
+            Trigger::Api => "api",
+            Trigger::Watch => "watch",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{file}: key `{key}`: {source}", key = .source.key())]
+    Tls {
+        file: PathBuf,
+        #[source]
+        source: crate::tls::TlsError,
+    },
+    #[error("{file}: key `{key}`: cannot listen on {addr}: {source}")]
+    Bind {
+        file: PathBuf,
+        key: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What a successful reload changed (the answer of `POST /api/reload`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    pub file: String,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Address or management URL changed: drained and replaced.
+    pub changed: Vec<String>,
+    pub unchanged: Vec<String>,
+    /// The new AMQP address, when `listen` changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// The new TLS listener address, when `tls.listen` changed (or `tls` was added).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_listen: Option<SocketAddr>,
+    /// Listeners removed from the file (`listen`, `tls.listen`): they stopped
+    /// accepting; their open connections go on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub closed_listeners: Vec<&'static str>,
+    /// TLS certificates, keys and CA files were read again (the config has `tls`
+    /// or a backend with `tls`).
+    pub tls_reloaded: bool,
+    /// The new admin address, when `admin.listen` changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Changed keys that only take effect after a restart.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub needs_restart: Vec<&'static str>,
+}
+
+/// Reload bookkeeping of one running warren.
+#[derive(Debug)]
+pub struct Reloader {
+    /// One reload at a time (signal, API and watcher may coincide).
+    lock: tokio::sync::Mutex<()>,
+    last_ok: AtomicBool,
+    /// Unix time of the last successful load, as f64 bits.
+    last_success: AtomicU64,
+    /// Fingerprint of the file content last read by a reload or the watcher.
+    seen: Mutex<Option<u64>>,
+    /// Woken after every successful reload, for tasks sleeping on config timings.
+    pub changed: Notify,
+}
+
+impl Default for Reloader {
+    fn default() -> Self {
+        Reloader {
+            lock: tokio::sync::Mutex::new(()),
+            last_ok: AtomicBool::new(true),
+            last_success: AtomicU64::new(unix_now().to_bits()),
+            seen: Mutex::new(None),
+            changed: Notify::new(),
+        }
+    }
+}
+
+impl Reloader {
+    /// (last reload succeeded, unix time of the last successful load).
+    pub fn last(&self) -> (bool, f64) {
+        (
+            self.last_ok.load(Ordering::Relaxed),
+            f64::from_bits(self.last_success.load(Ordering::Relaxed)),
+        )
+    }
+
+    fn set_seen(&self, fp: u64) {
+        if let Ok(mut s) = self.seen.lock() {
+            *s = Some(fp);
+        }
+    }
+
+    fn seen(&self) -> Option<u64> {
+        self.seen.lock().ok().and_then(|s| *s)
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Fingerprint of the file as it is now; an unreadable file has one too, so the
+/// watcher reports it once, not every interval.
+fn fingerprint(read: &std::io::Result<String>) -> u64 {
+    let mut h = DefaultHasher::new();
+    match read {
+        Ok(text) => text.hash(&mut h),
+        Err(e) => format!("unreadable: {:?}", e.kind()).hash(&mut h),
+    }
+    h.finish()
+}
+
+/// Reads the config file again and applies it. On failure nothing changes.
+pub async fn reload(app: &Arc<App>, trigger: Trigger) -> Result<Summary, ReloadError> {
+    let _one_at_a_time = app.reloader.lock.lock().await;
+    let result = apply(app).await;
+    let file = app.config_path.display().to_string();
+    match &result {
+        Ok(s) => {
+            app.reloader.last_ok.store(true, Ordering::Relaxed);
+            app.reloader
+                .last_success
+                .store(unix_now().to_bits(), Ordering::Relaxed);
+            tracing::info!(
+                file,
+                trigger = trigger.as_str(),
+                added = ?s.added,
+                removed = ?s.removed,
+                changed = ?s.changed,
+                listen = ?s.listen,
+                tls_listen = ?s.tls_listen,
+                admin_listen = ?s.admin_listen,
+                closed_listeners = ?s.closed_listeners,
+                tls_reloaded = s.tls_reloaded,
+                "config reloaded"
+            );
+            if !s.needs_restart.is_empty() {
+                tracing::warn!(keys = ?s.needs_restart, "changed keys take effect after a restart");
+            }
+            app.reloader.changed.notify_waiters();
+        }
+        Err(e) => {
+            app.reloader.last_ok.store(false, Ordering::Relaxed);
+            tracing::error!(file, trigger = trigger.as_str(), error = %e, "reload failed, the running config stays");
+        }
+    }
+    crate::metrics::reload(trigger.as_str(), result.is_ok());
+    result
+}
+
+async fn apply(app: &Arc<App>) -> Result<Summary, ReloadError> {
+    let path = &app.config_path;
+    let read = std::fs::read_to_string(path);
+    app.reloader.set_seen(fingerprint(&read));
+    let text = read.map_err(|source| ConfigError::Read {
+        file: path.clone(),
+        source,
+    })?;
+    let new = Config::from_yaml(&text, path)?;
+    let old = app.config.load_full();
+
+    // The fallible part: bind changed addresses before anything changes.
+    let bind = |key: &'static str, addr: SocketAddr| async move {
+        crate::listener::bind(addr).map_err(|source| ReloadError::Bind {
+            file: path.clone(),
+            key,
+            addr,
+            source,
+        })
+    };
+    let amqp = match (new.listen, new.listen != old.listen) {
+        (Some(addr), true) => Some(bind("listen", addr).await?),
+        _ => None,
+    };
+    let new_tls_listen = new.tls.as_ref().map(|t| t.listen);
+    let tls_listen_changed = new_tls_listen != old.tls.as_ref().map(|t| t.listen);
+    let tls = match (new_tls_listen, tls_listen_changed) {
+        (Some(addr), true) => Some(bind("tls.listen", addr).await?),
+        _ => None,
+    };
+    let admin = match new.admin.listen != old.admin.listen {
+        true => Some(bind("admin.listen", new.admin.listen).await?),
+        false => None,
+    };
+    // Re-reads every certificate: builds all new rustls configs, then swaps them
+    // in together (or, on an error, none). The last step that can fail.
+    app.tls.reload(&new).map_err(|source| ReloadError::Tls {
+        file: path.clone(),
+        source,
+    })?;
+
+    // From here on nothing fails.
+    let mut summary = Summary {
+        file: path.display().to_string(),
+        tls_reloaded: new.tls.is_some() || new.backends.iter().any(|b| b.tls.is_some()),
+        ..Summary::default()
+    };
+    if let Some(l) = amqp {
+        summary.listen = l.local_addr().ok();
+        app.amqp_listener.install(l);
+    } else if new.listen.is_none() && old.listen.is_some() {
+        app.amqp_listener.remove();
+        summary.closed_listeners.push("listen");
+    }
+    if let Some(l) = tls {
+        summary.tls_listen = l.local_addr().ok();
+        app.tls_listener.install(l);
+    } else if new_tls_listen.is_none() && tls_listen_changed {
+        app.tls_listener.remove();
+        summary.closed_listeners.push("tls.listen");
+    }
+    if let Some(l) = admin {
+        summary.admin_listen = l.local_addr().ok();
+        app.admin_listener.install(l);
+    }
+    if new.log.format != old.log.format {
+        summary.needs_restart.push("log.format");
+    }
+    if new.log.level != old.log.level {
+        crate::logging::set_level(&new.log.level);
+    }
+    let new = Arc::new(new);
+    app.config.store(Arc::clone(&new));
+    swap_backends(app, &new, &mut summary);
+    Ok(summary)
+}
+
+/// Replaces the backend set, keeping unchanged backends as they are.
+fn swap_backends(app: &Arc<App>, cfg: &Config, summary: &mut Summary) {
+    let old = app.balancer.backends();
+    let mut next = Vec::with_capacity(cfg.backends.len());
+    let mut added = Vec::new();
+    for bc in &cfg.backends {
+        match old.iter().find(|b| b.name() == bc.name) {
+            Some(b) if b.config == *bc => {
+                summary.unchanged.push(bc.name.clone());
+                next.push(Arc::clone(b));
+            }
+            found => {
+                if found.is_some() {
+                    summary.changed.push(bc.name.clone());
+                } else {
+                    summary.added.push(bc.name.clone());
+                }
+                let b = Arc::new(Backend::new(bc.clone()));
+                added.push(Arc::clone(&b));
+                next.push(b);
+            }
+        }
+    }
+    let gone: Vec<Arc<Backend>> = old
+        .iter()
+        .filter(|b| !next.iter().any(|n| Arc::ptr_eq(n, b)))
+        .cloned()
+        .collect();
+    for b in &gone {
+        if !cfg.backends.iter().any(|c| c.name == b.name()) {
+            summary.removed.push(b.name().to_string());
+        }
+    }
+    let policy = Policy {
+        balance: cfg.balance,
+        slowstart: cfg.health.slowstart.get(),
+    };
+    // New connections see the new set from here on.
+    app.balancer.replace(policy, next);
+    for b in gone {
+        retire(app, b, cfg);
+    }
+    let any_added = !added.is_empty();
+    for b in added {
+        crate::metrics::backend_state(&b);
+        crate::health::spawn(Arc::clone(app), b);
+    }
+    if any_added {
+        // Like a node that returns: existing clients can be moved onto it (if enabled).
+        crate::rebalance::trigger(app, "backends added by a reload");
+    }
+}
+
+/// Takes a removed backend out: stop its checker, drain its connections.
+fn retire(app: &App, b: Arc<Backend>, cfg: &Config) {
+    b.tasks.cancel();
+    b.set_mode(Mode::Draining);
+    crate::metrics::drain_started(b.name(), "reload");
+    drain::start(
+        Arc::clone(&b),
+        DrainPlan {
+            window: cfg.drain.window.get(),
+            grace: cfg.drain.grace.get(),
+            reason: format!(
+                "warren: node {} was removed from the configuration, reconnect",
+                b.name()
+            )
+            .into(),
+        },
+        &app.shutdown,
+    );
+    app.balancer.retire(b);
+}
+
+/// Reloads on SIGHUP until shutdown.
+pub fn watch_sighup(app: Arc<App>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGHUP; reload with POST /api/reload");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = app.shutdown.cancelled() => return,
+                r = hup.recv() => if r.is_none() { return },
+            }
+            tracing::info!("SIGHUP: reloading the config");
+            let _ = reload(&app, Trigger::Signal).await;
+        }
+    });
+}
+
+/// Polls the config file while `reload.watch` is on (read live, so a reload may
+/// turn it on or off) and reloads when its content changed. Polling, not inotify:
+/// it follows the atomic renames of editors and the symlink swaps of Kubernetes
+/// ConfigMaps without special cases.
+pub fn spawn_watcher(app: Arc<App>) {
+    tokio::spawn(async move {
+        if app.reloader.seen().is_none() {
+            let read = std::fs::read_to_string(&app.config_path);
+            app.reloader.set_seen(fingerprint(&read));
+        }
+        loop {
+            let (watch, every) = {
+                let c = app.config.load();
+                (c.reload.watch, c.reload.watch_interval.get())
+            };
+            let every = if watch { every } else { Duration::from_secs(1) };
+            tokio::select! {
+                _ = app.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if !watch {
+                continue;
+            }
+            let read = std::fs::read_to_string(&app.config_path);
+            if Some(fingerprint(&read)) != app.reloader.seen() {
+                tracing::info!(file = %app.config_path.display(), "config file changed, reloading");
+                let _ = reload(&app, Trigger::Watch).await;
+            }
+        }
+    });
+}

@@ -1,0 +1,843 @@
+//! `warren bootstrap` end to end: the compiled binary against three real RabbitMQ
+//! nodes that start standalone.
+//!
+//! These tests wipe, reset and re-cluster their nodes, so they never run on the
+//! default set (n1..n3) that the other tests share: they are `#[ignore]`d and
+//! `scripts/test` runs them with `--ignored` on a set of their own (b1..b3, see
+//! docs/bootstrap.md). Each test first resets the three nodes to standalone,
+//! empty nodes itself. The tests without nodes (config errors, RabbitMQ 4.x and
+//! 3.13 answers from a fake management API) run everywhere.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use warren::bootstrap::cluster::ClusterStatus;
+
+const WARREN: &str = env!("CARGO_BIN_EXE_warren");
+
+/// What one run of the binary printed.
+struct Ran {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ran {
+    /// Report lines with this label (`change`, `error`, ...).
+    fn lines(&self, label: &str) -> Vec<&str> {
+        self.stdout
+            .lines()
+            .filter(|l| l.split_whitespace().next() == Some(label))
+            .collect()
+    }
+}
+
+impl std::fmt::Display for Ran {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// `warren bootstrap -c FILE ARGS...`.
+fn bootstrap(config: &PathBuf, args: &[&str]) -> Ran {
+    let out = Command::new(WARREN)
+        .arg("bootstrap")
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("the warren binary runs");
+    let ran = Ran {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    println!("$ warren bootstrap {args:?}\n{ran}");
+    ran
+}
+
+/// The node tests reset all three nodes, so they run one at a time.
+async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::OnceLock<tokio::sync::Mutex<()>> = std::sync::OnceLock::new();
+    LOCK.get_or_init(|| tokio::sync::Mutex::new(()))
+        .lock()
+        .await
+}
+
+/// The nodes of this test binary; refuses the shared default set.
+fn own_nodes() -> Vec<Node> {
+    let prefix = std::env::var("WARREN_NODE_PREFIX").unwrap_or_default();
+    assert!(
+        !prefix.is_empty() && prefix != "n" && std::env::var("WARREN_CLUSTER_DIR").is_ok(),
+        "tests/bootstrap.rs wipes, resets and re-clusters its nodes, so it refuses the shared \
+         default set n1..n3: run it with `scripts/test` (which gives it b1..b3), or export \
+         WARREN_CLUSTER_DIR, WARREN_NODE_PREFIX, WARREN_AMQP_BASE, WARREN_MGMT_BASE and \
+         WARREN_DIST_BASE for a node set of your own"
+    );
+    nodes()
+}
+
+/// `scripts/local-cluster ARGS` with this process's environment plus `env`.
+fn script(args: &[&str], env: &[(&str, &str)]) {
+    let out = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/local-cluster"
+    ))
+    .args(args)
+    .envs(env.iter().copied())
+    .output()
+    .expect("scripts/local-cluster runs");
+    assert!(
+        out.status.success(),
+        "scripts/local-cluster {args:?} {env:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `rabbitmqctl -n NODE -q ARGS`: stdout, or the error output. Retried when the
+/// CLI could not start its own Erlang distribution (a busy machine).
+fn ctl(node: &Node, args: &[&str]) -> Result<String, String> {
+    let mut result = ctl_once(node, args);
+    for _ in 0..2 {
+        match &result {
+            Err(e) if e.contains("nodistribution") => {
+                std::thread::sleep(Duration::from_secs(1));
+                result = ctl_once(node, args);
+            }
+            _ => break,
+        }
+    }
+    result
+}
+
+fn ctl_once(node: &Node, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("rabbitmqctl")
+        .args(["-n", &node.name, "-q"])
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// The node's own `cluster_status`.
+fn status(node: &Node) -> ClusterStatus {
+    let out = ctl(node, &["cluster_status", "--formatter", "json"])
+        .unwrap_or_else(|e| panic!("cluster_status on {}: {e}", node.name));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("cluster_status JSON");
+    ClusterStatus::from_json(&v).expect("cluster_status lists")
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+/// Runs one rabbitmqctl command on every node at once; true when all succeeded.
+fn on_all(nodes: &[Node], args: &'static [&'static str]) -> bool {
+    let runs: Vec<_> = nodes
+        .iter()
+        .cloned()
+        .map(|n| std::thread::spawn(move || ctl(&n, args).is_ok()))
+        .collect();
+    runs.into_iter().all(|r| r.join().unwrap_or(false))
+}
+
+/// Resets the three nodes to standalone, empty nodes: `force_reset` on all of
+/// them at once when they all answer (about 10 s), else wipe and start them with
+/// the harness script (about 30 s).
+async fn standalone_nodes() -> Vec<Node> {
+    let nodes = own_nodes();
+    let fast = nodes.iter().all(|n| ctl(n, &["ping"]).is_ok())
+        && on_all(&nodes, &["stop_app"])
+        && on_all(&nodes, &["force_reset"])
+        && on_all(&nodes, &["start_app"]);
+    if !fast {
+        script(&["wipe"], &[]);
+        script(&["start"], &[]);
+    }
+    let nodes = wait_nodes_up().await;
+    for n in &nodes {
+        assert_eq!(
+            status(n).members(),
+            set(&[&n.name]),
+            "{} is not standalone after the reset",
+            n.name
+        );
+    }
+    nodes
+}
+
+const HA_POLICY: &str = "  policies:
+    - name: ha-allqueue
+      vhost: /
+      pattern: \"^\"
+      apply_to: queues
+      priority: 0
+      definition: {ha-mode: all, ha-sync-mode: automatic}
+";
+
+/// A config for the three nodes (the third a RAM node) with the mirroring
+/// policy; `cluster_extra` goes into the `cluster:` section.
+fn config_file(nodes: &[Node], cluster_extra: &str) -> TempFile {
+    config_file_typed(nodes, &["disc", "disc", "ram"], cluster_extra)
+}
+
+/// The same with the node types given, one per node.
+fn config_file_typed(nodes: &[Node], types: &[&str], cluster_extra: &str) -> TempFile {
+    let mut y = config_yaml(nodes, "");
+    y.push_str("cluster:\n");
+    y.push_str(cluster_extra);
+    y.push_str("  nodes:\n");
+    for (n, t) in nodes.iter().zip(types) {
+        y.push_str(&format!(
+            "    - {{backend: {}, node: {}, type: {t}}}\n",
+            n.backend, n.name
+        ));
+    }
+    y.push_str(HA_POLICY);
+    write_temp("yaml", &y)
+}
+
+/// A file in the temp directory, deleted when dropped.
+struct TempFile(PathBuf);
+
+impl std::ops::Deref for TempFile {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for TempFile {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn write_temp(ext: &str, text: &str) -> TempFile {
+    let p = std::env::temp_dir().join(format!("{}.{ext}", unique("warren-bootstrap")));
+    std::fs::write(&p, text).expect("temp file written");
+    TempFile(p)
+}
+
+/// `GET /api/policies/%2F/ha-allqueue`: the policy, or None on 404.
+async fn ha_policy(node: &Node) -> Option<serde_json::Value> {
+    mgmt_get(node, "/api/policies/%2F/ha-allqueue").await.ok()
+}
+
+async fn mgmt(node: &Node, method: hyper::Method, path: &str) -> u16 {
+    let ep = warren::mgmt::Endpoint::parse(&node.mgmt_url()).expect("endpoint");
+    warren::mgmt::request(&ep, &guest(), method, path, None, Duration::from_secs(10))
+        .await
+        .expect("management API answers")
+        .status
+        .as_u16()
+}
+
+/// Nothing changed on standalone nodes: each still alone, no policy.
+async fn assert_untouched(nodes: &[Node]) {
+    for n in nodes {
+        assert_eq!(status(n).members(), set(&[&n.name]), "{} changed", n.name);
+        assert!(ha_policy(n).await.is_none(), "{} has the policy", n.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "resets its nodes: run by scripts/test on the b-node set"]
+async fn forms_the_cluster_mirrors_queues_and_a_second_run_changes_nothing() {
+    let _g = exclusive().await;
+    let nodes = standalone_nodes().await;
+    let (b1, b2, b3) = (&nodes[0].name, &nodes[1].name, &nodes[2].name);
+    let cfg = config_file(
+        &nodes,
+        "  erlang_cookie_file: /var/lib/rabbitmq/.erlang.cookie\n",
+    );
+
+    // --check on standalone nodes: the differences, exit 1.
+    let r = bootstrap(&cfg, &["--check"]);
+    assert_eq!(r.code, 1, "{r}");
+    let differs = r.lines("differs").join("\n");
+    assert!(
+        differs.contains(&format!("{b2}: not in the cluster of {b1}")),
+        "{r}"
+    );
+    assert!(
+        differs.contains(&format!("{b3}: not in the cluster of {b1}")),
+        "{r}"
+    );
+    assert!(
+        differs.contains("policy ha-allqueue (vhost /): absent"),
+        "{r}"
+    );
+    assert!(r.lines("change").is_empty(), "{r}");
+
+    // --dry-run: the plan, nothing changed.
+    let r = bootstrap(&cfg, &["--dry-run"]);
+    assert_eq!(r.code, 0, "{r}");
+    let plan = r.lines("plan").join("\n");
+    assert!(plan.contains(&format!("join_cluster {b1}")), "{r}");
+    assert!(plan.contains(&format!("join_cluster --ram {b1}")), "{r}");
+    assert!(plan.contains("PUT /api/policies/%2F/ha-allqueue"), "{r}");
+    assert!(r.lines("change").is_empty(), "{r}");
+    assert!(r.stdout.contains("nothing was changed"), "{r}");
+    assert_untouched(&nodes).await;
+
+    // The real run.
+    let r = bootstrap(&cfg, &[]);
+    assert_eq!(r.code, 0, "{r}");
+    let changes = r.lines("change").join("\n");
+    for c in [
+        format!("{b2}: stop_app"),
+        format!("{b2}: join_cluster {b1}"),
+        format!("{b2}: start_app"),
+        format!("{b3}: join_cluster --ram {b1}"),
+        format!("{b3}: start_app"),
+        "policy ha-allqueue (vhost /): created".to_string(),
+    ] {
+        assert!(changes.contains(&c), "missing `{c}`: {r}");
+    }
+    assert!(r.stdout.contains("3 change(s) made"), "{r}");
+
+    // cluster_status, seen from the seed and from the RAM node.
+    for n in [&nodes[0], &nodes[2]] {
+        let s = status(n);
+        assert_eq!(s.running, set(&[b1, b2, b3]), "from {}", n.name);
+        assert_eq!(s.disc, set(&[b1, b2]), "from {}", n.name);
+        assert_eq!(s.ram, set(&[b3]), "from {}", n.name);
+    }
+    let p = ha_policy(&nodes[1])
+        .await
+        .expect("policy visible on every node");
+    assert_eq!(
+        p["definition"],
+        serde_json::json!({"ha-mode": "all", "ha-sync-mode": "automatic"})
+    );
+    assert_eq!(p["apply-to"], "queues");
+
+    // A queue declared afterwards, by a real client, is mirrored to the two others.
+    let queue = unique("q-mirrored");
+    let conn = amqp_connect(&format!("amqp://guest:guest@{}/%2f", nodes[0].amqp)).await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    let path = format!("/api/queues/%2F/{queue}");
+    let mirrors = set(&[b2, b3]);
+    let mut q = serde_json::Value::Null;
+    // The management API's queue stats refresh every few seconds.
+    for _ in 0..60 {
+        q = mgmt_get(&nodes[0], &path).await.expect("GET the queue");
+        let of = |key: &str| -> BTreeSet<String> {
+            q[key]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        // 3.10's management API names the mirrors' nodes `slave_nodes` and
+        // `synchronised_slave_nodes`; the pids are in `rabbitmqctl list_queues`.
+        if q["policy"] == "ha-allqueue"
+            && of("slave_nodes") == mirrors
+            && of("synchronised_slave_nodes") == mirrors
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(q["policy"], "ha-allqueue", "{q}");
+    assert_eq!(q["node"], b1.as_str(), "{q}");
+    let listed = ctl(
+        &nodes[0],
+        &[
+            "list_queues",
+            "name",
+            "slave_pids",
+            "synchronised_slave_pids",
+            "--formatter",
+            "json",
+        ],
+    )
+    .expect("list_queues");
+    let listed: serde_json::Value = serde_json::from_str(listed.trim()).expect("JSON");
+    let row = listed
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["name"] == queue.as_str()))
+        .unwrap_or_else(|| panic!("{queue} not listed: {listed}"))
+        .clone();
+    for key in ["slave_pids", "synchronised_slave_pids"] {
+        let pids = row[key].as_array().map(Vec::len).unwrap_or(0);
+        assert_eq!(pids, 2, "{key} of {queue}: {row} (management API: {q})");
+    }
+    let _ = conn.close(200, "bye".into()).await;
+
+    // A second run changes nothing, and says so.
+    let r = bootstrap(&cfg, &[]);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(r.lines("change").is_empty(), "{r}");
+    assert!(r.lines("plan").is_empty(), "{r}");
+    assert!(r.stdout.contains("no change"), "{r}");
+    assert!(
+        r.stdout.contains(&format!(
+            "ok       {b3}: already in the cluster of {b1} as a ram node"
+        )),
+        "{r}"
+    );
+    assert!(
+        r.stdout
+            .contains("ok       policy ha-allqueue (vhost /): already set"),
+        "{r}"
+    );
+
+    // --check passes on the matching cluster...
+    let r = bootstrap(&cfg, &["--check"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(r.stdout.contains("check: the cluster matches"), "{r}");
+
+    // ...and fails, naming it, when the policy is gone; a run puts it back.
+    assert_eq!(
+        mgmt(
+            &nodes[0],
+            hyper::Method::DELETE,
+            "/api/policies/%2F/ha-allqueue"
+        )
+        .await,
+        204
+    );
+    let r = bootstrap(&cfg, &["--check"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert_eq!(
+        r.lines("differs"),
+        vec!["differs  policy ha-allqueue (vhost /): absent"],
+        "{r}"
+    );
+    let r = bootstrap(&cfg, &[]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(r.lines("change").len(), 1, "{r}");
+    assert!(ha_policy(&nodes[0]).await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "resets its nodes: run by scripts/test on the b-node set"]
+async fn a_node_that_is_down_stops_bootstrap_before_anything_changes() {
+    let _g = exclusive().await;
+    let nodes = standalone_nodes().await;
+    let cfg = config_file(&nodes, "");
+    let down = &nodes[1];
+    ctl(down, &["stop"]).expect("stop b2's VM");
+
+    let r = bootstrap(&cfg, &[]);
+    assert_eq!(r.code, 69, "{r}");
+    assert!(
+        r.stderr
+            .contains(&format!("{} is not reachable", down.name)),
+        "{r}"
+    );
+    assert!(r.stderr.contains("nothing was changed"), "{r}");
+    let errors = r.lines("error").join("\n");
+    assert!(
+        errors.contains(&format!("{}: not reachable: management API", down.name)),
+        "{r}"
+    );
+    assert!(
+        errors.contains(&format!("the Erlang VM of {} is not running", down.name)),
+        "{r}"
+    );
+    assert!(r.lines("change").is_empty(), "{r}");
+    // --check says the same.
+    assert_eq!(bootstrap(&cfg, &["--check"]).code, 69);
+
+    // The others run on, untouched.
+    for n in [&nodes[0], &nodes[2]] {
+        assert_eq!(status(n).running, set(&[&n.name]), "{}", n.name);
+        assert_eq!(
+            mgmt(n, hyper::Method::GET, "/api/overview").await,
+            200,
+            "{}",
+            n.name
+        );
+    }
+    assert_untouched(&[nodes[0].clone(), nodes[2].clone()]).await;
+    script(&["start"], &[]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "resets its nodes: run by scripts/test on the b-node set"]
+async fn a_node_with_another_cookie_gives_the_cookie_error() {
+    let _g = exclusive().await;
+    let nodes = standalone_nodes().await;
+
+    // A cookie file that no node uses.
+    let wrong = write_temp("cookie", "NOTTHECOOKIEOFTHESENODES\n");
+    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o400))
+        .expect("chmod");
+    let cfg = config_file(
+        &nodes,
+        &format!("  erlang_cookie_file: {}\n", wrong.display()),
+    );
+    let r = bootstrap(&cfg, &[]);
+    assert_eq!(r.code, 77, "{r}");
+    assert!(
+        r.stdout.contains(&format!(
+            "runs with another Erlang cookie than {}",
+            wrong.display()
+        )),
+        "{r}"
+    );
+    assert!(r.lines("change").is_empty(), "{r}");
+
+    // b3 restarted with another cookie: rabbitmqctl cannot talk to it.
+    let odd = &nodes[2];
+    ctl(odd, &["stop"]).expect("stop b3's VM");
+    let other = [("WARREN_NODES", "3"), ("WARREN_NODE_COOKIE", "othercookie")];
+    script(&["start"], &other);
+    let cfg = config_file(&nodes, "");
+    let r = bootstrap(&cfg, &[]);
+    assert_eq!(r.code, 77, "{r}");
+    let errors = r.lines("error").join("\n");
+    assert!(
+        errors.contains(&format!("{}: Erlang cookie mismatch", odd.name)),
+        "{r}"
+    );
+    assert!(
+        errors.contains("the node is up (its management API answers)"),
+        "{r}"
+    );
+    assert!(r.stderr.contains(&odd.name), "{r}");
+    assert!(
+        r.stderr
+            .contains(".erlang.cookie (owned by the rabbitmq user, mode 400"),
+        "{r}"
+    );
+    assert!(r.lines("change").is_empty(), "{r}");
+    assert_untouched(&nodes[..2]).await;
+
+    script(&["down"], &other);
+    script(&["start"], &[("WARREN_NODES", "3")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "resets its nodes: run by scripts/test on the b-node set"]
+async fn a_node_in_another_cluster_is_refused_unless_force_reset() {
+    let _g = exclusive().await;
+    let nodes = standalone_nodes().await;
+    let (b1, b2, b3) = (&nodes[0].name, &nodes[1].name, &nodes[2].name);
+    // b2 and b3 form a cluster of their own.
+    ctl(&nodes[2], &["stop_app"]).expect("stop_app");
+    ctl(&nodes[2], &["join_cluster", b2]).expect("join b2");
+    ctl(&nodes[2], &["start_app"]).expect("start_app");
+    let cfg = config_file(&nodes, "");
+
+    let r = bootstrap(&cfg, &[]);
+    assert_eq!(r.code, 65, "{r}");
+    let errors = r.lines("error").join("\n");
+    assert!(
+        errors.contains(&format!("{b2}: in another cluster (with [{b3}])")),
+        "{r}"
+    );
+    assert!(errors.contains("--force-reset"), "{r}");
+    assert!(r.lines("change").is_empty(), "{r}");
+    assert_eq!(status(&nodes[1]).members(), set(&[b2, b3]));
+    assert_eq!(status(&nodes[0]).members(), set(&[b1]));
+
+    // --check lists it as a difference.
+    let r = bootstrap(&cfg, &["--check"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.lines("differs")
+            .join("\n")
+            .contains(&format!("{b2}: in another cluster")),
+        "{r}"
+    );
+
+    // --force-reset warns, resets, joins.
+    let r = bootstrap(&cfg, &["--force-reset"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(r.stdout.contains("deletes ALL data"), "{r}");
+    let changes = r.lines("change").join("\n");
+    assert!(changes.contains(&format!("{b2}: reset")), "{r}");
+    assert!(changes.contains(&format!("{b2}: join_cluster {b1}")), "{r}");
+    assert!(
+        changes.contains(&format!("{b3}: join_cluster --ram {b1}")),
+        "{r}"
+    );
+    let s = status(&nodes[0]);
+    assert_eq!(s.running, set(&[b1, b2, b3]));
+    assert_eq!(s.ram, set(&[b3]));
+
+    // A config that wants b3 as a disc node changes its type.
+    let all_disc = config_file_typed(&nodes, &["disc", "disc", "disc"], "");
+    let r = bootstrap(&all_disc, &[]);
+    assert_eq!(r.code, 0, "{r}");
+    let changes = r.lines("change").join("\n");
+    assert!(
+        changes.contains(&format!("{b3}: change_cluster_node_type disc")),
+        "{r}"
+    );
+    assert_eq!(status(&nodes[0]).disc, set(&[b1, b2, b3]));
+
+    // A config without b3: the seed is clustered with a node it does not list.
+    let two = config_file(&nodes[..2], "");
+    let r = bootstrap(&two, &[]);
+    assert_eq!(r.code, 65, "{r}");
+    assert!(
+        r.lines("error").join("\n").contains(&format!(
+            "{b1}: the seed is clustered with nodes the config does not list: [{b3}]"
+        )),
+        "{r}"
+    );
+    assert!(r.lines("change").is_empty(), "{r}");
+    // --force-reset resets the seed; b2, then left in a cluster with b3 only, is
+    // reset and joins the seed.
+    let r = bootstrap(&two, &["--force-reset"]);
+    assert_eq!(r.code, 0, "{r}");
+    let changes = r.lines("change").join("\n");
+    for c in [
+        format!("{b1}: reset"),
+        format!("{b2}: reset"),
+        format!("{b2}: join_cluster {b1}"),
+    ] {
+        assert!(changes.contains(&c), "missing `{c}`: {r}");
+    }
+    let s = status(&nodes[0]);
+    assert_eq!(s.running, set(&[b1, b2]));
+    assert_eq!(s.disc, set(&[b1, b2]));
+    assert_eq!(status(&nodes[2]).members(), set(&[b3]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "resets its nodes: run by scripts/test on the b-node set"]
+async fn a_failed_join_starts_the_app_again() {
+    let _g = exclusive().await;
+    let nodes = standalone_nodes().await;
+    // cluster.rabbitmqctl pointing at a wrapper whose join_cluster fails; every
+    // other command reaches the real node.
+    let wrapper = write_temp(
+        "sh",
+        "#!/bin/sh\nfor a in \"$@\"; do\n  if [ \"$a\" = join_cluster ]; then\n    \
+         echo 'Error: simulated join failure' >&2; exit 69\n  fi\ndone\nexec rabbitmqctl \"$@\"\n",
+    );
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let cfg = config_file(&nodes, &format!("  rabbitmqctl: {}\n", wrapper.display()));
+    let b2 = &nodes[1].name;
+
+    let r = bootstrap(&cfg, &[]);
+    assert_eq!(r.code, 70, "{r}");
+    assert_eq!(
+        r.lines("change"),
+        vec![
+            format!("change   {b2}: stop_app").as_str(),
+            format!("change   {b2}: start_app").as_str()
+        ],
+        "{r}"
+    );
+    assert!(
+        r.lines("error")
+            .join("\n")
+            .contains("simulated join failure; starting the app again"),
+        "{r}"
+    );
+    assert!(r.stderr.contains("the node's app was started again"), "{r}");
+    // b2's app runs (and serves its management API); b3 was never touched.
+    assert_eq!(status(&nodes[1]).running, set(&[b2]));
+    assert_eq!(
+        mgmt(&nodes[1], hyper::Method::GET, "/api/overview").await,
+        200
+    );
+    assert_untouched(&nodes).await;
+}
+
+// ---- without nodes ----------------------------------------------------------
+
+#[test]
+fn config_errors_exit_64() {
+    let base = "listen: 127.0.0.1:0\nbackends:\n  - {name: a, address: '127.0.0.1:1', management: 'http://127.0.0.1:1'}\n  - {name: b, address: '127.0.0.1:2'}\n";
+    for (extra, want) in [
+        ("", "no `cluster:` section"),
+        (
+            "cluster: {nodes: [{backend: a, node: r@h, type: ram}]}\n",
+            "type `disc`",
+        ),
+        (
+            "cluster: {nodes: [{backend: b, node: r@h}]}\n",
+            "has no `management` URL",
+        ),
+        (
+            "cluster: {erlang_cookie_file: /nonexistent/cookie, nodes: [{backend: a, node: r@h}]}\n",
+            "cluster.erlang_cookie_file",
+        ),
+    ] {
+        let cfg = write_temp("yaml", &format!("{base}{extra}"));
+        let r = bootstrap(&cfg, &[]);
+        assert_eq!(r.code, 64, "{extra}: {r}");
+        assert!(r.stderr.contains(want), "{extra}: {r}");
+    }
+}
+
+/// A management API that answers `/api/overview` as `node` on `version`,
+/// accepts policy PUTs (201) but never has the policy (404): an edge case a real
+/// node does not produce.
+async fn fake_management(node: &str, version: &str) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let overview = serde_json::json!({
+        "node": node, "rabbitmq_version": version, "erlang_version": "26.2"
+    })
+    .to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let overview = overview.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let head_end = loop {
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < head_end + length {
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let (status, body) = if head.starts_with("get /api/overview ") {
+                    ("200 OK", overview)
+                } else if head.starts_with("put /api/policies/") {
+                    ("201 Created", String::new())
+                } else {
+                    (
+                        "404 Not Found",
+                        r#"{"error":"Object Not Found","reason":"Not Found"}"#.into(),
+                    )
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A config for one fake node whose rabbitmqctl (the second file) always
+/// reports it standalone.
+fn fake_config(mgmt: std::net::SocketAddr) -> (TempFile, TempFile) {
+    let ctl = write_temp(
+        "sh",
+        "#!/bin/sh\nnode=\nwhile [ $# -gt 0 ]; do\n  case \"$1\" in -n) node=$2; shift 2 ;; *) shift ;; esac\ndone\n\
+         printf '{\"running_nodes\":[\"%s\"],\"disk_nodes\":[\"%s\"],\"ram_nodes\":[]}\\n' \"$node\" \"$node\"\n",
+    );
+    std::fs::set_permissions(&ctl, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let config = write_temp(
+        "yaml",
+        &format!(
+            "listen: 127.0.0.1:0\nbackends:\n  - {{name: x1, address: '127.0.0.1:1', management: 'http://{mgmt}'}}\n\
+             cluster:\n  rabbitmqctl: {}\n  nodes:\n    - {{backend: x1, node: x1@fake}}\n{HA_POLICY}",
+            ctl.display()
+        ),
+    );
+    (config, ctl)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ha_policies_are_refused_on_rabbitmq_4_with_the_quorum_alternative() {
+    let addr = fake_management("x1@fake", "4.0.5").await;
+    let (cfg, _ctl) = fake_config(addr);
+    let r = tokio::task::spawn_blocking(move || bootstrap(&cfg, &[]))
+        .await
+        .expect("runs");
+    assert_eq!(r.code, 65, "{r}");
+    let errors = r.lines("error").join("\n");
+    assert!(
+        errors.contains("policy ha-allqueue (vhost /): refused"),
+        "{r}"
+    );
+    assert!(errors.contains("removed in 4.0"), "{r}");
+    assert!(errors.contains("x-queue-type: quorum"), "{r}");
+    assert!(
+        errors.contains("rabbitmqctl update_vhost_metadata / --default-queue-type quorum"),
+        "{r}"
+    );
+    assert!(r.stderr.contains("nothing was changed"), "{r}");
+    assert!(r.lines("change").is_empty(), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_3_13_mirroring_warns_and_a_policy_not_read_back_is_not_reported_applied() {
+    let addr = fake_management("x1@fake", "3.13.7").await;
+    let (cfg, _ctl) = fake_config(addr);
+    let r = tokio::task::spawn_blocking(move || bootstrap(&cfg, &[]))
+        .await
+        .expect("runs");
+    assert_eq!(r.code, 70, "{r}");
+    assert!(
+        r.lines("warning")
+            .join("\n")
+            .contains("deprecated since RabbitMQ 3.13"),
+        "{r}"
+    );
+    assert!(
+        r.lines("error")
+            .join("\n")
+            .contains("not applied: PUT answered 201 Created, but reading it back shows: absent"),
+        "{r}"
+    );
+    assert!(r.lines("change").is_empty(), "{r}");
+}

@@ -1,0 +1,368 @@
+//! Health checks against the real nodes: stop_app, a memory alarm, a frozen node;
+//! and a fake management API for what a real node cannot do on demand.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// interval 1s, timeout 1s, fall 2, rise 2: down within fall x interval + timeout = 3 s.
+const FAST_CHECKS: &str = "health:\n  interval: 1s\n  timeout: 1s\n  fall: 2\n  rise: 2\n  slowstart: 0s\n  password: guest\n";
+const DOWN_BOUND: Duration = Duration::from_secs(3);
+/// Slack for a shared, noisy machine on top of the configured bound.
+const SLACK: Duration = Duration::from_secs(3);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_app_marks_node_down_clients_get_320_and_it_returns_after_rise() {
+    let nodes = cluster_exclusive().await;
+    let w = Warren::start(&config_yaml(&nodes, FAST_CHECKS)).await;
+    w.wait_state(&nodes[1].backend, "up", Duration::from_secs(5))
+        .await;
+    let prefix = unique("stopapp");
+    let conns = connections_on(&w, &nodes, 1, 3, &prefix).await;
+    let watchers: Vec<_> = conns.iter().map(watch_close).collect();
+
+    let stopped = StoppedApp::stop(&nodes[1]);
+    let took = w
+        .wait_state(&nodes[1].backend, "down", DOWN_BOUND + SLACK)
+        .await;
+    eprintln!("marked down {took:?} after stop_app returned (bound {DOWN_BOUND:?})");
+    let b = w.backend(&nodes[1].backend).await;
+    assert!(
+        b["last_failure"].as_str().is_some_and(|r| !r.is_empty()),
+        "{b}"
+    );
+    assert!(b["consecutive_failures"].as_u64().unwrap_or(0) >= 2, "{b}");
+    for h in watchers {
+        let c = closed_within(h, Duration::from_secs(10))
+            .await
+            .expect("client told");
+        assert_eq!(
+            c.code,
+            Some(320),
+            "a connection.close 320, not a reset: {c:?}"
+        );
+    }
+    // New connections go to the others.
+    let after = unique("stopapp-new");
+    let mut more = Vec::new();
+    for i in 0..6 {
+        more.push(amqp_connect_named(&w.url(), &format!("{after}-{i}")).await);
+    }
+    let seen = wait_named(&nodes[0], &after, 6).await;
+    assert_eq!(per_node(&nodes, &seen), vec![3, 0, 3], "{seen:?}");
+
+    drop(stopped); // start_app
+    let took = w
+        .wait_state(&nodes[1].backend, "up", Duration::from_secs(60))
+        .await;
+    eprintln!("back up {took:?} after start_app");
+    assert!(
+        w.backend(&nodes[1].backend).await["consecutive_successes"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 2
+    );
+    for c in more {
+        let _ = c.close(200, "bye".into()).await;
+    }
+    w.stop().await;
+}
+
+/// Sets a memory alarm on a node and clears it on drop.
+struct MemoryAlarm(Node);
+
+impl MemoryAlarm {
+    fn raise(node: &Node) -> MemoryAlarm {
+        rabbitmqctl(node, &["set_vm_memory_high_watermark", "absolute", "1MB"]);
+        MemoryAlarm(node.clone())
+    }
+}
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["-n", &self.0.name, "set_vm_memory_high_watermark", "0.4"])
+            .output();
+    }
+}
+
+async fn wait_alarm(w: &Warren, backend: &str, on: bool) {
+    let start = tokio::time::Instant::now();
+    loop {
+        let b = w.backend(backend).await;
+        if b["alarm"] == on {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "alarm never became {on}: {b}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_alarm_affects_only_that_node_per_on_alarm() {
+    let nodes = cluster_exclusive().await;
+
+    // stop-new: no new connections to the alarmed node, its clients stay connected.
+    let w = Warren::start(&config_yaml(
+        &nodes,
+        &format!("{FAST_CHECKS}  on_alarm: stop-new\n"),
+    ))
+    .await;
+    let prefix = unique("alarm-keep");
+    let kept = connections_on(&w, &nodes, 1, 2, &prefix).await;
+    let kept_watch: Vec<_> = kept.iter().map(watch_close).collect();
+    let alarm = MemoryAlarm::raise(&nodes[1]);
+    wait_alarm(&w, &nodes[1].backend, true).await;
+    for other in [&nodes[0], &nodes[2]] {
+        let b = w.backend(&other.backend).await;
+        assert_eq!(b["alarm"], false, "{b}");
+        assert_eq!(b["state"], "up", "{b}");
+    }
+    let b = w.backend(&nodes[1].backend).await;
+    assert!(
+        b["last_failure"]
+            .as_str()
+            .is_some_and(|r| r.contains("local-alarms")),
+        "{b}"
+    );
+    let newer = unique("alarm-new");
+    let mut more = Vec::new();
+    for i in 0..4 {
+        more.push(amqp_connect_named(&w.url(), &format!("{newer}-{i}")).await);
+    }
+    let seen = wait_named(&nodes[0], &newer, 4).await;
+    assert_eq!(per_node(&nodes, &seen), vec![2, 0, 2], "{seen:?}");
+    for c in &kept {
+        // Consumers keep working on the alarmed node.
+        let ch = c.create_channel().await.expect("still open");
+        ch.queue_declare(
+            unique("q-alarm").as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare on the alarmed node");
+    }
+    for h in kept_watch {
+        assert!(closed_within(h, Duration::from_millis(100)).await.is_none());
+    }
+    drop(alarm);
+    wait_alarm(&w, &nodes[1].backend, false).await;
+    for c in kept.into_iter().chain(more) {
+        let _ = c.close(200, "bye".into()).await;
+    }
+    w.stop().await;
+
+    // drain: the alarmed node's clients get connection.close 320 from warren.
+    let w = Warren::start(&config_yaml(
+        &nodes,
+        &format!("{FAST_CHECKS}  on_alarm: drain\ndrain:\n  window: 1s\n"),
+    ))
+    .await;
+    let prefix = unique("alarm-drain");
+    let conns = connections_on(&w, &nodes, 1, 2, &prefix).await;
+    let watchers: Vec<_> = conns.iter().map(watch_close).collect();
+    let alarm = MemoryAlarm::raise(&nodes[1]);
+    for h in watchers {
+        let c = closed_within(h, Duration::from_secs(20))
+            .await
+            .expect("closed on alarm");
+        assert_eq!(c.code, Some(320), "{c:?}");
+        assert!(c.text.contains("alarm"), "{c:?}");
+    }
+    drop(alarm);
+    wait_alarm(&w, &nodes[1].backend, false).await;
+    w.stop().await;
+}
+
+/// Freezes a node's Erlang VM (SIGSTOP) and thaws it on drop: the node still
+/// completes TCP handshakes (kernel backlog) but answers nothing.
+struct Frozen(u32);
+
+impl Frozen {
+    fn freeze(node: &Node) -> Frozen {
+        let dir = std::env::var("WARREN_CLUSTER_DIR")
+            .unwrap_or_else(|_| "/var/tmp/warren-cluster".into());
+        let short = node.name.split('@').next().expect("node name");
+        let pid: u32 = std::fs::read_to_string(format!("{dir}/{short}/pid"))
+            .expect("node pid file")
+            .trim()
+            .parse()
+            .expect("pid");
+        let ok = std::process::Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_node_is_detected_and_its_clients_closed_by_warren() {
+    let nodes = cluster_exclusive().await;
+    let w = Warren::start(&config_yaml(
+        &nodes,
+        &format!("{FAST_CHECKS}drain:\n  close_timeout: 2s\n"),
+    ))
+    .await;
+    let prefix = unique("frozen");
+    let conns = connections_on(&w, &nodes, 2, 3, &prefix).await;
+    let watchers: Vec<_> = conns.iter().map(watch_close).collect();
+    let frozen = Frozen::freeze(&nodes[2]);
+    let took = w
+        .wait_state(&nodes[2].backend, "down", DOWN_BOUND + SLACK)
+        .await;
+    eprintln!("frozen node marked down after {took:?} (bound {DOWN_BOUND:?})");
+    let b = w.backend(&nodes[2].backend).await;
+    assert!(
+        b["last_failure"]
+            .as_str()
+            .is_some_and(|r| r.contains("timed out")),
+        "{b}"
+    );
+    // The broker can't close them: warren does, the AMQP way, promptly.
+    for h in watchers {
+        let c = closed_within(h, Duration::from_secs(5))
+            .await
+            .expect("client told promptly");
+        assert_eq!(c.code, Some(320), "{c:?}");
+        assert!(c.text.contains("is down"), "{c:?}");
+    }
+    // New connections avoid it (a TCP-only check would have let a third of them hang).
+    let after = unique("frozen-new");
+    let mut more = Vec::new();
+    for i in 0..4 {
+        more.push(amqp_connect_named(&w.url(), &format!("{after}-{i}")).await);
+    }
+    drop(frozen);
+    w.wait_state(&nodes[2].backend, "up", Duration::from_secs(30))
+        .await;
+    for c in more {
+        let _ = c.close(200, "bye".into()).await;
+    }
+    w.stop().await;
+}
+
+/// A fake management API answering every request the same way.
+async fn fake_management(answer: &'static str) -> SocketAddr {
+    tcp_server(move |mut s| async move {
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        match answer {
+            "hang" => tokio::time::sleep(Duration::from_secs(3600)).await,
+            "huge" => {
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 104857600\r\n\r\n")
+                    .await;
+                let chunk = vec![b' '; 65536];
+                for _ in 0..1600 {
+                    if s.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            other => {
+                let _ = s.write_all(other.as_bytes()).await;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_management_apis_fail_checks_with_reasons_without_stalling_others() {
+    let nodes = cluster().await;
+    let cases: [(&str, &'static str, &str); 5] = [
+        ("unauth", "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n", "HTTP 401"),
+        ("err500", "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 5\r\n\r\noops!", "HTTP 500"),
+        ("garbage", "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 9\r\n\r\n{not-json", "HTTP 503"),
+        ("hang", "hang", "timed out"),
+        ("huge", "huge", "body larger"),
+    ];
+    let mut yaml = String::from(
+        "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nhealth:\n  interval: 500ms\n  timeout: 1s\n  fall: 2\n  password: guest\n  checks: [virtual-hosts]\nbackends:\n",
+    );
+    yaml.push_str(&format!(
+        "  - name: real\n    address: {}\n    management: {}\n",
+        nodes[0].amqp,
+        nodes[0].mgmt_url()
+    ));
+    for (name, answer, _) in &cases {
+        let amqp = sink_backend().await;
+        let mgmt = fake_management(answer).await;
+        yaml.push_str(&format!(
+            "  - name: {name}\n    address: {amqp}\n    management: http://{mgmt}\n"
+        ));
+    }
+    let w = Warren::start(&yaml).await;
+    for (name, _, reason) in &cases {
+        w.wait_state(name, "down", Duration::from_secs(10)).await;
+        let b = w.backend(name).await;
+        let got = b["last_failure"].as_str().unwrap_or_default().to_string();
+        assert!(
+            got.contains(reason),
+            "{name}: last_failure `{got}` lacks `{reason}`"
+        );
+    }
+    // The real node kept being checked at its own pace meanwhile.
+    let before = w.backend("real").await["consecutive_successes"]
+        .as_u64()
+        .unwrap_or(0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = w.backend("real").await;
+    assert_eq!(after["state"], "up", "{after}");
+    assert!(
+        after["consecutive_successes"].as_u64().unwrap_or(0) >= before + 2,
+        "{after}"
+    );
+    // Credentials never show in the API.
+    let (_, all) = w.admin_get("/api/backends").await;
+    assert!(
+        !all.contains("guest:guest") && !all.contains("Basic "),
+        "{all}"
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_are_a_failure_with_reason_on_a_real_node() {
+    let nodes = cluster().await;
+    let w = Warren::start(&config_yaml(
+        &nodes,
+        "health:\n  interval: 500ms\n  fall: 1\n  password: wrong-password\n",
+    ))
+    .await;
+    w.wait_state(&nodes[0].backend, "down", Duration::from_secs(10))
+        .await;
+    let b = w.backend(&nodes[0].backend).await;
+    assert!(
+        b["last_failure"]
+            .as_str()
+            .is_some_and(|r| r.contains("HTTP 401")),
+        "{b}"
+    );
+    let (_, all) = w.admin_get("/api/backends").await;
+    assert!(!all.contains("wrong-password"));
+    w.stop().await;
+}

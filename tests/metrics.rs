@@ -1,0 +1,384 @@
+//! Metrics end to end: the /metrics output moves as real AMQP clients connect,
+//! move bytes and leave, as a node stops, as connections are refused or drained,
+//! and it passes `promtool check metrics` throughout.
+//!
+//! Every test names its backends uniquely (the metrics registry is global to the
+//! process) and holds `serial()`, because the listener and reload series have no
+//! backend label.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Mutex;
+use warren::metrics as m;
+
+fn serial() -> &'static Mutex<()> {
+    static LOCK: std::sync::OnceLock<Mutex<()>> = std::sync::OnceLock::new();
+    LOCK.get_or_init(|| Mutex::new(()))
+}
+
+/// A config for `nodes` whose backends are named `{tag}-{i}`; returns the names too.
+fn yaml_named(nodes: &[Node], tag: &str, extra: &str) -> (String, Vec<String>) {
+    let mut y = String::from("listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n");
+    y.push_str(extra);
+    y.push_str("backends:\n");
+    let mut names = Vec::new();
+    for n in nodes {
+        let name = format!("{tag}-{}", n.index);
+        y.push_str(&format!(
+            "  - name: {name}\n    address: {}\n    management: {}\n",
+            n.amqp,
+            n.mgmt_url()
+        ));
+        names.push(name);
+    }
+    (y, names)
+}
+
+/// Polls /metrics until `ok` holds (up to 30 s); the last exposition.
+async fn wait_metrics(w: &Warren, what: &str, ok: impl Fn(&Metrics) -> bool) -> Metrics {
+    let start = tokio::time::Instant::now();
+    loop {
+        let got = w.metrics().await;
+        if ok(&got) {
+            return got;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "metrics never showed {what}:\n{}",
+            got.0
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn b(name: &str) -> [(&'static str, &str); 1] {
+    [("backend", name)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_an_amqp_session_and_pass_promtool() {
+    let _s = serial().lock().await;
+    let nodes = cluster().await;
+    let tag = unique("ms");
+    let (yaml, names) = yaml_named(&nodes, &tag, "health:\n  password: guest\n");
+    let w = Warren::start(&yaml).await;
+
+    let first = w.metrics().await;
+    promtool_check(&first.0);
+    assert_eq!(
+        first.get(m::BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))]),
+        Some(1.0)
+    );
+    for n in &names {
+        assert_eq!(first.get(m::BACKEND_UP, &b(n)), Some(1.0), "{}", first.0);
+        assert_eq!(first.get(m::BACKEND_ACTIVE, &b(n)), Some(0.0));
+        assert_eq!(
+            first.get(
+                m::BACKEND_CONNECT_ERRORS,
+                &[("backend", n), ("kind", "refused")]
+            ),
+            Some(0.0),
+            "counters exist from the start"
+        );
+    }
+    let accepted0 = first.value(m::LISTENER_ACCEPTED, &[("listener", "amqp")]);
+
+    // Round robin: one client per backend.
+    let mut conns = Vec::new();
+    for i in 0..3 {
+        conns.push(amqp_connect_named(&w.url(), &format!("{tag}-c{i}")).await);
+    }
+    let during = wait_metrics(&w, "3 active connections", |x| {
+        names
+            .iter()
+            .all(|n| x.value(m::BACKEND_ACTIVE, &b(n)) == 1.0)
+    })
+    .await;
+    for n in &names {
+        assert_eq!(during.value(m::BACKEND_CONNECTIONS, &b(n)), 1.0, "{n}");
+    }
+    assert_eq!(
+        during.value(m::LISTENER_ACTIVE, &[("listener", "amqp")]),
+        3.0
+    );
+    assert_eq!(
+        during.value(m::LISTENER_ACCEPTED, &[("listener", "amqp")]) - accepted0,
+        3.0
+    );
+
+    // 256 KiB out and back through the first connection.
+    let queue = unique("q-metrics");
+    let ch = conns[0].create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    let payload = vec![7u8; 256 * 1024];
+    ch.basic_publish(
+        "".into(),
+        queue.as_str().into(),
+        BasicPublishOptions::default(),
+        &payload,
+        BasicProperties::default(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("confirm");
+    let got = loop {
+        if let Some(msg) = ch
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("get")
+        {
+            break msg.delivery.data;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(got.len(), payload.len());
+    let _ = ch
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let moved = w.metrics().await;
+    let sent: f64 = names
+        .iter()
+        .map(|n| moved.value(m::BACKEND_SENT_BYTES, &b(n)))
+        .sum();
+    let received: f64 = names
+        .iter()
+        .map(|n| moved.value(m::BACKEND_RECEIVED_BYTES, &b(n)))
+        .sum();
+    assert!(sent >= payload.len() as f64, "sent {sent} bytes");
+    assert!(
+        received >= payload.len() as f64,
+        "received {received} bytes"
+    );
+    for n in &names {
+        assert!(
+            moved.value("warren_health_check_duration_seconds_count", &b(n.as_str())) >= 1.0,
+            "probes of {n} are timed:\n{}",
+            moved.0
+        );
+    }
+    promtool_check(&moved.0);
+
+    for c in conns {
+        let _ = c.close(200, "bye".into()).await;
+    }
+    let after = wait_metrics(&w, "no active connection", |x| {
+        names
+            .iter()
+            .all(|n| x.value(m::BACKEND_ACTIVE, &b(n)) == 0.0)
+            && x.value(m::LISTENER_ACTIVE, &[("listener", "amqp")]) == 0.0
+    })
+    .await;
+    // Counters never go back.
+    for n in &names {
+        assert_eq!(after.value(m::BACKEND_CONNECTIONS, &b(n)), 1.0);
+    }
+    assert!(
+        names
+            .iter()
+            .map(|n| after.value(m::BACKEND_SENT_BYTES, &b(n)))
+            .sum::<f64>()
+            >= sent
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_up_drops_to_zero_after_stop_app() {
+    let _s = serial().lock().await;
+    let nodes = cluster_exclusive().await;
+    let tag = unique("mu");
+    let (yaml, names) = yaml_named(
+        &nodes,
+        &tag,
+        "health:\n  password: guest\n  interval: 300ms\n  fast_interval: 200ms\n  down_interval: 300ms\n  fall: 2\n  rise: 1\n",
+    );
+    let w = Warren::start(&yaml).await;
+    wait_metrics(&w, "all backends up", |x| {
+        names
+            .iter()
+            .all(|n| x.get(m::BACKEND_UP, &b(n)) == Some(1.0))
+    })
+    .await;
+    let stopped = StoppedApp::stop(&nodes[1]);
+    let down = wait_metrics(&w, "backend_up 0 for the stopped node", |x| {
+        x.get(m::BACKEND_UP, &b(&names[1])) == Some(0.0)
+    })
+    .await;
+    assert_eq!(
+        down.get(
+            m::BACKEND_STATE,
+            &[("backend", &names[1]), ("state", "down")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        down.get(m::BACKEND_STATE, &[("backend", &names[1]), ("state", "up")]),
+        Some(0.0)
+    );
+    assert!(
+        down.value(
+            m::HEALTH_CHECK_FAILURES,
+            &[("backend", &names[1]), ("reason", "tcp")]
+        ) >= 2.0,
+        "{}",
+        down.0
+    );
+    assert_eq!(down.get(m::BACKEND_UP, &b(&names[0])), Some(1.0));
+    assert_eq!(down.get(m::BACKEND_UP, &b(&names[2])), Some(1.0));
+    promtool_check(&down.0);
+    drop(stopped);
+    wait_nodes_up().await;
+    wait_metrics(&w, "backend_up 1 again", |x| {
+        x.get(m::BACKEND_UP, &b(&names[1])) == Some(1.0)
+    })
+    .await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_are_counted_as_rejected() {
+    let _s = serial().lock().await;
+    let nodes = cluster().await;
+    let tag = unique("mc");
+    let (yaml, _) = yaml_named(&nodes, &tag, "max_connections: 1\n");
+    let w = Warren::start(&yaml).await;
+    let before = w.metrics().await;
+    let rejected0 = before.value(m::LISTENER_REJECTED, &[("listener", "amqp")]);
+    let conn = amqp_connect(&w.url()).await;
+    let mut extra = tokio::net::TcpStream::connect(w.amqp)
+        .await
+        .expect("TCP connect");
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf))
+        .await
+        .expect("closed at once, not left hanging")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "a connection over the cap is closed");
+    let after = wait_metrics(&w, "one rejected connection", |x| {
+        x.value(m::LISTENER_REJECTED, &[("listener", "amqp")]) - rejected0 == 1.0
+    })
+    .await;
+    assert_eq!(
+        after.value(m::LISTENER_ACTIVE, &[("listener", "amqp")]),
+        1.0
+    );
+    let _ = conn.close(200, "bye".into()).await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_counts_graceful_and_forced_closes() {
+    let _s = serial().lock().await;
+    let nodes = cluster().await;
+    let tag = unique("md");
+    let (yaml, names) = yaml_named(
+        &nodes[..1],
+        &tag,
+        "drain:\n  window: 100ms\n  grace: 5s\n  close_timeout: 500ms\n",
+    );
+    let w = Warren::start(&yaml).await;
+    let name = &names[0];
+    // A real client answers connection.close with close-ok ...
+    let good = amqp_connect(&w.url()).await;
+    // ... a silent one never does.
+    let mut silent = tokio::net::TcpStream::connect(w.amqp)
+        .await
+        .expect("TCP connect");
+    silent
+        .write_all(b"AMQP\x00\x00\x09\x01")
+        .await
+        .expect("header");
+    let mut start = [0u8; 7];
+    silent
+        .read_exact(&mut start)
+        .await
+        .expect("connection.start arrives");
+    wait_metrics(&w, "two active connections", |x| {
+        x.value(m::BACKEND_ACTIVE, &b(name)) == 2.0
+    })
+    .await;
+    let good_closed = watch_close(&good);
+    let (status, body) = w.admin_post(&format!("/api/backends/{name}/drain")).await;
+    assert_eq!(status, 200, "{body}");
+    let closed = tokio::time::timeout(Duration::from_secs(10), good_closed)
+        .await
+        .expect("closed within 10 s")
+        .expect("watcher")
+        .expect("the client is told to close");
+    assert_eq!(closed.code, Some(320), "{closed:?}");
+    let after = wait_metrics(&w, "both closes counted", |x| {
+        x.value(m::BACKEND_ACTIVE, &b(name)) == 0.0
+            && x.value(m::BACKEND_GRACEFUL_CLOSES, &b(name)) == 1.0
+            && x.value(m::BACKEND_FORCED_CLOSES, &b(name)) == 1.0
+    })
+    .await;
+    assert_eq!(
+        after.value(
+            m::BACKEND_DRAINS,
+            &[("backend", name), ("trigger", "operator")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        after.get(
+            m::BACKEND_STATE,
+            &[("backend", name), ("state", "draining")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(after.get(m::BACKEND_UP, &b(name)), Some(0.0));
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_errors_are_counted_by_kind() {
+    let _s = serial().lock().await;
+    let nodes = cluster().await;
+    let tag = unique("me");
+    // Nothing listens on port 1: connects are refused. Round robin tries it first.
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nhealth:\n  interval: 1h\n\
+         backends:\n  - name: {tag}-dead\n    address: 127.0.0.1:1\n  - name: {tag}-ok\n    address: {}\n",
+        nodes[0].amqp
+    );
+    let w = Warren::start(&yaml).await;
+    let conn = amqp_connect(&w.url()).await;
+    let dead = format!("{tag}-dead");
+    let ok = format!("{tag}-ok");
+    let x = wait_metrics(&w, "the refused connect", |x| {
+        x.value(
+            m::BACKEND_CONNECT_ERRORS,
+            &[("backend", &dead), ("kind", "refused")],
+        ) == 1.0
+    })
+    .await;
+    assert_eq!(x.value(m::BACKEND_CONNECTIONS, &b(&ok)), 1.0);
+    assert_eq!(x.value(m::BACKEND_CONNECTIONS, &b(&dead)), 0.0);
+    assert!(
+        x.value(
+            m::HEALTH_CHECK_FAILURES,
+            &[("backend", &dead), ("reason", "tcp")]
+        ) >= 1.0,
+        "{}",
+        x.0
+    );
+    let _ = conn.close(200, "bye".into()).await;
+    w.stop().await;
+}

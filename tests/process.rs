@@ -1,0 +1,472 @@
+//! The real `warren` binary as operators run it: SIGTERM with open AMQP clients,
+//! a second signal, SIGHUP, the `healthcheck` command, JSON logs and their levels,
+//! and secrets that never reach a log line.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const BIN: &str = env!("CARGO_BIN_EXE_warren");
+
+/// A `warren run` child process with its JSON log in a file.
+struct Proc {
+    child: Child,
+    dir: PathBuf,
+    log: PathBuf,
+    amqp: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Proc {
+    /// Writes `yaml` to a fresh directory and runs warren on it; waits for the
+    /// "warren started" line (which carries the bound ports).
+    fn start(yaml: &str, env: &[(&str, &str)]) -> Proc {
+        let dir = std::env::temp_dir().join(unique("warren-proc"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let config = dir.join("warren.yaml");
+        std::fs::write(&config, yaml).expect("config written");
+        let log = dir.join("warren.log");
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--config"])
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("warren starts");
+        let mut p = Proc {
+            child,
+            dir,
+            log,
+            amqp: "127.0.0.1:0".parse().expect("addr"),
+            admin: "127.0.0.1:0".parse().expect("addr"),
+        };
+        let start = Instant::now();
+        loop {
+            if let Some(l) = p.lines().iter().find(|l| l["message"] == "warren started") {
+                p.amqp = l["listen"].as_str().expect("listen").parse().expect("addr");
+                p.admin = l["admin"].as_str().expect("admin").parse().expect("addr");
+                return p;
+            }
+            if let Ok(Some(status)) = p.child.try_wait() {
+                panic!("warren exited at start ({status}): {}", p.text());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no start line: {}",
+                p.text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.join("warren.yaml")
+    }
+
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Every log line, each of which must be a JSON object.
+    fn lines(&self) -> Vec<serde_json::Value> {
+        self.text()
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}"))
+            })
+            .collect()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit, up to `within`.
+    fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    async fn wait_log(&self, message: &str, within: Duration) {
+        let start = Instant::now();
+        while !self.lines().iter().any(|l| l["message"] == message) {
+            assert!(
+                start.elapsed() < within,
+                "no `{message}` in the log: {}",
+                self.text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.amqp)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // Our own child only, by its handle.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn healthcheck(args: &[&str]) -> Option<i32> {
+    Command::new(BIN)
+        .arg("healthcheck")
+        .args(args)
+        .output()
+        .expect("healthcheck runs")
+        .status
+        .code()
+}
+
+fn base_yaml(nodes: &[Node], extra: &str) -> String {
+    let mut y = config_yaml(nodes, &format!("log:\n  format: json\n{extra}"));
+    if !y.contains("password") {
+        y.push_str("health:\n  password: guest\n");
+    }
+    y
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_amqp_clients_with_320_and_exits_0_within_the_grace() {
+    let nodes = cluster().await;
+    let grace = Duration::from_secs(5);
+    let mut p = Proc::start(&base_yaml(&nodes, "shutdown:\n  grace: 5s\n"), &[]);
+    let mut conns = Vec::new();
+    for i in 0..3 {
+        conns.push(amqp_connect_named(&p.url(), &format!("{}-{i}", unique("term"))).await);
+    }
+    // Listening on every client before the signal.
+    let watchers: Vec<_> = conns.iter().map(watch_close).collect();
+    let sent = Instant::now();
+    p.signal("TERM");
+    let status = tokio::task::block_in_place(|| p.wait_exit(grace + Duration::from_secs(5)))
+        .unwrap_or_else(|| panic!("warren still running: {}", p.text()));
+    let took = sent.elapsed();
+    for w in watchers {
+        let closed = tokio::time::timeout(Duration::from_secs(5), w)
+            .await
+            .expect("the watcher ends")
+            .expect("watcher")
+            .expect("every client is told to close");
+        assert_eq!(closed.code, Some(320), "{closed:?}");
+    }
+    assert_eq!(status.code(), Some(0), "{}", p.text());
+    assert!(took < grace, "exit took {took:?}, grace is {grace:?}");
+    let log = p.lines();
+    let closing = log
+        .iter()
+        .find(|l| l["message"] == "closing client connections")
+        .unwrap_or_else(|| panic!("{}", p.text()));
+    assert_eq!(closing["connections"], 3);
+    assert!(log.iter().any(|l| l["message"] == "warren stopped"));
+    eprintln!("SIGTERM to exit with 3 AMQP clients: {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let nodes = cluster().await;
+    let mut p = Proc::start(
+        &base_yaml(
+            &nodes,
+            "shutdown:\n  grace: 60s\ndrain:\n  close_timeout: 60s\n",
+        ),
+        &[],
+    );
+    // A client that never answers connection.close keeps the first shutdown waiting.
+    let mut silent = tokio::net::TcpStream::connect(p.amqp)
+        .await
+        .expect("connect");
+    silent
+        .write_all(b"AMQP\x00\x00\x09\x01")
+        .await
+        .expect("header");
+    let mut start = [0u8; 7];
+    silent
+        .read_exact(&mut start)
+        .await
+        .expect("connection.start");
+    p.signal("TERM");
+    p.wait_log("closing client connections", Duration::from_secs(10))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        matches!(p.child.try_wait(), Ok(None)),
+        "still waiting for the silent client"
+    );
+    // Stopped accepting: the listening socket is closed; the admin API still
+    // answers, and says "not ready" so load balancers and Kubernetes look elsewhere.
+    assert!(tokio::net::TcpStream::connect(p.amqp).await.is_err());
+    assert_eq!(admin_request(p.admin, "GET", "/readyz").await.0, 503);
+    assert_eq!(admin_request(p.admin, "GET", "/healthz").await.0, 200);
+    let sent = Instant::now();
+    p.signal("TERM");
+    let status = tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(5)))
+        .unwrap_or_else(|| panic!("a second signal must exit at once: {}", p.text()));
+    assert_eq!(status.code(), Some(1));
+    eprintln!("second SIGTERM to exit: {:?}", sent.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_and_healthcheck_follows_the_admin_api() {
+    let nodes = cluster().await;
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let tag = unique("hup");
+    let yaml = |backends: &[&Node]| {
+        let mut y = format!(
+            "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:{admin_port}\nlog:\n  format: json\nbackends:\n"
+        );
+        for n in backends {
+            y.push_str(&format!(
+                "  - name: {tag}-{}\n    address: {}\n",
+                n.index, n.amqp
+            ));
+        }
+        y
+    };
+    let mut p = Proc::start(&yaml(&[&nodes[0]]), &[]);
+    let config = p.config();
+    let config_arg = config.to_str().expect("utf-8 path");
+    assert_eq!(healthcheck(&["-c", config_arg]), Some(0));
+    let admin = p.admin.to_string();
+    assert_eq!(
+        healthcheck(&["--admin", &admin, "--path", "/readyz"]),
+        Some(0)
+    );
+    assert_eq!(
+        healthcheck(&["--admin", &admin, "--path", "/nope"]),
+        Some(1)
+    );
+
+    std::fs::write(&config, yaml(&[&nodes[0], &nodes[1]])).expect("rewrite");
+    p.signal("HUP");
+    let added = format!("/api/backends/{tag}-2");
+    let start = Instant::now();
+    while admin_request(p.admin, "GET", &added).await.0 != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "SIGHUP did not reload: {}",
+            p.text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reloaded = p
+        .lines()
+        .into_iter()
+        .find(|l| l["message"] == "config reloaded")
+        .expect("reload logged");
+    assert_eq!(reloaded["trigger"], "signal");
+    p.signal("TERM");
+    let status =
+        tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(10))).expect("exits");
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(healthcheck(&["-c", config_arg]), Some(1));
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Removes the test's RabbitMQ user again.
+struct TempUser<'a>(&'a Node, String);
+
+impl Drop for TempUser<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-n", &self.0.name, "delete_user", &self.1])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_never_show_passwords() {
+    let nodes = cluster().await;
+    // A user of its own, so its password is a string found nowhere else.
+    let user = unique("logtest");
+    let secret = format!("Pw-{}", unique("s3cret"));
+    let wrong = format!("Wrong-{}", unique("s3cret"));
+    let in_bad_file = format!("Bad-{}", unique("s3cret"));
+    rabbitmqctl(&nodes[0], &["add_user", &user, &secret]);
+    let _cleanup = TempUser(&nodes[0], user.clone());
+    rabbitmqctl(&nodes[0], &["set_user_tags", &user, "monitoring"]);
+    rabbitmqctl(
+        &nodes[0],
+        &["set_permissions", "-p", "/", &user, ".*", ".*", ".*"],
+    );
+
+    let with_password = |pw: &str| {
+        config_yaml(
+            &nodes,
+            &format!(
+                "log:\n  format: json\nhealth:\n  username: {user}\n  password: {pw}\n  \
+                 interval: 200ms\n  fast_interval: 100ms\n  fall: 1\n"
+            ),
+        )
+    };
+    // RUST_LOG=trace: the most any dependency would ever say.
+    let mut p = Proc::start(&with_password(&secret), &[("RUST_LOG", "trace")]);
+    let config = p.config();
+    // The password travels through warren in connection.start-ok.
+    let url = format!("amqp://{user}:{secret}@{}/%2f", p.amqp);
+    let conn = amqp_connect(&url).await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.close(200, "bye".into()).await.expect("close channel");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A wrong management password: checks fail with 401, the reason is logged.
+    std::fs::write(&config, with_password(&wrong)).expect("rewrite");
+    p.signal("HUP");
+    p.wait_log("backend down", Duration::from_secs(10)).await;
+    // A broken file that holds a password: the error is logged, the file is not.
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:0\nhealth:\n  password: {in_bad_file}\n  rise: many\nbackends: []\n"
+        ),
+    )
+    .expect("rewrite");
+    p.signal("HUP");
+    p.wait_log(
+        "reload failed, the running config stays",
+        Duration::from_secs(10),
+    )
+    .await;
+    let _ = conn.close(200, "bye".into()).await;
+    p.signal("TERM");
+    let status =
+        tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(15))).expect("exits");
+    assert_eq!(status.code(), Some(0));
+
+    let text = p.text();
+    let lines = p.lines();
+    assert!(lines.len() > 20, "trace logging is busy: {text}");
+    for l in &lines {
+        for key in ["timestamp", "level", "target"] {
+            assert!(l.get(key).is_some(), "`{key}` missing: {l}");
+        }
+    }
+    let down = lines
+        .iter()
+        .find(|l| l["message"] == "backend down")
+        .expect("down line");
+    assert!(
+        down["reason"].as_str().is_some_and(|r| r.contains("401")),
+        "{down}"
+    );
+    let failed = lines
+        .iter()
+        .find(|l| l["message"] == "reload failed, the running config stays")
+        .expect("failure line");
+    let error = failed["error"].as_str().expect("error text");
+    assert!(
+        error.contains(&config.display().to_string()) && error.contains("line 4"),
+        "{error}"
+    );
+    let b64 = |pw: &str| base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"));
+    for s in [
+        secret.clone(),
+        wrong.clone(),
+        in_bad_file.clone(),
+        b64(&secret),
+        b64(&wrong),
+    ] {
+        assert!(!text.contains(&s), "`{s}` appears in the log");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_level_comes_from_the_config_and_rust_log_overrides_it() {
+    let nodes = cluster().await;
+    let debug = base_yaml(&nodes, "").replace(
+        "log:\n  format: json\n",
+        "log:\n  format: json\n  level: debug\n",
+    );
+    let mut p = Proc::start(&debug, &[]);
+    p.wait_log("check", Duration::from_secs(10)).await;
+    assert!(p.lines().iter().any(|l| l["level"] == "DEBUG"));
+    p.signal("TERM");
+    tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(10))).expect("exits");
+
+    // RUST_LOG=warn wins over `level: debug`: not even the start line.
+    let dir = std::env::temp_dir().join(unique("warren-level"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let path = dir.join("warren.yaml");
+    std::fs::write(
+        &path,
+        debug.replace(
+            "admin:\n  listen: 127.0.0.1:0",
+            &format!("admin:\n  listen: 127.0.0.1:{port}"),
+        ),
+    )
+    .expect("config");
+    let log = dir.join("warren.log");
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .args(["run", "-c"])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("starts"),
+    );
+    let admin: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let start = Instant::now();
+    while healthcheck(&["--admin", &admin.to_string()]) != Some(0) {
+        assert!(start.elapsed() < Duration::from_secs(10), "never healthy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status();
+    let _ = child.0.wait();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !text.contains("\"INFO\"") && !text.contains("\"DEBUG\""),
+        "RUST_LOG=warn must silence info and debug: {text}"
+    );
+    let _ = std::fs::remove_dir_all(Path::new(&dir));
+}
