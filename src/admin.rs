@@ -153,7 +153,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
                 Ok(summary) => json(StatusCode::OK, &summary),
                 Err(e) => {
                     let status = match e {
-                        ReloadError::Config(_) => StatusCode::BAD_REQUEST,
+                        ReloadError::Config(_) | ReloadError::Tls { .. } => StatusCode::BAD_REQUEST,
                         _ => StatusCode::INTERNAL_SERVER_ERROR,
                     };
                     json(status, &serde_json::json!({ "error": e.to_string() }))

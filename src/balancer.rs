@@ -375,6 +375,8 @@ mod tests {
             name: name.into(),
             address: format!("{name}:5672"),
             management: None,
+            tls: None,
+            send_proxy: None,
         }))
     }
 

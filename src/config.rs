@@ -81,13 +81,25 @@ fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> 
     })
 }
 
+/// An optional `ip:port` (absent key: `None`).
+fn opt_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    socket_addr(d).map(Some)
+}
+
 /// The whole file.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Where AMQP clients connect.
-    #[serde(deserialize_with = "socket_addr")]
-    pub listen: SocketAddr,
+    /// Where AMQP clients connect (plain TCP). Optional when `tls` has a listener.
+    #[serde(
+        default,
+        deserialize_with = "opt_socket_addr",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub listen: Option<SocketAddr>,
+    /// Where AMQPS clients connect: TLS termination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsListenConfig>,
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
@@ -227,6 +239,65 @@ pub struct BackendConfig {
     /// The node's management API base URL, e.g. `http://127.0.0.1:15672`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub management: Option<String>,
+    /// Connect to the node with TLS (for nodes that listen only on AMQPS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<BackendTlsConfig>,
+    /// Send a PROXY protocol header first, so the node (with `proxy_protocol = true`)
+    /// sees the client's address instead of warren's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_proxy: Option<ProxyVersion>,
+}
+
+/// TLS termination: a listener for AMQPS clients.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListenConfig {
+    /// Where AMQPS clients connect, e.g. `0.0.0.0:5671`.
+    #[serde(deserialize_with = "socket_addr")]
+    pub listen: SocketAddr,
+    /// Certificate chain, PEM, the server's certificate first.
+    pub cert: PathBuf,
+    /// The certificate's private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA certificates, PEM: when set, clients must present a certificate that
+    /// chains to one of them (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+}
+
+/// TLS origination: how warren connects to a node over TLS.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTlsConfig {
+    /// CA certificates, PEM, that the node's certificate must chain to.
+    /// Required while `verify` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// The name the node's certificate must carry; defaults to the host part of
+    /// `address`. Also sent as SNI (unless it is an IP address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// Verify the node's certificate against `ca` and `server_name`.
+    #[serde(default = "default_true")]
+    pub verify: bool,
+    /// A client certificate chain, PEM, for nodes that require one
+    /// (`ssl_options.fail_if_no_peer_cert = true`); `key` must come with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// PROXY protocol version: `v1` (text) or `v2` (binary).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyVersion {
+    V1,
+    V2,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -634,6 +705,20 @@ impl Config {
                 "expected at least one backend".into(),
             ));
         }
+        if self.listen.is_none() && self.tls.is_none() {
+            return Err(invalid(
+                "listen".into(),
+                "expected `listen`, `tls.listen` or both".into(),
+            ));
+        }
+        if let (Some(plain), Some(t)) = (self.listen, &self.tls) {
+            if plain == t.listen && plain.port() != 0 {
+                return Err(invalid(
+                    "tls.listen".into(),
+                    format!("expected an address other than `listen` ({plain})"),
+                ));
+            }
+        }
         if self.max_connections == 0 {
             return Err(invalid(
                 "max_connections".into(),
@@ -772,6 +857,9 @@ impl Config {
         }
         if let Some(c) = &self.cluster {
             self.validate_cluster(c, file)?;
+        }
+        if let Err(e) = crate::tls::check(self) {
+            return Err(invalid(e.key().to_string(), e.to_string()));
         }
         Ok(())
     }
@@ -1009,6 +1097,40 @@ cluster:
             )),
             Err(ConfigError::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn a_listener_is_required() {
+        let e = parse("backends:\n  - {name: a, address: 'h:5672'}\n").expect_err("no listener");
+        assert!(e.to_string().contains("`listen`"), "{e}");
+    }
+
+    #[test]
+    fn tls_files_are_checked_and_named() {
+        let e = parse(
+            "listen: 127.0.0.1:5672\ntls:\n  listen: 127.0.0.1:5671\n  cert: /nonexistent/c.pem\n  key: /nonexistent/k.pem\nbackends:\n  - {name: a, address: 'h:5672'}\n",
+        )
+        .expect_err("missing certificate");
+        let text = e.to_string();
+        assert!(
+            text.starts_with("test.yaml: key `tls.cert`: /nonexistent/c.pem"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn backend_tls_and_send_proxy_parse() {
+        let c = parse(
+            "listen: 127.0.0.1:5672\nbackends:\n  - {name: a, address: 'h:5671', send_proxy: v2, tls: {verify: false}}\n",
+        )
+        .expect("valid");
+        assert_eq!(c.backends[0].send_proxy, Some(ProxyVersion::V2));
+        assert!(!c.backends[0].tls.as_ref().expect("tls").verify);
+        let e = parse(
+            "listen: 127.0.0.1:5672\nbackends:\n  - {name: a, address: 'h:5671', send_proxy: v3}\n",
+        )
+        .expect_err("v3 is no PROXY version");
+        assert!(e.to_string().contains("v3"), "{e}");
     }
 
     #[test]

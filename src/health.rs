@@ -97,7 +97,9 @@ async fn probe_inner(
     timeout: Duration,
 ) -> Outcome {
     // The AMQP port: a connect and an immediate close. It sends no bytes, so a
-    // listener expecting a PROXY header is not disturbed.
+    // listener expecting a PROXY header is not disturbed (RabbitMQ 3.10.8 logs
+    // nothing for it), and it runs no TLS handshake on AMQPS ports (a handshake
+    // then a close makes RabbitMQ log a warning per probe). See docs/tls.md.
     if let Err(e) = TcpStream::connect(&backend.config.address).await {
         return Outcome::Fail(format!("amqp port {}: {e}", backend.config.address));
     }

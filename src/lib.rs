@@ -17,9 +17,13 @@ pub mod logging;
 pub mod metrics;
 pub mod mgmt;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod rebalance;
 pub mod reload;
 pub mod shutdown;
+pub mod stream;
+pub mod tls;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,10 +47,14 @@ pub struct App {
     pub shutdown: CancellationToken,
     pub next_conn_id: AtomicU64,
     pub metrics: PrometheusHandle,
+    /// Certificates and rustls configs; [`tls::Tls::reload`] re-reads them.
+    pub tls: tls::Tls,
     /// The rebalance in progress, if any.
     pub rebalance: std::sync::Mutex<Option<CancellationToken>>,
-    /// The AMQP listening socket; a reload may rebind it.
+    /// The AMQP listening socket (absent without `listen`); a reload may rebind it.
     pub amqp_listener: listener::Rebindable,
+    /// The TLS listening socket (absent without `tls`); a reload may rebind it.
+    pub tls_listener: listener::Rebindable,
     /// The admin listening socket; a reload may rebind it.
     pub admin_listener: listener::Rebindable,
     pub listener_stats: listener::ListenerStats,
@@ -63,12 +71,20 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error("TLS: key `{key}`: {source}", key = .source.key())]
+    Tls {
+        #[from]
+        source: tls::TlsError,
+    },
 }
 
 /// The bound listeners of a server, so callers (tests) can learn the ports.
 pub struct Server {
     pub app: Arc<App>,
-    pub amqp_addr: SocketAddr,
+    /// The plain AMQP listener's address, if there is one.
+    pub amqp_addr: Option<SocketAddr>,
+    /// The TLS listener's address, if there is one.
+    pub tls_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
 }
 
@@ -80,9 +96,20 @@ impl Server {
                 .await
                 .map_err(|source| RunError::Bind { what, addr, source })
         };
-        let amqp = bind("amqp", config.listen).await?;
+        // The recorder first: loading the certificates records their expiry.
+        let metrics = metrics::install();
+        let tls_state = tls::Tls::load(&config)?;
+        let amqp = match config.listen {
+            Some(addr) => Some((bind("amqp", addr).await?, addr)),
+            None => None,
+        };
+        let tls = match &config.tls {
+            Some(t) => Some((bind("amqps", t.listen).await?, t.listen)),
+            None => None,
+        };
         let admin = bind("admin", config.admin.listen).await?;
-        let amqp_addr = amqp.local_addr().unwrap_or(config.listen);
+        let amqp_addr = amqp.as_ref().map(|(l, a)| l.local_addr().unwrap_or(*a));
+        let tls_addr = tls.as_ref().map(|(l, a)| l.local_addr().unwrap_or(*a));
         let admin_addr = admin.local_addr().unwrap_or(config.admin.listen);
         let backends: Vec<Arc<Backend>> = config
             .backends
@@ -100,16 +127,19 @@ impl Server {
             config_path,
             shutdown: CancellationToken::new(),
             next_conn_id: AtomicU64::new(1),
-            metrics: metrics::install(),
+            metrics,
+            tls: tls_state,
             rebalance: rebalance::slot(),
-            amqp_listener: listener::Rebindable::new("amqp", amqp),
-            admin_listener: listener::Rebindable::new("admin", admin),
+            amqp_listener: listener::Rebindable::new("amqp", amqp.map(|(l, _)| l)),
+            tls_listener: listener::Rebindable::new("amqps", tls.map(|(l, _)| l)),
+            admin_listener: listener::Rebindable::new("admin", Some(admin)),
             listener_stats: listener::ListenerStats::default(),
             reloader: reload::Reloader::default(),
         });
         Ok(Server {
             app,
             amqp_addr,
+            tls_addr,
             admin_addr,
         })
     }
@@ -120,7 +150,9 @@ impl Server {
         let app = self.app;
         // The bound addresses (a configured port 0 shows the port the OS chose).
         tracing::info!(
-            listen = %self.amqp_addr,
+            // Absent listeners leave their field out.
+            listen = self.amqp_addr.map(tracing::field::display),
+            tls_listen = self.tls_addr.map(tracing::field::display),
             admin = %self.admin_addr,
             backends = app.balancer.backends().len(),
             "warren started"
@@ -134,6 +166,7 @@ impl Server {
         listener::run(Arc::clone(&app)).await;
         // Stop accepting at once: new clients are refused, not left in the backlog.
         app.amqp_listener.close();
+        app.tls_listener.close();
         shutdown::close_connections(&app).await;
         admin_task.abort();
     }

@@ -1,11 +1,13 @@
-//! Listening sockets that can be replaced while running, and the AMQP accept loop.
+//! Listening sockets that can be replaced while running, and the accept loops of
+//! the AMQP listeners (plain and TLS).
 //!
 //! A [`Rebindable`] holds the current listening socket in a `watch` channel. A
 //! reload binds the new address first (so a failure leaves everything as it was),
 //! then swaps it in: the accept loop picks it up, takes what is already queued on
 //! the old socket, and drops it. Accepted connections are sockets of their own and
-//! never notice. On shutdown the socket is closed at once, so new clients are
-//! refused instead of waiting in a backlog nobody reads.
+//! never notice. A listener may also be absent (`listen` or `tls` not configured)
+//! and be added or removed by a reload. On shutdown the socket is closed at once,
+//! so new clients are refused instead of waiting in a backlog nobody reads.
 
 use std::io;
 use std::net::SocketAddr;
@@ -18,43 +20,65 @@ use tokio::sync::watch;
 
 use crate::App;
 
-/// A listening socket that a reload may replace.
+/// What a [`Rebindable`] holds now.
+#[derive(Clone, Debug)]
+enum Slot {
+    Open(Arc<TcpListener>),
+    /// Not configured (for now): a reload may install a socket.
+    Absent,
+    /// Closed for good (shutdown).
+    Closed,
+}
+
+/// A listening socket that a reload may replace, add or remove.
 #[derive(Debug)]
 pub struct Rebindable {
     what: &'static str,
-    current: watch::Sender<Option<Arc<TcpListener>>>,
+    current: watch::Sender<Slot>,
 }
 
 impl Rebindable {
-    pub fn new(what: &'static str, listener: TcpListener) -> Self {
+    /// `None`: the listener is not configured; [`Rebindable::install`] may add it.
+    pub fn new(what: &'static str, listener: Option<TcpListener>) -> Self {
+        let slot = match listener {
+            Some(l) => Slot::Open(Arc::new(l)),
+            None => Slot::Absent,
+        };
         Rebindable {
             what,
-            current: watch::Sender::new(Some(Arc::new(listener))),
+            current: watch::Sender::new(slot),
         }
     }
 
-    /// The bound address, `None` once closed.
+    /// The bound address, `None` when absent or closed.
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.current
-            .borrow()
-            .as_ref()
-            .and_then(|l| l.local_addr().ok())
+        match &*self.current.borrow() {
+            Slot::Open(l) => l.local_addr().ok(),
+            Slot::Absent | Slot::Closed => None,
+        }
     }
 
     /// Replaces the listening socket (bound beforehand, so a bind failure changes
     /// nothing); the accept loop switches over.
     pub fn install(&self, listener: TcpListener) {
         let addr = listener.local_addr().ok();
-        self.current.send_replace(Some(Arc::new(listener)));
+        self.current.send_replace(Slot::Open(Arc::new(listener)));
         tracing::info!(listener = self.what, addr = ?addr, "listening on the new address");
+    }
+
+    /// Stops listening until a later [`Rebindable::install`] (the key was removed
+    /// by a reload); connections still queued are refused with the socket.
+    pub fn remove(&self) {
+        self.current.send_replace(Slot::Absent);
+        tracing::info!(listener = self.what, "listener removed");
     }
 
     /// Closes the listening socket for good (shutdown).
     pub fn close(&self) {
-        self.current.send_replace(None);
+        self.current.send_replace(Slot::Closed);
     }
 
-    fn subscribe(&self) -> watch::Receiver<Option<Arc<TcpListener>>> {
+    fn subscribe(&self) -> watch::Receiver<Slot> {
         self.current.subscribe()
     }
 }
@@ -62,8 +86,8 @@ impl Rebindable {
 /// Follows a [`Rebindable`]: yields accepted connections from whichever socket is
 /// current, handing over the old socket's queue when it changes.
 pub struct Acceptor {
-    rx: watch::Receiver<Option<Arc<TcpListener>>>,
-    listener: Option<Arc<TcpListener>>,
+    rx: watch::Receiver<Slot>,
+    listener: Slot,
     /// Connections taken from a replaced socket's queue, served before new ones.
     handed_over: Vec<(TcpStream, SocketAddr)>,
 }
@@ -79,30 +103,41 @@ impl Acceptor {
         }
     }
 
-    /// The next connection; `None` when the socket was closed for good.
+    /// The next connection; `None` when the socket was closed for good. While
+    /// the listener is absent it waits for a reload to install one.
     pub async fn accept(&mut self) -> Option<io::Result<(TcpStream, SocketAddr)>> {
         loop {
             if let Some(c) = self.handed_over.pop() {
                 return Some(Ok(c));
             }
-            let listener = self.listener.clone()?;
+            let listener = match &self.listener {
+                Slot::Open(l) => Some(Arc::clone(l)),
+                Slot::Absent => None,
+                Slot::Closed => return None,
+            };
+            let accept = async {
+                match &listener {
+                    Some(l) => l.accept().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 changed = self.rx.changed() => {
                     let next = match changed {
                         Ok(()) => self.rx.borrow_and_update().clone(),
-                        Err(_) => None,
+                        Err(_) => Slot::Closed,
                     };
                     self.switch(next);
                 }
-                r = listener.accept() => return Some(r),
+                r = accept => return Some(r),
             }
         }
     }
 
-    fn switch(&mut self, next: Option<Arc<TcpListener>>) {
+    fn switch(&mut self, next: Slot) {
         let old = std::mem::replace(&mut self.listener, next);
-        let (Some(old), Some(_)) = (old, &self.listener) else {
-            // Closed: whatever is still queued is refused with the socket.
+        let (Slot::Open(old), Slot::Open(_)) = (old, &self.listener) else {
+            // Closed or removed: whatever is still queued is refused with the socket.
             return;
         };
         // Clients whose handshake already completed on the old socket are served,
@@ -126,27 +161,65 @@ fn poll_accept_now(l: &TcpListener) -> Option<io::Result<(TcpStream, SocketAddr)
     }
 }
 
-/// Live numbers of the AMQP listener (`metrics` reads them at scrape time).
+/// Live numbers of the AMQP listeners (`metrics` reads them at scrape time).
 #[derive(Debug, Default)]
 pub struct ListenerStats {
-    /// Client connections open now; compared with `max_connections` on accept.
+    /// Client connections open now on both listeners; compared with
+    /// `max_connections` on accept.
     pub active: AtomicUsize,
+    /// The part of `active` that came in on the TLS listener.
+    pub tls_active: AtomicUsize,
 }
 
-/// Decrements the active count when the connection's task ends.
-struct ActiveSlot(Arc<App>);
+/// Which listener a connection came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Plain,
+    /// TLS termination: the connection's task runs the handshake first.
+    Tls,
+}
 
-impl Drop for ActiveSlot {
-    fn drop(&mut self) {
-        self.0.listener_stats.active.fetch_sub(1, Ordering::Relaxed);
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Plain => crate::metrics::LISTENER_PLAIN,
+            Kind::Tls => crate::metrics::LISTENER_TLS,
+        }
     }
 }
 
-/// Accepts until shutdown. Over `max_connections` (read live, so a reload changes
-/// it), a new connection is closed at once: the client sees a quick close, not a
-/// hang. Accept errors such as EMFILE back off exponentially instead of spinning.
+/// Decrements the active counts when the connection's task ends.
+struct ActiveSlot(Arc<App>, Kind);
+
+impl Drop for ActiveSlot {
+    fn drop(&mut self) {
+        let stats = &self.0.listener_stats;
+        stats.active.fetch_sub(1, Ordering::Relaxed);
+        if self.1 == Kind::Tls {
+            stats.tls_active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Accepts on the plain and the TLS listener (either may be absent, and a reload
+/// may add, move or remove either) until shutdown.
 pub async fn run(app: Arc<App>) {
-    let mut acceptor = Acceptor::new(&app.amqp_listener);
+    tokio::join!(
+        accept_loop(Arc::clone(&app), Kind::Plain),
+        accept_loop(Arc::clone(&app), Kind::Tls)
+    );
+}
+
+/// Accepts until shutdown. Over `max_connections` (read live, so a reload changes
+/// it; both listeners together), a new connection is closed at once: the client
+/// sees a quick close, not a hang. Accept errors such as EMFILE back off
+/// exponentially instead of spinning.
+async fn accept_loop(app: Arc<App>, kind: Kind) {
+    let slot = match kind {
+        Kind::Plain => &app.amqp_listener,
+        Kind::Tls => &app.tls_listener,
+    };
+    let mut acceptor = Acceptor::new(slot);
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -178,17 +251,23 @@ pub async fn run(app: Arc<App>) {
         let cap = app.config.load().max_connections;
         if stats.active.fetch_add(1, Ordering::Relaxed) >= cap {
             stats.active.fetch_sub(1, Ordering::Relaxed);
-            crate::metrics::listener_accept(false);
-            tracing::warn!(%peer, "connection limit reached, refusing");
+            crate::metrics::listener_accept(kind.label(), false);
+            tracing::warn!(%peer, listener = kind.label(), "connection limit reached, refusing");
             drop(stream);
             continue;
         }
-        crate::metrics::listener_accept(true);
-        let slot = ActiveSlot(Arc::clone(&app));
+        if kind == Kind::Tls {
+            stats.tls_active.fetch_add(1, Ordering::Relaxed);
+        }
+        crate::metrics::listener_accept(kind.label(), true);
+        let slot = ActiveSlot(Arc::clone(&app), kind);
         let id = app.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let app = Arc::clone(&app);
         tokio::spawn(async move {
-            crate::proxy::serve(app, stream, peer, id).await;
+            match kind {
+                Kind::Plain => crate::proxy::serve(app, stream, peer, id).await,
+                Kind::Tls => crate::proxy::serve_tls(app, stream, peer, id).await,
+            }
             drop(slot);
         });
     }
@@ -217,7 +296,7 @@ mod tests {
     #[tokio::test]
     async fn rebind_takes_over_the_old_queue_then_closes_the_old_socket() {
         let (old, old_addr) = bound().await;
-        let slot = Rebindable::new("test", old);
+        let slot = Rebindable::new("test", Some(old));
         let mut acceptor = Acceptor::new(&slot);
         // Completes its handshake in the old socket's queue; nobody has accepted it.
         let queued = TcpStream::connect(old_addr).await.expect("connect");
@@ -236,5 +315,33 @@ mod tests {
         slot.close();
         assert!(acceptor.accept().await.is_none());
         assert!(TcpStream::connect(new_addr).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn an_absent_listener_can_be_added_and_removed() {
+        let slot = Rebindable::new("test", None);
+        assert_eq!(slot.local_addr(), None);
+        let mut acceptor = Acceptor::new(&slot);
+        let (l, addr) = bound().await;
+        let waiting = tokio::spawn(async move {
+            let r = acceptor.accept().await.map(|r| r.map(|(_, p)| p));
+            (acceptor, r)
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        slot.install(l);
+        let client = TcpStream::connect(addr).await.expect("connect");
+        let (mut acceptor, r) = waiting.await.expect("task");
+        let peer = r.expect("open").expect("accepted");
+        assert_eq!(peer, client.local_addr().expect("addr"));
+        slot.remove();
+        assert_eq!(slot.local_addr(), None);
+        let waiting = tokio::spawn(async move { acceptor.accept().await.is_none() });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "removed socket closed"
+        );
+        slot.close();
+        assert!(waiting.await.expect("task"), "closed for good");
     }
 }

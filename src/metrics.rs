@@ -50,14 +50,27 @@ pub const CONFIG_LAST_RELOAD_OK: &str = "warren_config_last_reload_successful";
 pub const CONFIG_LAST_RELOAD_TIME: &str = "warren_config_last_reload_success_timestamp_seconds";
 
 pub const HANDSHAKE_REJECTED: &str = "warren_listener_handshake_rejected_total";
+pub const TLS_HANDSHAKES: &str = "warren_tls_handshakes_total";
+pub const TLS_CERTIFICATE_EXPIRY: &str = "warren_tls_certificate_expiry_seconds";
 /// Label values of [`BACKEND_CONNECT_ERRORS`].
-pub const CONNECT_ERROR_KINDS: [&str; 4] = ["refused", "reset", "timeout", "other"];
+pub const CONNECT_ERROR_KINDS: [&str; 6] = [
+    "refused",
+    "reset",
+    "timeout",
+    "other",
+    "tls",
+    "proxy_header",
+];
 /// Label values of [`HEALTH_CHECK_FAILURES`].
 pub const FAILURE_REASONS: [&str; 5] = ["timeout", "tcp", "unauthorized", "http_status", "other"];
 /// Label values of [`BACKEND_DRAINS`].
 pub const DRAIN_TRIGGERS: [&str; 3] = ["operator", "alarm", "reload"];
-/// The one AMQP listener's label value (the label leaves room for more).
-const LISTENER: &str = "amqp";
+/// The plain AMQP listener's label value.
+pub const LISTENER_PLAIN: &str = "amqp";
+/// The TLS listener's label value.
+pub const LISTENER_TLS: &str = "amqps";
+/// Label values of the listener series.
+pub const LISTENERS: [&str; 2] = [LISTENER_PLAIN, LISTENER_TLS];
 
 /// Gauges not refreshed for this long are dropped (a removed backend's).
 const GAUGE_IDLE: Duration = Duration::from_secs(10);
@@ -90,8 +103,10 @@ pub fn install() -> PrometheusHandle {
                         .increment(0);
                 }
             }
-            counter!(LISTENER_ACCEPTED, "listener" => LISTENER).increment(0);
-            counter!(LISTENER_REJECTED, "listener" => LISTENER).increment(0);
+            for listener in LISTENERS {
+                counter!(LISTENER_ACCEPTED, "listener" => listener).increment(0);
+                counter!(LISTENER_REJECTED, "listener" => listener).increment(0);
+            }
             handle
         })
         .clone()
@@ -134,7 +149,7 @@ fn describe() {
     c(
         BACKEND_CONNECT_ERRORS,
         Count,
-        "Failed connects to the backend's AMQP port, by kind (refused, reset, timeout, other).",
+        "Failed connects to the backend's AMQP port, by kind (refused, reset, timeout, other, tls, proxy_header).",
     );
     c(
         BACKEND_SENT_BYTES,
@@ -206,6 +221,16 @@ fn describe() {
         Seconds,
         "Unix time of the last successful config load (start or reload).",
     );
+    c(
+        TLS_HANDSHAKES,
+        Count,
+        "TLS handshakes, by side (client: on the TLS listener, backend: to a node) and result.",
+    );
+    g(
+        TLS_CERTIFICATE_EXPIRY,
+        Seconds,
+        "Seconds until the certificate's notAfter (negative once expired), by certificate.",
+    );
 }
 
 /// Refreshes the gauges and byte counters from the live state and renders the
@@ -217,8 +242,12 @@ pub fn render(app: &App) -> String {
 
 fn refresh(app: &App) {
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    gauge!(LISTENER_ACTIVE, "listener" => LISTENER)
-        .set(app.listener_stats.active.load(Ordering::Relaxed) as f64);
+    let all = app.listener_stats.active.load(Ordering::Relaxed);
+    let tls = app.listener_stats.tls_active.load(Ordering::Relaxed);
+    gauge!(LISTENER_ACTIVE, "listener" => LISTENER_PLAIN).set(all.saturating_sub(tls) as f64);
+    gauge!(LISTENER_ACTIVE, "listener" => LISTENER_TLS).set(tls as f64);
+    // Seconds-until-expiry of the certificates, computed at scrape time.
+    app.tls.record_expiry();
     let (ok, at) = app.reloader.last();
     gauge!(CONFIG_LAST_RELOAD_OK).set(if ok { 1.0 } else { 0.0 });
     gauge!(CONFIG_LAST_RELOAD_TIME).set(at);
@@ -358,20 +387,42 @@ pub fn drain_started(backend: &str, trigger: &'static str) {
     counter!(BACKEND_DRAINS, "backend" => backend.to_string(), "trigger" => trigger).increment(1);
 }
 
-/// A client connection was accepted (`true`) or refused over the cap.
-pub fn listener_accept(accepted: bool) {
+/// A client connection was accepted (`true`) or refused over the cap, on the
+/// listener labelled `listener` (one of [`LISTENERS`]).
+pub fn listener_accept(listener: &'static str, accepted: bool) {
     let name = if accepted {
         LISTENER_ACCEPTED
     } else {
         LISTENER_REJECTED
     };
-    counter!(name, "listener" => LISTENER).increment(1);
+    counter!(name, "listener" => listener).increment(1);
 }
 
 /// A reload finished.
 pub fn reload(trigger: &'static str, ok: bool) {
     let result = if ok { "success" } else { "failure" };
     counter!(CONFIG_RELOADS, "result" => result, "trigger" => trigger).increment(1);
+}
+
+/// A TLS handshake ended: `result` is `ok` or a bounded failure reason
+/// (see `tls::classify`).
+pub fn tls_handshake(side: crate::tls::Side, result: &'static str) {
+    counter!(TLS_HANDSHAKES, "side" => side.as_str(), "result" => result).increment(1);
+}
+
+/// Seconds until a certificate's notAfter (negative once expired).
+pub fn tls_certificate_expiry(label: &crate::tls::ExpiryLabel, seconds: f64) {
+    match label {
+        crate::tls::ExpiryLabel::Listener => {
+            gauge!(TLS_CERTIFICATE_EXPIRY, "certificate" => "listener").set(seconds)
+        }
+        crate::tls::ExpiryLabel::Backend(name) => gauge!(
+            TLS_CERTIFICATE_EXPIRY,
+            "certificate" => "backend_client",
+            "backend" => name.clone()
+        )
+        .set(seconds),
+    }
 }
 
 #[cfg(test)]

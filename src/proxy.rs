@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
@@ -22,6 +23,8 @@ use tracing::Instrument;
 use crate::amqp::{self, FrameTracker, Seen};
 use crate::balancer::Backend;
 use crate::drain::Command;
+use crate::stream::Stream;
+use crate::upstream::ClientAddrs;
 use crate::App;
 
 /// Bytes moved per read; large enough for bulk transfers.
@@ -43,41 +46,42 @@ pub async fn serve(app: Arc<App>, client: TcpStream, peer: SocketAddr, id: u64) 
             crate::metrics::handshake_rejected(why);
             return;
         }
-        let Some((backend, server)) = connect(&app).await else {
-            tracing::warn!("no backend reachable, closing client");
+        carry(&app, Stream::Plain(client), Vec::new(), peer, id).await
+    }
+    .instrument(span)
+    .await
+}
+
+/// Serves one connection accepted on the TLS listener: the TLS handshake and the
+/// AMQP protocol header, both within `timeouts.handshake`, then the same as [`serve`].
+pub async fn serve_tls(app: Arc<App>, client: TcpStream, peer: SocketAddr, id: u64) {
+    let span = tracing::info_span!("conn", id, %peer, tls = true, backend = tracing::field::Empty);
+    async move {
+        let _ = client.set_nodelay(true);
+        set_keepalive(&client);
+        let handshake = app.config.load().timeouts.handshake.get();
+        let deadline = Instant::now() + handshake;
+        let Some(mut client) = app.tls.accept(client, peer, handshake).await else {
             return;
         };
-        tracing::Span::current().record("backend", backend.name());
-        tracing::debug!("connected");
-        let _active = backend.connection_guard();
-        crate::metrics::backend_connection(backend.name());
-        let cmd = backend.conns.register(id);
-        let told = cmd.clone();
-        let limits = {
-            let c = app.config.load();
-            Limits {
-                close: c.drain.close_timeout.get(),
-                idle: c.timeouts.idle.map(|d| d.get()),
+        // A TLS stream cannot be peeked: the first bytes are read here and sent
+        // upstream ahead of the rest.
+        let mut head = [0u8; 8];
+        let n = match tokio::time::timeout_at(deadline, client.read(&mut head)).await {
+            Err(_) => Err("timeout"),
+            Ok(Err(_)) | Ok(Ok(0)) => Err("closed"),
+            Ok(Ok(n)) if head[..n.min(4)] == amqp::PROTOCOL_HEADER[..n.min(4)] => Ok(n),
+            Ok(Ok(_)) => Err("not_amqp"),
+        };
+        let n = match n {
+            Ok(n) => n,
+            Err(why) => {
+                tracing::debug!(reason = why, "client rejected before connecting upstream");
+                crate::metrics::handshake_rejected(why);
+                return;
             }
         };
-        let meters = Meters {
-            up: &backend.bytes_in,
-            down: &backend.bytes_out,
-        };
-        let result = pump(&client, &server, cmd, limits, meters).await;
-        backend.conns.unregister(id);
-        // Only closes warren asked for count as graceful or forced (not idle timeouts).
-        if *told.borrow() != Command::Run {
-            match &result {
-                Ok(End::Graceful) => crate::metrics::close_ended(backend.name(), true),
-                Ok(End::Hard) => crate::metrics::close_ended(backend.name(), false),
-                _ => {}
-            }
-        }
-        match result {
-            Ok(end) => tracing::debug!(?end, "closed"),
-            Err(e) => tracing::debug!(error = %e, "closed with error"),
-        }
+        carry(&app, Stream::from(client), head[..n].to_vec(), peer, id).await
     }
     .instrument(span)
     .await
@@ -101,8 +105,59 @@ async fn await_protocol_header(client: &TcpStream, within: Duration) -> Result<(
     }
 }
 
-/// Connects to the first reachable candidate backend (bounded by `retries`).
-async fn connect(app: &Arc<App>) -> Option<(Arc<Backend>, TcpStream)> {
+/// Connects a backend and carries the connection to its end: plain TCP on both
+/// sides takes [`pump`]; TLS on either side takes [`crate::stream::pump`].
+/// `head`: client bytes already read (TLS clients), to be sent upstream first.
+async fn carry(app: &Arc<App>, client: Stream, head: Vec<u8>, peer: SocketAddr, id: u64) {
+    let Some((backend, server)) = connect(app, client.tcp(), peer).await else {
+        tracing::warn!("no backend reachable, closing client");
+        return;
+    };
+    tracing::Span::current().record("backend", backend.name());
+    tracing::debug!("connected");
+    let _active = backend.connection_guard();
+    crate::metrics::backend_connection(backend.name());
+    let cmd = backend.conns.register(id);
+    let told = cmd.clone();
+    let limits = {
+        let c = app.config.load();
+        Limits {
+            close: c.drain.close_timeout.get(),
+            idle: c.timeouts.idle.map(|d| d.get()),
+        }
+    };
+    let meters = Meters {
+        up: &backend.bytes_in,
+        down: &backend.bytes_out,
+    };
+    let result = match (client, server) {
+        (Stream::Plain(client), Stream::Plain(server)) => {
+            pump(&client, &server, cmd, limits, meters).await
+        }
+        (client, server) => crate::stream::pump(client, server, &head, cmd, limits, meters).await,
+    };
+    backend.conns.unregister(id);
+    // Only closes warren asked for count as graceful or forced (not idle timeouts).
+    if *told.borrow() != Command::Run {
+        match &result {
+            Ok(End::Graceful) => crate::metrics::close_ended(backend.name(), true),
+            Ok(End::Hard) => crate::metrics::close_ended(backend.name(), false),
+            _ => {}
+        }
+    }
+    match result {
+        Ok(end) => tracing::debug!(?end, "closed"),
+        Err(e) => tracing::debug!(error = %e, "closed with error"),
+    }
+}
+
+/// Connects to the first reachable candidate backend (bounded by `retries`),
+/// sending the PROXY header and running TLS where the backend asks for them.
+async fn connect(
+    app: &Arc<App>,
+    client: &TcpStream,
+    peer: SocketAddr,
+) -> Option<(Arc<Backend>, Stream)> {
     let config = app.config.load();
     let timeout = config.timeouts.connect.get();
     for backend in app.balancer.candidates(config.retries + 1) {
@@ -111,7 +166,26 @@ async fn connect(app: &Arc<App>) -> Option<(Arc<Backend>, TcpStream)> {
             Ok(Ok(server)) => {
                 let _ = server.set_nodelay(true);
                 set_keepalive(&server);
-                return Some((backend, server));
+                if !crate::upstream::needs_preparing(&backend) {
+                    return Some((backend, Stream::Plain(server)));
+                }
+                // The address the client connected to, for the PROXY header; asked
+                // for only here, to spare the plain path a syscall.
+                let local = match client.local_addr() {
+                    Ok(local) => local,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "client socket gone");
+                        return None;
+                    }
+                };
+                let addrs = ClientAddrs { peer, local };
+                match crate::upstream::prepare(app, &backend, server, addrs, timeout).await {
+                    Ok(server) => return Some((backend, server)),
+                    Err(e) => {
+                        crate::metrics::connect_error(backend.name(), e.kind());
+                        e.to_string()
+                    }
+                }
             }
             Ok(Err(e)) => {
                 crate::metrics::connect_error(backend.name(), error_kind(&e));

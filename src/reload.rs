@@ -2,10 +2,17 @@
 //! the file's content changes, read the config file again and apply it live.
 //!
 //! Everything that can fail happens before anything changes: the file is parsed
-//! and validated, and a changed `listen` or `admin.listen` is bound. Only then is
-//! the new config swapped in. So an invalid file, or an address that cannot be
-//! bound, leaves the running config untouched; the error is logged with the file
-//! and key and counted in `warren_config_reloads_total{result="failure"}`.
+//! and validated, a changed `listen`, `tls.listen` or `admin.listen` is bound, and
+//! every TLS certificate, key and CA file is read again and built into new rustls
+//! configs. Only then is the new config swapped in. So an invalid file, a bad
+//! certificate, or an address that cannot be bound, leaves the running config
+//! untouched; the error is logged with the file and key and counted in
+//! `warren_config_reloads_total{result="failure"}`.
+//!
+//! The TLS configs are swapped before the listeners: a handshake takes the config
+//! current at its start, so open TLS connections keep theirs and new handshakes
+//! use the re-read certificates. `listen` and `tls` may be added, moved or removed
+//! (a removed listener stops accepting; its open connections go on).
 //!
 //! Backends are matched by name. An unchanged one keeps its `Arc<Backend>`: same
 //! connections, same health verdict, same counters. A new one gets a health
@@ -59,6 +66,12 @@ impl Trigger {
 pub enum ReloadError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("{file}: key `{key}`: {source}", key = .source.key())]
+    Tls {
+        file: PathBuf,
+        #[source]
+        source: crate::tls::TlsError,
+    },
     #[error("{file}: key `{key}`: cannot listen on {addr}: {source}")]
     Bind {
         file: PathBuf,
@@ -81,6 +94,16 @@ pub struct Summary {
     /// The new AMQP address, when `listen` changed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
+    /// The new TLS listener address, when `tls.listen` changed (or `tls` was added).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_listen: Option<SocketAddr>,
+    /// Listeners removed from the file (`listen`, `tls.listen`): they stopped
+    /// accepting; their open connections go on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub closed_listeners: Vec<&'static str>,
+    /// TLS certificates, keys and CA files were read again (the config has `tls`
+    /// or a backend with `tls`).
+    pub tls_reloaded: bool,
     /// The new admin address, when `admin.listen` changed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_listen: Option<SocketAddr>,
@@ -171,7 +194,10 @@ pub async fn reload(app: &Arc<App>, trigger: Trigger) -> Result<Summary, ReloadE
                 removed = ?s.removed,
                 changed = ?s.changed,
                 listen = ?s.listen,
+                tls_listen = ?s.tls_listen,
                 admin_listen = ?s.admin_listen,
+                closed_listeners = ?s.closed_listeners,
+                tls_reloaded = s.tls_reloaded,
                 "config reloaded"
             );
             if !s.needs_restart.is_empty() {
@@ -210,23 +236,46 @@ async fn apply(app: &Arc<App>) -> Result<Summary, ReloadError> {
                 source,
             })
     };
-    let amqp = match new.listen != old.listen {
-        true => Some(bind("listen", new.listen).await?),
-        false => None,
+    let amqp = match (new.listen, new.listen != old.listen) {
+        (Some(addr), true) => Some(bind("listen", addr).await?),
+        _ => None,
+    };
+    let new_tls_listen = new.tls.as_ref().map(|t| t.listen);
+    let tls_listen_changed = new_tls_listen != old.tls.as_ref().map(|t| t.listen);
+    let tls = match (new_tls_listen, tls_listen_changed) {
+        (Some(addr), true) => Some(bind("tls.listen", addr).await?),
+        _ => None,
     };
     let admin = match new.admin.listen != old.admin.listen {
         true => Some(bind("admin.listen", new.admin.listen).await?),
         false => None,
     };
+    // Re-reads every certificate: builds all new rustls configs, then swaps them
+    // in together (or, on an error, none). The last step that can fail.
+    app.tls.reload(&new).map_err(|source| ReloadError::Tls {
+        file: path.clone(),
+        source,
+    })?;
 
     // From here on nothing fails.
     let mut summary = Summary {
         file: path.display().to_string(),
+        tls_reloaded: new.tls.is_some() || new.backends.iter().any(|b| b.tls.is_some()),
         ..Summary::default()
     };
     if let Some(l) = amqp {
         summary.listen = l.local_addr().ok();
         app.amqp_listener.install(l);
+    } else if new.listen.is_none() && old.listen.is_some() {
+        app.amqp_listener.remove();
+        summary.closed_listeners.push("listen");
+    }
+    if let Some(l) = tls {
+        summary.tls_listen = l.local_addr().ok();
+        app.tls_listener.install(l);
+    } else if new_tls_listen.is_none() && tls_listen_changed {
+        app.tls_listener.remove();
+        summary.closed_listeners.push("tls.listen");
     }
     if let Some(l) = admin {
         summary.admin_listen = l.local_addr().ok();

@@ -261,7 +261,10 @@ pub fn config_yaml(nodes: &[Node], extra: &str) -> String {
 /// A warren running in this process.
 pub struct Warren {
     pub app: Arc<warren::App>,
+    /// The plain AMQP listener (the TLS listener when there is no plain one).
     pub amqp: SocketAddr,
+    /// The TLS listener, when the config has one.
+    pub tls: Option<SocketAddr>,
     pub admin: SocketAddr,
     task: tokio::task::JoinHandle<()>,
 }
@@ -274,11 +277,13 @@ impl Warren {
         let server = warren::Server::bind(config, PathBuf::from("test.yaml"))
             .await
             .expect("warren binds");
-        let (app, amqp, admin) = (server.app.clone(), server.amqp_addr, server.admin_addr);
+        let (app, admin, tls) = (server.app.clone(), server.admin_addr, server.tls_addr);
+        let amqp = server.amqp_addr.or(tls).expect("warren has a listener");
         let task = tokio::spawn(server.run());
         Warren {
             app,
             amqp,
+            tls,
             admin,
             task,
         }
@@ -291,11 +296,13 @@ impl Warren {
         let server = warren::Server::bind(config, path.to_path_buf())
             .await
             .expect("warren binds");
-        let (app, amqp, admin) = (server.app.clone(), server.amqp_addr, server.admin_addr);
+        let (app, admin, tls) = (server.app.clone(), server.admin_addr, server.tls_addr);
+        let amqp = server.amqp_addr.or(tls).expect("warren has a listener");
         let task = tokio::spawn(server.run());
         Warren {
             app,
             amqp,
+            tls,
             admin,
             task,
         }

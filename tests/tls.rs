@@ -1,0 +1,1057 @@
+//! TLS termination, TLS origination and the PROXY protocol, end to end: lapin
+//! (with rustls) through warren to the second set of real RabbitMQ nodes that
+//! `scripts/tls-nodes` starts:
+//!
+//!   node 1  proxy_protocol = true, plain AMQP and AMQPS
+//!   node 2  plain AMQP and AMQPS
+//!   node 3  plain AMQP
+//!
+//! The nodes' server certificate comes from the script's test CA
+//! (`$WARREN_TLS_CLUSTER_DIR/pki/ca.pem`); every certificate warren itself
+//! presents is made here with rcgen.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use common::{admin_request, next_error, reply_code, unique, Warren};
+use futures_util::StreamExt;
+use lapin::options::*;
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use rcgen::{
+    date_time_ymd, BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+
+// ---------------------------------------------------------------- the nodes
+
+fn env_u16(name: &str, default: u16) -> u16 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One node of the TLS set.
+#[derive(Clone, Debug)]
+struct TlsNode {
+    /// Backend name in warren's config and Erlang node name prefix (`tls1`).
+    name: String,
+    amqp: SocketAddr,
+    /// Only nodes 1 and 2 have AMQPS.
+    amqps: SocketAddr,
+    mgmt: SocketAddr,
+    log: PathBuf,
+}
+
+impl TlsNode {
+    fn node(&self) -> common::Node {
+        common::Node {
+            index: 0,
+            name: format!("{}@{}", self.name, common::hostname()),
+            backend: self.name.clone(),
+            amqp: self.amqp,
+            mgmt: self.mgmt,
+        }
+    }
+}
+
+fn cluster_dir() -> PathBuf {
+    PathBuf::from(
+        std::env::var("WARREN_TLS_CLUSTER_DIR").unwrap_or_else(|_| "/var/tmp/warren-tls".into()),
+    )
+}
+
+/// The nodes' CA (made by scripts/tls-nodes).
+fn node_ca() -> PathBuf {
+    cluster_dir().join("pki/ca.pem")
+}
+
+/// The three nodes, after checking that they answer; fails (never skips) otherwise.
+async fn tls_nodes() -> Vec<TlsNode> {
+    let prefix = std::env::var("WARREN_TLS_NODE_PREFIX").unwrap_or_else(|_| "tls".into());
+    let amqp = env_u16("WARREN_TLS_AMQP_BASE", 5740);
+    let mgmt = env_u16("WARREN_TLS_MGMT_BASE", 15740);
+    let host = common::hostname();
+    let nodes: Vec<TlsNode> = (1..=3u16)
+        .map(|i| TlsNode {
+            name: format!("{prefix}{i}"),
+            amqp: SocketAddr::from(([127, 0, 0, 1], amqp + i)),
+            amqps: SocketAddr::from(([127, 0, 0, 1], amqp + 3 + i)),
+            mgmt: SocketAddr::from(([127, 0, 0, 1], mgmt + i)),
+            log: cluster_dir().join(format!("{prefix}{i}/log/{prefix}{i}@{host}.log")),
+        })
+        .collect();
+    for n in &nodes {
+        let ok = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if common::mgmt_get(&n.node(), "/api/health/checks/virtual-hosts")
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+        .await;
+        assert!(
+            ok.is_ok() && node_ca().exists(),
+            "TLS test node {} (amqp {}, management {}) is not running or {} is missing: \
+             start the nodes with `scripts/tls-nodes up` or run the suite with `scripts/test`",
+            n.name,
+            n.amqp,
+            n.mgmt,
+            node_ca().display()
+        );
+    }
+    nodes
+}
+
+// ------------------------------------------------------- certificates (rcgen)
+
+/// A test CA in its own temporary directory, removed on drop.
+struct Pki {
+    dir: PathBuf,
+    ca_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let dir = std::env::temp_dir().join(unique(&format!("warren-{name}")));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{name} CA"));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = params.self_signed(&key).expect("CA cert");
+        let ca_pem = ca.pem();
+        std::fs::write(dir.join("ca.pem"), &ca_pem).expect("write CA");
+        Pki {
+            dir,
+            ca_pem,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+
+    /// A leaf certificate and key (PEM) for `names`, valid until 1 January of `until_year`.
+    fn leaf(&self, names: &[&str], until_year: i32) -> (String, String) {
+        let key = KeyPair::generate().expect("leaf key");
+        let mut params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .expect("leaf params");
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().copied().unwrap_or("client"),
+        );
+        params.not_after = date_time_ymd(until_year, 1, 1);
+        let cert = params.signed_by(&key, &self.issuer).expect("leaf cert");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// Writes a server certificate for localhost/127.0.0.1 as `<stem>.pem` and `<stem>.key`.
+    fn write_server(&self, stem: &str, until_year: i32) -> (PathBuf, PathBuf) {
+        let (cert, key) = self.leaf(&["localhost", "127.0.0.1"], until_year);
+        let (c, k) = (
+            self.path(&format!("{stem}.pem")),
+            self.path(&format!("{stem}.key")),
+        );
+        std::fs::write(&c, cert).expect("write cert");
+        std::fs::write(&k, key).expect("write key");
+        (c, k)
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Unix time of 1 January of `year`, 00:00 UTC.
+fn jan1(year: i32) -> i64 {
+    date_time_ymd(year, 1, 1).unix_timestamp()
+}
+
+// ------------------------------------------------------------------ helpers
+
+/// Captures warren's log lines (warn and above) for assertions. Installed before
+/// any warren starts in this test binary, so `common`'s own subscriber stays out.
+fn logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&buf);
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_ansi(false)
+            .with_writer(move || Capture(Arc::clone(&sink)))
+            .try_init();
+        buf
+    })
+    .clone()
+}
+
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        eprint!("{}", String::from_utf8_lossy(b));
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(b);
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn log_text() -> String {
+    String::from_utf8_lossy(&logs().lock().expect("log buffer")).into_owned()
+}
+
+async fn start(yaml: &str) -> Warren {
+    logs();
+    Warren::start(yaml).await
+}
+
+/// A warren config: `listeners` (YAML for `listen`/`tls`), then `backends` lines.
+fn yaml(listeners: &str, extra: &str, backends: &[String]) -> String {
+    let mut y = format!("admin:\n  listen: 127.0.0.1:0\n{listeners}\n{extra}\nbackends:\n");
+    for b in backends {
+        y.push_str(b);
+        y.push('\n');
+    }
+    y
+}
+
+fn tls_listener(cert: &Path, key: &Path, client_ca: Option<&Path>) -> String {
+    let mut s = format!(
+        "tls:\n  listen: 127.0.0.1:0\n  cert: {}\n  key: {}\n",
+        cert.display(),
+        key.display()
+    );
+    if let Some(ca) = client_ca {
+        s.push_str(&format!("  client_ca: {}\n", ca.display()));
+    }
+    s
+}
+
+/// A backend entry (YAML list item) with optional extra keys, indented 4.
+fn backend(n: &TlsNode, address: SocketAddr, extra: &str) -> String {
+    format!(
+        "  - name: {}\n    address: {address}\n    management: http://{}\n{extra}",
+        n.name, n.mgmt
+    )
+}
+
+const NO_PROBES: &str = "health:\n  interval: 1h\n  password: guest";
+
+/// AMQPS through warren with lapin's rustls, trusting `ca_pem`, optionally with a
+/// client certificate.
+async fn amqps(
+    port: u16,
+    name: &str,
+    ca_pem: &str,
+    identity: Option<(String, String)>,
+) -> lapin::Result<Connection> {
+    let tls = OwnedTLSConfig {
+        identity: identity.map(|(cert, key)| OwnedIdentity::PKCS8 {
+            pem: cert.into_bytes(),
+            key: key.into_bytes(),
+        }),
+        cert_chain: Some(ca_pem.to_string()),
+    };
+    let url = format!("amqps://guest:guest@localhost:{port}/%2f");
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        Connection::connect_with_config(&url, props, tls, lapin::runtime::default_runtime()?),
+    )
+    .await
+    .expect("AMQPS connect finished in time")
+}
+
+/// Publishes `n` messages with confirms on a fresh queue and consumes them back.
+async fn publish_and_consume(conn: &Connection, n: u32) {
+    let queue = unique("q-tls");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    for i in 0..n {
+        ch.basic_publish(
+            "".into(),
+            queue.as_str().into(),
+            BasicPublishOptions::default(),
+            &i.to_be_bytes(),
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    }
+    let mut deliveries = ch
+        .basic_consume(
+            queue.as_str().into(),
+            "c".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let got = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut next = 0u32;
+        while next < n {
+            let d = deliveries
+                .next()
+                .await
+                .expect("stream open")
+                .expect("delivery");
+            assert_eq!(d.data, next.to_be_bytes(), "messages in order, intact");
+            next += 1;
+        }
+        next
+    })
+    .await
+    .expect("all messages back within 30 s");
+    assert_eq!(got, n);
+}
+
+/// One series' value from warren's /metrics; 0 when absent.
+async fn metric(w: &Warren, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let (status, body) = w.admin_get("/metrics").await;
+    assert_eq!(status, 200);
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .sum()
+}
+
+/// Broker connections named `name`, as the node's management API lists them.
+async fn broker_connection(node: &TlsNode, name: &str) -> serde_json::Value {
+    let start = tokio::time::Instant::now();
+    loop {
+        let v = common::mgmt_get(
+            &node.node(),
+            "/api/connections?columns=name,peer_host,peer_port,ssl,client_properties",
+        )
+        .await
+        .expect("GET /api/connections");
+        let found = v.as_array().and_then(|a| {
+            a.iter()
+                .find(|c| c["client_properties"]["connection_name"] == name)
+                .cloned()
+        });
+        if let Some(c) = found {
+            return c;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "connection {name} never listed by {}: {v}",
+            node.name
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The local ports of this network namespace's established IPv4 connections to
+/// `server` (for a client made by a library that does not tell its own port).
+fn client_ports_to(server: SocketAddr) -> Vec<u16> {
+    let text = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (local, remote, state) = (f.get(1)?, f.get(2)?, f.get(3)?);
+            let port = |a: &str| u16::from_str_radix(a.split(':').nth(1)?, 16).ok();
+            (*state == "01" && port(remote)? == server.port()).then(|| port(local))?
+        })
+        .collect()
+}
+
+// -------------------------------------------------------------------- tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_client_publishes_and_consumes_through_warren() {
+    let nodes = tls_nodes().await;
+    let pki = Pki::new("term");
+    let (cert, key) = pki.write_server("server", 2031);
+    // TLS only: no plain listener at all.
+    let w = start(&yaml(
+        &tls_listener(&cert, &key, None),
+        NO_PROBES,
+        &[backend(&nodes[2], nodes[2].amqp, "")],
+    ))
+    .await;
+    let port = w.tls.expect("TLS listener").port();
+    let ok_before = metric(
+        &w,
+        "warren_tls_handshakes_total",
+        &[("side", "client"), ("result", "ok")],
+    )
+    .await;
+    let name = unique("tls-term");
+    let conn = amqps(port, &name, &pki.ca_pem, None)
+        .await
+        .expect("AMQPS through warren");
+    publish_and_consume(&conn, 200).await;
+    // The broker sees a plain connection from warren.
+    let c = broker_connection(&nodes[2], &name).await;
+    assert_eq!(c["ssl"], false, "{c}");
+    let ok_after = metric(
+        &w,
+        "warren_tls_handshakes_total",
+        &[("side", "client"), ("result", "ok")],
+    )
+    .await;
+    assert!(ok_after >= ok_before + 1.0, "{ok_before} -> {ok_after}");
+    let expiry = metric(
+        &w,
+        "warren_tls_certificate_expiry_seconds",
+        &[("certificate", "listener")],
+    )
+    .await;
+    let expected = (jan1(2031) - common_now()) as f64;
+    assert!(
+        (expiry - expected).abs() < 120.0,
+        "expiry gauge {expiry}, expected about {expected}"
+    );
+    let _ = conn.close(200, "bye".into()).await;
+    w.stop().await;
+}
+
+fn common_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_rejects_clients_without_a_valid_certificate() {
+    let nodes = tls_nodes().await;
+    let pki = Pki::new("mtls");
+    let other = Pki::new("stranger");
+    let (cert, key) = pki.write_server("server", 2031);
+    let w = start(&yaml(
+        &tls_listener(&cert, &key, Some(&pki.path("ca.pem"))),
+        NO_PROBES,
+        &[backend(&nodes[2], nodes[2].amqp, "")],
+    ))
+    .await;
+    let port = w.tls.expect("TLS listener").port();
+    let counted = |reason: &'static str| {
+        let w = &w;
+        async move {
+            metric(
+                w,
+                "warren_tls_handshakes_total",
+                &[("side", "client"), ("result", reason)],
+            )
+            .await
+        }
+    };
+
+    let before = counted("no_certificate").await;
+    let refused = amqps(port, &unique("mtls-none"), &pki.ca_pem, None).await;
+    assert!(refused.is_err(), "a client without a certificate got in");
+    assert_eq!(counted("no_certificate").await, before + 1.0);
+    let text = log_text();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("client certificate rejected") && l.contains("no_certificate")),
+        "no clear log line for the rejected client:\n{text}"
+    );
+
+    let before = counted("bad_certificate").await;
+    let stranger = other.leaf(&["client"], 2031);
+    let refused = amqps(port, &unique("mtls-stranger"), &pki.ca_pem, Some(stranger)).await;
+    assert!(
+        refused.is_err(),
+        "a client with a foreign certificate got in"
+    );
+    assert_eq!(counted("bad_certificate").await, before + 1.0);
+
+    let good = pki.leaf(&["client"], 2031);
+    let conn = amqps(port, &unique("mtls-good"), &pki.ca_pem, Some(good))
+        .await
+        .expect("a client with a certificate from the CA gets in");
+    publish_and_consume(&conn, 10).await;
+    let _ = conn.close(200, "bye".into()).await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_origination_to_an_amqps_node() {
+    let nodes = tls_nodes().await;
+    let n2 = &nodes[1];
+    let tls = format!("    tls:\n      ca: {}\n", node_ca().display());
+    let w = start(&yaml(
+        "listen: 127.0.0.1:0",
+        NO_PROBES,
+        &[backend(n2, n2.amqps, &tls)],
+    ))
+    .await;
+    let name = unique("tls-orig");
+    let conn = common::amqp_connect_named(&w.url(), &name).await;
+    publish_and_consume(&conn, 200).await;
+    let c = broker_connection(n2, &name).await;
+    assert_eq!(c["ssl"], true, "the broker sees a TLS connection: {c}");
+    assert!(
+        metric(
+            &w,
+            "warren_tls_handshakes_total",
+            &[("side", "backend"), ("result", "ok")]
+        )
+        .await
+            >= 1.0
+    );
+    let _ = conn.close(200, "bye".into()).await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_origination_refuses_a_node_it_cannot_verify() {
+    let nodes = tls_nodes().await;
+    let n2 = &nodes[1];
+    let wrong = Pki::new("wrong-ca");
+    let tls = format!("    tls:\n      ca: {}\n", wrong.path("ca.pem").display());
+    let w = start(&yaml(
+        "listen: 127.0.0.1:0",
+        NO_PROBES,
+        &[backend(n2, n2.amqps, &tls)],
+    ))
+    .await;
+    let props = ConnectionProperties::default();
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        Connection::connect(&w.url(), props),
+    )
+    .await
+    .expect("in time");
+    assert!(
+        r.is_err(),
+        "warren must not carry a client to an unverified node"
+    );
+    assert!(
+        metric(
+            &w,
+            "warren_tls_handshakes_total",
+            &[("side", "backend"), ("result", "bad_certificate")]
+        )
+        .await
+            >= 1.0
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_proxy_shows_the_real_client_address_to_the_broker() {
+    let nodes = tls_nodes().await;
+    let n1 = &nodes[0];
+    for version in ["v1", "v2"] {
+        let w = start(&yaml(
+            "listen: 127.0.0.1:0",
+            NO_PROBES,
+            &[backend(
+                n1,
+                n1.amqp,
+                &format!("    send_proxy: {version}\n"),
+            )],
+        ))
+        .await;
+        let name = unique(&format!("proxy-{version}"));
+        let conn = common::amqp_connect_named(&w.url(), &name).await;
+        let ports = client_ports_to(w.amqp);
+        assert_eq!(ports.len(), 1, "one client connection to warren: {ports:?}");
+        let c = broker_connection(n1, &name).await;
+        assert_eq!(c["peer_host"], "127.0.0.1", "{version}: {c}");
+        assert_eq!(
+            c["peer_port"], ports[0],
+            "{version}: the broker must see the client's port, not warren's: {c}"
+        );
+        let _ = conn.close(200, "bye".into()).await;
+        w.stop().await;
+    }
+    // Control: without the header the broker sees warren's own port, so the
+    // assertion above does tell the two apart.
+    let n3 = &nodes[2];
+    let w = start(&yaml(
+        "listen: 127.0.0.1:0",
+        NO_PROBES,
+        &[backend(n3, n3.amqp, "")],
+    ))
+    .await;
+    let name = unique("proxy-none");
+    let conn = common::amqp_connect_named(&w.url(), &name).await;
+    let ports = client_ports_to(w.amqp);
+    let c = broker_connection(n3, &name).await;
+    assert_ne!(c["peer_port"], ports[0], "{c}");
+    let _ = conn.close(200, "bye".into()).await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_proxy_with_tls_end_to_end() {
+    let nodes = tls_nodes().await;
+    let n1 = &nodes[0];
+    let pki = Pki::new("both");
+    let (cert, key) = pki.write_server("server", 2031);
+    // TLS from the client to warren, the PROXY header then TLS from warren to the node.
+    let extra = format!(
+        "    send_proxy: v2\n    tls:\n      ca: {}\n      server_name: localhost\n",
+        node_ca().display()
+    );
+    let w = start(&yaml(
+        &tls_listener(&cert, &key, None),
+        NO_PROBES,
+        &[backend(n1, n1.amqps, &extra)],
+    ))
+    .await;
+    let tls_addr = w.tls.expect("TLS listener");
+    let name = unique("proxy-tls");
+    let conn = amqps(tls_addr.port(), &name, &pki.ca_pem, None)
+        .await
+        .expect("AMQPS through warren to an AMQPS node");
+    let ports = client_ports_to(tls_addr);
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    let c = broker_connection(n1, &name).await;
+    assert_eq!(c["ssl"], true, "{c}");
+    assert_eq!(c["peer_port"], ports[0], "{c}");
+    // A big message through two TLS hops, intact.
+    let ch = conn.create_channel().await.expect("channel");
+    let queue = unique("q-big-tls");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    let payload: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    ch.basic_publish(
+        "".into(),
+        queue.as_str().into(),
+        BasicPublishOptions::default(),
+        &payload,
+        BasicProperties::default(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("confirm");
+    let got = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if let Some(m) = ch
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+                .await
+                .expect("get")
+            {
+                return m.delivery.data;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("message back within 60 s");
+    assert!(got == payload, "8 MiB payload changed on the way");
+    let _ = conn.close(200, "bye".into()).await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_probes_leave_a_proxy_protocol_listener_alone() {
+    let nodes = tls_nodes().await;
+    let n1 = &nodes[0];
+    let log_before = std::fs::read_to_string(&n1.log)
+        .map(|s| s.len())
+        .unwrap_or(0);
+    let w = start(&yaml(
+        "listen: 127.0.0.1:0",
+        "health:\n  interval: 100ms\n  fast_interval: 100ms\n  password: guest",
+        &[backend(n1, n1.amqp, "    send_proxy: v1\n")],
+    ))
+    .await;
+    // About 20 probes of the AMQP port.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let b = w.backend(&n1.name).await;
+    assert_eq!(b["state"], "up", "{b}");
+    assert!(b["last_check"].is_number(), "probes ran: {b}");
+    let conn = common::amqp_connect_named(&w.url(), &unique("after-probes")).await;
+    publish_and_consume(&conn, 5).await;
+    let _ = conn.close(200, "bye".into()).await;
+    w.stop().await;
+    let log = std::fs::read_to_string(&n1.log).unwrap_or_default();
+    let new = log.get(log_before..).unwrap_or("");
+    assert!(
+        !new.contains("crasher"),
+        "the probes crashed connection processes on {}:\n{new}",
+        n1.name
+    );
+}
+
+/// Waits (bounded) until the TLS listener is bound to `addr`.
+async fn wait_tls_listener(w: &Warren, addr: SocketAddr) {
+    let moved = tokio::time::timeout(Duration::from_secs(10), async {
+        while w.app.tls_listener.local_addr() != Some(addr) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(moved.is_ok(), "the TLS listener never moved to {addr}");
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Certificates are re-read by the real reload paths (`POST /api/reload`, then
+/// SIGHUP), open TLS connections carry on, a broken key changes nothing, and a
+/// changed `tls.listen` is rebound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_reload_keeps_open_connections() {
+    let nodes = tls_nodes().await;
+    let old = Pki::new("reload-old");
+    let new = Pki::new("reload-new");
+    let (cert, key) = old.write_server("server", 2031);
+    let write_config = |listeners: &str| {
+        let text = yaml(
+            listeners,
+            NO_PROBES,
+            &[backend(&nodes[2], nodes[2].amqp, "")],
+        );
+        let path = old.path("warren.yaml");
+        std::fs::write(&path, text).expect("write config");
+        path
+    };
+    let path = write_config(&tls_listener(&cert, &key, None));
+    logs();
+    let w = Warren::start_file(&path).await;
+    let port = w.tls.expect("TLS listener").port();
+    let open = amqps(port, &unique("reload-open"), &old.ca_pem, None)
+        .await
+        .expect("connect with the old certificate");
+    publish_and_consume(&open, 5).await;
+    // The TLS data path counts its bytes like the plain one.
+    let backend_name = [("backend", nodes[2].name.as_str())];
+    let sent = metric(&w, "warren_backend_sent_bytes_total", &backend_name).await;
+    let received = metric(&w, "warren_backend_received_bytes_total", &backend_name).await;
+    assert!(
+        sent > 0.0 && received > 0.0,
+        "sent {sent}, received {received}"
+    );
+
+    // Replace the files with a certificate from another CA, then POST /api/reload.
+    let (new_cert, new_key) = new.leaf(&["localhost", "127.0.0.1"], 2032);
+    std::fs::write(&cert, &new_cert).expect("write cert");
+    std::fs::write(&key, &new_key).expect("write key");
+    let (status, body) = w.admin_post("/api/reload").await;
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON answer");
+    assert_eq!(answer["tls_reloaded"], true, "{body}");
+
+    // The open connection carries on; new clients get the new certificate.
+    publish_and_consume(&open, 20).await;
+    let fresh = amqps(port, &unique("reload-new"), &new.ca_pem, None)
+        .await
+        .expect("connect with the new certificate");
+    publish_and_consume(&fresh, 5).await;
+    assert!(
+        amqps(port, &unique("reload-stale"), &old.ca_pem, None)
+            .await
+            .is_err(),
+        "the old certificate is still served"
+    );
+    let expiry = metric(
+        &w,
+        "warren_tls_certificate_expiry_seconds",
+        &[("certificate", "listener")],
+    )
+    .await;
+    assert!(
+        ((jan1(2032) - common_now()) as f64 - expiry).abs() < 120.0,
+        "{expiry}"
+    );
+    assert!(
+        metric(&w, "warren_backend_sent_bytes_total", &backend_name).await > sent,
+        "bytes of the TLS connections are counted"
+    );
+
+    // A broken key is an error naming the file and key, and changes nothing.
+    std::fs::write(&key, "not a key").expect("write key");
+    let (status, body) = w.admin_post("/api/reload").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains(&key.display().to_string()), "{body}");
+    assert!(body.contains("tls.key"), "{body}");
+    let again = amqps(port, &unique("reload-kept"), &new.ca_pem, None)
+        .await
+        .expect("the last good certificate is still served");
+    publish_and_consume(&open, 5).await;
+
+    // SIGHUP: a good key again and a new `tls.listen`; the listener moves, open
+    // connections stay.
+    std::fs::write(&key, &new_key).expect("write key");
+    let moved: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let listeners = tls_listener(&cert, &key, None).replace("127.0.0.1:0", &moved.to_string());
+    write_config(&listeners);
+    warren::reload::watch_sighup(w.app.clone());
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(hup.success());
+    wait_tls_listener(&w, moved).await;
+    let on_new_port = amqps(moved.port(), &unique("reload-moved"), &new.ca_pem, None)
+        .await
+        .expect("connect on the new tls.listen");
+    publish_and_consume(&on_new_port, 5).await;
+    publish_and_consume(&open, 5).await;
+    publish_and_consume(&again, 5).await;
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err(),
+        "the old TLS port still accepts"
+    );
+    for c in [open, fresh, again, on_new_port] {
+        let _ = c.close(200, "bye".into()).await;
+    }
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_closes_a_tls_client_with_320() {
+    let nodes = tls_nodes().await;
+    let pki = Pki::new("drain");
+    let (cert, key) = pki.write_server("server", 2031);
+    let n3 = &nodes[2];
+    let w = start(&yaml(
+        &tls_listener(&cert, &key, None),
+        &format!("{NO_PROBES}\ndrain:\n  window: 0s\n  grace: 10s"),
+        &[backend(n3, n3.amqp, "")],
+    ))
+    .await;
+    let port = w.tls.expect("TLS listener").port();
+    let conn = amqps(port, &unique("tls-drain"), &pki.ca_pem, None)
+        .await
+        .expect("connect");
+    publish_and_consume(&conn, 5).await;
+    // Listening for the close before the drain starts (it takes milliseconds).
+    let (err, (status, body)) = tokio::join!(next_error(&conn, Duration::from_secs(15)), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        admin_request(w.admin, "POST", &format!("/api/backends/{}/drain", n3.name)).await
+    });
+    assert_eq!(status, 200, "{body}");
+    let err = err.expect("the client is told to close");
+    assert_eq!(reply_code(&err), Some(320), "{err:?}");
+    // The connection's task ends: nothing left on the backend.
+    let start = tokio::time::Instant::now();
+    while w.backend(&n3.name).await["active_connections"] != 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "connection not closed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    w.stop().await;
+}
+
+/// Half-close through the TLS data path: the client's close_notify and FIN reach
+/// the backend as a FIN, and the backend's answer still comes back. Against a
+/// small TCP backend that answers only after the client has finished sending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_is_propagated_over_tls() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let baddr = backend.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = backend.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                if s.read_to_end(&mut got).await.is_ok() {
+                    let _ = s
+                        .write_all(format!("got {} bytes", got.len()).as_bytes())
+                        .await;
+                }
+            });
+        }
+    });
+    let pki = Pki::new("halfclose");
+    let (cert, key) = pki.write_server("server", 2031);
+    let w = start(&format!(
+        "admin:\n  listen: 127.0.0.1:0\n{}health:\n  interval: 1h\nbackends:\n  - name: echo\n    address: {baddr}\n",
+        tls_listener(&cert, &key, None)
+    ))
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::pem::PemObject::pem_file_iter(pki.path("ca.pem")).expect("CA") {
+        let c: rustls::pki_types::CertificateDer<'static> = c.expect("CA cert");
+        roots.add(c).expect("root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(w.tls.expect("TLS listener"))
+        .await
+        .expect("connect");
+    let mut c = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("handshake");
+    c.write_all(b"AMQP\x00\x00\x09\x01").await.expect("header");
+    c.write_all(&[7u8; 300_000]).await.expect("write");
+    c.shutdown().await.expect("half-close");
+    let mut reply = String::new();
+    tokio::time::timeout(Duration::from_secs(10), c.read_to_string(&mut reply))
+        .await
+        .expect("reply in time")
+        .expect("read");
+    assert_eq!(reply, "got 300008 bytes");
+    w.stop().await;
+}
+
+/// The TLS listener turns away, before any backend connection, a client that
+/// does not speak TLS and a TLS client that does not speak AMQP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listener_turns_away_non_tls_and_non_amqp_clients() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let baddr = backend.local_addr().expect("addr");
+    tokio::spawn(async move { while backend.accept().await.is_ok() {} });
+    let pki = Pki::new("turnaway");
+    let (cert, key) = pki.write_server("server", 2031);
+    let w = start(&format!(
+        "admin:\n  listen: 127.0.0.1:0\n{}health:\n  interval: 1h\nbackends:\n  - name: sink\n    address: {baddr}\n",
+        tls_listener(&cert, &key, None)
+    ))
+    .await;
+    let addr = w.tls.expect("TLS listener");
+
+    // Plain AMQP to the TLS port.
+    let before = metric(
+        &w,
+        "warren_tls_handshakes_total",
+        &[("side", "client"), ("result", "protocol")],
+    )
+    .await;
+    let mut plain = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    plain
+        .write_all(b"AMQP\x00\x00\x09\x01")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 64];
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read(&mut buf))
+        .await
+        .expect("closed in time");
+    let after = metric(
+        &w,
+        "warren_tls_handshakes_total",
+        &[("side", "client"), ("result", "protocol")],
+    )
+    .await;
+    assert_eq!(after, before + 1.0);
+
+    // HTTP inside TLS.
+    let before = metric(
+        &w,
+        "warren_listener_handshake_rejected_total",
+        &[("reason", "not_amqp")],
+    )
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::pem::PemObject::pem_file_iter(pki.path("ca.pem")).expect("CA") {
+        let c: rustls::pki_types::CertificateDer<'static> = c.expect("CA cert");
+        roots.add(c).expect("root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut c = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("handshake");
+    c.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest))
+        .await
+        .expect("closed in time");
+    assert!(rest.is_empty(), "nothing comes back");
+    let after = metric(
+        &w,
+        "warren_listener_handshake_rejected_total",
+        &[("reason", "not_amqp")],
+    )
+    .await;
+    assert_eq!(after, before + 1.0);
+    assert_eq!(w.backend("sink").await["total_connections"], 0);
+    w.stop().await;
+}
