@@ -10,6 +10,8 @@ pub mod amqp;
 pub mod balancer;
 pub mod config;
 pub mod drain;
+#[doc(hidden)]
+pub mod fuzz_checks;
 pub mod health;
 pub mod listener;
 pub mod logging;

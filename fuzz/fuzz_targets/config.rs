@@ -1,0 +1,4 @@
+#![no_main]
+//! See warren::fuzz_checks::config_from_yaml (the replay test runs the same check).
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| warren::fuzz_checks::config_from_yaml(data));

@@ -1,0 +1,4 @@
+#![no_main]
+//! See warren::fuzz_checks::frame_stream (the replay test runs the same check).
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| warren::fuzz_checks::frame_stream(data));
