@@ -11,6 +11,8 @@ pub mod balancer;
 pub mod bootstrap;
 pub mod config;
 pub mod drain;
+#[doc(hidden)]
+pub mod fuzz_checks;
 pub mod health;
 pub mod listener;
 pub mod logging;
