@@ -1,0 +1,680 @@
+//! Load generator and test servers for `scripts/bench` (not a test: it measures,
+//! prints and asserts nothing). Run `loadgen help` for the modes.
+//!
+//! Every client mode speaks the shape of AMQP 0-9-1 (the 8-byte protocol header,
+//! then frames) so that warren follows frames as it does for real clients; the
+//! servers are small stand-ins that a real node cannot replace at these rates.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
+const USAGE: &str = "\
+loadgen serve --sink ADDR... --echo ADDR  sink (read to EOF) and echo servers
+loadgen idle ADDR N HOLD_SECS             N connections that send the AMQP header and idle;
+                                          prints `ready` once all are open
+loadgen latency SAMPLES SIZE ADDR...      ping-pong of SIZE-byte frames, the addresses taking
+                                          turns; prints `p50_us p99_us` per address
+loadgen connrate SECS WORKERS ADDR...     connect, send the AMQP header, close; the addresses
+                                          take turns in 250 ms slices; prints conns/s per
+                                          address (from 127.0.0.2-254 in turn, so that
+                                          TIME_WAIT sockets never exhaust local ports)
+loadgen bulk ADDR SECS STREAMS FRAME      AMQP body frames of FRAME bytes; prints bytes/s, bytes
+loadgen confirms SECS SIZE WINDOW URL...  lapin publishers with confirms, the URLs taking turns
+                                          in 500 ms slices; prints msgs/s per URL
+loadgen report FILE                       medians and ratios from `figure<TAB>path<TAB>value` lines";
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let code = match run(&args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("loadgen: {e}\n{USAGE}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+type Res<T> = Result<T, String>;
+
+fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> Res<T> {
+    args.get(i)
+        .ok_or_else(|| format!("missing {what}"))?
+        .parse()
+        .map_err(|_| format!("bad {what}: {}", args[i]))
+}
+
+fn runtime(threads: usize) -> Res<tokio::runtime::Runtime> {
+    let mut b = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    b.enable_all().build().map_err(|e| e.to_string())
+}
+
+fn run(args: &[String]) -> Res<()> {
+    let mode = args.first().map(String::as_str).unwrap_or("help");
+    match mode {
+        "serve" => {
+            let mut sink = Vec::new();
+            let mut echo = None;
+            let mut i = 1;
+            while i + 1 < args.len() {
+                match args[i].as_str() {
+                    "--sink" => sink.push(arg::<SocketAddr>(args, i + 1, "sink address")?),
+                    "--echo" => echo = Some(arg::<SocketAddr>(args, i + 1, "echo address")?),
+                    other => return Err(format!("unknown option {other}")),
+                }
+                i += 2;
+            }
+            runtime(2)?.block_on(serve(sink, echo))
+        }
+        "idle" => {
+            let addr: SocketAddr = arg(args, 1, "address")?;
+            let n: usize = arg(args, 2, "connection count")?;
+            let hold: u64 = arg(args, 3, "hold seconds")?;
+            runtime(1)?.block_on(idle(addr, n, Duration::from_secs(hold)))
+        }
+        "latency" => {
+            let samples: usize = arg(args, 1, "samples")?;
+            let size: usize = arg(args, 2, "size")?;
+            let addrs = (3..args.len())
+                .map(|i| arg::<SocketAddr>(args, i, "address"))
+                .collect::<Res<Vec<_>>>()?;
+            runtime(1)?.block_on(latency(&addrs, samples, size))
+        }
+        "connrate" => {
+            let secs: f64 = arg(args, 1, "seconds")?;
+            let workers: usize = arg(args, 2, "workers")?;
+            let addrs = (3..args.len())
+                .map(|i| arg::<SocketAddr>(args, i, "address"))
+                .collect::<Res<Vec<_>>>()?;
+            if addrs.is_empty() {
+                return Err("missing address".into());
+            }
+            runtime(1)?.block_on(connrate(&addrs, Duration::from_secs_f64(secs), workers))
+        }
+        "bulk" => {
+            let addr: SocketAddr = arg(args, 1, "address")?;
+            let secs: f64 = arg(args, 2, "seconds")?;
+            let streams: usize = arg(args, 3, "streams")?;
+            let frame: usize = arg(args, 4, "frame size")?;
+            runtime(1)?.block_on(bulk(addr, Duration::from_secs_f64(secs), streams, frame))
+        }
+        "confirms" => {
+            let secs: f64 = arg(args, 1, "seconds")?;
+            let size: usize = arg(args, 2, "size")?;
+            let window: usize = arg(args, 3, "window")?;
+            let urls = args.get(4..).unwrap_or_default().to_vec();
+            if urls.is_empty() {
+                return Err("missing url".into());
+            }
+            runtime(2)?.block_on(confirms(urls, Duration::from_secs_f64(secs), size, window))
+        }
+        "report" => report(args.get(1).ok_or("missing file")?),
+        _ => {
+            println!("{USAGE}");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(sink: Vec<SocketAddr>, echo: Option<SocketAddr>) -> Res<()> {
+    let mut tasks = Vec::new();
+    for addr in sink {
+        let l = listen(addr).map_err(|e| format!("{addr}: {e}"))?;
+        tasks.push(tokio::spawn(accept_loop(l, false)));
+    }
+    if let Some(addr) = echo {
+        let l = listen(addr).map_err(|e| format!("{addr}: {e}"))?;
+        tasks.push(tokio::spawn(accept_loop(l, true)));
+    }
+    println!("serving");
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+/// A listener with a backlog deep enough for connection storms (the default of
+/// 128 drops SYNs, and every dropped SYN costs its client a 1 s retransmit).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = tokio::net::TcpSocket::new_v4()?;
+    s.set_reuseaddr(true)?;
+    s.bind(addr)?;
+    s.listen(4096)
+}
+
+async fn accept_loop(l: TcpListener, echo: bool) {
+    loop {
+        let Ok((s, _)) = l.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let _ = s.set_nodelay(true);
+        if echo {
+            tokio::spawn(echo_conn(s));
+        } else {
+            tokio::spawn(sink_conn(s));
+        }
+    }
+}
+
+async fn echo_conn(mut s: TcpStream) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if s.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    static SINK: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 256 * 1024]);
+}
+
+/// Reads to EOF into a per-thread buffer, so 10,000 idle sink connections cost
+/// no buffers.
+async fn sink_conn(s: TcpStream) {
+    loop {
+        if s.readable().await.is_err() {
+            return;
+        }
+        let r = SINK.with(|b| s.try_read(&mut b.borrow_mut()));
+        match r {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
+async fn idle(addr: SocketAddr, n: usize, hold: Duration) -> Res<()> {
+    let mut conns = Vec::with_capacity(n);
+    let mut pending = FuturesUnordered::new();
+    let mut started = 0;
+    while conns.len() < n {
+        while started < n && pending.len() < 256 {
+            started += 1;
+            pending.push(async move {
+                let mut s = TcpStream::connect(addr).await?;
+                s.write_all(PROTOCOL_HEADER).await?;
+                Ok::<_, std::io::Error>(s)
+            });
+        }
+        match pending.next().await {
+            Some(Ok(s)) => conns.push(s),
+            Some(Err(e)) => return Err(format!("connection {} to {addr}: {e}", conns.len())),
+            None => break,
+        }
+    }
+    // Let the proxy finish its side (backend connects) before it is measured.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    println!("ready {}", conns.len());
+    tokio::time::sleep(hold).await;
+    drop(conns);
+    Ok(())
+}
+
+/// A method frame on channel 1 of `size` bytes in all.
+fn frame(ftype: u8, size: usize) -> Vec<u8> {
+    let payload = size.saturating_sub(8);
+    let mut f = Vec::with_capacity(payload + 8);
+    f.push(ftype);
+    f.extend_from_slice(&1u16.to_be_bytes());
+    f.extend_from_slice(&(payload as u32).to_be_bytes());
+    f.extend((0..payload).map(|i| (i % 251) as u8));
+    f.push(0xCE);
+    f
+}
+
+/// Ping-pong on one connection per address, the addresses taking turns sample
+/// by sample, so that a noisy machine disturbs every path alike.
+async fn latency(addrs: &[SocketAddr], samples: usize, size: usize) -> Res<()> {
+    let req = frame(1, size);
+    let mut back = vec![0u8; req.len().max(8)];
+    let mut conns = Vec::new();
+    for addr in addrs {
+        let mut s = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("{addr}: {e}"))?;
+        s.set_nodelay(true).map_err(|e| e.to_string())?;
+        s.write_all(PROTOCOL_HEADER)
+            .await
+            .map_err(|e| e.to_string())?;
+        s.read_exact(&mut back[..8])
+            .await
+            .map_err(|e| e.to_string())?;
+        conns.push(s);
+    }
+    let warmup = samples / 10;
+    let mut rtts = vec![Vec::with_capacity(samples); conns.len()];
+    for i in 0..warmup + samples {
+        for (s, rtt) in conns.iter_mut().zip(rtts.iter_mut()) {
+            let t = Instant::now();
+            s.write_all(&req).await.map_err(|e| e.to_string())?;
+            s.read_exact(&mut back[..req.len()])
+                .await
+                .map_err(|e| e.to_string())?;
+            if i >= warmup {
+                rtt.push(t.elapsed().as_nanos() as f64 / 1000.0);
+            }
+        }
+    }
+    for mut r in rtts {
+        r.sort_by(f64::total_cmp);
+        println!("{:.2} {:.2}", pct(&r, 0.50), pct(&r, 0.99));
+    }
+    Ok(())
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Connection rate per address, the addresses taking turns in slices of a
+/// quarter second (so that a noisy machine disturbs every path alike).
+async fn connrate(addrs: &[SocketAddr], secs: Duration, workers: usize) -> Res<()> {
+    const SLICE: Duration = Duration::from_millis(250);
+    let mut done = vec![0u64; addrs.len()];
+    let mut spent = vec![Duration::ZERO; addrs.len()];
+    let mut errors = 0u64;
+    let mut source = 0usize;
+    while spent[0] < secs {
+        for (k, addr) in addrs.iter().enumerate() {
+            let (n, e, took) = connect_burst(*addr, SLICE, workers, source).await;
+            source += n as usize + e as usize;
+            done[k] += n;
+            errors += e;
+            spent[k] += took;
+        }
+    }
+    if errors > 0 {
+        eprintln!("loadgen connrate: {errors} failed connections");
+    }
+    for (n, t) in done.iter().zip(&spent) {
+        println!("{:.0}", *n as f64 / t.as_secs_f64());
+    }
+    Ok(())
+}
+
+/// `workers` loops of connect, header, close for `len`; (done, failed, time).
+async fn connect_burst(
+    addr: SocketAddr,
+    len: Duration,
+    workers: usize,
+    first_source: usize,
+) -> (u64, u64, Duration) {
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let end = start + len;
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (done, errors) = (done.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = first_source + w;
+            while Instant::now() < end {
+                i += workers;
+                let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + (i % 253) as u8);
+                let ok = async {
+                    let sock = tokio::net::TcpSocket::new_v4()?;
+                    sock.bind(SocketAddr::from((source, 0)))?;
+                    let mut s = sock.connect(addr).await?;
+                    s.write_all(PROTOCOL_HEADER).await?;
+                    Ok::<_, std::io::Error>(())
+                }
+                .await;
+                match ok {
+                    Ok(()) => done.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => errors.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    (
+        done.load(Ordering::Relaxed),
+        errors.load(Ordering::Relaxed),
+        start.elapsed(),
+    )
+}
+
+async fn bulk(addr: SocketAddr, secs: Duration, streams: usize, frame_size: usize) -> Res<()> {
+    let sent = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let end = start + secs;
+    let mut tasks = Vec::new();
+    // Many frames per write, as a client library's buffered writer does.
+    let one = frame(3, frame_size);
+    let batch: Vec<u8> = one.iter().copied().cycle().take(one.len() * 4).collect();
+    let batch = Arc::new(batch);
+    for _ in 0..streams {
+        let (sent, batch) = (sent.clone(), batch.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await?;
+            s.write_all(PROTOCOL_HEADER).await?;
+            while Instant::now() < end {
+                s.write_all(&batch).await?;
+                sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            }
+            Ok::<_, std::io::Error>(())
+        }));
+    }
+    for t in tasks {
+        match t.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("bulk stream: {e}")),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let el = start.elapsed().as_secs_f64();
+    let total = sent.load(Ordering::Relaxed);
+    println!("{:.0} {total}", total as f64 / el);
+    Ok(())
+}
+
+/// One publisher per URL, taking turns in half-second slices (each slice ends
+/// when its confirms are in), so that a noisy machine disturbs every path alike.
+async fn confirms(urls: Vec<String>, secs: Duration, size: usize, window: usize) -> Res<()> {
+    use lapin::options::*;
+    use lapin::types::{AMQPValue, FieldTable};
+    use lapin::{BasicProperties, Connection, ConnectionProperties};
+    const SLICE: Duration = Duration::from_millis(500);
+    let mut pubs = Vec::new();
+    for url in &urls {
+        let conn = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .map_err(|e| format!("connect {url}: {e}"))?;
+        let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut args = FieldTable::default();
+        // Bounded, so a long run cannot fill the node's memory.
+        args.insert("x-max-length".into(), AMQPValue::LongLongInt(10_000));
+        let q = ch
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        pubs.push((conn, ch, q.name().as_str().to_string()));
+    }
+    let body = vec![0x5au8; size];
+    let mut confirmed = vec![0u64; pubs.len()];
+    let mut spent = vec![Duration::ZERO; pubs.len()];
+    while spent[0] < secs {
+        for (k, (_, ch, queue)) in pubs.iter().enumerate() {
+            let start = Instant::now();
+            let end = start + SLICE;
+            let mut inflight = FuturesUnordered::new();
+            while Instant::now() < end || !inflight.is_empty() {
+                while Instant::now() < end && inflight.len() < window {
+                    let c = ch
+                        .basic_publish(
+                            "".into(),
+                            queue.as_str().into(),
+                            BasicPublishOptions::default(),
+                            &body,
+                            BasicProperties::default(),
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    inflight.push(c);
+                }
+                if let Some(r) = inflight.next().await {
+                    r.map_err(|e| e.to_string())?;
+                    confirmed[k] += 1;
+                }
+            }
+            spent[k] += start.elapsed();
+        }
+    }
+    for (conn, _, _) in pubs {
+        let _ = conn.close(200, "bench done".into()).await;
+    }
+    for (n, t) in confirmed.iter().zip(&spent) {
+        println!("{:.0}", *n as f64 / t.as_secs_f64());
+    }
+    Ok(())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Figures, in print order: (key, label, unit, higher is better).
+const FIGURES: &[(&str, &str, &str, bool)] = &[
+    ("tput_gbit", "iperf3 4 streams", "Gbit/s", true),
+    ("cpu_ms_per_gb", "proxy CPU per GB (iperf3)", "ms", false),
+    (
+        "amqp_bulk_gbit",
+        "AMQP body frames 128 KiB, 4 streams",
+        "Gbit/s",
+        true,
+    ),
+    (
+        "amqp_bulk_cpu_ms_per_gb",
+        "proxy CPU per GB (AMQP frames)",
+        "ms",
+        false,
+    ),
+    (
+        "idle_rss_mb",
+        "RSS of 10,000 idle connections above baseline",
+        "MB",
+        false,
+    ),
+    (
+        "idle_fds_per_conn",
+        "fds per connection beyond its 2 sockets",
+        "",
+        false,
+    ),
+    ("lat_p50_us", "round trip 200 B, p50", "us", false),
+    ("lat_p99_us", "round trip 200 B, p99", "us", false),
+    ("added_p50_us", "added latency p50", "us", false),
+    ("added_p99_us", "added latency p99", "us", false),
+    (
+        "conn_per_s",
+        "new connections (connect, header, close)",
+        "/s",
+        true,
+    ),
+    (
+        "confirms_per_s",
+        "publish with confirms, 3-node cluster",
+        "msg/s",
+        true,
+    ),
+];
+
+fn report(file: &str) -> Res<()> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
+    let mut values: HashMap<(String, String), Vec<f64>> = HashMap::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        if f.len() < 3 {
+            continue;
+        }
+        if let Ok(v) = f[2].trim().parse::<f64>() {
+            values
+                .entry((f[0].to_string(), f[1].to_string()))
+                .or_default()
+                .push(v);
+        }
+    }
+    // Added latency: a proxy's round trip minus the direct one (medians of each).
+    for (lat, added) in [
+        ("lat_p50_us", "added_p50_us"),
+        ("lat_p99_us", "added_p99_us"),
+    ] {
+        let Some(mut d) = values
+            .get(&(lat.to_string(), "direct".to_string()))
+            .cloned()
+        else {
+            continue;
+        };
+        let direct = median(&mut d);
+        for path in ["haproxy", "warren"] {
+            if let Some(mut v) = values.get(&(lat.to_string(), path.to_string())).cloned() {
+                let n = v.len();
+                let m = median(&mut v) - direct;
+                values.insert((added.to_string(), path.to_string()), vec![m; n]);
+            }
+        }
+    }
+    let med = |fig: &str, path: &str| -> Option<(f64, usize)> {
+        let mut v = values.get(&(fig.to_string(), path.to_string()))?.clone();
+        let n = v.len();
+        Some((median(&mut v), n))
+    };
+    let show = |x: Option<(f64, usize)>| match x {
+        Some((v, _)) if v.abs() >= 100.0 => format!("{v:.0}"),
+        Some((v, _)) if v.abs() >= 10.0 => format!("{v:.1}"),
+        Some((v, _)) => format!("{v:.2}"),
+        None => "-".to_string(),
+    };
+    let ratio = |a: Option<(f64, usize)>, b: Option<(f64, usize)>| match (a, b) {
+        (Some((a, _)), Some((b, _))) if b != 0.0 => format!("{:.2}", a / b),
+        _ => "-".to_string(),
+    };
+    println!(
+        "| figure | unit | direct | haproxy-splice | warren | warren/direct | warren/haproxy | runs |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (key, label, unit, _) in FIGURES {
+        let (d, h, w) = (med(key, "direct"), med(key, "haproxy"), med(key, "warren"));
+        if d.is_none() && h.is_none() && w.is_none() {
+            continue;
+        }
+        let runs = [d, h, w]
+            .iter()
+            .filter_map(|x| x.map(|(_, n)| n))
+            .max()
+            .unwrap_or(0);
+        println!(
+            "| {label} | {unit} | {} | {} | {} | {} | {} | {runs} |",
+            show(d),
+            show(h),
+            show(w),
+            ratio(w, d),
+            ratio(w, h),
+        );
+    }
+    println!();
+    println!("Targets (PERF.md), from the medians above:");
+    let get = |k: &str, p: &str| med(k, p).map(|x| x.0);
+    let check = |name: &str, ok: Option<bool>, detail: String| {
+        let verdict = match ok {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "not measured",
+        };
+        println!("  {verdict:>12}  {name}: {detail}");
+    };
+    let r = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b != 0.0 => Some(a / b),
+        _ => None,
+    };
+    let fmt = |x: Option<f64>| x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
+    let wd = r(get("tput_gbit", "warren"), get("tput_gbit", "direct"));
+    let wh = r(get("tput_gbit", "warren"), get("tput_gbit", "haproxy"));
+    check(
+        "throughput >= 0.85x direct and >= 1.15x haproxy",
+        wd.zip(wh).map(|(a, b)| a >= 0.85 && b >= 1.15),
+        format!("{}x direct, {}x haproxy", fmt(wd), fmt(wh)),
+    );
+    let cpu = r(
+        get("cpu_ms_per_gb", "warren"),
+        get("cpu_ms_per_gb", "haproxy"),
+    );
+    check(
+        "CPU per GB <= 0.7x haproxy",
+        cpu.map(|c| c <= 0.7),
+        format!("{}x", fmt(cpu)),
+    );
+    let rss = get("idle_rss_mb", "warren");
+    let fds = get("idle_fds_per_conn", "warren");
+    check(
+        "idle: <= 35 MB above baseline, <= 2 extra fds per connection",
+        rss.zip(fds).map(|(m, f)| m <= 35.0 && f <= 2.0),
+        format!("{} MB, {} fds", fmt(rss), fmt(fds)),
+    );
+    let (w50, h50) = (
+        get("added_p50_us", "warren"),
+        get("added_p50_us", "haproxy"),
+    );
+    let (w99, h99) = (
+        get("added_p99_us", "warren"),
+        get("added_p99_us", "haproxy"),
+    );
+    check(
+        "added latency p50 and p99 no worse than haproxy",
+        match (w50, h50, w99, h99) {
+            (Some(a), Some(b), Some(c), Some(d)) => Some(a <= b && c <= d),
+            _ => None,
+        },
+        format!(
+            "p50 {} vs {} us, p99 {} vs {} us",
+            fmt(w50),
+            fmt(h50),
+            fmt(w99),
+            fmt(h99)
+        ),
+    );
+    let cr = r(get("conn_per_s", "warren"), get("conn_per_s", "haproxy"));
+    check(
+        "connections/s >= haproxy",
+        cr.map(|c| c >= 1.0),
+        format!("{}x", fmt(cr)),
+    );
+    let cf = r(
+        get("confirms_per_s", "warren"),
+        get("confirms_per_s", "direct"),
+    );
+    check(
+        "confirms >= 0.95x direct",
+        cf.map(|c| c >= 0.95),
+        format!("{}x", fmt(cf)),
+    );
+    Ok(())
+}
