@@ -843,7 +843,7 @@ impl Config {
                 "expected only one of `password`, `password_file`, `password_env`".into(),
             ));
         }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+        if let Err(e) = crate::logging::filter(&self.log.level) {
             return Err(invalid(
                 "log.level".into(),
                 format!("expected a tracing filter such as `info` or `warren=debug`: {e}"),
@@ -1131,6 +1131,16 @@ cluster:
         )
         .expect_err("v3 is no PROXY version");
         assert!(e.to_string().contains("v3"), "{e}");
+    }
+
+    #[test]
+    fn log_level_with_spaces_and_non_ascii_does_not_panic() {
+        // Found by the `config` fuzz target: tracing-subscriber panicked on it.
+        let c = parse(
+            "listen: 127.0.0.1:5672\nlog: {level: 'info, é=debug'}\nbackends:\n  - {name: a, address: 'h:1'}\n",
+        )
+        .expect("valid");
+        assert_eq!(c.log.level, "info, é=debug");
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub mod bootstrap;
 pub mod bulk;
 pub mod config;
 pub mod drain;
+#[doc(hidden)]
+pub mod fuzz_checks;
 pub mod health;
 pub mod listener;
 pub mod logging;

@@ -9,6 +9,7 @@
 use std::io::IsTerminal;
 use std::sync::OnceLock;
 
+use tracing_subscriber::filter::ParseError;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
@@ -20,10 +21,12 @@ static LEVEL: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
 
 /// Installs the global subscriber; a second call is a no-op.
 pub fn init(cfg: &LogConfig) {
-    let from_env = EnvFilter::try_from_default_env().ok();
+    let from_env = std::env::var(EnvFilter::DEFAULT_ENV)
+        .ok()
+        .and_then(|env| filter(&env).ok());
     let env_set = from_env.is_some();
     let filter = from_env
-        .or_else(|| EnvFilter::try_new(&cfg.level).ok())
+        .or_else(|| filter(&cfg.level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
     let fmt = tracing_subscriber::fmt::layer()
@@ -44,8 +47,37 @@ pub fn init(cfg: &LogConfig) {
 /// Applies a new configured level (reload). False when `RUST_LOG` is in charge,
 /// logging was not initialised here, or the filter does not parse.
 pub fn set_level(level: &str) -> bool {
-    let (Some(handle), Ok(filter)) = (LEVEL.get(), EnvFilter::try_new(level)) else {
+    let (Some(handle), Ok(filter)) = (LEVEL.get(), filter(level)) else {
         return false;
     };
     handle.reload(filter).is_ok()
+}
+
+/// Parses a `tracing` filter such as `info` or `warren=debug, hyper=info`.
+///
+/// Each comma-separated directive is trimmed first: tracing-subscriber 0.3
+/// slices a directive at the offsets of its trimmed form, so a space after a
+/// comma shifts them (`info, hyper=debug` is refused) and, before a non-ASCII
+/// character, panics (`info, é=debug`; found by the `config` fuzz target).
+pub fn filter(directives: &str) -> Result<EnvFilter, ParseError> {
+    let trimmed: Vec<&str> = directives
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    EnvFilter::try_new(trimmed.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spaces_around_directives_neither_panic_nor_shift() {
+        let f = filter("info, é=debug").expect("valid filter");
+        assert!(f.to_string().contains("é=debug"), "{f}");
+        let f = filter(" info , hyper=debug ").expect("valid filter");
+        assert!(f.to_string().contains("hyper=debug"), "{f}");
+        assert!(filter("warren=loud").is_err());
+    }
 }

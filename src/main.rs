@@ -1,5 +1,7 @@
 //! The `warren` command: parse arguments, load the config, call the library.
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 

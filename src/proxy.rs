@@ -333,29 +333,30 @@ pub struct Meters<'a> {
     pub down: &'a AtomicU64,
 }
 
-/// What the two directions of one connection tell each other.
-struct Shared {
-    epoch: Instant,
+/// What the two directions of one connection tell each other (also used by the
+/// TLS pump in `stream`).
+pub(crate) struct Shared {
+    pub(crate) epoch: Instant,
     /// Milliseconds since `epoch` at the last byte read in either direction
     /// (kept only when an idle timeout is set).
-    last_active: AtomicU64,
+    pub(crate) last_active: AtomicU64,
     /// The client has been sent `connection.close`.
-    client_told: AtomicBool,
+    pub(crate) client_told: AtomicBool,
     /// The broker-to-client direction has ended.
-    down_done: AtomicBool,
+    pub(crate) down_done: AtomicBool,
     /// Client or broker already sent `connection.close` on its own: the connection
     /// is closing the normal way, so warren only forwards (within its deadline).
-    peer_closing: AtomicBool,
+    pub(crate) peer_closing: AtomicBool,
     /// The broker sent `connection.close` (RabbitMQ closes its socket right after
     /// it on shutdown, without waiting for close-ok).
-    broker_closed: AtomicBool,
+    pub(crate) broker_closed: AtomicBool,
     /// The client answered a close with `close-ok`.
-    client_acked: AtomicBool,
-    notify: Notify,
+    pub(crate) client_acked: AtomicBool,
+    pub(crate) notify: Notify,
 }
 
 impl Shared {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Shared {
             epoch: Instant::now(),
             last_active: AtomicU64::new(0),
@@ -368,17 +369,17 @@ impl Shared {
         }
     }
 
-    fn touch(&self) {
+    pub(crate) fn touch(&self) {
         let ms = self.epoch.elapsed().as_millis() as u64;
         self.last_active.store(ms, Ordering::Relaxed);
     }
 
     /// When the connection becomes idle, given the last activity seen.
-    fn idle_deadline(&self, idle: Duration) -> Instant {
+    pub(crate) fn idle_deadline(&self, idle: Duration) -> Instant {
         self.epoch + Duration::from_millis(self.last_active.load(Ordering::Relaxed)) + idle
     }
 
-    fn set(&self, flag: &AtomicBool) {
+    pub(crate) fn set(&self, flag: &AtomicBool) {
         flag.store(true, Ordering::Release);
         self.notify.notify_waiters();
     }

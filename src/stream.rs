@@ -17,19 +17,19 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::amqp::{self, FrameTracker, Seen};
 use crate::drain::Command;
-use crate::proxy::{End, Limits, Meters};
+use crate::proxy::{End, Limits, Meters, Shared};
 
 const BUF_START: usize = 8 * 1024;
 const BUF_MAX: usize = 64 * 1024;
@@ -108,55 +108,6 @@ enum Dir {
     Up,
     /// Broker to client.
     Down,
-}
-
-/// What the two directions tell each other (the same flags as in `proxy`).
-struct Shared {
-    epoch: Instant,
-    /// Milliseconds since `epoch` at the last byte read in either direction
-    /// (kept only when an idle timeout is set).
-    last_active: AtomicU64,
-    /// The client has been sent `connection.close`.
-    client_told: AtomicBool,
-    /// The broker-to-client direction has ended.
-    down_done: AtomicBool,
-    /// Client or broker already sent `connection.close` on its own: warren only
-    /// forwards (within its deadline).
-    peer_closing: AtomicBool,
-    /// The broker sent `connection.close`.
-    broker_closed: AtomicBool,
-    /// The client answered a close with `close-ok`.
-    client_acked: AtomicBool,
-    notify: Notify,
-}
-
-impl Shared {
-    fn new() -> Self {
-        Shared {
-            epoch: Instant::now(),
-            last_active: AtomicU64::new(0),
-            client_told: AtomicBool::new(false),
-            down_done: AtomicBool::new(false),
-            peer_closing: AtomicBool::new(false),
-            broker_closed: AtomicBool::new(false),
-            client_acked: AtomicBool::new(false),
-            notify: Notify::new(),
-        }
-    }
-
-    fn touch(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
-        self.last_active.store(ms, Ordering::Relaxed);
-    }
-
-    fn idle_deadline(&self, idle: Duration) -> Instant {
-        self.epoch + Duration::from_millis(self.last_active.load(Ordering::Relaxed)) + idle
-    }
-
-    fn set(&self, flag: &AtomicBool) {
-        flag.store(true, Ordering::Release);
-        self.notify.notify_waiters();
-    }
 }
 
 /// Carries bytes both ways until both directions are done or a command ends them.

@@ -140,10 +140,17 @@ fn ctl_once(node: &Node, args: &[&str]) -> Result<String, String> {
     }
 }
 
-/// The node's own `cluster_status`.
+/// The node's own `cluster_status`. A read, so retried a few times: on this
+/// busy machine a CLI call occasionally fails on its own.
 fn status(node: &Node) -> ClusterStatus {
-    let out = ctl(node, &["cluster_status", "--formatter", "json"])
-        .unwrap_or_else(|e| panic!("cluster_status on {}: {e}", node.name));
+    let mut out = ctl(node, &["cluster_status", "--formatter", "json"]);
+    for _ in 0..4 {
+        let Err(e) = &out else { break };
+        eprintln!("cluster_status on {} failed, retrying: {e}", node.name);
+        std::thread::sleep(Duration::from_secs(2));
+        out = ctl(node, &["cluster_status", "--formatter", "json"]);
+    }
+    let out = out.unwrap_or_else(|e| panic!("cluster_status on {}: {e}", node.name));
     let v: serde_json::Value = serde_json::from_str(out.trim()).expect("cluster_status JSON");
     ClusterStatus::from_json(&v).expect("cluster_status lists")
 }

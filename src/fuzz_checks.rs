@@ -1,0 +1,380 @@
+//! Property checks shared by the fuzz targets (`fuzz/fuzz_targets/`) and the
+//! corpus replay test (`tests/fuzz_corpus.rs`), so CI replays exactly what the
+//! fuzzer ran without needing its toolchain.
+//!
+//! Each check takes raw fuzzer bytes and panics when a property does not hold;
+//! a panic is the finding. See docs/security.md.
+
+#![forbid(unsafe_code)]
+
+use std::path::Path;
+
+use crate::amqp::{FrameTracker, Seen, CLASS_CONNECTION, METHOD_CLOSE, METHOD_CLOSE_OK};
+use crate::config::Config;
+
+/// Streams built by [`frame_stream`] stop growing past this many bytes, so one
+/// input stays fast to check byte by byte.
+const MAX_STREAM: usize = 64 * 1024;
+
+/// `Config::from_yaml` returns (never panics) on any text, and an accepted
+/// config prints (`to_yaml`, what `warren check` shows) to YAML that parses
+/// again to the same effective config.
+pub fn config_from_yaml(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let path = Path::new("fuzz.yaml");
+    let Ok(config) = Config::from_yaml(text, path) else {
+        return;
+    };
+    let printed = config.to_yaml();
+    let again = Config::from_yaml(&printed, path).unwrap_or_else(|e| {
+        panic!("the effective config does not parse again: {e}\n--- input\n{text}\n--- printed\n{printed}")
+    });
+    assert_eq!(
+        printed,
+        again.to_yaml(),
+        "the effective config changes when printed twice"
+    );
+}
+
+/// Arbitrary bytes through a [`FrameTracker`]: the first byte picks the
+/// direction, the next ones how the stream is cut into reads; see [`check_stream`].
+pub fn frame_tracker(data: &[u8]) {
+    let mut r = Reader(data);
+    let flags = r.u8();
+    let spec_len = usize::from(r.u8() % 16);
+    let chunks = r.take(spec_len).to_vec();
+    check_stream(flags & 1 == 1, r.0, &chunks);
+}
+
+/// A stream of well-formed frames (described by the fuzzer's bytes) is never
+/// lost, has a boundary at exactly each frame end (and after the protocol
+/// header), and reports every `connection.close`/`close-ok` on channel 0.
+pub fn frame_stream(data: &[u8]) {
+    let mut r = Reader(data);
+    let flags = r.u8();
+    let spec_len = usize::from(r.u8() % 16);
+    let chunks = r.take(spec_len).to_vec();
+    let client = flags & 1 == 1;
+    let mut stream = Vec::new();
+    let mut boundaries = Vec::new();
+    let mut events = Vec::new();
+    if client || flags & 2 == 2 {
+        stream.extend_from_slice(crate::amqp::PROTOCOL_HEADER);
+        boundaries.push(stream.len());
+    }
+    while !r.0.is_empty() && stream.len() < MAX_STREAM {
+        let (ftype, channel, payload) = match r.u8() % 8 {
+            0 => (8, 0, Vec::new()),
+            1 => {
+                let text = "x".repeat(usize::from(r.u8() % 64));
+                let f = crate::amqp::connection_close(r.u16(), &text);
+                (f[0], 0, f[7..f.len() - 1].to_vec())
+            }
+            2 => {
+                let f = crate::amqp::connection_close_ok();
+                (f[0], 0, f[7..f.len() - 1].to_vec())
+            }
+            3 => {
+                let mut p = Vec::new();
+                p.extend_from_slice(&[r.u8() % 12, r.u8()]);
+                p.extend_from_slice(&[0, 49 + r.u8() % 4]);
+                p.resize(4 + usize::from(r.u8()), 0);
+                (1, 0, p)
+            }
+            4 => {
+                let channel = r.u16() % 3;
+                let len = usize::from(r.u8() % 16);
+                let mut p = r.take(len).to_vec();
+                p.resize(len, 0xCE);
+                (1, channel, p)
+            }
+            5 => (2, r.u16(), vec![0; usize::from(r.u8())]),
+            6 => {
+                // Body bytes that look like frame ends and headers.
+                let len = usize::from(r.u16()) % 8192;
+                (
+                    3,
+                    r.u16(),
+                    [0xCE, 1, 0, 0].repeat(len / 4 + 1)[..len].to_vec(),
+                )
+            }
+            _ => (4, r.u16(), vec![0xCE; usize::from(r.u8() % 8)]),
+        };
+        if ftype == 1 && channel == 0 && payload.len() >= 4 {
+            let class = u16::from_be_bytes([payload[0], payload[1]]);
+            let method = u16::from_be_bytes([payload[2], payload[3]]);
+            let seen = match (class, method) {
+                (CLASS_CONNECTION, METHOD_CLOSE) => Some(Seen::ConnectionClose),
+                (CLASS_CONNECTION, METHOD_CLOSE_OK) => Some(Seen::ConnectionCloseOk),
+                _ => None,
+            };
+            if let Some(s) = seen {
+                events.push((stream.len() + 11, s));
+            }
+        }
+        stream.push(ftype);
+        stream.extend_from_slice(&channel.to_be_bytes());
+        let size = u32::try_from(payload.len()).expect("payloads here are small");
+        stream.extend_from_slice(&size.to_be_bytes());
+        stream.extend_from_slice(&payload);
+        stream.push(crate::amqp::FRAME_END);
+        boundaries.push(stream.len());
+    }
+    let trace = check_stream(client, &stream, &chunks);
+    assert!(!trace.lost[stream.len()], "a valid stream was lost");
+    let found: Vec<usize> = (1..=stream.len()).filter(|&p| trace.boundary[p]).collect();
+    assert_eq!(found, boundaries, "boundaries differ from frame ends");
+    assert_eq!(trace.events, events, "close/close-ok events differ");
+}
+
+/// What a tracker shows after each prefix of a stream, fed one byte at a time.
+pub struct Trace {
+    /// `boundary[n]`: `at_boundary()` after `n` bytes.
+    pub boundary: Vec<bool>,
+    /// `lost[n]`: `is_lost()` after `n` bytes.
+    pub lost: Vec<bool>,
+    /// `(n, seen)`: `take_seen()` returned `seen` after `n` bytes.
+    pub events: Vec<(usize, Seen)>,
+}
+
+/// Feeds `stream` to a tracker (client-to-server direction when `client`) byte
+/// by byte, checks what it shows against [`reference`], then feeds it again in
+/// the reads `chunks` describes, with and without `stop_at_boundary`, and checks
+/// that every way agrees: same boundaries, same lost state, same events; `feed`
+/// consumes everything without `stop_at_boundary`, and with it consumes at
+/// least one byte of non-empty data and stops early only at a boundary.
+pub fn check_stream(client: bool, stream: &[u8], chunks: &[u8]) -> Trace {
+    let init = if client {
+        FrameTracker::client_to_server()
+    } else {
+        FrameTracker::server_to_client()
+    };
+    let mut t = init.clone();
+    let mut trace = Trace {
+        boundary: vec![t.at_boundary()],
+        lost: vec![t.is_lost()],
+        events: Vec::new(),
+    };
+    assert_eq!(t.feed(&[], false), 0, "an empty feed consumed bytes");
+    assert_eq!(t.feed(&[], true), 0, "an empty feed consumed bytes");
+    for (i, b) in stream.iter().enumerate() {
+        assert_eq!(t.feed(std::slice::from_ref(b), false), 1, "byte {i}");
+        trace.boundary.push(t.at_boundary());
+        trace.lost.push(t.is_lost());
+        if t.is_lost() {
+            assert!(!t.at_boundary(), "lost, yet at a boundary after {i} bytes");
+        }
+        if let Some(s) = t.take_seen() {
+            trace.events.push((i + 1, s));
+        }
+    }
+    let expected = reference(client, stream);
+    let boundaries: Vec<usize> = (0..=stream.len()).filter(|&p| trace.boundary[p]).collect();
+    assert_eq!(
+        boundaries, expected.boundaries,
+        "boundaries differ from the reference"
+    );
+    let lost_at = trace.lost.iter().position(|&l| l);
+    assert_eq!(
+        lost_at, expected.lost_at,
+        "lost at another byte than the reference"
+    );
+    if let Some(at) = lost_at {
+        assert!(
+            trace.lost[at..].iter().all(|&l| l),
+            "lost, then found again"
+        );
+    }
+    assert_eq!(
+        trace.events, expected.events,
+        "events differ from the reference"
+    );
+    for stop in [false, true] {
+        let mut t = init.clone();
+        let mut pos = 0;
+        let mut last = 0;
+        for size in chunk_sizes(chunks, stream.len()) {
+            let end = pos + size;
+            if size == 0 {
+                assert_eq!(t.feed(&[], stop), 0, "an empty feed consumed bytes");
+                continue;
+            }
+            while pos < end {
+                let n = t.feed(&stream[pos..end], stop);
+                assert!(n <= end - pos, "consumed {n} of {} bytes", end - pos);
+                assert!(n > 0, "consumed nothing at {pos} (stop: {stop})");
+                if !stop {
+                    assert_eq!(n, end - pos, "stopped early at {pos} without stop");
+                }
+                pos += n;
+                let at = t.at_boundary();
+                assert_eq!(at, trace.boundary[pos], "boundary at {pos} (stop: {stop})");
+                assert_eq!(t.is_lost(), trace.lost[pos], "lost at {pos} (stop: {stop})");
+                if pos < end {
+                    assert!(at, "stopped at {pos}, which is no boundary");
+                }
+                let expected: Vec<Seen> = trace
+                    .events
+                    .iter()
+                    .filter(|(p, _)| *p > last && *p <= pos)
+                    .map(|(_, s)| *s)
+                    .collect();
+                if stop {
+                    // Every frame end is a stop, so at most one event per feed.
+                    assert!(expected.len() <= 1, "two events between stops at {pos}");
+                }
+                assert_eq!(t.take_seen(), expected.last().copied(), "event at {pos}");
+                last = pos;
+            }
+        }
+        assert_eq!(pos, stream.len());
+    }
+    // With stop_at_boundary every boundary is a stop: compare the stop positions.
+    let mut t = init.clone();
+    let mut pos = 0;
+    let mut stops = Vec::new();
+    while pos < stream.len() {
+        pos += t.feed(&stream[pos..], true);
+        if t.at_boundary() {
+            stops.push(pos);
+        }
+    }
+    let after_start: Vec<usize> = boundaries.into_iter().filter(|&p| p > 0).collect();
+    assert_eq!(
+        stops, after_start,
+        "stops differ from byte-by-byte boundaries"
+    );
+    trace
+}
+
+/// What a tracker must find in a stream, worked out the simple way: the whole
+/// stream at once, frame by frame.
+pub struct Expected {
+    /// Stream offsets where a frame may be injected (0 for a broker's stream).
+    pub boundaries: Vec<usize>,
+    /// How many bytes it takes to see that the stream is not AMQP.
+    pub lost_at: Option<usize>,
+    /// `connection.close`/`close-ok` on channel 0, at the offset where its
+    /// class and method ids are complete.
+    pub events: Vec<(usize, Seen)>,
+}
+
+/// An independent reading of `stream` (the client's direction when `client`):
+/// an optional 8-byte protocol header (always for a client; for a broker when
+/// its first byte is `A`), then frames of type 1, 2, 3, 4 or 8, each
+/// `size + 8` bytes long and ending in 0xCE.
+pub fn reference(client: bool, stream: &[u8]) -> Expected {
+    let mut e = Expected {
+        boundaries: Vec::new(),
+        lost_at: None,
+        events: Vec::new(),
+    };
+    let mut pos = 0;
+    if !client {
+        e.boundaries.push(0);
+    }
+    if client || stream.first() == Some(&b'A') {
+        if stream.len() < 8 {
+            return e;
+        }
+        pos = 8;
+        e.boundaries.push(pos);
+    }
+    while stream.len() >= pos + 7 {
+        let h = &stream[pos..pos + 7];
+        if !matches!(h[0], 1 | 2 | 3 | 4 | 8) {
+            e.lost_at = Some(pos + 7);
+            return e;
+        }
+        let channel = u16::from_be_bytes([h[1], h[2]]);
+        let size = u32::from_be_bytes([h[3], h[4], h[5], h[6]]) as usize;
+        if h[0] == 1 && channel == 0 && size >= 4 && stream.len() >= pos + 11 {
+            let class = u16::from_be_bytes([stream[pos + 7], stream[pos + 8]]);
+            let method = u16::from_be_bytes([stream[pos + 9], stream[pos + 10]]);
+            let seen = match (class, method) {
+                (CLASS_CONNECTION, METHOD_CLOSE) => Some(Seen::ConnectionClose),
+                (CLASS_CONNECTION, METHOD_CLOSE_OK) => Some(Seen::ConnectionCloseOk),
+                _ => None,
+            };
+            e.events.extend(seen.map(|s| (pos + 11, s)));
+        }
+        let end = pos + 7 + size + 1;
+        if stream.len() < end {
+            return e;
+        }
+        if stream[end - 1] != crate::amqp::FRAME_END {
+            e.lost_at = Some(end);
+            return e;
+        }
+        e.boundaries.push(end);
+        pos = end;
+    }
+    e
+}
+
+/// Read sizes from the fuzzer's description: each byte is one read (0 is an
+/// empty read, 0xF0.. are large reads), repeated until `len` bytes are covered.
+fn chunk_sizes(spec: &[u8], len: usize) -> Vec<usize> {
+    let spec: &[u8] = if spec.iter().any(|&b| b != 0) {
+        spec
+    } else {
+        &[0xFF]
+    };
+    let mut sizes = Vec::new();
+    let mut covered = 0;
+    for &b in spec.iter().cycle() {
+        if covered >= len {
+            break;
+        }
+        let size = if b >= 0xF0 {
+            usize::from(b - 0xEF) * 4096
+        } else {
+            usize::from(b)
+        };
+        let size = size.min(len - covered);
+        covered += size;
+        sizes.push(size);
+    }
+    sizes
+}
+
+/// Takes bytes from the front of the fuzzer's input, zeros once it runs out.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> &'a [u8] {
+        let (head, tail) = self.0.split_at(n.min(self.0.len()));
+        self.0 = tail;
+        head
+    }
+    fn u8(&mut self) -> u8 {
+        self.take(1).first().copied().unwrap_or(0)
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_be_bytes([self.u8(), self.u8()])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_accept_simple_inputs() {
+        config_from_yaml(b"listen: 127.0.0.1:5672\nbackends:\n  - {name: a, address: 'h:1'}\n");
+        config_from_yaml(b"\xff");
+        frame_tracker(b"");
+        frame_tracker(b"\x01\x02\x03\x05AMQP\x00\x00\x09\x01\x08\x00\x00\x00\x00\x00\x00\xce");
+        frame_stream(b"");
+        frame_stream(b"\x00\x01\x07\x01\x01\x02\x06\x10\x00\x00\x01\x00\x00");
+    }
+
+    #[test]
+    fn chunk_sizes_cover_the_stream() {
+        assert_eq!(chunk_sizes(&[], 3), vec![3]);
+        assert_eq!(chunk_sizes(&[0, 2], 5), vec![0, 2, 0, 2, 0, 1]);
+        assert_eq!(chunk_sizes(&[0xF0], 5000), vec![4096, 904]);
+    }
+}
