@@ -74,7 +74,8 @@ async fn operator_drain_closes_thirty_connections_paced_and_clients_reconnect_el
         closes[29]
     );
     let _ = publisher.await;
-    assert_eq!(w.backend(&nodes[0].backend).await["active_connections"], 0);
+    w.wait_active(&nodes[0].backend, 0, Duration::from_secs(5))
+        .await;
 
     // The clients reconnect: they land on the other two nodes only.
     let again = unique("drain-again");

@@ -895,14 +895,7 @@ async fn drain_closes_a_tls_client_with_320() {
     let err = err.expect("the client is told to close");
     assert_eq!(reply_code(&err), Some(320), "{err:?}");
     // The connection's task ends: nothing left on the backend.
-    let start = tokio::time::Instant::now();
-    while w.backend(&n3.name).await["active_connections"] != 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "connection not closed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    w.wait_active(&n3.name, 0, Duration::from_secs(10)).await;
     w.stop().await;
 }
 

@@ -98,14 +98,7 @@ async fn unreachable_node_is_marked_down_and_its_clients_closed() {
         assert!(c.text.contains("x1 is down"), "{c:?}");
     }
     // Within close_timeout the broker side is given up too.
-    let start = tokio::time::Instant::now();
-    while w.backend("x1").await["active_connections"] != 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "connections to x1 not released"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    w.wait_active("x1", 0, Duration::from_secs(5)).await;
     // New clients only reach the live nodes, without delay from the dead one.
     let prefix = unique("netns-after");
     let mut more = Vec::new();

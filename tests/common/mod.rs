@@ -351,6 +351,24 @@ impl Warren {
         }
     }
 
+    /// Waits until `backend` holds `n` active connections, up to `within`: a
+    /// connection's task ends a moment after its client saw the close (warren still
+    /// closes the broker side).
+    pub async fn wait_active(&self, backend: &str, n: u64, within: Duration) {
+        let start = tokio::time::Instant::now();
+        loop {
+            let b = self.backend(backend).await;
+            if b["active_connections"] == n {
+                return;
+            }
+            assert!(
+                start.elapsed() < within,
+                "backend {backend}: not {n} active connections within {within:?}: {b}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn stop(self) {
         self.app.shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(15), self.task).await;
