@@ -458,6 +458,10 @@ async fn forward_inner(
             }
             let (read, write) = match bulk.step(src, dst, &mut tracker, moved) {
                 Ok(Moved::Some) => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        // A payload still flowing when the close is due: give up.
+                        return Ok(End::Hard);
+                    }
                     if limits.idle.is_some() {
                         shared.touch();
                     }
