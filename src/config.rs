@@ -104,6 +104,9 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub balance: Balance,
+    /// What clients speak: `amqp` (checked before a backend is chosen) or `tcp`.
+    #[serde(default)]
+    pub protocol: Protocol,
     /// Cap on concurrent client connections; beyond it new ones are refused at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -191,6 +194,20 @@ pub enum Balance {
     #[default]
     RoundRobin,
     LeastConnections,
+}
+
+/// What the client listeners carry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// AMQP 0-9-1: a client must start with the protocol header within
+    /// `timeouts.handshake`; drains close at a frame boundary with 320.
+    #[default]
+    Amqp,
+    /// Any TCP protocol (RabbitMQ's stream, MQTT or STOMP ports; a benchmark's
+    /// iperf3): no header check; a drain closes such connections hard (no
+    /// frames to follow), still paced over `drain.window`, as HAProxy's `mode tcp`.
+    Tcp,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

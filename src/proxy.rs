@@ -25,6 +25,7 @@ use tracing::Instrument;
 use crate::amqp::{self, FrameTracker, Seen};
 use crate::balancer::Backend;
 use crate::bulk::{Bulk, Moved};
+use crate::config::Protocol;
 use crate::drain::Command;
 use crate::stream::Stream;
 use crate::upstream::ClientAddrs;
@@ -43,7 +44,13 @@ pub async fn serve(app: Arc<App>, client: TcpStream, peer: SocketAddr, id: u64) 
     async move {
         let _ = client.set_nodelay(true);
         set_keepalive(&client);
-        let handshake = app.config.load().timeouts.handshake.get();
+        let (handshake, protocol) = {
+            let c = app.config.load();
+            (c.timeouts.handshake.get(), c.protocol)
+        };
+        if protocol == Protocol::Tcp {
+            return carry(&app, Stream::Plain(client), Vec::new(), peer, id).await;
+        }
         if let Err(why) = await_protocol_header(&client, handshake).await {
             tracing::debug!(reason = why, "client rejected before connecting upstream");
             crate::metrics::handshake_rejected(why);
@@ -67,6 +74,9 @@ pub async fn serve_tls(app: Arc<App>, client: TcpStream, peer: SocketAddr, id: u
         let Some(mut client) = app.tls.accept(client, peer, handshake).await else {
             return;
         };
+        if app.config.load().protocol == Protocol::Tcp {
+            return carry(&app, Stream::from(client), Vec::new(), peer, id).await;
+        }
         // A TLS stream cannot be peeked: the first bytes are read here and sent
         // upstream ahead of the rest.
         let mut head = [0u8; 8];

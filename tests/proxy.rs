@@ -338,3 +338,80 @@ async fn idle_timeout_spares_heartbeating_amqp_connections() {
     let _ = conn.close(200, "bye".into()).await;
     w.stop().await;
 }
+
+/// `protocol: tcp` carries any TCP protocol, here the nodes' management HTTP API
+/// (which the default `protocol: amqp` turns away before choosing a backend), and
+/// a drain closes such connections (no frames to follow: a plain close).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_protocol_carries_other_protocols_and_drains_them() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let nodes = cluster().await;
+    let mut extra = String::from("protocol: tcp\ndrain:\n  window: 0s\nbackends:\n");
+    for n in &nodes {
+        extra.push_str(&format!(
+            "  - {{name: {}, address: '{}'}}\n",
+            n.backend, n.mgmt
+        ));
+    }
+    let w = Warren::start(&config_yaml(&nodes, &extra)).await;
+    // guest:guest; `connection: close` so the body ends with the connection.
+    let request = "GET /api/overview HTTP/1.1\r\nHost: warren\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\nConnection: close\r\n\r\n";
+    let mut answered_by = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(w.amqp)
+            .await
+            .expect("connect");
+        s.write_all(request.as_bytes()).await.expect("write");
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut answer))
+            .await
+            .expect("answered in time")
+            .expect("read");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let body = &answer[answer.find("\r\n\r\n").expect("headers end") + 4..];
+        let v: serde_json::Value = serde_json::from_str(body).expect("overview JSON");
+        answered_by.push(v["node"].as_str().expect("node name").to_string());
+    }
+    answered_by.sort();
+    let mut expected: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    expected.sort();
+    assert_eq!(answered_by, expected, "round-robin over the three nodes");
+
+    // A held connection is closed by a drain of its backend.
+    let mut held = tokio::net::TcpStream::connect(w.amqp)
+        .await
+        .expect("connect");
+    held.write_all(b"GET /api/overview HTTP/1.1\r\nHost: warren\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\n\r\n")
+        .await
+        .expect("write");
+    let mut first = vec![0u8; 16 * 1024];
+    let n = held.read(&mut first).await.expect("answer");
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"));
+    let owner = w
+        .admin_get("/api/backends")
+        .await
+        .1
+        .parse::<serde_json::Value>()
+        .expect("json")
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|b| b["active_connections"] == 1)
+        .and_then(|b| b["name"].as_str().map(str::to_string))
+        .expect("one backend holds the connection");
+    let (status, body) = w.admin_post(&format!("/api/backends/{owner}/drain")).await;
+    assert_eq!(status, 200, "{body}");
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match held.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "drained connection not closed");
+    w.wait_active(&owner, 0, Duration::from_secs(5)).await;
+    w.stop().await;
+}
