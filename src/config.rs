@@ -1025,6 +1025,21 @@ mod tests {
     }
 
     #[test]
+    fn management_credentials_are_refused_without_echoing_them() {
+        let e = parse(
+            "listen: 127.0.0.1:5672\nbackends:\n  - {name: a, address: 'h:1', management: 'http://admin:hunter2@h:15672'}\n",
+        )
+        .expect_err("credentials in a management URL");
+        let text = e.to_string();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(
+            text.contains("key `backends[0].management`")
+                && text.contains("http://admin:***@h:15672"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn host_port() {
         assert_eq!(split_host_port("a:1"), Some(("a", 1)));
         assert_eq!(split_host_port("[::1]:5672"), Some(("::1", 5672)));
