@@ -155,7 +155,7 @@ impl AdminConfig {
     /// The bearer token for mutating requests, if one is configured.
     pub fn resolve_token(&self) -> Result<Option<Secret>, String> {
         let token = if let Some(f) = &self.token_file {
-            std::fs::read_to_string(f)
+            read_limited_to_string(f, MAX_SECRET_FILE)
                 .map_err(|e| format!("cannot read {}: {e}", f.display()))?
                 .trim()
                 .to_string()
@@ -417,7 +417,7 @@ impl HealthConfig {
             return Ok(p.clone());
         }
         if let Some(f) = &self.password_file {
-            return std::fs::read_to_string(f)
+            return read_limited_to_string(f, MAX_SECRET_FILE)
                 .map(|s| Secret(s.trim_end_matches(['\n', '\r']).to_string()))
                 .map_err(|e| format!("cannot read {}: {e}", f.display()));
         }
@@ -428,6 +428,38 @@ impl HealthConfig {
         }
         Ok(Secret("guest".to_string()))
     }
+}
+
+/// Files that hold one secret (`admin.token_file`, `health.password_file`,
+/// `cluster.erlang_cookie_file`) are read up to this size; a larger one is refused.
+pub const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// Reads `path` whole if it holds at most `limit` bytes. A larger file, or an
+/// endless one such as `/dev/zero`, is an error that says so (reading stops
+/// after `limit + 1` bytes); no error quotes the content.
+pub fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut data = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut data)?;
+    if data.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!("the file is larger than {limit} bytes"),
+        ));
+    }
+    Ok(data)
+}
+
+/// [`read_limited`] for text files.
+pub fn read_limited_to_string(path: &Path, limit: u64) -> std::io::Result<String> {
+    String::from_utf8(read_limited(path, limit)?).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the file is not UTF-8 text",
+        )
+    })
 }
 
 /// A string that never shows in logs, `Debug` output or `warren check`.
@@ -1037,6 +1069,69 @@ mod tests {
                 && text.contains("http://admin:***@h:15672"),
             "{text}"
         );
+    }
+
+    /// A file of `len` bytes of `x` in the temp directory, removed on drop.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(tag: &str, len: usize) -> TempFile {
+            let p = std::env::temp_dir().join(format!(
+                "warren-config-unit-{tag}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            std::fs::write(&p, "x".repeat(len)).expect("write temp file");
+            TempFile(p)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn an_oversized_token_file_is_refused_by_name() {
+        let f = TempFile::new("token", MAX_SECRET_FILE as usize + 1);
+        let e = parse(&format!(
+            "listen: 127.0.0.1:5672\nadmin: {{token_file: '{}'}}\nbackends:\n  - {{name: a, address: 'h:1'}}\n",
+            f.0.display()
+        ))
+        .expect_err("a token file over the limit");
+        let text = e.to_string();
+        assert!(
+            text.contains("key `admin.token_file`")
+                && text.contains(&f.0.display().to_string())
+                && text.contains("larger than"),
+            "{text}"
+        );
+        assert!(!text.contains("xxxx"), "{text}");
+        // At the limit it is still read.
+        let f = TempFile::new("token-at-limit", MAX_SECRET_FILE as usize);
+        let admin = AdminConfig {
+            token_file: Some(f.0.clone()),
+            ..AdminConfig::default()
+        };
+        assert!(admin.resolve_token().is_ok());
+    }
+
+    #[test]
+    fn an_oversized_password_file_is_refused_by_name() {
+        let f = TempFile::new("password", MAX_SECRET_FILE as usize + 1);
+        let health = HealthConfig {
+            password_file: Some(f.0.clone()),
+            ..HealthConfig::default()
+        };
+        let e = health
+            .resolve_password()
+            .expect_err("a password file over the limit");
+        assert!(
+            e.contains(&f.0.display().to_string()) && e.contains("larger than"),
+            "{e}"
+        );
+        assert!(!e.contains("xxxx"), "{e}");
     }
 
     #[test]
