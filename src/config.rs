@@ -158,7 +158,7 @@ impl AdminConfig {
     /// The bearer token for mutating requests, if one is configured.
     pub fn resolve_token(&self) -> Result<Option<Secret>, String> {
         let token = if let Some(f) = &self.token_file {
-            std::fs::read_to_string(f)
+            read_limited_to_string(f, MAX_SECRET_FILE)
                 .map_err(|e| format!("cannot read {}: {e}", f.display()))?
                 .trim()
                 .to_string()
@@ -434,7 +434,7 @@ impl HealthConfig {
             return Ok(p.clone());
         }
         if let Some(f) = &self.password_file {
-            return std::fs::read_to_string(f)
+            return read_limited_to_string(f, MAX_SECRET_FILE)
                 .map(|s| Secret(s.trim_end_matches(['\n', '\r']).to_string()))
                 .map_err(|e| format!("cannot read {}: {e}", f.display()));
         }
@@ -445,6 +445,41 @@ impl HealthConfig {
         }
         Ok(Secret("guest".to_string()))
     }
+}
+
+/// Config files larger than this are refused before they are parsed.
+pub const MAX_CONFIG_FILE: u64 = 1024 * 1024;
+
+/// Files that hold one secret (`admin.token_file`, `health.password_file`,
+/// `cluster.erlang_cookie_file`) are read up to this size; a larger one is refused.
+pub const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// Reads `path` whole if it holds at most `limit` bytes. A larger file, or an
+/// endless one such as `/dev/zero`, is an error that says so (reading stops
+/// after `limit + 1` bytes); no error quotes the content.
+pub fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut data = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut data)?;
+    if data.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!("the file is larger than {limit} bytes"),
+        ));
+    }
+    Ok(data)
+}
+
+/// [`read_limited`] for text files.
+pub fn read_limited_to_string(path: &Path, limit: u64) -> std::io::Result<String> {
+    String::from_utf8(read_limited(path, limit)?).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the file is not UTF-8 text",
+        )
+    })
 }
 
 /// A string that never shows in logs, `Debug` output or `warren check`.
@@ -681,25 +716,92 @@ pub enum ApplyTo {
     All,
 }
 
+/// How the YAML parser reads a config file.
+///
+/// No source snippet in errors: the lines around a mistake may hold a password,
+/// and these messages reach logs and the admin API (line and column remain).
+///
+/// Limits sized for a config file: serde-saphyr's defaults suit big documents
+/// (250,000 nodes, 64 MiB of text, 1,000,000 events replayed from aliases), so a
+/// 1 KiB alias bomb in a free-form value (`cluster.policies[].definition`) could
+/// expand to 60 MB or take seconds to be refused. A real config has a few
+/// hundred nodes and a handful of anchors (a `tls` block shared by backends).
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        with_snippet: false,
+        budget: serde_saphyr::budget! {
+            max_nodes: YAML_MAX_NODES,
+            max_events: 2 * YAML_MAX_NODES + 5_000,
+            max_depth: YAML_MAX_DEPTH,
+            max_anchors: YAML_MAX_ALIASES,
+            max_aliases: YAML_MAX_ALIASES,
+            max_recorded_anchor_events: YAML_MAX_REPLAYED,
+            max_recorded_anchor_bytes: MAX_CONFIG_FILE as usize,
+            max_total_scalar_bytes: MAX_CONFIG_FILE as usize,
+        },
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: YAML_MAX_REPLAYED,
+            max_replay_stack_depth: YAML_MAX_DEPTH,
+        },
+    }
+}
+
+const YAML_MAX_NODES: usize = 10_000;
+const YAML_MAX_DEPTH: usize = 16;
+const YAML_MAX_ALIASES: usize = 100;
+/// Events copied from anchors for their aliases, in all.
+const YAML_MAX_REPLAYED: usize = 2_000;
+
+/// Whether a parse error is one of the limits of [`yaml_options`].
+fn over_yaml_limits(e: &serde_saphyr::Error) -> bool {
+    use serde_saphyr::Error as E;
+    let mut e = e;
+    while let E::AliasError { error, .. } | E::WithSnippet { error, .. } = e {
+        e = error;
+    }
+    matches!(
+        e,
+        E::Budget { .. }
+            | E::AliasReplayLimitExceeded { .. }
+            | E::AliasExpansionLimitExceeded { .. }
+            | E::AliasReplayStackDepthExceeded { .. }
+    )
+}
+
 impl Config {
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            read_limited_to_string(path, MAX_CONFIG_FILE).map_err(|source| ConfigError::Read {
+                file: path.to_path_buf(),
+                source,
+            })?;
         Config::from_yaml(&text, path)
     }
 
     /// Parses and validates YAML text; `path` only names the file in errors.
     pub fn from_yaml(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        // No source snippet in errors: the lines around a mistake may hold a password,
-        // and these messages reach logs and the admin API (line and column remain).
-        let options = serde_saphyr::options! { with_snippet: false };
-        let config: Config =
-            serde_saphyr::from_str_with_options(text, options).map_err(|e| ConfigError::Parse {
+        if text.len() as u64 > MAX_CONFIG_FILE {
+            return Err(ConfigError::Parse {
                 file: path.to_path_buf(),
-                message: e.to_string(),
+                message: format!("the file is larger than {MAX_CONFIG_FILE} bytes"),
+            });
+        }
+        let config: Config =
+            serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| {
+                ConfigError::Parse {
+                    file: path.to_path_buf(),
+                    message: if over_yaml_limits(&e) {
+                        format!(
+                            "{e} (a config file may hold at most {YAML_MAX_NODES} YAML nodes, \
+                             nested at most {YAML_MAX_DEPTH} deep, {YAML_MAX_ALIASES} anchors \
+                             and {YAML_MAX_ALIASES} aliases, and its aliases may repeat at most \
+                             {YAML_MAX_REPLAYED} YAML events in all)"
+                        )
+                    } else {
+                        e.to_string()
+                    },
+                }
             })?;
         config.validate(path)?;
         Ok(config)
@@ -1039,6 +1141,208 @@ mod tests {
             assert!(!e.contains("hunter2"), "{e}");
             assert!(e.contains("test.yaml") && e.contains("line"), "{e}");
         }
+    }
+
+    #[test]
+    fn management_credentials_are_refused_without_echoing_them() {
+        let e = parse(
+            "listen: 127.0.0.1:5672\nbackends:\n  - {name: a, address: 'h:1', management: 'http://admin:hunter2@h:15672'}\n",
+        )
+        .expect_err("credentials in a management URL");
+        let text = e.to_string();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(
+            text.contains("key `backends[0].management`")
+                && text.contains("http://admin:***@h:15672"),
+            "{text}"
+        );
+    }
+
+    /// A file of `len` bytes of `x` in the temp directory, removed on drop.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(tag: &str, len: usize) -> TempFile {
+            let p = std::env::temp_dir().join(format!(
+                "warren-config-unit-{tag}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            std::fs::write(&p, "x".repeat(len)).expect("write temp file");
+            TempFile(p)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn an_oversized_token_file_is_refused_by_name() {
+        let f = TempFile::new("token", MAX_SECRET_FILE as usize + 1);
+        let e = parse(&format!(
+            "listen: 127.0.0.1:5672\nadmin: {{token_file: '{}'}}\nbackends:\n  - {{name: a, address: 'h:1'}}\n",
+            f.0.display()
+        ))
+        .expect_err("a token file over the limit");
+        let text = e.to_string();
+        assert!(
+            text.contains("key `admin.token_file`")
+                && text.contains(&f.0.display().to_string())
+                && text.contains("larger than"),
+            "{text}"
+        );
+        assert!(!text.contains("xxxx"), "{text}");
+        // At the limit it is still read.
+        let f = TempFile::new("token-at-limit", MAX_SECRET_FILE as usize);
+        let admin = AdminConfig {
+            token_file: Some(f.0.clone()),
+            ..AdminConfig::default()
+        };
+        assert!(admin.resolve_token().is_ok());
+    }
+
+    #[test]
+    fn an_oversized_password_file_is_refused_by_name() {
+        let f = TempFile::new("password", MAX_SECRET_FILE as usize + 1);
+        let health = HealthConfig {
+            password_file: Some(f.0.clone()),
+            ..HealthConfig::default()
+        };
+        let e = health
+            .resolve_password()
+            .expect_err("a password file over the limit");
+        assert!(
+            e.contains(&f.0.display().to_string()) && e.contains("larger than"),
+            "{e}"
+        );
+        assert!(!e.contains("xxxx"), "{e}");
+    }
+
+    /// A "billion laughs" in `cluster.policies[0].definition`, a free-form value:
+    /// `levels` lists of `fan` aliases of the list below, over `leaf`, so
+    /// `fan^levels` copies of `leaf` from a few hundred bytes of YAML.
+    fn alias_bomb(levels: usize, fan: usize, leaf: &str) -> String {
+        let mut s = String::from(
+            "listen: 127.0.0.1:5672
+backends: [{name: a, address: 'h:5672'}]
+cluster:
+  nodes: [{backend: a, node: r@h}]
+  policies:
+    - name: p
+      pattern: '^'
+      definition:
+",
+        );
+        s.push_str(&format!("        s: &l0 {leaf}\n"));
+        for i in 1..=levels {
+            let refs = vec![format!("*l{}", i - 1); fan].join(",");
+            s.push_str(&format!("        l{i}: &l{i} [{refs}]\n"));
+        }
+        s
+    }
+
+    #[test]
+    fn alias_bombs_are_refused() {
+        let long = format!("'{}'", "y".repeat(600));
+        for (what, bomb) in [
+            // The classic: 9^9 copies of `lol`, refused by serde-saphyr's default
+            // budget (250,000 nodes) but only after expanding that far.
+            ("9^9 lols", alias_bomb(9, 9, "lol")),
+            // 10^5 copies of 600 bytes: within the default budget, so accepted
+            // before warren set its own, as a 60 MB value (a 70 MB `warren check`
+            // output) from 1 KiB of YAML. Also in the fuzz corpus, as
+            // regression-alias-bomb-policy-definition.yaml.
+            ("10^5 long strings", alias_bomb(5, 10, &long)),
+        ] {
+            let started = std::time::Instant::now();
+            let result = parse(&bomb);
+            let took = started.elapsed();
+            // Not `expect_err`: its message would print the whole expanded config.
+            let Err(e) = result else {
+                panic!("{what}: accepted after {took:?}");
+            };
+            let text = e.to_string();
+            // Measured, not asserted: the time depends on the machine.
+            eprintln!(
+                "alias bomb ({what}, {} bytes): refused in {took:?}: {text}",
+                bomb.len()
+            );
+            assert!(text.starts_with("test.yaml: "), "{what}: {text}");
+            assert!(
+                text.contains("budget breached") && text.contains("at most 10000 YAML nodes"),
+                "{what}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn deep_or_huge_values_are_refused() {
+        let policy = |definition: &str| {
+            format!(
+                "listen: 127.0.0.1:5672
+backends: [{{name: a, address: 'h:5672'}}]
+cluster:
+  nodes: [{{backend: a, node: r@h}}]
+  policies: [{{name: p, pattern: '^', definition: {{k: {definition}}}}}]
+"
+            )
+        };
+        let deep = format!("{}x{}", "[".repeat(20), "]".repeat(20));
+        let wide = format!("[{}]", vec!["x"; YAML_MAX_NODES].join(","));
+        for (what, text) in [("20 deep", policy(&deep)), ("10000 wide", policy(&wide))] {
+            let Err(e) = parse(&text) else {
+                panic!("{what}: accepted");
+            };
+            let e = e.to_string();
+            assert!(
+                e.starts_with("test.yaml: ") && e.contains("budget breached"),
+                "{what}: {e}"
+            );
+        }
+        // Within the limits, the same shapes parse.
+        let shallow = format!("{}x{}", "[".repeat(8), "]".repeat(8));
+        parse(&policy(&shallow)).expect("8 deep");
+        let narrow = format!("[{}]", vec!["x"; 1000].join(","));
+        parse(&policy(&narrow)).expect("1000 wide");
+    }
+
+    #[test]
+    fn anchors_for_repeated_settings_still_work() {
+        let c = parse(
+            "listen: 127.0.0.1:5672
+backends:
+  - {name: a, address: 'a:5671', tls: &tls {verify: false, server_name: mq}}
+  - {name: b, address: 'b:5671', tls: *tls}
+",
+        )
+        .expect("valid");
+        assert_eq!(c.backends[0].tls, c.backends[1].tls);
+    }
+
+    #[test]
+    fn an_oversized_config_is_refused_before_parsing() {
+        let mut text =
+            "listen: 127.0.0.1:5672\nbackends:\n  - {name: a, address: 'h:1'}\n".to_string();
+        text.push_str(&"# padding\n".repeat(MAX_CONFIG_FILE as usize / 10 + 1));
+        let Err(e) = parse(&text) else {
+            panic!("a config over the limit: accepted");
+        };
+        let e = e.to_string();
+        assert!(
+            e.starts_with("test.yaml: ") && e.contains("larger than"),
+            "{e}"
+        );
+        let f = TempFile::new("config", MAX_CONFIG_FILE as usize + 1);
+        let e = Config::load(&f.0)
+            .expect_err("a file over the limit")
+            .to_string();
+        assert!(
+            e.starts_with(&f.0.display().to_string()) && e.contains("larger than"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -175,6 +175,11 @@ fn fingerprint(read: &std::io::Result<String>) -> u64 {
     h.finish()
 }
 
+/// The config file's text, bounded like [`Config::load`] reads it.
+fn read_config_file(path: &Path) -> std::io::Result<String> {
+    crate::config::read_limited_to_string(path, crate::config::MAX_CONFIG_FILE)
+}
+
 /// Reads the config file again and applies it. On failure nothing changes.
 pub async fn reload(app: &Arc<App>, trigger: Trigger) -> Result<Summary, ReloadError> {
     let _one_at_a_time = app.reloader.lock.lock().await;
@@ -215,7 +220,7 @@ pub async fn reload(app: &Arc<App>, trigger: Trigger) -> Result<Summary, ReloadE
 
 async fn apply(app: &Arc<App>) -> Result<Summary, ReloadError> {
     let path = &app.config_path;
-    let read = std::fs::read_to_string(path);
+    let read = read_config_file(path);
     app.reloader.set_seen(fingerprint(&read));
     let text = read.map_err(|source| ConfigError::Read {
         file: path.clone(),
@@ -393,7 +398,7 @@ pub fn watch_sighup(app: Arc<App>) {
 pub fn spawn_watcher(app: Arc<App>) {
     tokio::spawn(async move {
         if app.reloader.seen().is_none() {
-            let read = std::fs::read_to_string(&app.config_path);
+            let read = read_config_file(&app.config_path);
             app.reloader.set_seen(fingerprint(&read));
         }
         loop {
@@ -409,7 +414,7 @@ pub fn spawn_watcher(app: Arc<App>) {
             if !watch {
                 continue;
             }
-            let read = std::fs::read_to_string(&app.config_path);
+            let read = read_config_file(&app.config_path);
             if Some(fingerprint(&read)) != app.reloader.seen() {
                 tracing::info!(file = %app.config_path.display(), "config file changed, reloading");
                 let _ = reload(&app, Trigger::Watch).await;

@@ -60,8 +60,11 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// PEM files (certificate chains, CA bundles, keys) larger than this are refused.
+pub const MAX_PEM_FILE: u64 = 1024 * 1024;
+
 fn read(key: &str, file: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(file).map_err(|source| TlsError::Read {
+    crate::config::read_limited(file, MAX_PEM_FILE).map_err(|source| TlsError::Read {
         key: key.to_string(),
         file: file.to_path_buf(),
         source,
@@ -634,6 +637,26 @@ mod tests {
         let e = server_config(&listener(cert.clone(), d.write("k.pem", &k))).expect_err("error");
         assert_eq!(e.key(), "tls.cert");
         assert!(e.to_string().contains("BEGIN CERTIFICATE"), "{e}");
+    }
+
+    #[test]
+    fn an_oversized_file_is_refused_by_name() {
+        let d = Dir::new("oversized");
+        let (c, k) = self_signed(2031);
+        // A real key followed by more than MAX_PEM_FILE bytes of padding.
+        let padded = format!("{k}{}", "x".repeat(MAX_PEM_FILE as usize));
+        let key = d.write("k.pem", &padded);
+        let e = server_config(&listener(d.write("c.pem", &c), key.clone())).expect_err("error");
+        assert_eq!(e.key(), "tls.key");
+        let text = e.to_string();
+        assert!(
+            text.contains(&key.display().to_string()) && text.contains("larger than"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("xxxx") && !text.contains("PRIVATE"),
+            "{text}"
+        );
     }
 
     #[test]

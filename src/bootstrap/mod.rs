@@ -252,10 +252,14 @@ impl<'a> Run<'a> {
                 "{file}: no `cluster:` section: bootstrap needs cluster.nodes (and optionally cluster.policies)"
             ))
         })?;
-        let password = config
-            .health
-            .resolve_password()
-            .map_err(|e| BootstrapError::Config(format!("{file}: key `health.password`: {e}")))?;
+        let password = config.health.resolve_password().map_err(|e| {
+            let key = if config.health.password_file.is_some() {
+                "health.password_file"
+            } else {
+                "health.password_env"
+            };
+            BootstrapError::Config(format!("{file}: key `{key}`: {e}"))
+        })?;
         let credentials = Credentials {
             username: config.health.username.clone(),
             password,
@@ -403,7 +407,8 @@ impl<'a> Run<'a> {
         let bad = |what: String| {
             BootstrapError::Config(format!("key `cluster.erlang_cookie_file`: {shown}: {what}"))
         };
-        let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+        let text = crate::config::read_limited_to_string(path, crate::config::MAX_SECRET_FILE)
+            .map_err(|e| bad(format!("cannot read: {e}")))?;
         let cookie = text.trim();
         if cookie.is_empty() {
             return Err(bad("expected an Erlang cookie, the file is empty".into()));
@@ -1101,5 +1106,64 @@ fn cli_error(node: &str, e: CtlError, management_ok: bool) -> BootstrapError {
             detail: format!("rabbitmqctl: {e}"),
             node,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Steps;
+
+    impl Report for Steps {
+        fn step(&mut self, _: Tag, _: &str, _: &str) {}
+    }
+
+    #[tokio::test]
+    async fn an_oversized_cookie_file_is_refused_by_name() {
+        let cookie = std::env::temp_dir().join(format!(
+            "warren-bootstrap-unit-cookie-{}",
+            std::process::id()
+        ));
+        let len = crate::config::MAX_SECRET_FILE as usize + 1;
+        std::fs::write(&cookie, "x".repeat(len)).expect("write cookie file");
+        // Nothing listens on port 1 and /bin/false fails: the run must stop at the cookie.
+        let config = Config::from_yaml(
+            &format!(
+                "listen: 127.0.0.1:5672
+backends: [{{name: a, address: '127.0.0.1:1', management: 'http://127.0.0.1:1'}}]
+cluster:
+  erlang_cookie_file: '{}'
+  rabbitmqctl: /bin/false
+  nodes: [{{backend: a, node: rabbit@a}}]
+",
+                cookie.display()
+            ),
+            Path::new("test.yaml"),
+        )
+        .expect("valid config");
+        let opts = Options {
+            mode: Mode::Check,
+            force_reset: false,
+        };
+        let result = run(
+            &config,
+            Path::new("test.yaml"),
+            opts,
+            &CancellationToken::new(),
+            &mut Steps,
+        )
+        .await;
+        let _ = std::fs::remove_file(&cookie);
+        let e = result.expect_err("an oversized cookie file").error;
+        let text = e.to_string();
+        assert!(matches!(e, BootstrapError::Config(_)), "{text}");
+        assert!(
+            text.contains("key `cluster.erlang_cookie_file`")
+                && text.contains(&cookie.display().to_string())
+                && text.contains("larger than"),
+            "{text}"
+        );
+        assert!(!text.contains("xxxx"), "{text}");
     }
 }
