@@ -456,3 +456,93 @@ async fn no_confirmed_message_is_lost_when_nodes_fail() {
     load.finish(&format!("{rounds} node(s) x 4 faults"), chaos_time)
         .await;
 }
+
+/// How long each node's link stays down: long enough for warren to mark the node
+/// down (fall x interval + timeout = 3 s) and move its clients, far below Erlang's
+/// net_ticktime (60 s), so the cluster does not partition.
+const CUT: Duration = Duration::from_secs(6);
+
+/// `scripts/netns-cluster ARGS`, without blocking the runtime; its stderr (where it
+/// says, for instance, that it healed a partition), as the error on failure.
+async fn netns_cluster(args: &[&str]) -> Result<String, String> {
+    let out = tokio::process::Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/netns-cluster"
+    ))
+    .args(args)
+    .output()
+    .await
+    .map_err(|e| e.to_string())?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if out.status.success() {
+        Ok(stderr)
+    } else {
+        Err(stderr)
+    }
+}
+
+/// A node's link taken down; brought back on drop if the test fails meanwhile.
+struct LinkCut(Option<usize>);
+
+impl LinkCut {
+    async fn new(node: &Node) -> LinkCut {
+        let n = node.index.to_string();
+        if let Err(e) = netns_cluster(&["cut", &n]).await {
+            panic!("scripts/netns-cluster cut {n}: {e}");
+        }
+        LinkCut(Some(node.index))
+    }
+
+    /// Link up, and the cluster whole again (the script heals a partition).
+    async fn restore(mut self) {
+        let n = self.0.take().expect("cut").to_string();
+        match netns_cluster(&["restore", &n]).await {
+            Ok(said) => said.lines().for_each(|l| eprintln!("chaos: {l}")),
+            Err(e) => panic!("scripts/netns-cluster restore {n}: {e}"),
+        }
+    }
+}
+
+impl Drop for LinkCut {
+    fn drop(&mut self) {
+        if let Some(n) = self.0 {
+            let _ = std::process::Command::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/netns-cluster"
+            ))
+            .args(["restore", &n.to_string()])
+            .output();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_confirmed_message_is_lost_when_node_links_are_cut() {
+    let nodes = netns_cluster_exclusive().await;
+    // Mirrored by the cluster's own ha-allqueue policy; master on c1.
+    let queue = unique("chaos.netns").replace('-', "_");
+    declare_mirrored(&nodes, &queue).await;
+    let load = Workload::start(&nodes, &queue).await;
+    let w = &load.w;
+
+    let started = Instant::now();
+    for node in nodes.iter() {
+        eprintln!("chaos: cut the link of {} ({CUT:?})", node.name);
+        let cut_at = Instant::now();
+        let cut = LinkCut::new(node).await;
+        let noticed = w.wait_state(&node.backend, "down", CUT).await;
+        let reason = w.backend(&node.backend).await["last_failure"].clone();
+        tokio::time::sleep_until(cut_at + CUT).await;
+        cut.restore().await;
+        eprintln!(
+            "chaos: {} marked down after {noticed:.1?} ({reason}); link up and cluster checked whole in {:.1?}",
+            node.backend,
+            cut_at.elapsed() - CUT
+        );
+        wait_synchronised(&nodes[node.index % 3], &queue, 2).await;
+        settle(w, node).await;
+    }
+    let chaos_time = started.elapsed();
+    load.finish("3 node(s) x link cut (namespace cluster)", chaos_time)
+        .await;
+}
