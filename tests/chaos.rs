@@ -43,6 +43,9 @@ struct Tally {
     consumed: Mutex<HashSet<u64>>,
     /// Time from losing a connection to having a working one again.
     reconnects: Mutex<Vec<Duration>>,
+    /// The longest a publisher waited for a confirm (a stalled queue, not a
+    /// disconnection: the client keeps its connection meanwhile).
+    slowest_confirm: Mutex<Duration>,
 }
 
 impl Tally {
@@ -98,6 +101,7 @@ async fn publisher(
         tally.reconnected(lost_at.take());
         while !stop.is_cancelled() {
             let id = next.fetch_add(1, Ordering::Relaxed);
+            let sent_at = Instant::now();
             let props = BasicProperties::default().with_delivery_mode(2);
             let sent = ch
                 .basic_publish(
@@ -119,6 +123,9 @@ async fn publisher(
                 Ok(Ok(Confirmation::Ack(_))) => {
                     if let Ok(mut c) = tally.confirmed.lock() {
                         c.insert(id);
+                    }
+                    if let Ok(mut slowest) = tally.slowest_confirm.lock() {
+                        *slowest = (*slowest).max(sent_at.elapsed());
                     }
                 }
                 _ => {
@@ -357,9 +364,10 @@ impl Workload {
         let mut reconnects = tally.reconnects.lock().expect("lock").clone();
         reconnects.sort();
         let worst = reconnects.last().copied().unwrap_or_default();
+        let slowest_confirm = *tally.slowest_confirm.lock().expect("lock");
         eprintln!(
             "chaos result: {what} in {chaos_time:.0?}; {} confirmed, {} consumed, {} lost; \
-             {} reconnects, p50 {:?}, p99 {:?}, max {:?} (bound {:?})",
+             {} reconnects, p50 {:?}, p99 {:?}, max {:?} (bound {:?}); longest wait for a confirm {:.1?}",
             confirmed.len(),
             consumed.len(),
             lost.len(),
@@ -367,7 +375,8 @@ impl Workload {
             percentile(&reconnects, 0.5),
             percentile(&reconnects, 0.99),
             worst,
-            STUCK_BOUND
+            STUCK_BOUND,
+            slowest_confirm
         );
         assert!(
             confirmed.len() > 1000,
