@@ -7,6 +7,12 @@
 //!
 //! CI runs it on one node (the queue's master); `scripts/chaos` runs all three
 //! (`WARREN_CHAOS_NODES=3`) and prints the figures docs/reliability.md reports.
+//!
+//! The second test runs the same traffic on the cluster of `scripts/netns-cluster`,
+//! formed by `warren bootstrap` with its `ha-allqueue` policy, whose nodes are
+//! separate hosts (one network namespace each): each node in turn has its link
+//! taken down for a few seconds (packets dropped, no reset: the way a dead host
+//! or a pulled cable looks) and brought back.
 
 mod common;
 
@@ -37,6 +43,9 @@ struct Tally {
     consumed: Mutex<HashSet<u64>>,
     /// Time from losing a connection to having a working one again.
     reconnects: Mutex<Vec<Duration>>,
+    /// The longest a publisher waited for a confirm (a stalled queue, not a
+    /// disconnection: the client keeps its connection meanwhile).
+    slowest_confirm: Mutex<Duration>,
 }
 
 impl Tally {
@@ -92,6 +101,7 @@ async fn publisher(
         tally.reconnected(lost_at.take());
         while !stop.is_cancelled() {
             let id = next.fetch_add(1, Ordering::Relaxed);
+            let sent_at = Instant::now();
             let props = BasicProperties::default().with_delivery_mode(2);
             let sent = ch
                 .basic_publish(
@@ -113,6 +123,9 @@ async fn publisher(
                 Ok(Ok(Confirmation::Ack(_))) => {
                     if let Ok(mut c) = tally.confirmed.lock() {
                         c.insert(id);
+                    }
+                    if let Ok(mut slowest) = tally.slowest_confirm.lock() {
+                        *slowest = (*slowest).max(sent_at.elapsed());
                     }
                 }
                 _ => {
@@ -245,6 +258,149 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// Declares the durable queue on `nodes[0]` directly, so that its master is there,
+/// and waits until both other nodes hold synchronised mirrors.
+async fn declare_mirrored(nodes: &[Node], queue: &str) {
+    let direct = amqp_connect(&format!("amqp://guest:guest@{}/%2f", nodes[0].amqp)).await;
+    let ch = direct.create_channel().await.expect("channel");
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    let _ = direct.close(200, "bye".into()).await;
+    wait_synchronised(&nodes[1], queue, 2).await;
+}
+
+/// The traffic of a chaos run: warren in front of the nodes, publishers and
+/// consumers on `queue` through it.
+struct Workload {
+    w: Warren,
+    queue: String,
+    stop: CancellationToken,
+    tally: Arc<Tally>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Workload {
+    async fn start(nodes: &[Node], queue: &str) -> Workload {
+        let w = Warren::start(&config_yaml(nodes, CONFIG)).await;
+        let stop = CancellationToken::new();
+        let tally = Arc::new(Tally::default());
+        let next = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..PUBLISHERS {
+            tasks.push(tokio::spawn(publisher(
+                w.url(),
+                queue.to_string(),
+                next.clone(),
+                tally.clone(),
+                stop.clone(),
+            )));
+        }
+        for _ in 0..CONSUMERS {
+            tasks.push(tokio::spawn(consumer(
+                w.url(),
+                queue.to_string(),
+                tally.clone(),
+                stop.clone(),
+            )));
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        Workload {
+            w,
+            queue: queue.to_string(),
+            stop,
+            tally,
+            tasks,
+        }
+    }
+
+    /// Stops publishing, empties the queue, prints the figures (`what` says which
+    /// faults ran, in `chaos_time`) and checks them: nothing confirmed lost, some
+    /// reconnections, no client without a connection for longer than the bound.
+    async fn finish(self, what: &str, chaos_time: Duration) {
+        let Workload {
+            w,
+            queue,
+            stop,
+            tally,
+            tasks,
+        } = self;
+        // Stop publishing, let the consumers take everything that is left.
+        stop.cancel();
+        for t in tasks {
+            let _ = t.await;
+        }
+        // Drain what remains with a fresh consumer.
+        let conn = amqp_connect(&w.url()).await;
+        let ch = conn.create_channel().await.expect("channel");
+        while let Some(m) = ch
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("get")
+        {
+            if let Ok(b) = <[u8; 8]>::try_from(&m.delivery.data[..]) {
+                tally
+                    .consumed
+                    .lock()
+                    .expect("lock")
+                    .insert(u64::from_be_bytes(b));
+            }
+        }
+        let _ = ch
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+        let _ = conn.close(200, "bye".into()).await;
+
+        let confirmed = tally.confirmed.lock().expect("lock").clone();
+        let consumed = tally.consumed.lock().expect("lock").clone();
+        let lost: Vec<u64> = confirmed.difference(&consumed).copied().collect();
+        let mut reconnects = tally.reconnects.lock().expect("lock").clone();
+        reconnects.sort();
+        let worst = reconnects.last().copied().unwrap_or_default();
+        let slowest_confirm = *tally.slowest_confirm.lock().expect("lock");
+        eprintln!(
+            "chaos result: {what} in {chaos_time:.0?}; {} confirmed, {} consumed, {} lost; \
+             {} reconnects, p50 {:?}, p99 {:?}, max {:?} (bound {:?}); longest wait for a confirm {:.1?}",
+            confirmed.len(),
+            consumed.len(),
+            lost.len(),
+            reconnects.len(),
+            percentile(&reconnects, 0.5),
+            percentile(&reconnects, 0.99),
+            worst,
+            STUCK_BOUND,
+            slowest_confirm
+        );
+        assert!(
+            confirmed.len() > 1000,
+            "too little traffic to mean anything: {}",
+            confirmed.len()
+        );
+        assert!(
+            lost.is_empty(),
+            "{} confirmed messages lost, e.g. {:?}",
+            lost.len(),
+            &lost[..lost.len().min(10)]
+        );
+        assert!(
+            !reconnects.is_empty(),
+            "no client was ever disconnected: the faults did nothing"
+        );
+        assert!(
+            worst <= STUCK_BOUND + Duration::from_secs(3),
+            "a client stayed without a connection for {worst:?}"
+        );
+        w.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_confirmed_message_is_lost_when_nodes_fail() {
     let nodes = cluster_exclusive().await;
@@ -270,44 +426,9 @@ async fn no_confirmed_message_is_lost_when_nodes_fail() {
 
     // The queue's master on n1 (declared there directly), mirrored on n2 and n3.
     let queue = unique("chaos.q").replace('-', "_");
-    let direct = amqp_connect(&format!("amqp://guest:guest@{}/%2f", nodes[0].amqp)).await;
-    let ch = direct.create_channel().await.expect("channel");
-    ch.queue_declare(
-        queue.as_str().into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("declare");
-    let _ = direct.close(200, "bye".into()).await;
-    wait_synchronised(&nodes[1], &queue, 2).await;
-
-    let w = Warren::start(&config_yaml(&nodes, CONFIG)).await;
-    let stop = CancellationToken::new();
-    let tally = Arc::new(Tally::default());
-    let next = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..PUBLISHERS {
-        tasks.push(tokio::spawn(publisher(
-            w.url(),
-            queue.clone(),
-            next.clone(),
-            tally.clone(),
-            stop.clone(),
-        )));
-    }
-    for _ in 0..CONSUMERS {
-        tasks.push(tokio::spawn(consumer(
-            w.url(),
-            queue.clone(),
-            tally.clone(),
-            stop.clone(),
-        )));
-    }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    declare_mirrored(&nodes, &queue).await;
+    let load = Workload::start(&nodes, &queue).await;
+    let w = &load.w;
 
     let started = Instant::now();
     for node in nodes.iter().take(rounds) {
@@ -316,21 +437,21 @@ async fn no_confirmed_message_is_lost_when_nodes_fail() {
         tokio::time::sleep(Duration::from_secs(5)).await;
         run_script("local-cluster", "start");
         wait_synchronised(&nodes[(node.index) % 3], &queue, 2).await;
-        settle(&w, node).await;
+        settle(w, node).await;
 
         eprintln!("chaos: stop_app {}", node.name);
         let stopped = StoppedApp::stop(node);
         tokio::time::sleep(Duration::from_secs(5)).await;
         drop(stopped);
         wait_synchronised(&nodes[(node.index) % 3], &queue, 2).await;
-        settle(&w, node).await;
+        settle(w, node).await;
 
         eprintln!("chaos: freeze {}", node.name);
         let pid = pid_of(node);
         signal(&pid, "-STOP");
         tokio::time::sleep(Duration::from_secs(5)).await;
         signal(&pid, "-CONT");
-        settle(&w, node).await;
+        settle(w, node).await;
 
         eprintln!("chaos: operator drain {}", node.name);
         w.admin_post(&format!("/api/backends/{}/drain", node.backend))
@@ -341,69 +462,96 @@ async fn no_confirmed_message_is_lost_when_nodes_fail() {
         wait_synchronised(&nodes[(node.index) % 3], &queue, 2).await;
     }
     let chaos_time = started.elapsed();
+    load.finish(&format!("{rounds} node(s) x 4 faults"), chaos_time)
+        .await;
+}
 
-    // Stop publishing, let the consumers take everything that is left.
-    stop.cancel();
-    for t in tasks {
-        let _ = t.await;
+/// How long each node's link stays down: long enough for warren to mark the node
+/// down (fall x interval + timeout = 3 s) and move its clients, far below Erlang's
+/// net_ticktime (60 s), so the cluster does not partition.
+const CUT: Duration = Duration::from_secs(6);
+
+/// `scripts/netns-cluster ARGS`, without blocking the runtime; its stderr (where it
+/// says, for instance, that it healed a partition), as the error on failure.
+async fn netns_cluster(args: &[&str]) -> Result<String, String> {
+    let out = tokio::process::Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/netns-cluster"
+    ))
+    .args(args)
+    .output()
+    .await
+    .map_err(|e| e.to_string())?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if out.status.success() {
+        Ok(stderr)
+    } else {
+        Err(stderr)
     }
-    // Drain what remains with a fresh consumer.
-    let conn = amqp_connect(&w.url()).await;
-    let ch = conn.create_channel().await.expect("channel");
-    while let Some(m) = ch
-        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
-        .await
-        .expect("get")
-    {
-        if let Ok(b) = <[u8; 8]>::try_from(&m.delivery.data[..]) {
-            tally
-                .consumed
-                .lock()
-                .expect("lock")
-                .insert(u64::from_be_bytes(b));
+}
+
+/// A node's link taken down; brought back on drop if the test fails meanwhile.
+struct LinkCut(Option<usize>);
+
+impl LinkCut {
+    async fn new(node: &Node) -> LinkCut {
+        let n = node.index.to_string();
+        if let Err(e) = netns_cluster(&["cut", &n]).await {
+            panic!("scripts/netns-cluster cut {n}: {e}");
+        }
+        LinkCut(Some(node.index))
+    }
+
+    /// Link up, and the cluster whole again (the script heals a partition).
+    async fn restore(mut self) {
+        let n = self.0.take().expect("cut").to_string();
+        match netns_cluster(&["restore", &n]).await {
+            Ok(said) => said.lines().for_each(|l| eprintln!("chaos: {l}")),
+            Err(e) => panic!("scripts/netns-cluster restore {n}: {e}"),
         }
     }
-    let _ = ch
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await;
-    let _ = conn.close(200, "bye".into()).await;
+}
 
-    let confirmed = tally.confirmed.lock().expect("lock").clone();
-    let consumed = tally.consumed.lock().expect("lock").clone();
-    let lost: Vec<u64> = confirmed.difference(&consumed).copied().collect();
-    let mut reconnects = tally.reconnects.lock().expect("lock").clone();
-    reconnects.sort();
-    let worst = reconnects.last().copied().unwrap_or_default();
-    eprintln!(
-        "chaos result: {rounds} node(s) x 4 faults in {chaos_time:.0?}; {} confirmed, {} consumed, {} lost; \
-         {} reconnects, p50 {:?}, p99 {:?}, max {:?} (bound {:?})",
-        confirmed.len(),
-        consumed.len(),
-        lost.len(),
-        reconnects.len(),
-        percentile(&reconnects, 0.5),
-        percentile(&reconnects, 0.99),
-        worst,
-        STUCK_BOUND
-    );
-    assert!(
-        confirmed.len() > 1000,
-        "too little traffic to mean anything: {}",
-        confirmed.len()
-    );
-    assert!(
-        lost.is_empty(),
-        "{} confirmed messages lost, e.g. {:?}",
-        lost.len(),
-        &lost[..lost.len().min(10)]
-    );
-    assert!(
-        !reconnects.is_empty(),
-        "no client was ever disconnected: the faults did nothing"
-    );
-    assert!(
-        worst <= STUCK_BOUND + Duration::from_secs(3),
-        "a client stayed without a connection for {worst:?}"
-    );
-    w.stop().await;
+impl Drop for LinkCut {
+    fn drop(&mut self) {
+        if let Some(n) = self.0 {
+            let _ = std::process::Command::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/netns-cluster"
+            ))
+            .args(["restore", &n.to_string()])
+            .output();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_confirmed_message_is_lost_when_node_links_are_cut() {
+    let nodes = netns_cluster_exclusive().await;
+    // Mirrored by the cluster's own ha-allqueue policy; master on c1.
+    let queue = unique("chaos.netns").replace('-', "_");
+    declare_mirrored(&nodes, &queue).await;
+    let load = Workload::start(&nodes, &queue).await;
+    let w = &load.w;
+
+    let started = Instant::now();
+    for node in nodes.iter() {
+        eprintln!("chaos: cut the link of {} ({CUT:?})", node.name);
+        let cut_at = Instant::now();
+        let cut = LinkCut::new(node).await;
+        let noticed = w.wait_state(&node.backend, "down", CUT).await;
+        let reason = w.backend(&node.backend).await["last_failure"].clone();
+        tokio::time::sleep_until(cut_at + CUT).await;
+        cut.restore().await;
+        eprintln!(
+            "chaos: {} marked down after {noticed:.1?} ({reason}); link up and cluster checked whole in {:.1?}",
+            node.backend,
+            cut_at.elapsed() - CUT
+        );
+        wait_synchronised(&nodes[node.index % 3], &queue, 2).await;
+        settle(w, node).await;
+    }
+    let chaos_time = started.elapsed();
+    load.finish("3 node(s) x link cut (namespace cluster)", chaos_time)
+        .await;
 }

@@ -152,6 +152,78 @@ pub async fn wait_nodes_up() -> Vec<Node> {
     nodes
 }
 
+/// The three nodes of `scripts/netns-cluster`: each in its own network namespace
+/// (`warren-c1..3`) at 10.251.0.11..13, AMQP 5672, management 15672, Erlang names
+/// `rabbit@10.251.0.1i` (long names), backends `c1..c3`.
+pub fn netns_nodes() -> Vec<Node> {
+    (1..=3u8)
+        .map(|i| Node {
+            index: i as usize,
+            name: format!("rabbit@10.251.0.1{i}"),
+            backend: format!("c{i}"),
+            amqp: SocketAddr::from(([10, 251, 0, 10 + i], 5672)),
+            mgmt: SocketAddr::from(([10, 251, 0, 10 + i], 15672)),
+        })
+        .collect()
+}
+
+/// The namespace cluster for a test that cuts its nodes' links: no other test of
+/// this binary runs meanwhile (the same lock as [`cluster_exclusive`], so it never
+/// overlaps the loopback chaos test either). Fails the test, never skips it, when
+/// a node does not answer, the cluster is not whole, or the `ha-allqueue` policy
+/// `warren bootstrap` applies is missing.
+pub async fn netns_cluster_exclusive() -> Cluster {
+    let guard = NodeGuard::Exclusive(node_lock().write_owned().await);
+    let nodes = netns_nodes();
+    let hint =
+        "start it with `scripts/netns-cluster up` (root) or run the suite with `scripts/test`";
+    for n in &nodes {
+        let ok = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if mgmt_get(n, "/api/health/checks/virtual-hosts")
+                    .await
+                    .is_ok()
+                    && tokio::net::TcpStream::connect(n.amqp).await.is_ok()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+        .await;
+        assert!(
+            ok.is_ok(),
+            "namespace cluster node {} (amqp {}, management {}) is not running: {hint}",
+            n.name,
+            n.amqp,
+            n.mgmt
+        );
+    }
+    let listed = mgmt_get(&nodes[0], "/api/nodes?columns=name,running")
+        .await
+        .expect("GET /api/nodes");
+    let mut running: Vec<String> = listed
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|n| n["running"] == true)
+                .filter_map(|n| n["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    running.sort();
+    let want: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    assert_eq!(running, want, "namespace cluster not whole: {hint}");
+    let policy = mgmt_get(&nodes[0], "/api/policies/%2F/ha-allqueue")
+        .await
+        .unwrap_or_else(|e| panic!("policy ha-allqueue missing ({e}): {hint}"));
+    assert_eq!(policy["definition"]["ha-mode"], "all", "{policy}");
+    Cluster {
+        nodes,
+        _guard: guard,
+    }
+}
+
 /// GET on a node's management API as guest; the JSON answer.
 pub async fn mgmt_get(node: &Node, path: &str) -> Result<serde_json::Value, String> {
     let ep = warren::mgmt::Endpoint::parse(&node.mgmt_url()).map_err(|e| e.to_string())?;
