@@ -344,28 +344,21 @@ pub struct Warren {
 impl Warren {
     pub async fn start(yaml: &str) -> Warren {
         init_logs();
-        let config =
-            Config::from_yaml(yaml, &PathBuf::from("test.yaml")).expect("test config is valid");
-        let server = warren::Server::bind(config, PathBuf::from("test.yaml"))
-            .await
-            .expect("warren binds");
-        let (app, admin, tls) = (server.app.clone(), server.admin_addr, server.tls_addr);
-        let amqp = server.amqp_addr.or(tls).expect("warren has a listener");
-        let task = tokio::spawn(server.run());
-        Warren {
-            app,
-            amqp,
-            tls,
-            admin,
-            task,
-        }
+        let path = PathBuf::from("test.yaml");
+        let config = Config::from_yaml(yaml, &path).expect("test config is valid");
+        Warren::run(config, path).await
     }
 
     /// Starts from a config file, so that a reload reads that file again.
     pub async fn start_file(path: &std::path::Path) -> Warren {
         init_logs();
         let config = Config::load(path).expect("test config is valid");
-        let server = warren::Server::bind(config, path.to_path_buf())
+        Warren::run(config, path.to_path_buf()).await
+    }
+
+    /// Binds `config` (read from `path`) and runs it in a task of its own.
+    async fn run(config: Config, path: PathBuf) -> Warren {
+        let server = warren::Server::bind(config, path)
             .await
             .expect("warren binds");
         let (app, admin, tls) = (server.app.clone(), server.admin_addr, server.tls_addr);
