@@ -15,13 +15,7 @@ use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::Mutex;
 use warren::metrics as m;
-
-fn serial() -> &'static Mutex<()> {
-    static LOCK: std::sync::OnceLock<Mutex<()>> = std::sync::OnceLock::new();
-    LOCK.get_or_init(|| Mutex::new(()))
-}
 
 /// A config for `nodes` whose backends are named `{tag}-{i}`; returns the names too.
 fn yaml_named(nodes: &[Node], tag: &str, extra: &str) -> (String, Vec<String>) {

@@ -1,6 +1,7 @@
 //! Hot reload end to end, against the real nodes: backends added and removed with
 //! an open AMQP connection untouched, an invalid file that changes nothing, a
-//! changed listen address, and the file watch.
+//! changed listen address, and the file watch. The reload series are global to
+//! the process: every test holds `serial()`.
 
 mod common;
 
@@ -14,14 +15,7 @@ use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use tokio::io::AsyncReadExt;
-use tokio::sync::Mutex;
 use warren::metrics as m;
-
-/// The reload series are global to the process: one test at a time here.
-fn serial() -> &'static Mutex<()> {
-    static LOCK: std::sync::OnceLock<Mutex<()>> = std::sync::OnceLock::new();
-    LOCK.get_or_init(|| Mutex::new(()))
-}
 
 fn temp_config() -> PathBuf {
     let dir = std::env::temp_dir().join(unique("warren-reload"));
@@ -42,13 +36,6 @@ fn backend_yaml(name: &str, n: &Node) -> String {
         n.amqp,
         n.mgmt_url()
     )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 async fn reload(w: &Warren) -> (u16, serde_json::Value) {

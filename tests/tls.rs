@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use common::{admin_request, next_error, reply_code, unique, Warren};
+use common::{admin_request, env_u16, free_port, next_error, reply_code, unique, Warren};
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
@@ -29,13 +29,6 @@ use rcgen::{
 };
 
 // ---------------------------------------------------------------- the nodes
-
-fn env_u16(name: &str, default: u16) -> u16 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// One node of the TLS set.
 #[derive(Clone, Debug)]
@@ -745,14 +738,6 @@ async fn wait_tls_listener(w: &Warren, addr: SocketAddr) {
     })
     .await;
     assert!(moved.is_ok(), "the TLS listener never moved to {addr}");
-}
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// Certificates are re-read by the real reload paths (`POST /api/reload`, then

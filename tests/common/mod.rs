@@ -18,6 +18,13 @@ use lapin::{Connection, ConnectionProperties};
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 use warren::config::Config;
 
+/// For the tests of a binary that read process-wide series (metrics, reloads):
+/// one such test at a time.
+pub fn serial() -> &'static tokio::sync::Mutex<()> {
+    static LOCK: OnceLock<tokio::sync::Mutex<()>> = OnceLock::new();
+    LOCK.get_or_init(|| tokio::sync::Mutex::new(()))
+}
+
 /// The nodes are shared by every test of a binary: tests that only use them run
 /// side by side (read lock), tests that stop, freeze or alarm a node run alone
 /// (write lock). Cargo runs the test binaries one after another.
@@ -53,7 +60,9 @@ impl std::ops::Deref for Cluster {
     }
 }
 
-fn env_u16(name: &str, default: u16) -> u16 {
+/// A port number from the environment variable `name`, `default` when unset or
+/// not a number.
+pub fn env_u16(name: &str, default: u16) -> u16 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
