@@ -10,7 +10,6 @@ use common::*;
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
-use lapin::BasicProperties;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use warren::amqp::{self, FrameTracker, Seen};
@@ -149,30 +148,10 @@ async fn consumer_of_large_messages_gets_320_on_drain() {
     let queue = unique("q-bulk-drain");
     // Fill the queue directly on the first node.
     let direct = amqp_connect(&format!("amqp://guest:guest@{}/%2f", nodes[0].amqp)).await;
-    let pch = direct.create_channel().await.expect("channel");
-    pch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirms");
-    pch.queue_declare(
-        queue.as_str().into(),
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("declare");
+    let pch = confirmed_queue(&direct, &queue, QueueDeclareOptions::default()).await;
     let big = vec![0x42u8; 512 * 1024];
     for _ in 0..40 {
-        pch.basic_publish(
-            "".into(),
-            queue.as_str().into(),
-            BasicPublishOptions::default(),
-            &big,
-            BasicProperties::default(),
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("confirm");
+        publish_confirmed(&pch, &queue, &big).await;
     }
     // The consumer goes through warren to the same node.
     let w = Warren::start(&config_yaml(
@@ -210,8 +189,6 @@ async fn consumer_of_large_messages_gets_320_on_drain() {
     assert_eq!(status, 200, "{body}");
     let err = err.expect("the connection is closed by the drain");
     assert_eq!(reply_code(&err), Some(320), "{err:?}");
-    let _ = pch
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await;
+    delete_queue(&pch, &queue).await;
     w.stop().await;
 }

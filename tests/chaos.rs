@@ -353,9 +353,7 @@ impl Workload {
                     .insert(u64::from_be_bytes(b));
             }
         }
-        let _ = ch
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
+        delete_queue(&ch, &queue).await;
         let _ = conn.close(200, "bye".into()).await;
 
         let confirmed = tally.confirmed.lock().expect("lock").clone();

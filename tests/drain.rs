@@ -139,10 +139,7 @@ async fn disable_keeps_existing_connections_and_takes_no_new_ones() {
             .expect("existing connection still open");
         ch.queue_declare(
             unique("q-dis").as_str().into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
+            exclusive(),
             FieldTable::default(),
         )
         .await

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use lapin::options::*;
 use lapin::types::FieldTable;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -146,10 +145,7 @@ async fn memory_alarm_affects_only_that_node_per_on_alarm() {
         let ch = c.create_channel().await.expect("still open");
         ch.queue_declare(
             unique("q-alarm").as_str().into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
+            exclusive(),
             FieldTable::default(),
         )
         .await

@@ -12,8 +12,6 @@ use std::time::Duration;
 
 use common::*;
 use lapin::options::*;
-use lapin::types::FieldTable;
-use lapin::BasicProperties;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warren::metrics as m;
 
@@ -109,43 +107,11 @@ async fn metrics_follow_an_amqp_session_and_pass_promtool() {
 
     // 256 KiB out and back through the first connection.
     let queue = unique("q-metrics");
-    let ch = conns[0].create_channel().await.expect("channel");
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirms");
-    ch.queue_declare(
-        queue.as_str().into(),
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("declare");
+    let ch = confirmed_queue(&conns[0], &queue, QueueDeclareOptions::default()).await;
     let payload = vec![7u8; 256 * 1024];
-    ch.basic_publish(
-        "".into(),
-        queue.as_str().into(),
-        BasicPublishOptions::default(),
-        &payload,
-        BasicProperties::default(),
-    )
-    .await
-    .expect("publish")
-    .await
-    .expect("confirm");
-    let got = loop {
-        if let Some(msg) = ch
-            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
-            .await
-            .expect("get")
-        {
-            break msg.delivery.data;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let got = round_trip(&ch, &queue, &payload, Duration::from_secs(60)).await;
     assert_eq!(got.len(), payload.len());
-    let _ = ch
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await;
+    delete_queue(&ch, &queue).await;
     let moved = w.metrics().await;
     let sent: f64 = names
         .iter()

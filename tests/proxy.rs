@@ -9,7 +9,6 @@ use common::*;
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
-use lapin::BasicProperties;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,33 +45,8 @@ async fn thousand_messages_published_and_consumed() {
     let queue = unique("q-thousand");
     let publisher = amqp_connect(&w.url()).await;
     let consumer = amqp_connect(&w.url()).await;
-    let pch = publisher.create_channel().await.expect("channel");
-    pch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirms");
-    pch.queue_declare(
-        queue.as_str().into(),
-        QueueDeclareOptions {
-            auto_delete: false,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("declare");
-    for i in 0..1000u32 {
-        pch.basic_publish(
-            "".into(),
-            queue.as_str().into(),
-            BasicPublishOptions::default(),
-            &i.to_be_bytes(),
-            BasicProperties::default(),
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("confirm");
-    }
+    let pch = confirmed_queue(&publisher, &queue, QueueDeclareOptions::default()).await;
+    publish_numbered(&pch, &queue, 1000).await;
     let cch = consumer.create_channel().await.expect("channel");
     let mut deliveries = cch
         .basic_consume(
@@ -105,9 +79,7 @@ async fn thousand_messages_published_and_consumed() {
     .expect("all messages within 60 s");
     assert_eq!(got, 1000);
     assert!(seen.iter().all(|s| *s));
-    let _ = cch
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await;
+    delete_queue(&cch, &queue).await;
     w.stop().await;
 }
 
@@ -117,49 +89,13 @@ async fn sixteen_mib_message_round_trips_intact() {
     let w = Warren::start(&config_yaml(&nodes, "")).await;
     let queue = unique("q-big");
     let conn = amqp_connect(&w.url()).await;
-    let ch = conn.create_channel().await.expect("channel");
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirms");
-    ch.queue_declare(
-        queue.as_str().into(),
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("declare");
+    let ch = confirmed_queue(&conn, &queue, QueueDeclareOptions::default()).await;
     // A pattern that shifts every byte, so a lost or duplicated chunk shows.
     let payload: Vec<u8> = (0..16 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
-    ch.basic_publish(
-        "".into(),
-        queue.as_str().into(),
-        BasicPublishOptions::default(),
-        &payload,
-        BasicProperties::default(),
-    )
-    .await
-    .expect("publish")
-    .await
-    .expect("confirm");
-    let got = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            if let Some(m) = ch
-                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
-                .await
-                .expect("get")
-            {
-                return m.delivery.data;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("message back within 60 s");
+    let got = round_trip(&ch, &queue, &payload, Duration::from_secs(60)).await;
     assert_eq!(got.len(), payload.len());
     assert!(got == payload, "16 MiB payload changed on the way");
-    let _ = ch
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await;
+    delete_queue(&ch, &queue).await;
     w.stop().await;
 }
 
@@ -301,10 +237,7 @@ async fn idle_timeout_spares_heartbeating_amqp_connections() {
     // Still usable after more than the idle timeout without application traffic.
     ch.queue_declare(
         unique("q-idle").as_str().into(),
-        QueueDeclareOptions {
-            exclusive: true,
-            ..Default::default()
-        },
+        exclusive(),
         FieldTable::default(),
     )
     .await

@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use lapin::options::*;
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel};
+use lapin::BasicProperties;
 use tokio::io::AsyncReadExt;
 use warren::metrics as m;
 
@@ -54,46 +53,6 @@ fn names(v: &serde_json::Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn declare(ch: &Channel, queue: &str) {
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("declare");
-}
-
-/// Publishes one confirmed message and reads it back on the same channel.
-async fn round_trip(ch: &Channel, queue: &str, body: &[u8]) {
-    ch.basic_publish(
-        "".into(),
-        queue.into(),
-        BasicPublishOptions::default(),
-        body,
-        BasicProperties::default(),
-    )
-    .await
-    .expect("publish")
-    .await
-    .expect("confirm");
-    let got = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Some(msg) = ch
-                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-                .await
-                .expect("get")
-            {
-                return msg.delivery.data;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("message back");
-    assert_eq!(got, body);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_adds_and_removes_backends_with_an_open_connection_untouched() {
     let _s = serial().lock().await;
@@ -122,11 +81,7 @@ async fn reload_adds_and_removes_backends_with_an_open_connection_untouched() {
 
     // Messages keep flowing on `keep` while the reload happens.
     let queue = unique("q-reload");
-    let ch = keep.create_channel().await.expect("channel");
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirms");
-    declare(&ch, &queue).await;
+    let ch = confirmed_queue(&keep, &queue, QueueDeclareOptions::default()).await;
     let confirmed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let publisher = {
@@ -212,9 +167,7 @@ async fn reload_adds_and_removes_backends_with_an_open_connection_untouched() {
         1.0
     );
     assert_eq!(x.value(m::BACKEND_GRACEFUL_CLOSES, &[("backend", &b)]), 1.0);
-    let _ = ch
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await;
+    delete_queue(&ch, &queue).await;
     for conn in [keep, n1, n2] {
         let _ = conn.close(200, "bye".into()).await;
     }
@@ -316,13 +269,10 @@ async fn changed_listen_rebinds_without_dropping_connections() {
     let w = Warren::start_file(&path).await;
     let old_url = format!("amqp://guest:guest@127.0.0.1:{p1}/%2f");
     let keep = amqp_connect(&old_url).await;
-    let ch = keep.create_channel().await.expect("channel");
     let queue = unique("q-rebind");
-    declare(&ch, &queue).await;
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirms");
-    round_trip(&ch, &queue, b"before").await;
+    let ch = confirmed_queue(&keep, &queue, QueueDeclareOptions::default()).await;
+    let got = round_trip(&ch, &queue, b"before", Duration::from_secs(10)).await;
+    assert_eq!(got, b"before");
 
     write_config(&path, &yaml(p2, admin2));
     let (status, summary) = reload(&w).await;
@@ -353,10 +303,9 @@ async fn changed_listen_rebinds_without_dropping_connections() {
         Some(format!("127.0.0.1:{p2}").parse().expect("addr"))
     );
     // The connection made on the old address still carries messages.
-    round_trip(&ch, &queue, b"after").await;
-    let _ = ch
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await;
+    let got = round_trip(&ch, &queue, b"after", Duration::from_secs(10)).await;
+    assert_eq!(got, b"after");
+    delete_queue(&ch, &queue).await;
     for c in [keep, fresh] {
         let _ = c.close(200, "bye".into()).await;
     }

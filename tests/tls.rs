@@ -22,7 +22,7 @@ use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{Connection, ConnectionProperties};
 use rcgen::{
     date_time_ymd, BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -285,33 +285,8 @@ async fn amqps(
 /// Publishes `n` messages with confirms on a fresh queue and consumes them back.
 async fn publish_and_consume(conn: &Connection, n: u32) {
     let queue = unique("q-tls");
-    let ch = conn.create_channel().await.expect("channel");
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirms");
-    ch.queue_declare(
-        queue.as_str().into(),
-        QueueDeclareOptions {
-            exclusive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("declare");
-    for i in 0..n {
-        ch.basic_publish(
-            "".into(),
-            queue.as_str().into(),
-            BasicPublishOptions::default(),
-            &i.to_be_bytes(),
-            BasicProperties::default(),
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("confirm");
-    }
+    let ch = common::confirmed_queue(conn, &queue, common::exclusive()).await;
+    common::publish_numbered(&ch, &queue, n).await;
     let mut deliveries = ch
         .basic_consume(
             queue.as_str().into(),
@@ -652,47 +627,10 @@ async fn send_proxy_with_tls_end_to_end() {
     assert_eq!(c["ssl"], true, "{c}");
     assert_eq!(c["peer_port"], ports[0], "{c}");
     // A big message through two TLS hops, intact.
-    let ch = conn.create_channel().await.expect("channel");
     let queue = unique("q-big-tls");
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirms");
-    ch.queue_declare(
-        queue.as_str().into(),
-        QueueDeclareOptions {
-            exclusive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("declare");
+    let ch = common::confirmed_queue(&conn, &queue, common::exclusive()).await;
     let payload: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
-    ch.basic_publish(
-        "".into(),
-        queue.as_str().into(),
-        BasicPublishOptions::default(),
-        &payload,
-        BasicProperties::default(),
-    )
-    .await
-    .expect("publish")
-    .await
-    .expect("confirm");
-    let got = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            if let Some(m) = ch
-                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
-                .await
-                .expect("get")
-            {
-                return m.delivery.data;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("message back within 60 s");
+    let got = common::round_trip(&ch, &queue, &payload, Duration::from_secs(60)).await;
     assert!(got == payload, "8 MiB payload changed on the way");
     let _ = conn.close(200, "bye".into()).await;
     w.stop().await;

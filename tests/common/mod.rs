@@ -14,7 +14,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::{Connection, ConnectionProperties};
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 use warren::config::Config;
 
@@ -499,6 +504,91 @@ pub async fn amqp_connect_named(url: &str, name: &str) -> Connection {
         .await
         .expect("AMQP connect in time")
         .expect("AMQP connect")
+}
+
+/// A channel on `conn` in confirm mode, with `queue` declared with `options`.
+pub async fn confirmed_queue(
+    conn: &Connection,
+    queue: &str,
+    options: QueueDeclareOptions,
+) -> Channel {
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    declare_queue(&ch, queue, options).await;
+    ch
+}
+
+/// Declare options for a queue that lives and dies with its connection.
+pub fn exclusive() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        exclusive: true,
+        ..Default::default()
+    }
+}
+
+/// Declares `queue` with `options` and no arguments.
+pub async fn declare_queue(ch: &Channel, queue: &str, options: QueueDeclareOptions) {
+    ch.queue_declare(queue.into(), options, FieldTable::default())
+        .await
+        .expect("declare");
+}
+
+/// Deletes `queue`, whatever comes of it (clean-up at the end of a test).
+pub async fn delete_queue(ch: &Channel, queue: &str) {
+    let _ = ch
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await;
+}
+
+/// Publishes `body` to `queue` through the default exchange and waits for the
+/// broker's confirm (the channel is in confirm mode).
+pub async fn publish_confirmed(ch: &Channel, queue: &str, body: &[u8]) {
+    ch.basic_publish(
+        "".into(),
+        queue.into(),
+        BasicPublishOptions::default(),
+        body,
+        BasicProperties::default(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("confirm");
+}
+
+/// Publishes the numbers `0..n` (4 bytes, big-endian) in order, each confirmed.
+pub async fn publish_numbered(ch: &Channel, queue: &str, n: u32) {
+    for i in 0..n {
+        publish_confirmed(ch, queue, &i.to_be_bytes()).await;
+    }
+}
+
+/// The body of the next message of `queue`, taken with basic.get (no ack), polled
+/// until one is there; fails the test after `within`.
+pub async fn get_message(ch: &Channel, queue: &str, within: Duration) -> Vec<u8> {
+    tokio::time::timeout(within, async {
+        loop {
+            if let Some(m) = ch
+                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+                .await
+                .expect("get")
+            {
+                return m.delivery.data;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("message back within {within:?}"))
+}
+
+/// Publishes `body` to `queue` with a confirm, then takes a message back from it
+/// (within `within`); what came back, for the caller to compare.
+pub async fn round_trip(ch: &Channel, queue: &str, body: &[u8], within: Duration) -> Vec<u8> {
+    publish_confirmed(ch, queue, body).await;
+    get_message(ch, queue, within).await
 }
 
 /// The first error a connection reports (for instance a broker's connection.close).
