@@ -16,8 +16,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warren::bootstrap::cluster::ClusterStatus;
 
@@ -349,18 +347,9 @@ async fn forms_the_cluster_mirrors_queues_and_a_second_run_changes_nothing() {
 
     // A queue declared afterwards, by a real client, is mirrored to the two others.
     let queue = unique("q-mirrored");
-    let conn = amqp_connect(&format!("amqp://guest:guest@{}/%2f", nodes[0].amqp)).await;
+    let conn = amqp_connect(&nodes[0].url()).await;
     let ch = conn.create_channel().await.expect("channel");
-    ch.queue_declare(
-        queue.as_str().into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("declare");
+    declare_queue(&ch, &queue, durable()).await;
     let path = format!("/api/queues/%2F/{queue}");
     let mirrors = set(&[b2, b3]);
     let mut q = serde_json::Value::Null;

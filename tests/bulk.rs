@@ -147,7 +147,7 @@ async fn consumer_of_large_messages_gets_320_on_drain() {
     let nodes = cluster().await;
     let queue = unique("q-bulk-drain");
     // Fill the queue directly on the first node.
-    let direct = amqp_connect(&format!("amqp://guest:guest@{}/%2f", nodes[0].amqp)).await;
+    let direct = amqp_connect(&nodes[0].url()).await;
     let pch = confirmed_queue(&direct, &queue, QueueDeclareOptions::default()).await;
     let big = vec![0x42u8; 512 * 1024];
     for _ in 0..40 {

@@ -261,18 +261,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// Declares the durable queue on `nodes[0]` directly, so that its master is there,
 /// and waits until both other nodes hold synchronised mirrors.
 async fn declare_mirrored(nodes: &[Node], queue: &str) {
-    let direct = amqp_connect(&format!("amqp://guest:guest@{}/%2f", nodes[0].amqp)).await;
+    let direct = amqp_connect(&nodes[0].url()).await;
     let ch = direct.create_channel().await.expect("channel");
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("declare");
+    declare_queue(&ch, queue, durable()).await;
     let _ = direct.close(200, "bye".into()).await;
     wait_synchronised(&nodes[1], queue, 2).await;
 }

@@ -90,6 +90,11 @@ impl Node {
     pub fn mgmt_url(&self) -> String {
         format!("http://{}", self.mgmt)
     }
+
+    /// AMQP straight to the node, as guest, bypassing warren.
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.amqp)
+    }
 }
 
 pub fn hostname() -> String {
@@ -524,6 +529,14 @@ pub async fn confirmed_queue(
 pub fn exclusive() -> QueueDeclareOptions {
     QueueDeclareOptions {
         exclusive: true,
+        ..Default::default()
+    }
+}
+
+/// Declare options for a queue that survives a broker restart.
+pub fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
         ..Default::default()
     }
 }
