@@ -68,18 +68,6 @@ async fn streaming_backend(l: TcpListener) {
     }
 }
 
-/// Reads one whole frame; (type, channel, payload). Fails the test on a frame
-/// that does not end with the frame-end octet.
-async fn read_frame(s: &mut TcpStream) -> (u8, u16, Vec<u8>) {
-    let mut head = [0u8; 7];
-    s.read_exact(&mut head).await.expect("frame header");
-    let size = u32::from_be_bytes([head[3], head[4], head[5], head[6]]) as usize;
-    let mut payload = vec![0u8; size + 1];
-    s.read_exact(&mut payload).await.expect("frame payload");
-    assert_eq!(payload.pop(), Some(amqp::FRAME_END), "frame-end octet");
-    (head[0], u16::from_be_bytes([head[1], head[2]]), payload)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_during_spliced_body_frames_closes_at_a_boundary() {
     let backend = TcpListener::bind("127.0.0.1:0").await.expect("bind");

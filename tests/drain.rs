@@ -164,19 +164,8 @@ async fn drain_grace_closes_hard_what_does_not_answer() {
         "drain:\n  window: 0s\n  grace: 2s\n  close_timeout: 1s\n",
     ))
     .await;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(w.amqp)
-        .await
-        .expect("connect");
-    s.write_all(warren::amqp::PROTOCOL_HEADER)
-        .await
-        .expect("header");
-    // Read connection.start (one frame) so warren is at a frame boundary.
-    let mut head = [0u8; 7];
-    s.read_exact(&mut head).await.expect("frame header");
-    let size = u32::from_be_bytes([head[3], head[4], head[5], head[6]]) as usize;
-    let mut rest = vec![0u8; size + 1];
-    s.read_exact(&mut rest).await.expect("connection.start");
+    use tokio::io::AsyncReadExt;
+    let mut s = silent_client(w.amqp).await;
     let backend = loop {
         let list: serde_json::Value =
             serde_json::from_str(&w.admin_get("/api/backends").await.1).expect("json");
@@ -192,11 +181,7 @@ async fn drain_grace_closes_hard_what_does_not_answer() {
     w.admin_post(&format!("/api/backends/{backend}/drain"))
         .await;
     // First warren's connection.close 320 arrives...
-    let mut head = [0u8; 7];
-    s.read_exact(&mut head).await.expect("close frame header");
-    let size = u32::from_be_bytes([head[3], head[4], head[5], head[6]]) as usize;
-    let mut payload = vec![0u8; size + 1];
-    s.read_exact(&mut payload).await.expect("close frame");
+    let (_, _, payload) = read_frame(&mut s).await;
     assert_eq!(&payload[..4], &[0, 10, 0, 50], "connection.close");
     assert_eq!(u16::from_be_bytes([payload[4], payload[5]]), 320);
     // ...then, unanswered, the socket is closed after the close timeout.

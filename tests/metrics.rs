@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use lapin::options::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use warren::metrics as m;
 
 /// A config for `nodes` whose backends are named `{tag}-{i}`; returns the names too.
@@ -258,18 +258,7 @@ async fn drain_counts_graceful_and_forced_closes() {
     // A real client answers connection.close with close-ok ...
     let good = amqp_connect(&w.url()).await;
     // ... a silent one never does.
-    let mut silent = tokio::net::TcpStream::connect(w.amqp)
-        .await
-        .expect("TCP connect");
-    silent
-        .write_all(b"AMQP\x00\x00\x09\x01")
-        .await
-        .expect("header");
-    let mut start = [0u8; 7];
-    silent
-        .read_exact(&mut start)
-        .await
-        .expect("connection.start arrives");
+    let _silent = silent_client(w.amqp).await;
     wait_metrics(&w, "two active connections", |x| {
         x.value(m::BACKEND_ACTIVE, &b(name)) == 2.0
     })

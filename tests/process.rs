@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_warren");
 
@@ -203,18 +202,7 @@ async fn a_second_signal_exits_at_once() {
         &[],
     );
     // A client that never answers connection.close keeps the first shutdown waiting.
-    let mut silent = tokio::net::TcpStream::connect(p.amqp)
-        .await
-        .expect("connect");
-    silent
-        .write_all(b"AMQP\x00\x00\x09\x01")
-        .await
-        .expect("header");
-    let mut start = [0u8; 7];
-    silent
-        .read_exact(&mut start)
-        .await
-        .expect("connection.start");
+    let _silent = silent_client(p.amqp).await;
     p.signal("TERM");
     p.wait_log("closing client connections", Duration::from_secs(10))
         .await;

@@ -921,6 +921,36 @@ impl Drop for WarrenProcess {
     }
 }
 
+/// Reads one whole AMQP frame; (type, channel, payload). Fails the test on a
+/// frame that does not end with the frame-end octet.
+pub async fn read_frame(s: &mut tokio::net::TcpStream) -> (u8, u16, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 7];
+    s.read_exact(&mut head).await.expect("frame header");
+    let size = u32::from_be_bytes([head[3], head[4], head[5], head[6]]) as usize;
+    let mut payload = vec![0u8; size + 1];
+    s.read_exact(&mut payload).await.expect("frame payload");
+    assert_eq!(
+        payload.pop(),
+        Some(warren::amqp::FRAME_END),
+        "frame-end octet"
+    );
+    (head[0], u16::from_be_bytes([head[1], head[2]]), payload)
+}
+
+/// A raw AMQP client of `addr` that sends the protocol header, reads
+/// connection.start (so that it stands at a frame boundary) and then says
+/// nothing: it never answers connection.close.
+pub async fn silent_client(addr: SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(warren::amqp::PROTOCOL_HEADER)
+        .await
+        .expect("header");
+    read_frame(&mut s).await;
+    s
+}
+
 /// A small TCP server on an ephemeral loopback port: every connection (the health
 /// checker's probes included) is served by `handler` in its own task.
 pub async fn tcp_server<F, Fut>(handler: F) -> SocketAddr
