@@ -164,16 +164,7 @@ async fn least_connections_picks_the_least_loaded_node() {
 /// only after the client has finished sending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_is_propagated() {
-    let baddr = tcp_server(|mut s| async move {
-        let mut got = Vec::new();
-        if s.read_to_end(&mut got).await.is_ok() {
-            let _ = s
-                .write_all(format!("got {} bytes", got.len()).as_bytes())
-                .await;
-        }
-        // Dropping closes our side.
-    })
-    .await;
+    let baddr = counting_backend().await;
     let yaml = format!(
         "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nhealth:\n  interval: 1h\nbackends:\n  - name: echo\n    address: {baddr}\n"
     );
@@ -181,16 +172,7 @@ async fn half_close_is_propagated() {
     let mut c = tokio::net::TcpStream::connect(w.amqp)
         .await
         .expect("connect");
-    c.write_all(warren::amqp::PROTOCOL_HEADER)
-        .await
-        .expect("header");
-    c.write_all(&[7u8; 99_992]).await.expect("write");
-    c.shutdown().await.expect("half-close");
-    let mut reply = String::new();
-    tokio::time::timeout(Duration::from_secs(10), c.read_to_string(&mut reply))
-        .await
-        .expect("reply in time")
-        .expect("read");
+    let reply = half_close_exchange(&mut c, 99_992).await;
     assert_eq!(reply, "got 100000 bytes");
     w.stop().await;
 }

@@ -667,6 +667,34 @@ async fn health_probes_leave_a_proxy_protocol_listener_alone() {
     );
 }
 
+/// A raw TLS client of `addr` (rustls, trusting `pki`'s CA, for `localhost`),
+/// handshake done.
+async fn tls_client(
+    addr: SocketAddr,
+    pki: &Pki,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::pem::PemObject::pem_file_iter(pki.path("ca.pem")).expect("CA") {
+        let c: rustls::pki_types::CertificateDer<'static> = c.expect("CA cert");
+        roots.add(c).expect("root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("handshake")
+}
+
 /// Waits (bounded) until the TLS listener is bound to `addr`.
 async fn wait_tls_listener(w: &Warren, addr: SocketAddr) {
     let moved = tokio::time::timeout(Duration::from_secs(10), async {
@@ -827,23 +855,7 @@ async fn drain_closes_a_tls_client_with_320() {
 /// small TCP backend that answers only after the client has finished sending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_is_propagated_over_tls() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let backend = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let baddr = backend.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = backend.accept().await {
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                if s.read_to_end(&mut got).await.is_ok() {
-                    let _ = s
-                        .write_all(format!("got {} bytes", got.len()).as_bytes())
-                        .await;
-                }
-            });
-        }
-    });
+    let baddr = common::counting_backend().await;
     let pki = Pki::new("halfclose");
     let (cert, key) = pki.write_server("server", 2031);
     let w = start(&format!(
@@ -851,36 +863,8 @@ async fn half_close_is_propagated_over_tls() {
         tls_listener(&cert, &key, None)
     ))
     .await;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::pem::PemObject::pem_file_iter(pki.path("ca.pem")).expect("CA") {
-        let c: rustls::pki_types::CertificateDer<'static> = c.expect("CA cert");
-        roots.add(c).expect("root");
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(w.tls.expect("TLS listener"))
-        .await
-        .expect("connect");
-    let mut c = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
-            tcp,
-        )
-        .await
-        .expect("handshake");
-    c.write_all(b"AMQP\x00\x00\x09\x01").await.expect("header");
-    c.write_all(&[7u8; 300_000]).await.expect("write");
-    c.shutdown().await.expect("half-close");
-    let mut reply = String::new();
-    tokio::time::timeout(Duration::from_secs(10), c.read_to_string(&mut reply))
-        .await
-        .expect("reply in time")
-        .expect("read");
+    let mut c = tls_client(w.tls.expect("TLS listener"), &pki).await;
+    let reply = common::half_close_exchange(&mut c, 300_000).await;
     assert_eq!(reply, "got 300008 bytes");
     w.stop().await;
 }
@@ -890,11 +874,8 @@ async fn half_close_is_propagated_over_tls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_listener_turns_away_non_tls_and_non_amqp_clients() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let backend = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let baddr = backend.local_addr().expect("addr");
-    tokio::spawn(async move { while backend.accept().await.is_ok() {} });
+    // Accepts and at once drops whatever reaches it.
+    let baddr = common::tcp_server(|_| async {}).await;
     let pki = Pki::new("turnaway");
     let (cert, key) = pki.write_server("server", 2031);
     let w = start(&format!(
@@ -935,26 +916,7 @@ async fn tls_listener_turns_away_non_tls_and_non_amqp_clients() {
         &[("reason", "not_amqp")],
     )
     .await;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::pem::PemObject::pem_file_iter(pki.path("ca.pem")).expect("CA") {
-        let c: rustls::pki_types::CertificateDer<'static> = c.expect("CA cert");
-        roots.add(c).expect("root");
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let mut c = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
-            tcp,
-        )
-        .await
-        .expect("handshake");
+    let mut c = tls_client(addr, &pki).await;
     c.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest))

@@ -984,6 +984,43 @@ pub async fn sink_backend() -> SocketAddr {
     .await
 }
 
+/// A backend that reads until the client half-closes, then answers
+/// `got <n> bytes` and closes: whether a half-close got through.
+pub async fn counting_backend() -> SocketAddr {
+    tcp_server(|mut s| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut got = Vec::new();
+        if s.read_to_end(&mut got).await.is_ok() {
+            let _ = s
+                .write_all(format!("got {} bytes", got.len()).as_bytes())
+                .await;
+        }
+        // Dropping closes our side.
+    })
+    .await
+}
+
+/// Sends the AMQP protocol header and `filler` more bytes on `s`, half-closes
+/// it and reads the answer to the end (within 10 s): what a
+/// [`counting_backend`] behind warren says.
+pub async fn half_close_exchange<S>(s: &mut S, filler: usize) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(warren::amqp::PROTOCOL_HEADER)
+        .await
+        .expect("header");
+    s.write_all(&vec![7u8; filler]).await.expect("write");
+    s.shutdown().await.expect("half-close");
+    let mut reply = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut reply))
+        .await
+        .expect("reply in time")
+        .expect("read");
+    reply
+}
+
 /// Opens `n` connections through `w` that all land on node `target` (the other
 /// nodes disabled meanwhile, enabled again afterwards).
 pub async fn connections_on(
