@@ -17,20 +17,12 @@ use warren::metrics as m;
 
 /// A config for `nodes` whose backends are named `{tag}-{i}`; returns the names too.
 fn yaml_named(nodes: &[Node], tag: &str, extra: &str) -> (String, Vec<String>) {
-    let mut y = String::from("listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n");
-    y.push_str(extra);
-    y.push_str("backends:\n");
-    let mut names = Vec::new();
-    for n in nodes {
-        let name = format!("{tag}-{}", n.index);
-        y.push_str(&format!(
-            "  - name: {name}\n    address: {}\n    management: {}\n",
-            n.amqp,
-            n.mgmt_url()
-        ));
-        names.push(name);
+    let names: Vec<String> = nodes.iter().map(|n| format!("{tag}-{}", n.index)).collect();
+    let mut y = format!("{extra}backends:\n");
+    for (n, name) in nodes.iter().zip(&names) {
+        y.push_str(&n.backend_yaml(name));
     }
-    (y, names)
+    (config_yaml(nodes, &y), names)
 }
 
 /// Polls /metrics until `ok` holds (up to 30 s); the last exposition.

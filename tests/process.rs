@@ -27,8 +27,7 @@ impl Proc {
     /// Writes `yaml` to a fresh directory and runs warren on it; waits for the
     /// "warren started" line (which carries the bound ports).
     fn start(yaml: &str, env: &[(&str, &str)]) -> Proc {
-        let dir = std::env::temp_dir().join(unique("warren-proc"));
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let dir = fresh_dir("warren-proc");
         let config = dir.join("warren.yaml");
         std::fs::write(&config, yaml).expect("config written");
         let log = dir.join("warren.log");
@@ -415,12 +414,8 @@ async fn log_level_comes_from_the_config_and_rust_log_overrides_it() {
     tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(10))).expect("exits");
 
     // RUST_LOG=warn wins over `level: debug`: not even the start line.
-    let dir = std::env::temp_dir().join(unique("warren-level"));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let dir = fresh_dir("warren-level");
+    let port = free_port();
     let path = dir.join("warren.yaml");
     std::fs::write(
         &path,

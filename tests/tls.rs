@@ -117,8 +117,7 @@ struct Pki {
 
 impl Pki {
     fn new(name: &str) -> Pki {
-        let dir = std::env::temp_dir().join(unique(&format!("warren-{name}")));
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let dir = common::fresh_dir(&format!("warren-{name}"));
         let key = KeyPair::generate().expect("CA key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);

@@ -91,6 +91,15 @@ impl Node {
         format!("http://{}", self.mgmt)
     }
 
+    /// This node as an entry of warren's `backends:` list, named `name`.
+    pub fn backend_yaml(&self, name: &str) -> String {
+        format!(
+            "  - name: {name}\n    address: {}\n    management: {}\n",
+            self.amqp,
+            self.mgmt_url()
+        )
+    }
+
     /// AMQP straight to the node, as guest, bypassing warren.
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@{}/%2f", self.amqp)
@@ -338,12 +347,7 @@ pub fn config_yaml(nodes: &[Node], extra: &str) -> String {
     if !extra.contains("\nbackends:") && !extra.starts_with("backends:") {
         y.push_str("backends:\n");
         for n in nodes {
-            y.push_str(&format!(
-                "  - name: {}\n    address: {}\n    management: {}\n",
-                n.backend,
-                n.amqp,
-                n.mgmt_url()
-            ));
+            y.push_str(&n.backend_yaml(&n.backend));
         }
     }
     y
@@ -814,6 +818,14 @@ pub async fn closed_within(
         .flatten()
 }
 
+/// A new, empty directory under the system's temporary directory, its name
+/// made unique from `prefix`.
+pub fn fresh_dir(prefix: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique(prefix));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
 /// A free loopback port (bound and released; fine for tests on one machine).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -838,8 +850,7 @@ impl WarrenProcess {
     pub async fn start(yaml_rest: &str, nofile: u32) -> WarrenProcess {
         let amqp = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let dir = std::env::temp_dir().join(unique("warren-proc"));
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let dir = fresh_dir("warren-proc");
         let config = dir.join("warren.yaml");
         let log = dir.join("warren.log");
         std::fs::write(
