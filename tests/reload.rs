@@ -16,12 +16,6 @@ use lapin::BasicProperties;
 use tokio::io::AsyncReadExt;
 use warren::metrics as m;
 
-fn temp_config() -> PathBuf {
-    let dir = std::env::temp_dir().join(unique("warren-reload"));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir.join("warren.yaml")
-}
-
 /// Replaces the file the way editors and config managers do (write, rename).
 fn write_config(path: &Path, yaml: &str) {
     let tmp = path.with_extension("tmp");
@@ -29,11 +23,18 @@ fn write_config(path: &Path, yaml: &str) {
     std::fs::rename(&tmp, path).expect("rename config");
 }
 
-fn backend_yaml(name: &str, n: &Node) -> String {
-    format!(
-        "  - name: {name}\n    address: {}\n    management: {}\n",
-        n.amqp,
-        n.mgmt_url()
+/// Writes `yaml` to a config file of its own and starts warren from that file.
+async fn start_from_file(yaml: &str) -> (Warren, PathBuf) {
+    let path = fresh_dir("warren-reload").join("warren.yaml");
+    write_config(&path, yaml);
+    (Warren::start_file(&path).await, path)
+}
+
+/// The reloads counted with this `result` and `trigger`.
+fn reloads(x: &Metrics, result: &str, trigger: &str) -> f64 {
+    x.value(
+        m::CONFIG_RELOADS,
+        &[("result", result), ("trigger", trigger)],
     )
 }
 
@@ -62,16 +63,12 @@ async fn reload_adds_and_removes_backends_with_an_open_connection_untouched() {
     let head = "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n\
                 health:\n  password: guest\n  slowstart: 0s\n\
                 drain:\n  window: 100ms\n  grace: 5s\n  close_timeout: 2s\nbackends:\n";
-    let path = temp_config();
-    write_config(
-        &path,
-        &format!(
-            "{head}{}{}",
-            backend_yaml(&a, &nodes[0]),
-            backend_yaml(&b, &nodes[1])
-        ),
-    );
-    let w = Warren::start_file(&path).await;
+    let (w, path) = start_from_file(&format!(
+        "{head}{}{}",
+        nodes[0].backend_yaml(&a),
+        nodes[1].backend_yaml(&b)
+    ))
+    .await;
     // Round robin from the first backend: `keep` lands on a, `gone` on b.
     let keep = amqp_connect_named(&w.url(), &format!("{tag}-keep")).await;
     let gone = amqp_connect_named(&w.url(), &format!("{tag}-gone")).await;
@@ -113,8 +110,8 @@ async fn reload_adds_and_removes_backends_with_an_open_connection_untouched() {
         &path,
         &format!(
             "{head}{}{}",
-            backend_yaml(&a, &nodes[0]),
-            backend_yaml(&c, &nodes[2])
+            nodes[0].backend_yaml(&a),
+            nodes[2].backend_yaml(&c)
         ),
     );
     let (status, summary) = reload(&w).await;
@@ -180,18 +177,12 @@ async fn invalid_reload_keeps_the_running_config_and_is_counted() {
     let nodes = cluster().await;
     let tag = unique("ri");
     let a = format!("{tag}-a");
-    let path = temp_config();
     let good = format!(
         "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nbackends:\n{}",
-        backend_yaml(&a, &nodes[0])
+        nodes[0].backend_yaml(&a)
     );
-    write_config(&path, &good);
-    let w = Warren::start_file(&path).await;
-    let before = w.metrics().await;
-    let failures0 = before.value(
-        m::CONFIG_RELOADS,
-        &[("result", "failure"), ("trigger", "api")],
-    );
+    let (w, path) = start_from_file(&good).await;
+    let failures0 = reloads(&w.metrics().await, "failure", "api");
     let conn = amqp_connect(&w.url()).await;
 
     write_config(
@@ -211,13 +202,7 @@ async fn invalid_reload_keeps_the_running_config_and_is_counted() {
     );
 
     let x = w.metrics().await;
-    assert_eq!(
-        x.value(
-            m::CONFIG_RELOADS,
-            &[("result", "failure"), ("trigger", "api")]
-        ) - failures0,
-        1.0
-    );
+    assert_eq!(reloads(&x, "failure", "api") - failures0, 1.0);
     assert_eq!(x.get(m::CONFIG_LAST_RELOAD_OK, &[]), Some(0.0));
     // Still serving with the old backends, old connection alive.
     assert_eq!(w.backend(&a).await["state"], "up");
@@ -261,12 +246,10 @@ async fn changed_listen_rebinds_without_dropping_connections() {
     let yaml = |amqp: u16, admin: u16| {
         format!(
             "listen: 127.0.0.1:{amqp}\nadmin:\n  listen: 127.0.0.1:{admin}\nbackends:\n{}",
-            backend_yaml(&format!("{tag}-a"), &nodes[0])
+            nodes[0].backend_yaml(&format!("{tag}-a"))
         )
     };
-    let path = temp_config();
-    write_config(&path, &yaml(p1, admin1));
-    let w = Warren::start_file(&path).await;
+    let (w, path) = start_from_file(&yaml(p1, admin1)).await;
     let old_url = format!("amqp://guest:guest@127.0.0.1:{p1}/%2f");
     let keep = amqp_connect(&old_url).await;
     let queue = unique("q-rebind");
@@ -320,18 +303,10 @@ async fn watched_file_reloads_on_change_and_reports_a_bad_file_once() {
     let head = "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n\
                 reload:\n  watch: true\n  watch_interval: 100ms\nbackends:\n";
     let (a, b) = (format!("{tag}-a"), format!("{tag}-b"));
-    let path = temp_config();
-    write_config(&path, &format!("{head}{}", backend_yaml(&a, &nodes[0])));
-    let w = Warren::start_file(&path).await;
+    let (w, path) = start_from_file(&format!("{head}{}", nodes[0].backend_yaml(&a))).await;
     let before = w.metrics().await;
-    let ok0 = before.value(
-        m::CONFIG_RELOADS,
-        &[("result", "success"), ("trigger", "watch")],
-    );
-    let failed0 = before.value(
-        m::CONFIG_RELOADS,
-        &[("result", "failure"), ("trigger", "watch")],
-    );
+    let ok0 = reloads(&before, "success", "watch");
+    let failed0 = reloads(&before, "failure", "watch");
     // Let the watcher take its first look before the file changes.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -339,8 +314,8 @@ async fn watched_file_reloads_on_change_and_reports_a_bad_file_once() {
         &path,
         &format!(
             "{head}{}{}",
-            backend_yaml(&a, &nodes[0]),
-            backend_yaml(&b, &nodes[1])
+            nodes[0].backend_yaml(&a),
+            nodes[1].backend_yaml(&b)
         ),
     );
     let start = tokio::time::Instant::now();
@@ -352,27 +327,13 @@ async fn watched_file_reloads_on_change_and_reports_a_bad_file_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let x = w.metrics().await;
-    assert_eq!(
-        x.value(
-            m::CONFIG_RELOADS,
-            &[("result", "success"), ("trigger", "watch")]
-        ) - ok0,
-        1.0
-    );
+    assert_eq!(reloads(&x, "success", "watch") - ok0, 1.0);
 
     write_config(&path, "listen: [this is not an address\n");
     // Ten watch intervals: one failure, not ten.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let x = w.metrics().await;
-    assert_eq!(
-        x.value(
-            m::CONFIG_RELOADS,
-            &[("result", "failure"), ("trigger", "watch")]
-        ) - failed0,
-        1.0,
-        "{}",
-        x.0
-    );
+    assert_eq!(reloads(&x, "failure", "watch") - failed0, 1.0, "{}", x.0);
     assert_eq!(w.backend(&b).await["state"], "up");
     let conn = amqp_connect(&w.url()).await;
     let _ = conn.close(200, "bye".into()).await;
