@@ -81,20 +81,9 @@ async fn tls_nodes() -> Vec<TlsNode> {
         })
         .collect();
     for n in &nodes {
-        let ok = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                if common::mgmt_get(&n.node(), "/api/health/checks/virtual-hosts")
-                    .await
-                    .is_ok()
-                {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        })
-        .await;
+        let up = common::node_answers(&n.node(), Duration::from_secs(30)).await;
         assert!(
-            ok.is_ok() && node_ca().exists(),
+            up && node_ca().exists(),
             "TLS test node {} (amqp {}, management {}) is not running or {} is missing: \
              start the nodes with `scripts/tls-nodes up` or run the suite with `scripts/test`",
             n.name,

@@ -155,21 +155,8 @@ pub async fn cluster_exclusive() -> Cluster {
 pub async fn wait_nodes_up() -> Vec<Node> {
     let nodes = nodes();
     for n in &nodes {
-        let ok = tokio::time::timeout(Duration::from_secs(90), async {
-            loop {
-                if mgmt_get(n, "/api/health/checks/virtual-hosts")
-                    .await
-                    .is_ok()
-                    && tokio::net::TcpStream::connect(n.amqp).await.is_ok()
-                {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        })
-        .await;
         assert!(
-            ok.is_ok(),
+            node_answers(n, Duration::from_secs(90)).await,
             "RabbitMQ node {} (amqp {}, management {}) is not running: start the nodes with \
              `scripts/local-cluster up` or run the suite with `scripts/test`",
             n.name,
@@ -206,21 +193,8 @@ pub async fn netns_cluster_exclusive() -> Cluster {
     let hint =
         "start it with `scripts/netns-cluster up` (root) or run the suite with `scripts/test`";
     for n in &nodes {
-        let ok = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                if mgmt_get(n, "/api/health/checks/virtual-hosts")
-                    .await
-                    .is_ok()
-                    && tokio::net::TcpStream::connect(n.amqp).await.is_ok()
-                {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        })
-        .await;
         assert!(
-            ok.is_ok(),
+            node_answers(n, Duration::from_secs(30)).await,
             "namespace cluster node {} (amqp {}, management {}) is not running: {hint}",
             n.name,
             n.amqp,
@@ -250,6 +224,24 @@ pub async fn netns_cluster_exclusive() -> Cluster {
         nodes,
         _guard: guard,
     }
+}
+
+/// Whether `n` answers, on management and on AMQP, within `within`.
+pub async fn node_answers(n: &Node, within: Duration) -> bool {
+    tokio::time::timeout(within, async {
+        loop {
+            if mgmt_get(n, "/api/health/checks/virtual-hosts")
+                .await
+                .is_ok()
+                && tokio::net::TcpStream::connect(n.amqp).await.is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await
+    .is_ok()
 }
 
 /// GET on a node's management API as guest; the JSON answer.
