@@ -11,14 +11,14 @@
 use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -26,6 +26,7 @@ use crate::amqp::{self, FrameTracker, Seen};
 use crate::balancer::Backend;
 use crate::bulk::{Bulk, Moved};
 use crate::config::Protocol;
+use crate::direction::{close_frame, Dir, Shared};
 use crate::drain::Command;
 use crate::stream::Stream;
 use crate::upstream::ClientAddrs;
@@ -265,14 +266,6 @@ pub enum End {
     Hard,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Dir {
-    /// Client to broker.
-    Up,
-    /// Broker to client.
-    Down,
-}
-
 /// Carries bytes both ways until both directions are done or a command ends them.
 pub async fn pump(
     client: &TcpStream,
@@ -341,58 +334,6 @@ pub struct Meters<'a> {
     pub up: &'a AtomicU64,
     /// Broker to client.
     pub down: &'a AtomicU64,
-}
-
-/// What the two directions of one connection tell each other (also used by the
-/// TLS pump in `stream`).
-pub(crate) struct Shared {
-    pub(crate) epoch: Instant,
-    /// Milliseconds since `epoch` at the last byte read in either direction
-    /// (kept only when an idle timeout is set).
-    pub(crate) last_active: AtomicU64,
-    /// The client has been sent `connection.close`.
-    pub(crate) client_told: AtomicBool,
-    /// The broker-to-client direction has ended.
-    pub(crate) down_done: AtomicBool,
-    /// Client or broker already sent `connection.close` on its own: the connection
-    /// is closing the normal way, so warren only forwards (within its deadline).
-    pub(crate) peer_closing: AtomicBool,
-    /// The broker sent `connection.close` (RabbitMQ closes its socket right after
-    /// it on shutdown, without waiting for close-ok).
-    pub(crate) broker_closed: AtomicBool,
-    /// The client answered a close with `close-ok`.
-    pub(crate) client_acked: AtomicBool,
-    pub(crate) notify: Notify,
-}
-
-impl Shared {
-    pub(crate) fn new() -> Self {
-        Shared {
-            epoch: Instant::now(),
-            last_active: AtomicU64::new(0),
-            client_told: AtomicBool::new(false),
-            down_done: AtomicBool::new(false),
-            peer_closing: AtomicBool::new(false),
-            broker_closed: AtomicBool::new(false),
-            client_acked: AtomicBool::new(false),
-            notify: Notify::new(),
-        }
-    }
-
-    pub(crate) fn touch(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
-        self.last_active.store(ms, Ordering::Relaxed);
-    }
-
-    /// When the connection becomes idle, given the last activity seen.
-    pub(crate) fn idle_deadline(&self, idle: Duration) -> Instant {
-        self.epoch + Duration::from_millis(self.last_active.load(Ordering::Relaxed)) + idle
-    }
-
-    pub(crate) fn set(&self, flag: &AtomicBool) {
-        flag.store(true, Ordering::Release);
-        self.notify.notify_waiters();
-    }
 }
 
 /// What one read did.
@@ -696,13 +637,6 @@ async fn on_eof(
     // Half-close: the peer is done sending; tell the other side, keep reading it.
     let _ = SockRef::from(dst).shutdown(std::net::Shutdown::Write);
     End::Closed
-}
-
-fn close_frame(dir: Dir, reason: &str) -> Vec<u8> {
-    match dir {
-        Dir::Down => amqp::connection_close(amqp::CONNECTION_FORCED, reason),
-        Dir::Up => amqp::connection_close(amqp::REPLY_SUCCESS, reason),
-    }
 }
 
 async fn write_all(dst: &TcpStream, mut buf: &[u8]) -> io::Result<()> {

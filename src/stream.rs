@@ -27,9 +27,10 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::amqp::{self, FrameTracker, Seen};
+use crate::amqp::{FrameTracker, Seen};
+use crate::direction::{close_frame, Dir, Shared};
 use crate::drain::Command;
-use crate::proxy::{End, Limits, Meters, Shared};
+use crate::proxy::{End, Limits, Meters};
 
 const BUF_START: usize = 8 * 1024;
 const BUF_MAX: usize = 64 * 1024;
@@ -100,14 +101,6 @@ impl AsyncWrite for Stream {
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Dir {
-    /// Client to broker.
-    Up,
-    /// Broker to client.
-    Down,
 }
 
 /// Carries bytes both ways until both directions are done or a command ends them.
@@ -432,12 +425,5 @@ where
                 return Ok(false);
             }
         }
-    }
-}
-
-fn close_frame(dir: Dir, reason: &str) -> Vec<u8> {
-    match dir {
-        Dir::Down => amqp::connection_close(amqp::CONNECTION_FORCED, reason),
-        Dir::Up => amqp::connection_close(amqp::REPLY_SUCCESS, reason),
     }
 }
