@@ -3,12 +3,15 @@
 //! share the AMQP close rules kept here.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::amqp;
+use crate::amqp::{self, FrameTracker, Seen};
+use crate::drain::Command;
+use crate::proxy::{End, Limits};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Dir {
@@ -75,5 +78,212 @@ pub(crate) fn close_frame(dir: Dir, reason: &str) -> Vec<u8> {
     match dir {
         Dir::Down => amqp::connection_close(amqp::CONNECTION_FORCED, reason),
         Dir::Up => amqp::connection_close(amqp::REPLY_SUCCESS, reason),
+    }
+}
+
+/// One direction of a connection: its frame tracker, the state of warren's own
+/// close, and what it shares with the other direction. The pumps ask it, read
+/// by read, what the close rules want; it does no I/O itself.
+///
+/// In normal operation everything is forwarded and tracked. On
+/// [`Command::Close`] forwarding stops at the next frame boundary and warren's
+/// own `connection.close` goes out (320 towards the client first; then 200
+/// towards the broker, so the broker's close-ok can never reach a client that
+/// was not told); what follows is discarded until the peer's `close-ok`, all
+/// within the close timeout. A close the client or the broker started itself is
+/// left to finish.
+pub(crate) struct Direction<'a> {
+    pub(crate) dir: Dir,
+    pub(crate) limits: Limits,
+    pub(crate) shared: &'a Shared,
+    /// Counts the bytes this direction forwards.
+    pub(crate) moved: &'a AtomicU64,
+    pub(crate) tracker: FrameTracker,
+    /// Set by [`Command::Close`]: when the close turns hard, and its reason.
+    deadline: Option<Instant>,
+    reason: Option<Arc<str>>,
+    /// Forwarding stopped at a frame boundary.
+    cut: bool,
+    /// Our `connection.close` went out.
+    sent_close: bool,
+}
+
+/// What a direction does before its next read.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Read; with `wait_for_client_told` also wake when the client has been
+    /// sent its close (the broker's close waits for it).
+    Read { wait_for_client_told: bool },
+    /// Write this `connection.close` first, then call [`Direction::close_sent`].
+    SendClose(Vec<u8>),
+    /// End hard: nothing graceful is possible.
+    Hard,
+}
+
+/// What to do with the bytes of one read.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Chunk {
+    /// Forward the first this many bytes (counted in `moved` already); any
+    /// after them lie past the cut.
+    Forward(usize),
+    /// Past the cut: nothing is forwarded; the tracker follows the stream to
+    /// recognise the peer's close-ok.
+    Discarded,
+    /// The peer's close-ok arrived: the direction ends gracefully.
+    Finished,
+}
+
+impl<'a> Direction<'a> {
+    pub(crate) fn new(dir: Dir, limits: Limits, shared: &'a Shared, moved: &'a AtomicU64) -> Self {
+        let tracker = match dir {
+            Dir::Up => FrameTracker::client_to_server(),
+            Dir::Down => FrameTracker::server_to_client(),
+        };
+        Direction {
+            dir,
+            limits,
+            shared,
+            moved,
+            tracker,
+            deadline: None,
+            reason: None,
+            cut: false,
+            sent_close: false,
+        }
+    }
+
+    /// Takes in the connection's command: the first [`Command::Close`] starts
+    /// the close timeout. `Some`: the direction ends so at once.
+    pub(crate) fn follow(&mut self, cmd: &Command) -> Option<End> {
+        match cmd {
+            Command::Run => {}
+            Command::Hard => return Some(End::Hard),
+            Command::Close(text) => {
+                if self.deadline.is_none() {
+                    self.deadline = Some(Instant::now() + self.limits.close);
+                    self.reason = Some(text.clone());
+                }
+            }
+        }
+        None
+    }
+
+    /// When the close turns hard, once a close was commanded.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Warren is closing the connection and neither peer has started a close of
+    /// its own (one already under way is left to finish).
+    pub(crate) fn closing(&self) -> bool {
+        self.reason.is_some() && !self.shared.peer_closing.load(Ordering::Acquire)
+    }
+
+    /// Whether warren's own close is due before the next read.
+    pub(crate) fn next(&self) -> Next {
+        let peer_closing = self.shared.peer_closing.load(Ordering::Acquire);
+        let (Some(text), false, false) = (&self.reason, self.sent_close, peer_closing) else {
+            return Next::Read {
+                wait_for_client_told: false,
+            };
+        };
+        if self.tracker.is_lost() {
+            // Not AMQP.
+            return Next::Hard;
+        }
+        let turn = match self.dir {
+            Dir::Down => true,
+            Dir::Up => self.shared.client_told.load(Ordering::Acquire),
+        };
+        if self.dir == Dir::Up && !turn && self.shared.down_done.load(Ordering::Acquire) {
+            // The broker already closed its side; the client cannot be told.
+            return Next::Hard;
+        }
+        if turn && (self.cut || self.tracker.at_boundary()) {
+            return Next::SendClose(close_frame(self.dir, text));
+        }
+        Next::Read {
+            wait_for_client_told: !turn,
+        }
+    }
+
+    /// The close of [`Next::SendClose`] has been written.
+    pub(crate) fn close_sent(&mut self) {
+        self.sent_close = true;
+        if self.dir == Dir::Down {
+            self.shared.set(&self.shared.client_told);
+        }
+    }
+
+    /// Follows one read (`data`, not empty) and says how much of it to forward:
+    /// all of it normally, up to the next frame boundary while closing. Notes a
+    /// close or close-ok of the peers in [`Shared`].
+    pub(crate) fn on_read(&mut self, data: &[u8]) -> Chunk {
+        if self.sent_close || self.cut {
+            self.tracker.feed(data, false);
+            let seen = self.tracker.take_seen();
+            return if self.sent_close && seen.is_some() {
+                Chunk::Finished
+            } else {
+                Chunk::Discarded
+            };
+        }
+        let shared = self.shared;
+        let k = if !self.closing() {
+            let k = self.tracker.feed(data, false);
+            match (self.tracker.take_seen(), self.dir) {
+                (Some(Seen::ConnectionClose), dir) => {
+                    if dir == Dir::Down {
+                        shared.broker_closed.store(true, Ordering::Release);
+                    }
+                    shared.peer_closing.store(true, Ordering::Release);
+                }
+                (Some(Seen::ConnectionCloseOk), Dir::Up) => shared.set(&shared.client_acked),
+                _ => {}
+            }
+            k
+        } else if self.tracker.at_boundary() {
+            0
+        } else {
+            self.tracker.feed(data, true)
+        };
+        if k < data.len() {
+            self.cut = true;
+            self.tracker.feed(&data[k..], false);
+            let _ = self.tracker.take_seen();
+        }
+        if k > 0 {
+            self.moved.fetch_add(k as u64, Ordering::Relaxed);
+        }
+        Chunk::Forward(k)
+    }
+
+    /// The source ended: how the direction ends. On [`End::Closed`] the caller
+    /// half-closes the destination (the peer is done sending; tell the other
+    /// side, keep reading it).
+    pub(crate) async fn at_eof(&self) -> End {
+        if self.sent_close {
+            return End::Graceful;
+        }
+        if self.closing() {
+            return End::Hard;
+        }
+        let shared = self.shared;
+        if self.dir == Dir::Down && shared.broker_closed.load(Ordering::Acquire) {
+            // The broker closed right after its connection.close: give the
+            // client time to read it and answer before it sees EOF, so it
+            // reports a broker close rather than a broken connection.
+            let wait = async {
+                while !shared.client_acked.load(Ordering::Acquire) {
+                    let notified = shared.notify.notified();
+                    if shared.client_acked.load(Ordering::Acquire) {
+                        break;
+                    }
+                    notified.await;
+                }
+            };
+            let _ = tokio::time::timeout(self.limits.close, wait).await;
+        }
+        End::Closed
     }
 }

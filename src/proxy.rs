@@ -22,11 +22,11 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::amqp::{self, FrameTracker, Seen};
+use crate::amqp;
 use crate::balancer::Backend;
 use crate::bulk::{Bulk, Moved};
 use crate::config::Protocol;
-use crate::direction::{close_frame, Dir, Shared};
+use crate::direction::{Chunk, Dir, Direction, Next, Shared};
 use crate::drain::Command;
 use crate::stream::Stream;
 use crate::upstream::ClientAddrs;
@@ -346,12 +346,8 @@ enum Step {
     Finished,
 }
 
-/// One direction. In normal operation it copies and tracks frames. On
-/// [`Command::Close`] it stops forwarding at the next frame boundary and sends its
-/// own `connection.close` (320 towards the client first; then 200 towards the
-/// broker, so the broker's close-ok can never reach a client that was not told),
-/// then discards what follows until the peer's `close-ok`, all within
-/// `close_timeout`.
+/// One direction: copies and tracks frames; closes the AMQP way on
+/// [`Command::Close`] (see [`Direction`]). Long payloads are spliced (`bulk`).
 async fn forward(
     src: &TcpStream,
     dst: &TcpStream,
@@ -377,37 +373,23 @@ async fn forward_inner(
     shared: &Shared,
     moved: &AtomicU64,
 ) -> io::Result<End> {
-    let mut tracker = match dir {
-        Dir::Up => FrameTracker::client_to_server(),
-        Dir::Down => FrameTracker::server_to_client(),
-    };
+    let mut d = Direction::new(dir, limits, shared, moved);
     let mut bulk = Bulk::default();
     let mut cmd_open = true;
-    let mut deadline: Option<Instant> = None;
-    let mut reason: Option<Arc<str>> = None;
-    // `cut`: forwarding stopped at a frame boundary; `sent_close`: our close went out.
-    let mut cut = false;
-    let mut sent_close = false;
     loop {
         if cmd_open {
-            match &*cmd.borrow_and_update() {
-                Command::Run => {}
-                Command::Hard => return Ok(End::Hard),
-                Command::Close(text) => {
-                    if deadline.is_none() {
-                        deadline = Some(Instant::now() + limits.close);
-                        reason = Some(text.clone());
-                    }
-                }
+            if let Some(end) = d.follow(&cmd.borrow_and_update()) {
+                return Ok(end);
             }
         }
+        let deadline = d.deadline();
         if bulk.active() {
             // Mid-frame (or a stream that is not AMQP): move bytes by splice(2).
             // A close waits for the frame to end, so its boundary stays exact.
-            if reason.is_some() && tracker.is_lost() {
+            if deadline.is_some() && d.tracker.is_lost() {
                 return Ok(End::Hard);
             }
-            let (read, write) = match bulk.step(src, dst, &mut tracker, moved) {
+            let (read, write) = match bulk.step(src, dst, &mut d.tracker, moved) {
                 Ok(Moved::Some) => {
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         // A payload still flowing when the close is due: give up.
@@ -419,14 +401,11 @@ async fn forward_inner(
                     tokio::task::consume_budget().await;
                     continue;
                 }
-                Ok(Moved::Eof) => {
-                    let closing = reason.is_some() && !shared.peer_closing.load(Ordering::Acquire);
-                    return Ok(on_eof(dst, dir, sent_close, closing, limits, shared).await);
-                }
+                Ok(Moved::Eof) => return Ok(on_eof(dst, &d).await),
                 Ok(Moved::Wait { read, write }) => (read, write),
                 // The same ends of a normal close as on the copying path below.
                 Err(_) if dir == Dir::Down && shared.broker_closed.load(Ordering::Acquire) => {
-                    return Ok(on_eof(dst, dir, sent_close, false, limits, shared).await);
+                    return Ok(on_eof(dst, &d).await);
                 }
                 Err(_) if dir == Dir::Up && shared.broker_closed.load(Ordering::Acquire) => {
                     // What was read is dropped, as the copying path drops it.
@@ -458,30 +437,17 @@ async fn forward_inner(
             }
             continue;
         }
-        let mut wait_for_client_told = false;
-        let peer_closing = shared.peer_closing.load(Ordering::Acquire);
-        if let (Some(text), false, false) = (&reason, sent_close, peer_closing) {
-            if tracker.is_lost() {
-                // Not AMQP: nothing graceful is possible.
-                return Ok(End::Hard);
+        let wait_for_client_told = match d.next() {
+            Next::Read {
+                wait_for_client_told,
+            } => wait_for_client_told,
+            Next::SendClose(frame) => {
+                write_all(dst, &frame).await?;
+                d.close_sent();
+                false
             }
-            let turn = match dir {
-                Dir::Down => true,
-                Dir::Up => shared.client_told.load(Ordering::Acquire),
-            };
-            if dir == Dir::Up && !turn && shared.down_done.load(Ordering::Acquire) {
-                // The broker already closed its side; the client cannot be told.
-                return Ok(End::Hard);
-            }
-            if turn && (cut || tracker.at_boundary()) {
-                write_all(dst, &close_frame(dir, text)).await?;
-                sent_close = true;
-                if dir == Dir::Down {
-                    shared.set(&shared.client_told);
-                }
-            }
-            wait_for_client_told = !turn;
-        }
+            Next::Hard => return Ok(End::Hard),
+        };
         let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
         tokio::select! {
             r = src.readable() => r?,
@@ -510,7 +476,7 @@ async fn forward_inner(
             shared.touch();
         }
         // A close already under way between client and broker is left to finish.
-        let closing = reason.is_some() && !shared.peer_closing.load(Ordering::Acquire);
+        let closing = d.closing();
         let step = SCRATCH.with(|scratch| -> io::Result<Step> {
             let mut scratch = scratch.borrow_mut();
             let buf = &mut scratch[..bulk.read_size(SCRATCH_SIZE)];
@@ -526,49 +492,16 @@ async fn forward_inner(
                 Err(e) => return Err(e),
             };
             let data = &buf[..n];
-            if sent_close || cut {
-                // Past the cut nothing is forwarded; the tracker keeps following the
-                // stream to recognise the peer's close-ok.
-                tracker.feed(data, false);
-                let seen = tracker.take_seen();
-                return Ok(if sent_close && seen.is_some() {
-                    Step::Finished
-                } else {
-                    Step::Again
-                });
-            }
-            // While closing, forward only up to the next frame boundary.
-            let k = if !closing {
-                let k = tracker.feed(data, false);
-                match (tracker.take_seen(), dir) {
-                    (Some(Seen::ConnectionClose), _) => {
-                        if dir == Dir::Down {
-                            shared.broker_closed.store(true, Ordering::Release);
-                        }
-                        shared.peer_closing.store(true, Ordering::Release);
-                    }
-                    (Some(Seen::ConnectionCloseOk), Dir::Up) => shared.set(&shared.client_acked),
-                    _ => {}
-                }
-                k
-            } else if tracker.at_boundary() {
-                0
-            } else {
-                tracker.feed(data, true)
+            let k = match d.on_read(data) {
+                Chunk::Forward(k) => k,
+                Chunk::Discarded => return Ok(Step::Again),
+                Chunk::Finished => return Ok(Step::Finished),
             };
-            if k < n {
-                cut = true;
-                tracker.feed(&data[k..], false);
-                let _ = tracker.take_seen();
-            }
-            if k > 0 {
-                moved.fetch_add(k as u64, Ordering::Relaxed);
-            }
             let mut out = &data[..k];
             if !closing && !shared.peer_closing.load(Ordering::Acquire) {
                 // A long payload follows: what was read goes into a pipe, ahead of
                 // the payload that will be spliced after it.
-                if let Some(rest) = bulk.start(&tracker, out)? {
+                if let Some(rest) = bulk.start(&d.tracker, out)? {
                     out = &out[out.len() - rest..];
                     if rest > 0 {
                         return Ok(Step::Pending(out.to_vec()));
@@ -599,44 +532,19 @@ async fn forward_inner(
                 write_all(dst, &bytes).await?;
             }
             Step::Finished => return Ok(End::Graceful),
-            Step::Eof => return Ok(on_eof(dst, dir, sent_close, closing, limits, shared).await),
+            Step::Eof => return Ok(on_eof(dst, &d).await),
         }
     }
 }
 
-/// The source ended: how the direction ends.
-async fn on_eof(
-    dst: &TcpStream,
-    dir: Dir,
-    sent_close: bool,
-    closing: bool,
-    limits: Limits,
-    shared: &Shared,
-) -> End {
-    if sent_close {
-        return End::Graceful;
+/// The source ended: ends the direction as [`Direction::at_eof`] says, with a
+/// half-close where the peer is simply done sending.
+async fn on_eof(dst: &TcpStream, d: &Direction<'_>) -> End {
+    let end = d.at_eof().await;
+    if end == End::Closed {
+        let _ = SockRef::from(dst).shutdown(std::net::Shutdown::Write);
     }
-    if closing {
-        return End::Hard;
-    }
-    if dir == Dir::Down && shared.broker_closed.load(Ordering::Acquire) {
-        // The broker closed right after its connection.close: give the
-        // client time to read it and answer before it sees EOF, so it
-        // reports a broker close rather than a broken connection.
-        let wait = async {
-            while !shared.client_acked.load(Ordering::Acquire) {
-                let notified = shared.notify.notified();
-                if shared.client_acked.load(Ordering::Acquire) {
-                    break;
-                }
-                notified.await;
-            }
-        };
-        let _ = tokio::time::timeout(limits.close, wait).await;
-    }
-    // Half-close: the peer is done sending; tell the other side, keep reading it.
-    let _ = SockRef::from(dst).shutdown(std::net::Shutdown::Write);
-    End::Closed
+    end
 }
 
 async fn write_all(dst: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
