@@ -72,6 +72,11 @@ impl Shared {
     }
 }
 
+/// Far enough ahead to stand for "never" in a `select!` branch that is disabled.
+pub(crate) fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
 /// The `connection.close` warren sends in direction `dir`: 320 (forced) to the
 /// client, 200 to the broker.
 pub(crate) fn close_frame(dir: Dir, reason: &str) -> Vec<u8> {
@@ -171,6 +176,44 @@ impl<'a> Direction<'a> {
     /// When the close turns hard, once a close was commanded.
     pub(crate) fn deadline(&self) -> Option<Instant> {
         self.deadline
+    }
+
+    /// The close timeout has run out.
+    pub(crate) fn close_due(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// When to look at the clock next: the close deadline or the end of the
+    /// idle limit, whichever comes first (`None`: neither applies).
+    pub(crate) fn wake_at(&self) -> Option<Instant> {
+        let idle_at = self.limits.idle.map(|idle| self.shared.idle_deadline(idle));
+        match (self.deadline, idle_at) {
+            (Some(close), Some(idle)) => Some(close.min(idle)),
+            (close, idle) => close.or(idle),
+        }
+    }
+
+    /// At [`wake_at`](Self::wake_at): true when the direction must end hard, the
+    /// close being due or the connection idle. The other direction may have
+    /// been busy meanwhile: then it is false, look again.
+    pub(crate) fn time_up(&self) -> bool {
+        if self.close_due() {
+            return true;
+        }
+        if let Some(idle) = self.limits.idle {
+            if Instant::now() >= self.shared.idle_deadline(idle) {
+                tracing::debug!(?idle, "idle timeout");
+                return true;
+            }
+        }
+        false
+    }
+
+    /// A read brought bytes: the connection is not idle.
+    pub(crate) fn touch(&self) {
+        if self.limits.idle.is_some() {
+            self.shared.touch();
+        }
     }
 
     /// Warren is closing the connection and neither peer has started a close of

@@ -26,7 +26,7 @@ use crate::amqp;
 use crate::balancer::Backend;
 use crate::bulk::{Bulk, Moved};
 use crate::config::Protocol;
-use crate::direction::{Chunk, Dir, Direction, Next, Shared};
+use crate::direction::{far_future, Chunk, Dir, Direction, Next, Shared};
 use crate::drain::Command;
 use crate::stream::Stream;
 use crate::upstream::ClientAddrs;
@@ -391,13 +391,11 @@ async fn forward_inner(
             }
             let (read, write) = match bulk.step(src, dst, &mut d.tracker, moved) {
                 Ok(Moved::Some) => {
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                    if d.close_due() {
                         // A payload still flowing when the close is due: give up.
                         return Ok(End::Hard);
                     }
-                    if limits.idle.is_some() {
-                        shared.touch();
-                    }
+                    d.touch();
                     tokio::task::consume_budget().await;
                     continue;
                 }
@@ -414,7 +412,7 @@ async fn forward_inner(
                 }
                 Err(e) => return Err(e),
             };
-            let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
+            let wake_at = d.wake_at();
             tokio::select! {
                 r = src.readable(), if read => r?,
                 r = dst.writable(), if write => r?,
@@ -423,15 +421,9 @@ async fn forward_inner(
                         cmd_open = false;
                     }
                 }
-                _ = tokio::time::sleep_until(deadline.unwrap_or(far_future)), if deadline.is_some() => {
-                    return Ok(End::Hard);
-                }
-                _ = tokio::time::sleep_until(limits.idle.map_or(far_future, |i| shared.idle_deadline(i))), if limits.idle.is_some() => {
-                    if let Some(idle) = limits.idle {
-                        if Instant::now() >= shared.idle_deadline(idle) {
-                            tracing::debug!(?idle, "idle timeout");
-                            return Ok(End::Hard);
-                        }
+                _ = tokio::time::sleep_until(wake_at.unwrap_or_else(far_future)), if wake_at.is_some() => {
+                    if d.time_up() {
+                        return Ok(End::Hard);
                     }
                 }
             }
@@ -448,7 +440,7 @@ async fn forward_inner(
             }
             Next::Hard => return Ok(End::Hard),
         };
-        let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
+        let wake_at = d.wake_at();
         tokio::select! {
             r = src.readable() => r?,
             changed = cmd.changed(), if cmd_open => {
@@ -458,23 +450,14 @@ async fn forward_inner(
                 continue;
             }
             _ = shared.notify.notified(), if wait_for_client_told => continue,
-            _ = tokio::time::sleep_until(deadline.unwrap_or(far_future)), if deadline.is_some() => {
-                return Ok(End::Hard);
-            }
-            _ = tokio::time::sleep_until(limits.idle.map_or(far_future, |i| shared.idle_deadline(i))), if limits.idle.is_some() => {
-                // The other direction may have been busy meanwhile: look again.
-                if let Some(idle) = limits.idle {
-                    if Instant::now() >= shared.idle_deadline(idle) {
-                        tracing::debug!(?idle, "idle timeout");
-                        return Ok(End::Hard);
-                    }
+            _ = tokio::time::sleep_until(wake_at.unwrap_or_else(far_future)), if wake_at.is_some() => {
+                if d.time_up() {
+                    return Ok(End::Hard);
                 }
                 continue;
             }
         }
-        if limits.idle.is_some() {
-            shared.touch();
-        }
+        d.touch();
         // A close already under way between client and broker is left to finish.
         let closing = d.closing();
         let step = SCRATCH.with(|scratch| -> io::Result<Step> {

@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::direction::{Chunk, Dir, Direction, Next, Shared};
+use crate::direction::{far_future, Chunk, Dir, Direction, Next, Shared};
 use crate::drain::Command;
 use crate::proxy::{End, Limits, Meters};
 
@@ -186,7 +186,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let (dir, limits, shared) = (d.dir, d.limits, d.shared);
+    let (dir, shared) = (d.dir, d.shared);
     let mut buf = vec![0u8; BUF_START];
     let mut cmd_open = true;
     if !head.is_empty() {
@@ -219,8 +219,7 @@ where
             }
             Next::Hard => return Ok(End::Hard),
         };
-        let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
-        let idle_at = limits.idle.map_or(far_future, |i| shared.idle_deadline(i));
+        let wake_at = d.wake_at();
         let n = tokio::select! {
             r = src.read(&mut buf) => match r {
                 Ok(n) => n,
@@ -238,23 +237,14 @@ where
                 continue;
             }
             _ = &mut told, if wait_for_client_told => continue,
-            _ = tokio::time::sleep_until(deadline.unwrap_or(far_future)), if deadline.is_some() => {
-                return Ok(End::Hard);
-            }
-            _ = tokio::time::sleep_until(idle_at), if limits.idle.is_some() => {
-                // The other direction may have been busy meanwhile: look again.
-                if let Some(idle) = limits.idle {
-                    if Instant::now() >= shared.idle_deadline(idle) {
-                        tracing::debug!(?idle, "idle timeout");
-                        return Ok(End::Hard);
-                    }
+            _ = tokio::time::sleep_until(wake_at.unwrap_or_else(far_future)), if wake_at.is_some() => {
+                if d.time_up() {
+                    return Ok(End::Hard);
                 }
                 continue;
             }
         };
-        if limits.idle.is_some() {
-            shared.touch();
-        }
+        d.touch();
         if n == 0 {
             let end = d.at_eof().await;
             if end == End::Closed {
@@ -301,7 +291,6 @@ where
     F: Future<Output = io::Result<()>>,
 {
     tokio::pin!(io);
-    let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
     loop {
         tokio::select! {
             r = &mut io => return r.map(|()| true),
@@ -312,7 +301,7 @@ where
                     return Ok(false);
                 }
             }
-            _ = tokio::time::sleep_until(deadline.unwrap_or(far_future)), if deadline.is_some() => {
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
                 return Ok(false);
             }
         }
