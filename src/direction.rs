@@ -330,3 +330,13 @@ impl<'a> Direction<'a> {
         End::Closed
     }
 }
+
+impl Drop for Direction<'_> {
+    /// However the broker-to-client direction ends, the other one learns it
+    /// ([`Shared::down_done`]).
+    fn drop(&mut self) {
+        if self.dir == Dir::Down {
+            self.shared.set(&self.shared.down_done);
+        }
+    }
+}

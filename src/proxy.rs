@@ -282,32 +282,12 @@ pub async fn pump(
         Err(e) => Err(Some(e)),
     };
     let up = async {
-        stop_on_hard(
-            forward(
-                client,
-                server,
-                Dir::Up,
-                cmd.clone(),
-                limits,
-                &shared,
-                meters.up,
-            )
-            .await,
-        )
+        let d = Direction::new(Dir::Up, limits, &shared, meters.up);
+        stop_on_hard(forward(d, client, server, cmd.clone()).await)
     };
     let down = async {
-        stop_on_hard(
-            forward(
-                server,
-                client,
-                Dir::Down,
-                cmd.clone(),
-                limits,
-                &shared,
-                meters.down,
-            )
-            .await,
-        )
+        let d = Direction::new(Dir::Down, limits, &shared, meters.down);
+        stop_on_hard(forward(d, server, client, cmd.clone()).await)
     };
     match tokio::try_join!(up, down) {
         Ok((End::Graceful, _)) | Ok((_, End::Graceful)) => Ok(End::Graceful),
@@ -349,31 +329,12 @@ enum Step {
 /// One direction: copies and tracks frames; closes the AMQP way on
 /// [`Command::Close`] (see [`Direction`]). Long payloads are spliced (`bulk`).
 async fn forward(
+    mut d: Direction<'_>,
     src: &TcpStream,
     dst: &TcpStream,
-    dir: Dir,
     mut cmd: watch::Receiver<Command>,
-    limits: Limits,
-    shared: &Shared,
-    moved: &AtomicU64,
 ) -> io::Result<End> {
-    let end = forward_inner(src, dst, dir, &mut cmd, limits, shared, moved).await;
-    if dir == Dir::Down {
-        shared.set(&shared.down_done);
-    }
-    end
-}
-
-async fn forward_inner(
-    src: &TcpStream,
-    dst: &TcpStream,
-    dir: Dir,
-    cmd: &mut watch::Receiver<Command>,
-    limits: Limits,
-    shared: &Shared,
-    moved: &AtomicU64,
-) -> io::Result<End> {
-    let mut d = Direction::new(dir, limits, shared, moved);
+    let (dir, shared, moved) = (d.dir, d.shared, d.moved);
     let mut bulk = Bulk::default();
     let mut cmd_open = true;
     loop {
@@ -382,11 +343,10 @@ async fn forward_inner(
                 return Ok(end);
             }
         }
-        let deadline = d.deadline();
         if bulk.active() {
             // Mid-frame (or a stream that is not AMQP): move bytes by splice(2).
             // A close waits for the frame to end, so its boundary stays exact.
-            if deadline.is_some() && d.tracker.is_lost() {
+            if d.deadline().is_some() && d.tracker.is_lost() {
                 return Ok(End::Hard);
             }
             let (read, write) = match bulk.step(src, dst, &mut d.tracker, moved) {

@@ -3,8 +3,8 @@
 //! Plain TCP on both sides stays on `proxy`'s fast path (readiness plus
 //! `try_read`/`try_write` into a per-thread scratch buffer). A TLS stream cannot be
 //! driven that way: rustls keeps plaintext and records of its own, so bytes are
-//! only available through `AsyncRead`/`AsyncWrite`. This pump follows the same
-//! rules as `proxy::pump`, with the same [`FrameTracker`], so a drain or a
+//! only available through `AsyncRead`/`AsyncWrite`. This pump asks the same
+//! `direction::Direction` as `proxy::pump` what to do with each read, so a drain or a
 //! shutdown closes a TLS connection exactly like a plain one: `connection.close`
 //! 320 to the client at a server-to-client frame boundary, 200 to the broker once
 //! the client has been told, each side's `close-ok` awaited within the close
@@ -154,28 +154,9 @@ pub async fn pump(
     Ok(end)
 }
 
-async fn forward<R, W>(
-    d: Direction<'_>,
-    src: &mut R,
-    dst: &mut W,
-    head: &[u8],
-    cmd: &mut watch::Receiver<Command>,
-) -> io::Result<End>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let (dir, shared) = (d.dir, d.shared);
-    let end = forward_inner(d, src, dst, head, cmd).await;
-    if dir == Dir::Down {
-        shared.set(&shared.down_done);
-    }
-    end
-}
-
-/// The same states as `proxy::forward_inner` (see [`Direction`]), over
+/// One direction, by the same rules as `proxy`'s (see [`Direction`]), over
 /// `AsyncRead`/`AsyncWrite`.
-async fn forward_inner<R, W>(
+async fn forward<R, W>(
     mut d: Direction<'_>,
     src: &mut R,
     dst: &mut W,
