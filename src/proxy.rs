@@ -9,6 +9,7 @@
 //! instead (`bulk`).
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -275,20 +276,31 @@ pub async fn pump(
     meters: Meters<'_>,
 ) -> io::Result<End> {
     let shared = Shared::new();
-    // A hard end of either direction ends both: it travels as an error through try_join.
+    let up = async {
+        let d = Direction::new(Dir::Up, limits, &shared, meters.up);
+        forward(d, client, server, cmd.clone()).await
+    };
+    let down = async {
+        let d = Direction::new(Dir::Down, limits, &shared, meters.down);
+        forward(d, server, client, cmd.clone()).await
+    };
+    both(up, down).await
+}
+
+/// Runs the two directions of a connection (in this one task) until both are
+/// done: graceful if either closed gracefully. A hard end of either ends both:
+/// it travels as an error through `try_join`.
+pub(crate) async fn both(
+    up: impl Future<Output = io::Result<End>>,
+    down: impl Future<Output = io::Result<End>>,
+) -> io::Result<End> {
     let stop_on_hard = |r: io::Result<End>| match r {
         Ok(End::Hard) => Err(None),
         Ok(end) => Ok(end),
         Err(e) => Err(Some(e)),
     };
-    let up = async {
-        let d = Direction::new(Dir::Up, limits, &shared, meters.up);
-        stop_on_hard(forward(d, client, server, cmd.clone()).await)
-    };
-    let down = async {
-        let d = Direction::new(Dir::Down, limits, &shared, meters.down);
-        stop_on_hard(forward(d, server, client, cmd.clone()).await)
-    };
+    let up = async { stop_on_hard(up.await) };
+    let down = async { stop_on_hard(down.await) };
     match tokio::try_join!(up, down) {
         Ok((End::Graceful, _)) | Ok((_, End::Graceful)) => Ok(End::Graceful),
         Ok(_) => Ok(End::Closed),

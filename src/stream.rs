@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 use crate::direction::{far_future, Chunk, Dir, Direction, Next, Shared};
 use crate::drain::Command;
-use crate::proxy::{End, Limits, Meters};
+use crate::proxy::{both, End, Limits, Meters};
 
 const BUF_START: usize = 8 * 1024;
 const BUF_MAX: usize = 64 * 1024;
@@ -120,28 +120,15 @@ pub async fn pump(
     let (mut server_rx, mut server_tx) = tokio::io::split(server);
     let shared = Shared::new();
     let (mut up_cmd, mut down_cmd) = (cmd.clone(), cmd);
-    let stop_on_hard = |r: io::Result<End>| match r {
-        Ok(End::Hard) => Err(None),
-        Ok(end) => Ok(end),
-        Err(e) => Err(Some(e)),
+    let up = async {
+        let d = Direction::new(Dir::Up, limits, &shared, meters.up);
+        forward(d, &mut client_rx, &mut server_tx, head, &mut up_cmd).await
     };
-    let joined = {
-        let up = async {
-            let d = Direction::new(Dir::Up, limits, &shared, meters.up);
-            stop_on_hard(forward(d, &mut client_rx, &mut server_tx, head, &mut up_cmd).await)
-        };
-        let down = async {
-            let d = Direction::new(Dir::Down, limits, &shared, meters.down);
-            stop_on_hard(forward(d, &mut server_rx, &mut client_tx, &[], &mut down_cmd).await)
-        };
-        tokio::try_join!(up, down)
+    let down = async {
+        let d = Direction::new(Dir::Down, limits, &shared, meters.down);
+        forward(d, &mut server_rx, &mut client_tx, &[], &mut down_cmd).await
     };
-    let end = match joined {
-        Ok((End::Graceful, _)) | Ok((_, End::Graceful)) => End::Graceful,
-        Ok(_) => End::Closed,
-        Err(None) => End::Hard,
-        Err(Some(e)) => return Err(e),
-    };
+    let end = both(up, down).await?;
     if end == End::Graceful {
         // The AMQP close is complete; end the TLS sessions properly (close_notify),
         // briefly: a peer that stopped reading is not waited for.
