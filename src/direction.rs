@@ -340,3 +340,194 @@ impl Drop for Direction<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A heartbeat frame: the smallest frame there is.
+    const HEARTBEAT: [u8; 8] = [8, 0, 0, 0, 0, 0, 0, 0xCE];
+
+    fn limits(close: Duration, idle: Option<Duration>) -> Limits {
+        Limits { close, idle }
+    }
+
+    fn close(text: &str) -> Command {
+        Command::Close(text.into())
+    }
+
+    fn flag(f: &AtomicBool) -> bool {
+        f.load(Ordering::Acquire)
+    }
+
+    #[test]
+    fn a_close_cuts_at_the_next_boundary_then_waits_for_close_ok() {
+        let (shared, moved) = (Shared::new(), AtomicU64::new(0));
+        let mut d = Direction::new(
+            Dir::Down,
+            limits(Duration::from_secs(5), None),
+            &shared,
+            &moved,
+        );
+        assert_eq!(d.on_read(&HEARTBEAT[..3]), Chunk::Forward(3));
+        assert_eq!(d.follow(&close("bye")), None);
+        assert!(d.closing());
+        // Mid-frame: not yet.
+        let wait = Next::Read {
+            wait_for_client_told: false,
+        };
+        assert_eq!(d.next(), wait);
+        // The rest of the frame goes on; the next one is held back.
+        let mut data = HEARTBEAT[3..].to_vec();
+        data.extend_from_slice(&HEARTBEAT[..4]);
+        assert_eq!(d.on_read(&data), Chunk::Forward(5));
+        assert_eq!(moved.load(Ordering::Relaxed), 8);
+        assert_eq!(d.next(), Next::SendClose(close_frame(Dir::Down, "bye")));
+        d.close_sent();
+        assert!(flag(&shared.client_told));
+        // Past the cut nothing is forwarded, until the close-ok ends the direction.
+        assert_eq!(d.on_read(&HEARTBEAT[4..]), Chunk::Discarded);
+        assert_eq!(d.on_read(&amqp::connection_close_ok()), Chunk::Finished);
+        assert_eq!(moved.load(Ordering::Relaxed), 8);
+    }
+
+    #[test]
+    fn the_broker_is_told_after_the_client() {
+        let (shared, moved) = (Shared::new(), AtomicU64::new(0));
+        let mut d = Direction::new(
+            Dir::Up,
+            limits(Duration::from_secs(5), None),
+            &shared,
+            &moved,
+        );
+        let header = amqp::PROTOCOL_HEADER;
+        assert_eq!(d.on_read(header), Chunk::Forward(header.len()));
+        assert_eq!(d.follow(&close("bye")), None);
+        assert_eq!(
+            d.next(),
+            Next::Read {
+                wait_for_client_told: true
+            }
+        );
+        shared.set(&shared.client_told);
+        assert_eq!(d.next(), Next::SendClose(close_frame(Dir::Up, "bye")));
+        assert_eq!(
+            close_frame(Dir::Up, "bye"),
+            amqp::connection_close(amqp::REPLY_SUCCESS, "bye")
+        );
+        assert_eq!(
+            close_frame(Dir::Down, "bye"),
+            amqp::connection_close(amqp::CONNECTION_FORCED, "bye")
+        );
+    }
+
+    #[test]
+    fn no_graceful_close_without_a_client_to_tell_or_without_frames() {
+        let (shared, moved) = (Shared::new(), AtomicU64::new(0));
+        let l = limits(Duration::from_secs(5), None);
+        let mut up = Direction::new(Dir::Up, l, &shared, &moved);
+        up.on_read(amqp::PROTOCOL_HEADER);
+        up.follow(&close("bye"));
+        drop(Direction::new(Dir::Down, l, &shared, &moved));
+        assert!(flag(&shared.down_done), "a dropped Down direction is done");
+        assert_eq!(up.next(), Next::Hard);
+
+        let shared = Shared::new();
+        let mut down = Direction::new(Dir::Down, l, &shared, &moved);
+        // A frame type AMQP does not have: not AMQP.
+        assert_eq!(down.on_read(b"HTTP/1.1 200 OK\r\n"), Chunk::Forward(17));
+        down.follow(&close("bye"));
+        assert_eq!(down.next(), Next::Hard);
+        assert_eq!(down.follow(&Command::Hard), Some(End::Hard));
+    }
+
+    #[test]
+    fn a_close_the_peers_started_is_left_to_finish() {
+        let (shared, moved) = (Shared::new(), AtomicU64::new(0));
+        let l = limits(Duration::from_secs(5), None);
+        let mut down = Direction::new(Dir::Down, l, &shared, &moved);
+        let broker_close = amqp::connection_close(amqp::CONNECTION_FORCED, "shutdown");
+        assert_eq!(
+            down.on_read(&broker_close),
+            Chunk::Forward(broker_close.len())
+        );
+        assert!(flag(&shared.broker_closed) && flag(&shared.peer_closing));
+        down.follow(&close("bye"));
+        assert!(!down.closing());
+        let read = Next::Read {
+            wait_for_client_told: false,
+        };
+        assert_eq!(down.next(), read);
+        assert_eq!(down.on_read(&HEARTBEAT), Chunk::Forward(8));
+
+        let mut up = Direction::new(Dir::Up, l, &shared, &moved);
+        up.on_read(amqp::PROTOCOL_HEADER);
+        let close_ok = amqp::connection_close_ok();
+        assert_eq!(up.on_read(&close_ok), Chunk::Forward(close_ok.len()));
+        assert!(flag(&shared.client_acked));
+    }
+
+    #[tokio::test]
+    async fn eof_ends_by_the_state_of_the_close() {
+        let (shared, moved) = (Shared::new(), AtomicU64::new(0));
+        let hour = Duration::from_secs(3600);
+        let l = limits(hour, None);
+        assert_eq!(
+            Direction::new(Dir::Down, l, &shared, &moved).at_eof().await,
+            End::Closed
+        );
+        let mut d = Direction::new(Dir::Down, l, &shared, &moved);
+        d.follow(&close("bye"));
+        assert_eq!(d.at_eof().await, End::Hard);
+        d.close_sent();
+        assert_eq!(d.at_eof().await, End::Graceful);
+
+        // After the broker's own close, the EOF waits for the client's close-ok.
+        let shared = Shared::new();
+        let mut d = Direction::new(Dir::Down, l, &shared, &moved);
+        d.on_read(&amqp::connection_close(amqp::CONNECTION_FORCED, "shutdown"));
+        let acked = async {
+            tokio::task::yield_now().await;
+            shared.set(&shared.client_acked);
+        };
+        let (end, ()) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(d.at_eof(), acked)
+        })
+        .await
+        .expect("the close-ok ends the wait");
+        assert_eq!(end, End::Closed);
+        // Without it, the wait is bounded by the close timeout.
+        let short = limits(Duration::from_millis(10), None);
+        let d = Direction::new(Dir::Down, short, &shared, &moved);
+        shared.client_acked.store(false, Ordering::Release);
+        assert_eq!(d.at_eof().await, End::Closed);
+    }
+
+    #[tokio::test]
+    async fn the_timer_is_the_first_of_close_deadline_and_idle_limit() {
+        let (shared, moved) = (Shared::new(), AtomicU64::new(0));
+        let hour = Duration::from_secs(3600);
+        let mut d = Direction::new(Dir::Up, limits(hour, None), &shared, &moved);
+        assert_eq!(d.wake_at(), None);
+        d.follow(&close("bye"));
+        assert_eq!(d.wake_at(), d.deadline());
+        assert!(!d.time_up());
+
+        let idle = Duration::from_millis(20);
+        let d = Direction::new(Dir::Up, limits(hour, Some(idle)), &shared, &moved);
+        assert_eq!(d.wake_at(), Some(shared.idle_deadline(idle)));
+        assert!(!d.time_up());
+        tokio::time::sleep_until(d.wake_at().expect("idle limit")).await;
+        assert!(d.time_up());
+        // Activity in either direction pushes the idle limit back.
+        let before = d.wake_at();
+        d.touch();
+        assert!(d.wake_at() > before);
+
+        let mut d = Direction::new(Dir::Up, limits(idle, Some(hour)), &shared, &moved);
+        d.follow(&close("bye"));
+        assert_eq!(d.wake_at(), d.deadline());
+        tokio::time::sleep_until(d.wake_at().expect("close deadline")).await;
+        assert!(d.close_due() && d.time_up());
+    }
+}
