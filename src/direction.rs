@@ -216,6 +216,20 @@ impl<'a> Direction<'a> {
         }
     }
 
+    /// An I/O error ends this direction as EOF would: the broker-to-client one,
+    /// after the broker's own `connection.close` (RabbitMQ resets its socket
+    /// right after it when the client's close-ok comes late).
+    pub(crate) fn ends_on_error(&self) -> bool {
+        self.dir == Dir::Down && self.shared.broker_closed.load(Ordering::Acquire)
+    }
+
+    /// An I/O error drops what was to be written and the direction goes on: the
+    /// client-to-broker one, after the broker's own `connection.close` (what
+    /// the client still sends, its close-ok, has nowhere to go and need not).
+    pub(crate) fn drops_on_error(&self) -> bool {
+        self.dir == Dir::Up && self.shared.broker_closed.load(Ordering::Acquire)
+    }
+
     /// Warren is closing the connection and neither peer has started a close of
     /// its own (one already under way is left to finish).
     pub(crate) fn closing(&self) -> bool {
@@ -452,6 +466,8 @@ mod tests {
             Chunk::Forward(broker_close.len())
         );
         assert!(flag(&shared.broker_closed) && flag(&shared.peer_closing));
+        // RabbitMQ may reset its socket now: that ends this direction like EOF.
+        assert!(down.ends_on_error() && !down.drops_on_error());
         down.follow(&close("bye"));
         assert!(!down.closing());
         let read = Next::Read {
@@ -465,6 +481,7 @@ mod tests {
         let close_ok = amqp::connection_close_ok();
         assert_eq!(up.on_read(&close_ok), Chunk::Forward(close_ok.len()));
         assert!(flag(&shared.client_acked));
+        assert!(up.drops_on_error() && !up.ends_on_error());
     }
 
     #[tokio::test]

@@ -346,7 +346,7 @@ async fn forward(
     dst: &TcpStream,
     mut cmd: watch::Receiver<Command>,
 ) -> io::Result<End> {
-    let (dir, shared, moved) = (d.dir, d.shared, d.moved);
+    let (shared, moved) = (d.shared, d.moved);
     let mut bulk = Bulk::default();
     let mut cmd_open = true;
     loop {
@@ -374,10 +374,8 @@ async fn forward(
                 Ok(Moved::Eof) => return Ok(on_eof(dst, &d).await),
                 Ok(Moved::Wait { read, write }) => (read, write),
                 // The same ends of a normal close as on the copying path below.
-                Err(_) if dir == Dir::Down && shared.broker_closed.load(Ordering::Acquire) => {
-                    return Ok(on_eof(dst, &d).await);
-                }
-                Err(_) if dir == Dir::Up && shared.broker_closed.load(Ordering::Acquire) => {
+                Err(_) if d.ends_on_error() => return Ok(on_eof(dst, &d).await),
+                Err(_) if d.drops_on_error() => {
                     // What was read is dropped, as the copying path drops it.
                     bulk = Bulk::default();
                     continue;
@@ -439,11 +437,7 @@ async fn forward(
                 Ok(0) => return Ok(Step::Eof),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Again),
-                // RabbitMQ resets the socket right after its own connection.close when
-                // the client's close-ok arrives late: that is the end of a normal close.
-                Err(_) if dir == Dir::Down && shared.broker_closed.load(Ordering::Acquire) => {
-                    return Ok(Step::Eof)
-                }
+                Err(_) if d.ends_on_error() => return Ok(Step::Eof),
                 Err(e) => return Err(e),
             };
             let data = &buf[..n];
@@ -469,11 +463,7 @@ async fn forward(
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         return Ok(Step::Pending(out.to_vec()));
                     }
-                    // The broker closed after its connection.close: what the client
-                    // still sends (its close-ok) has nowhere to go and need not.
-                    Err(_) if dir == Dir::Up && shared.broker_closed.load(Ordering::Acquire) => {
-                        return Ok(Step::Again);
-                    }
+                    Err(_) if d.drops_on_error() => return Ok(Step::Again),
                     Err(e) => return Err(e),
                 }
             }

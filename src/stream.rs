@@ -154,7 +154,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let (dir, shared) = (d.dir, d.shared);
+    let shared = d.shared;
     let mut buf = vec![0u8; BUF_START];
     let mut cmd_open = true;
     if !head.is_empty() {
@@ -193,9 +193,7 @@ where
                 Ok(n) => n,
                 // A TLS peer that closes TCP without close_notify: an ordinary end here.
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
-                // RabbitMQ resets the socket right after its own connection.close
-                // when the client's close-ok arrives late: the end of a normal close.
-                Err(_) if dir == Dir::Down && shared.broker_closed.load(Ordering::Acquire) => 0,
+                Err(_) if d.ends_on_error() => 0,
                 Err(e) => return Err(e),
             },
             changed = cmd.changed(), if cmd_open => {
@@ -230,9 +228,7 @@ where
             match guarded(write_flush(dst, &buf[..k]), cmd, &mut cmd_open, deadline).await {
                 Ok(true) => {}
                 Ok(false) => return Ok(End::Hard),
-                // The broker closed after its connection.close: what the client
-                // still sends (its close-ok) has nowhere to go and need not.
-                Err(_) if dir == Dir::Up && shared.broker_closed.load(Ordering::Acquire) => {}
+                Err(_) if d.drops_on_error() => {}
                 Err(e) => return Err(e),
             }
         }
