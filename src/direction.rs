@@ -362,6 +362,12 @@ mod tests {
     /// A heartbeat frame: the smallest frame there is.
     const HEARTBEAT: [u8; 8] = [8, 0, 0, 0, 0, 0, 0, 0xCE];
 
+    /// A 5 s close timeout, no idle limit.
+    const CLOSE_5S: Limits = Limits {
+        close: Duration::from_secs(5),
+        idle: None,
+    };
+
     fn limits(close: Duration, idle: Option<Duration>) -> Limits {
         Limits { close, idle }
     }
@@ -377,12 +383,7 @@ mod tests {
     #[test]
     fn a_close_cuts_at_the_next_boundary_then_waits_for_close_ok() {
         let (shared, moved) = (Shared::new(), AtomicU64::new(0));
-        let mut d = Direction::new(
-            Dir::Down,
-            limits(Duration::from_secs(5), None),
-            &shared,
-            &moved,
-        );
+        let mut d = Direction::new(Dir::Down, CLOSE_5S, &shared, &moved);
         assert_eq!(d.on_read(&HEARTBEAT[..3]), Chunk::Forward(3));
         assert_eq!(d.follow(&close("bye")), None);
         assert!(d.closing());
@@ -408,12 +409,7 @@ mod tests {
     #[test]
     fn the_broker_is_told_after_the_client() {
         let (shared, moved) = (Shared::new(), AtomicU64::new(0));
-        let mut d = Direction::new(
-            Dir::Up,
-            limits(Duration::from_secs(5), None),
-            &shared,
-            &moved,
-        );
+        let mut d = Direction::new(Dir::Up, CLOSE_5S, &shared, &moved);
         let header = amqp::PROTOCOL_HEADER;
         assert_eq!(d.on_read(header), Chunk::Forward(header.len()));
         assert_eq!(d.follow(&close("bye")), None);
@@ -438,7 +434,7 @@ mod tests {
     #[test]
     fn no_graceful_close_without_a_client_to_tell_or_without_frames() {
         let (shared, moved) = (Shared::new(), AtomicU64::new(0));
-        let l = limits(Duration::from_secs(5), None);
+        let l = CLOSE_5S;
         let mut up = Direction::new(Dir::Up, l, &shared, &moved);
         up.on_read(amqp::PROTOCOL_HEADER);
         up.follow(&close("bye"));
@@ -458,7 +454,7 @@ mod tests {
     #[test]
     fn a_close_the_peers_started_is_left_to_finish() {
         let (shared, moved) = (Shared::new(), AtomicU64::new(0));
-        let l = limits(Duration::from_secs(5), None);
+        let l = CLOSE_5S;
         let mut down = Direction::new(Dir::Down, l, &shared, &moved);
         let broker_close = amqp::connection_close(amqp::CONNECTION_FORCED, "shutdown");
         assert_eq!(
