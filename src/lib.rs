@@ -11,6 +11,7 @@ pub mod balancer;
 pub mod bootstrap;
 pub mod bulk;
 pub mod config;
+mod direction;
 pub mod drain;
 #[doc(hidden)]
 pub mod fuzz_checks;

@@ -9,23 +9,25 @@
 //! instead (`bulk`).
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::amqp::{self, FrameTracker, Seen};
+use crate::amqp;
 use crate::balancer::Backend;
 use crate::bulk::{Bulk, Moved};
 use crate::config::Protocol;
+use crate::direction::{far_future, Chunk, Dir, Direction, Next, Shared};
 use crate::drain::Command;
 use crate::stream::Stream;
 use crate::upstream::ClientAddrs;
@@ -265,14 +267,6 @@ pub enum End {
     Hard,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Dir {
-    /// Client to broker.
-    Up,
-    /// Broker to client.
-    Down,
-}
-
 /// Carries bytes both ways until both directions are done or a command ends them.
 pub async fn pump(
     client: &TcpStream,
@@ -282,40 +276,31 @@ pub async fn pump(
     meters: Meters<'_>,
 ) -> io::Result<End> {
     let shared = Shared::new();
-    // A hard end of either direction ends both: it travels as an error through try_join.
+    let up = async {
+        let d = Direction::new(Dir::Up, limits, &shared, meters.up);
+        forward(d, client, server, cmd.clone()).await
+    };
+    let down = async {
+        let d = Direction::new(Dir::Down, limits, &shared, meters.down);
+        forward(d, server, client, cmd.clone()).await
+    };
+    both(up, down).await
+}
+
+/// Runs the two directions of a connection (in this one task) until both are
+/// done: graceful if either closed gracefully. A hard end of either ends both:
+/// it travels as an error through `try_join`.
+pub(crate) async fn both(
+    up: impl Future<Output = io::Result<End>>,
+    down: impl Future<Output = io::Result<End>>,
+) -> io::Result<End> {
     let stop_on_hard = |r: io::Result<End>| match r {
         Ok(End::Hard) => Err(None),
         Ok(end) => Ok(end),
         Err(e) => Err(Some(e)),
     };
-    let up = async {
-        stop_on_hard(
-            forward(
-                client,
-                server,
-                Dir::Up,
-                cmd.clone(),
-                limits,
-                &shared,
-                meters.up,
-            )
-            .await,
-        )
-    };
-    let down = async {
-        stop_on_hard(
-            forward(
-                server,
-                client,
-                Dir::Down,
-                cmd.clone(),
-                limits,
-                &shared,
-                meters.down,
-            )
-            .await,
-        )
-    };
+    let up = async { stop_on_hard(up.await) };
+    let down = async { stop_on_hard(down.await) };
     match tokio::try_join!(up, down) {
         Ok((End::Graceful, _)) | Ok((_, End::Graceful)) => Ok(End::Graceful),
         Ok(_) => Ok(End::Closed),
@@ -343,58 +328,6 @@ pub struct Meters<'a> {
     pub down: &'a AtomicU64,
 }
 
-/// What the two directions of one connection tell each other (also used by the
-/// TLS pump in `stream`).
-pub(crate) struct Shared {
-    pub(crate) epoch: Instant,
-    /// Milliseconds since `epoch` at the last byte read in either direction
-    /// (kept only when an idle timeout is set).
-    pub(crate) last_active: AtomicU64,
-    /// The client has been sent `connection.close`.
-    pub(crate) client_told: AtomicBool,
-    /// The broker-to-client direction has ended.
-    pub(crate) down_done: AtomicBool,
-    /// Client or broker already sent `connection.close` on its own: the connection
-    /// is closing the normal way, so warren only forwards (within its deadline).
-    pub(crate) peer_closing: AtomicBool,
-    /// The broker sent `connection.close` (RabbitMQ closes its socket right after
-    /// it on shutdown, without waiting for close-ok).
-    pub(crate) broker_closed: AtomicBool,
-    /// The client answered a close with `close-ok`.
-    pub(crate) client_acked: AtomicBool,
-    pub(crate) notify: Notify,
-}
-
-impl Shared {
-    pub(crate) fn new() -> Self {
-        Shared {
-            epoch: Instant::now(),
-            last_active: AtomicU64::new(0),
-            client_told: AtomicBool::new(false),
-            down_done: AtomicBool::new(false),
-            peer_closing: AtomicBool::new(false),
-            broker_closed: AtomicBool::new(false),
-            client_acked: AtomicBool::new(false),
-            notify: Notify::new(),
-        }
-    }
-
-    pub(crate) fn touch(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
-        self.last_active.store(ms, Ordering::Relaxed);
-    }
-
-    /// When the connection becomes idle, given the last activity seen.
-    pub(crate) fn idle_deadline(&self, idle: Duration) -> Instant {
-        self.epoch + Duration::from_millis(self.last_active.load(Ordering::Relaxed)) + idle
-    }
-
-    pub(crate) fn set(&self, flag: &AtomicBool) {
-        flag.store(true, Ordering::Release);
-        self.notify.notify_waiters();
-    }
-}
-
 /// What one read did.
 enum Step {
     Eof,
@@ -405,96 +338,51 @@ enum Step {
     Finished,
 }
 
-/// One direction. In normal operation it copies and tracks frames. On
-/// [`Command::Close`] it stops forwarding at the next frame boundary and sends its
-/// own `connection.close` (320 towards the client first; then 200 towards the
-/// broker, so the broker's close-ok can never reach a client that was not told),
-/// then discards what follows until the peer's `close-ok`, all within
-/// `close_timeout`.
+/// One direction: copies and tracks frames; closes the AMQP way on
+/// [`Command::Close`] (see [`Direction`]). Long payloads are spliced (`bulk`).
 async fn forward(
+    mut d: Direction<'_>,
     src: &TcpStream,
     dst: &TcpStream,
-    dir: Dir,
     mut cmd: watch::Receiver<Command>,
-    limits: Limits,
-    shared: &Shared,
-    moved: &AtomicU64,
 ) -> io::Result<End> {
-    let end = forward_inner(src, dst, dir, &mut cmd, limits, shared, moved).await;
-    if dir == Dir::Down {
-        shared.set(&shared.down_done);
-    }
-    end
-}
-
-async fn forward_inner(
-    src: &TcpStream,
-    dst: &TcpStream,
-    dir: Dir,
-    cmd: &mut watch::Receiver<Command>,
-    limits: Limits,
-    shared: &Shared,
-    moved: &AtomicU64,
-) -> io::Result<End> {
-    let mut tracker = match dir {
-        Dir::Up => FrameTracker::client_to_server(),
-        Dir::Down => FrameTracker::server_to_client(),
-    };
+    let (shared, moved) = (d.shared, d.moved);
     let mut bulk = Bulk::default();
     let mut cmd_open = true;
-    let mut deadline: Option<Instant> = None;
-    let mut reason: Option<Arc<str>> = None;
-    // `cut`: forwarding stopped at a frame boundary; `sent_close`: our close went out.
-    let mut cut = false;
-    let mut sent_close = false;
     loop {
         if cmd_open {
-            match &*cmd.borrow_and_update() {
-                Command::Run => {}
-                Command::Hard => return Ok(End::Hard),
-                Command::Close(text) => {
-                    if deadline.is_none() {
-                        deadline = Some(Instant::now() + limits.close);
-                        reason = Some(text.clone());
-                    }
-                }
+            if let Some(end) = d.follow(&cmd.borrow_and_update()) {
+                return Ok(end);
             }
         }
         if bulk.active() {
             // Mid-frame (or a stream that is not AMQP): move bytes by splice(2).
             // A close waits for the frame to end, so its boundary stays exact.
-            if reason.is_some() && tracker.is_lost() {
+            if d.deadline().is_some() && d.tracker.is_lost() {
                 return Ok(End::Hard);
             }
-            let (read, write) = match bulk.step(src, dst, &mut tracker, moved) {
+            let (read, write) = match bulk.step(src, dst, &mut d.tracker, moved) {
                 Ok(Moved::Some) => {
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                    if d.close_due() {
                         // A payload still flowing when the close is due: give up.
                         return Ok(End::Hard);
                     }
-                    if limits.idle.is_some() {
-                        shared.touch();
-                    }
+                    d.touch();
                     tokio::task::consume_budget().await;
                     continue;
                 }
-                Ok(Moved::Eof) => {
-                    let closing = reason.is_some() && !shared.peer_closing.load(Ordering::Acquire);
-                    return Ok(on_eof(dst, dir, sent_close, closing, limits, shared).await);
-                }
+                Ok(Moved::Eof) => return Ok(on_eof(dst, &d).await),
                 Ok(Moved::Wait { read, write }) => (read, write),
                 // The same ends of a normal close as on the copying path below.
-                Err(_) if dir == Dir::Down && shared.broker_closed.load(Ordering::Acquire) => {
-                    return Ok(on_eof(dst, dir, sent_close, false, limits, shared).await);
-                }
-                Err(_) if dir == Dir::Up && shared.broker_closed.load(Ordering::Acquire) => {
+                Err(_) if d.ends_on_error() => return Ok(on_eof(dst, &d).await),
+                Err(_) if d.drops_on_error() => {
                     // What was read is dropped, as the copying path drops it.
                     bulk = Bulk::default();
                     continue;
                 }
                 Err(e) => return Err(e),
             };
-            let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
+            let wake_at = d.wake_at();
             tokio::select! {
                 r = src.readable(), if read => r?,
                 r = dst.writable(), if write => r?,
@@ -503,45 +391,26 @@ async fn forward_inner(
                         cmd_open = false;
                     }
                 }
-                _ = tokio::time::sleep_until(deadline.unwrap_or(far_future)), if deadline.is_some() => {
-                    return Ok(End::Hard);
-                }
-                _ = tokio::time::sleep_until(limits.idle.map_or(far_future, |i| shared.idle_deadline(i))), if limits.idle.is_some() => {
-                    if let Some(idle) = limits.idle {
-                        if Instant::now() >= shared.idle_deadline(idle) {
-                            tracing::debug!(?idle, "idle timeout");
-                            return Ok(End::Hard);
-                        }
+                _ = tokio::time::sleep_until(wake_at.unwrap_or_else(far_future)), if wake_at.is_some() => {
+                    if d.time_up() {
+                        return Ok(End::Hard);
                     }
                 }
             }
             continue;
         }
-        let mut wait_for_client_told = false;
-        let peer_closing = shared.peer_closing.load(Ordering::Acquire);
-        if let (Some(text), false, false) = (&reason, sent_close, peer_closing) {
-            if tracker.is_lost() {
-                // Not AMQP: nothing graceful is possible.
-                return Ok(End::Hard);
+        let wait_for_client_told = match d.next() {
+            Next::Read {
+                wait_for_client_told,
+            } => wait_for_client_told,
+            Next::SendClose(frame) => {
+                write_all(dst, &frame).await?;
+                d.close_sent();
+                false
             }
-            let turn = match dir {
-                Dir::Down => true,
-                Dir::Up => shared.client_told.load(Ordering::Acquire),
-            };
-            if dir == Dir::Up && !turn && shared.down_done.load(Ordering::Acquire) {
-                // The broker already closed its side; the client cannot be told.
-                return Ok(End::Hard);
-            }
-            if turn && (cut || tracker.at_boundary()) {
-                write_all(dst, &close_frame(dir, text)).await?;
-                sent_close = true;
-                if dir == Dir::Down {
-                    shared.set(&shared.client_told);
-                }
-            }
-            wait_for_client_told = !turn;
-        }
-        let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
+            Next::Hard => return Ok(End::Hard),
+        };
+        let wake_at = d.wake_at();
         tokio::select! {
             r = src.readable() => r?,
             changed = cmd.changed(), if cmd_open => {
@@ -551,25 +420,16 @@ async fn forward_inner(
                 continue;
             }
             _ = shared.notify.notified(), if wait_for_client_told => continue,
-            _ = tokio::time::sleep_until(deadline.unwrap_or(far_future)), if deadline.is_some() => {
-                return Ok(End::Hard);
-            }
-            _ = tokio::time::sleep_until(limits.idle.map_or(far_future, |i| shared.idle_deadline(i))), if limits.idle.is_some() => {
-                // The other direction may have been busy meanwhile: look again.
-                if let Some(idle) = limits.idle {
-                    if Instant::now() >= shared.idle_deadline(idle) {
-                        tracing::debug!(?idle, "idle timeout");
-                        return Ok(End::Hard);
-                    }
+            _ = tokio::time::sleep_until(wake_at.unwrap_or_else(far_future)), if wake_at.is_some() => {
+                if d.time_up() {
+                    return Ok(End::Hard);
                 }
                 continue;
             }
         }
-        if limits.idle.is_some() {
-            shared.touch();
-        }
+        d.touch();
         // A close already under way between client and broker is left to finish.
-        let closing = reason.is_some() && !shared.peer_closing.load(Ordering::Acquire);
+        let closing = d.closing();
         let step = SCRATCH.with(|scratch| -> io::Result<Step> {
             let mut scratch = scratch.borrow_mut();
             let buf = &mut scratch[..bulk.read_size(SCRATCH_SIZE)];
@@ -577,57 +437,20 @@ async fn forward_inner(
                 Ok(0) => return Ok(Step::Eof),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Again),
-                // RabbitMQ resets the socket right after its own connection.close when
-                // the client's close-ok arrives late: that is the end of a normal close.
-                Err(_) if dir == Dir::Down && shared.broker_closed.load(Ordering::Acquire) => {
-                    return Ok(Step::Eof)
-                }
+                Err(_) if d.ends_on_error() => return Ok(Step::Eof),
                 Err(e) => return Err(e),
             };
             let data = &buf[..n];
-            if sent_close || cut {
-                // Past the cut nothing is forwarded; the tracker keeps following the
-                // stream to recognise the peer's close-ok.
-                tracker.feed(data, false);
-                let seen = tracker.take_seen();
-                return Ok(if sent_close && seen.is_some() {
-                    Step::Finished
-                } else {
-                    Step::Again
-                });
-            }
-            // While closing, forward only up to the next frame boundary.
-            let k = if !closing {
-                let k = tracker.feed(data, false);
-                match (tracker.take_seen(), dir) {
-                    (Some(Seen::ConnectionClose), _) => {
-                        if dir == Dir::Down {
-                            shared.broker_closed.store(true, Ordering::Release);
-                        }
-                        shared.peer_closing.store(true, Ordering::Release);
-                    }
-                    (Some(Seen::ConnectionCloseOk), Dir::Up) => shared.set(&shared.client_acked),
-                    _ => {}
-                }
-                k
-            } else if tracker.at_boundary() {
-                0
-            } else {
-                tracker.feed(data, true)
+            let k = match d.on_read(data) {
+                Chunk::Forward(k) => k,
+                Chunk::Discarded => return Ok(Step::Again),
+                Chunk::Finished => return Ok(Step::Finished),
             };
-            if k < n {
-                cut = true;
-                tracker.feed(&data[k..], false);
-                let _ = tracker.take_seen();
-            }
-            if k > 0 {
-                moved.fetch_add(k as u64, Ordering::Relaxed);
-            }
             let mut out = &data[..k];
             if !closing && !shared.peer_closing.load(Ordering::Acquire) {
                 // A long payload follows: what was read goes into a pipe, ahead of
                 // the payload that will be spliced after it.
-                if let Some(rest) = bulk.start(&tracker, out)? {
+                if let Some(rest) = bulk.start(&d.tracker, out)? {
                     out = &out[out.len() - rest..];
                     if rest > 0 {
                         return Ok(Step::Pending(out.to_vec()));
@@ -640,11 +463,7 @@ async fn forward_inner(
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         return Ok(Step::Pending(out.to_vec()));
                     }
-                    // The broker closed after its connection.close: what the client
-                    // still sends (its close-ok) has nowhere to go and need not.
-                    Err(_) if dir == Dir::Up && shared.broker_closed.load(Ordering::Acquire) => {
-                        return Ok(Step::Again);
-                    }
+                    Err(_) if d.drops_on_error() => return Ok(Step::Again),
                     Err(e) => return Err(e),
                 }
             }
@@ -658,51 +477,19 @@ async fn forward_inner(
                 write_all(dst, &bytes).await?;
             }
             Step::Finished => return Ok(End::Graceful),
-            Step::Eof => return Ok(on_eof(dst, dir, sent_close, closing, limits, shared).await),
+            Step::Eof => return Ok(on_eof(dst, &d).await),
         }
     }
 }
 
-/// The source ended: how the direction ends.
-async fn on_eof(
-    dst: &TcpStream,
-    dir: Dir,
-    sent_close: bool,
-    closing: bool,
-    limits: Limits,
-    shared: &Shared,
-) -> End {
-    if sent_close {
-        return End::Graceful;
+/// The source ended: ends the direction as [`Direction::at_eof`] says, with a
+/// half-close where the peer is simply done sending.
+async fn on_eof(dst: &TcpStream, d: &Direction<'_>) -> End {
+    let end = d.at_eof().await;
+    if end == End::Closed {
+        let _ = SockRef::from(dst).shutdown(std::net::Shutdown::Write);
     }
-    if closing {
-        return End::Hard;
-    }
-    if dir == Dir::Down && shared.broker_closed.load(Ordering::Acquire) {
-        // The broker closed right after its connection.close: give the
-        // client time to read it and answer before it sees EOF, so it
-        // reports a broker close rather than a broken connection.
-        let wait = async {
-            while !shared.client_acked.load(Ordering::Acquire) {
-                let notified = shared.notify.notified();
-                if shared.client_acked.load(Ordering::Acquire) {
-                    break;
-                }
-                notified.await;
-            }
-        };
-        let _ = tokio::time::timeout(limits.close, wait).await;
-    }
-    // Half-close: the peer is done sending; tell the other side, keep reading it.
-    let _ = SockRef::from(dst).shutdown(std::net::Shutdown::Write);
-    End::Closed
-}
-
-fn close_frame(dir: Dir, reason: &str) -> Vec<u8> {
-    match dir {
-        Dir::Down => amqp::connection_close(amqp::CONNECTION_FORCED, reason),
-        Dir::Up => amqp::connection_close(amqp::REPLY_SUCCESS, reason),
-    }
+    end
 }
 
 async fn write_all(dst: &TcpStream, mut buf: &[u8]) -> io::Result<()> {

@@ -3,8 +3,8 @@
 //! Plain TCP on both sides stays on `proxy`'s fast path (readiness plus
 //! `try_read`/`try_write` into a per-thread scratch buffer). A TLS stream cannot be
 //! driven that way: rustls keeps plaintext and records of its own, so bytes are
-//! only available through `AsyncRead`/`AsyncWrite`. This pump follows the same
-//! rules as `proxy::pump`, with the same [`FrameTracker`], so a drain or a
+//! only available through `AsyncRead`/`AsyncWrite`. This pump asks the same
+//! `direction::Direction` as `proxy::pump` what to do with each read, so a drain or a
 //! shutdown closes a TLS connection exactly like a plain one: `connection.close`
 //! 320 to the client at a server-to-client frame boundary, 200 to the broker once
 //! the client has been told, each side's `close-ok` awaited within the close
@@ -17,8 +17,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -27,9 +26,9 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::amqp::{self, FrameTracker, Seen};
+use crate::direction::{far_future, Chunk, Dir, Direction, Next, Shared};
 use crate::drain::Command;
-use crate::proxy::{End, Limits, Meters, Shared};
+use crate::proxy::{both, End, Limits, Meters};
 
 const BUF_START: usize = 8 * 1024;
 const BUF_MAX: usize = 64 * 1024;
@@ -102,14 +101,6 @@ impl AsyncWrite for Stream {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Dir {
-    /// Client to broker.
-    Up,
-    /// Broker to client.
-    Down,
-}
-
 /// Carries bytes both ways until both directions are done or a command ends them.
 /// `head`: bytes already read from the client (the start of its protocol
 /// header), sent to the broker first. Forwarded AMQP bytes (plaintext, not TLS
@@ -129,44 +120,15 @@ pub async fn pump(
     let (mut server_rx, mut server_tx) = tokio::io::split(server);
     let shared = Shared::new();
     let (mut up_cmd, mut down_cmd) = (cmd.clone(), cmd);
-    let stop_on_hard = |r: io::Result<End>| match r {
-        Ok(End::Hard) => Err(None),
-        Ok(end) => Ok(end),
-        Err(e) => Err(Some(e)),
+    let up = async {
+        let d = Direction::new(Dir::Up, limits, &shared, meters.up);
+        forward(d, &mut client_rx, &mut server_tx, head, &mut up_cmd).await
     };
-    let joined = {
-        let up = async {
-            let dirn = Direction {
-                dir: Dir::Up,
-                limits,
-                shared: &shared,
-                moved: meters.up,
-            };
-            stop_on_hard(
-                dirn.forward(&mut client_rx, &mut server_tx, head, &mut up_cmd)
-                    .await,
-            )
-        };
-        let down = async {
-            let dirn = Direction {
-                dir: Dir::Down,
-                limits,
-                shared: &shared,
-                moved: meters.down,
-            };
-            stop_on_hard(
-                dirn.forward(&mut server_rx, &mut client_tx, &[], &mut down_cmd)
-                    .await,
-            )
-        };
-        tokio::try_join!(up, down)
+    let down = async {
+        let d = Direction::new(Dir::Down, limits, &shared, meters.down);
+        forward(d, &mut server_rx, &mut client_tx, &[], &mut down_cmd).await
     };
-    let end = match joined {
-        Ok((End::Graceful, _)) | Ok((_, End::Graceful)) => End::Graceful,
-        Ok(_) => End::Closed,
-        Err(None) => End::Hard,
-        Err(Some(e)) => return Err(e),
-    };
+    let end = both(up, down).await?;
     if end == End::Graceful {
         // The AMQP close is complete; end the TLS sessions properly (close_notify),
         // briefly: a peer that stopped reading is not waited for.
@@ -179,223 +141,99 @@ pub async fn pump(
     Ok(end)
 }
 
-/// One direction of a connection and what it shares with the other.
-struct Direction<'a> {
-    dir: Dir,
-    limits: Limits,
-    shared: &'a Shared,
-    /// Counts the bytes this direction forwards.
-    moved: &'a AtomicU64,
-}
-
-impl Direction<'_> {
-    async fn forward<R, W>(
-        &self,
-        src: &mut R,
-        dst: &mut W,
-        head: &[u8],
-        cmd: &mut watch::Receiver<Command>,
-    ) -> io::Result<End>
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
-        let end = self.forward_inner(src, dst, head, cmd).await;
-        if self.dir == Dir::Down {
-            self.shared.set(&self.shared.down_done);
+/// One direction, by the same rules as `proxy`'s (see [`Direction`]), over
+/// `AsyncRead`/`AsyncWrite`.
+async fn forward<R, W>(
+    mut d: Direction<'_>,
+    src: &mut R,
+    dst: &mut W,
+    head: &[u8],
+    cmd: &mut watch::Receiver<Command>,
+) -> io::Result<End>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let shared = d.shared;
+    let mut buf = vec![0u8; BUF_START];
+    let mut cmd_open = true;
+    if !head.is_empty() {
+        d.tracker.feed(head, false);
+        d.moved.fetch_add(head.len() as u64, Ordering::Relaxed);
+        if !guarded(write_flush(dst, head), cmd, &mut cmd_open, d.deadline()).await? {
+            return Ok(End::Hard);
         }
-        end
     }
-
-    /// The same states as `proxy::forward_inner`: copying while tracking frames;
-    /// on [`Command::Close`] cut at the next frame boundary, send our own
-    /// `connection.close` (towards the client first) and discard what follows
-    /// until the peer's `close-ok`, all within the close timeout. A close the
-    /// client or the broker started itself is left to finish.
-    async fn forward_inner<R, W>(
-        &self,
-        src: &mut R,
-        dst: &mut W,
-        head: &[u8],
-        cmd: &mut watch::Receiver<Command>,
-    ) -> io::Result<End>
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
-        let (dir, limits, shared) = (self.dir, self.limits, self.shared);
-        let mut tracker = match dir {
-            Dir::Up => FrameTracker::client_to_server(),
-            Dir::Down => FrameTracker::server_to_client(),
-        };
-        let mut buf = vec![0u8; BUF_START];
-        let mut cmd_open = true;
-        let mut deadline: Option<Instant> = None;
-        let mut reason: Option<Arc<str>> = None;
-        // `cut`: forwarding stopped at a frame boundary; `sent_close`: our close went out.
-        let mut cut = false;
-        let mut sent_close = false;
-        if !head.is_empty() {
-            tracker.feed(head, false);
-            self.moved.fetch_add(head.len() as u64, Ordering::Relaxed);
-            if !guarded(write_flush(dst, head), cmd, &mut cmd_open, deadline).await? {
-                return Ok(End::Hard);
+    loop {
+        if cmd_open {
+            if let Some(end) = d.follow(&cmd.borrow_and_update()) {
+                return Ok(end);
             }
         }
-        loop {
-            if cmd_open {
-                match &*cmd.borrow_and_update() {
-                    Command::Run => {}
-                    Command::Hard => return Ok(End::Hard),
-                    Command::Close(text) => {
-                        if deadline.is_none() {
-                            deadline = Some(Instant::now() + limits.close);
-                            reason = Some(text.clone());
-                        }
-                    }
-                }
-            }
-            // Created before the flags are read, so a notification in between is not lost.
-            let told = shared.notify.notified();
-            tokio::pin!(told);
-            let mut wait_for_client_told = false;
-            let peer_closing = shared.peer_closing.load(Ordering::Acquire);
-            if let (Some(text), false, false) = (reason.clone(), sent_close, peer_closing) {
-                if tracker.is_lost() {
-                    // Not AMQP: nothing graceful is possible.
+        let deadline = d.deadline();
+        // Created before the flags are read, so a notification in between is not lost.
+        let told = shared.notify.notified();
+        tokio::pin!(told);
+        let wait_for_client_told = match d.next() {
+            Next::Read {
+                wait_for_client_told,
+            } => wait_for_client_told,
+            Next::SendClose(frame) => {
+                if !guarded(write_flush(dst, &frame), cmd, &mut cmd_open, deadline).await? {
                     return Ok(End::Hard);
                 }
-                let turn = match dir {
-                    Dir::Down => true,
-                    Dir::Up => shared.client_told.load(Ordering::Acquire),
-                };
-                if dir == Dir::Up && !turn && shared.down_done.load(Ordering::Acquire) {
-                    // The broker already closed its side; the client cannot be told.
-                    return Ok(End::Hard);
-                }
-                if turn && (cut || tracker.at_boundary()) {
-                    let frame = close_frame(dir, &text);
-                    if !guarded(write_flush(dst, &frame), cmd, &mut cmd_open, deadline).await? {
-                        return Ok(End::Hard);
-                    }
-                    sent_close = true;
-                    if dir == Dir::Down {
-                        shared.set(&shared.client_told);
-                    }
-                }
-                wait_for_client_told = !turn;
+                d.close_sent();
+                false
             }
-            let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
-            let idle_at = limits.idle.map_or(far_future, |i| shared.idle_deadline(i));
-            let n = tokio::select! {
-                r = src.read(&mut buf) => match r {
-                    Ok(n) => n,
-                    // A TLS peer that closes TCP without close_notify: an ordinary end here.
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
-                    // RabbitMQ resets the socket right after its own connection.close
-                    // when the client's close-ok arrives late: the end of a normal close.
-                    Err(_) if dir == Dir::Down && shared.broker_closed.load(Ordering::Acquire) => 0,
-                    Err(e) => return Err(e),
-                },
-                changed = cmd.changed(), if cmd_open => {
-                    if changed.is_err() {
-                        cmd_open = false;
-                    }
-                    continue;
-                }
-                _ = &mut told, if wait_for_client_told => continue,
-                _ = tokio::time::sleep_until(deadline.unwrap_or(far_future)), if deadline.is_some() => {
-                    return Ok(End::Hard);
-                }
-                _ = tokio::time::sleep_until(idle_at), if limits.idle.is_some() => {
-                    // The other direction may have been busy meanwhile: look again.
-                    if let Some(idle) = limits.idle {
-                        if Instant::now() >= shared.idle_deadline(idle) {
-                            tracing::debug!(?idle, "idle timeout");
-                            return Ok(End::Hard);
-                        }
-                    }
-                    continue;
-                }
-            };
-            if limits.idle.is_some() {
-                shared.touch();
-            }
-            if n == 0 {
-                if sent_close {
-                    return Ok(End::Graceful);
-                }
-                // A close already under way between client and broker is left to finish.
-                if reason.is_some() && !shared.peer_closing.load(Ordering::Acquire) {
-                    return Ok(End::Hard);
-                }
-                if dir == Dir::Down && shared.broker_closed.load(Ordering::Acquire) {
-                    // The broker closed right after its connection.close: give the
-                    // client time to read it and answer before it sees EOF.
-                    let wait = async {
-                        while !shared.client_acked.load(Ordering::Acquire) {
-                            let notified = shared.notify.notified();
-                            if shared.client_acked.load(Ordering::Acquire) {
-                                break;
-                            }
-                            notified.await;
-                        }
-                    };
-                    let _ = tokio::time::timeout(limits.close, wait).await;
-                }
-                // Half-close: the peer is done sending; tell the other side, keep reading it.
-                let _ = guarded(dst.shutdown(), cmd, &mut cmd_open, deadline).await;
-                return Ok(End::Closed);
-            }
-            let closing = reason.is_some() && !shared.peer_closing.load(Ordering::Acquire);
-            let data = &buf[..n];
-            if sent_close || cut {
-                // Past the cut nothing is forwarded; the tracker keeps following the
-                // stream to recognise the peer's close-ok.
-                tracker.feed(data, false);
-                if tracker.take_seen().is_some() && sent_close {
-                    return Ok(End::Graceful);
+            Next::Hard => return Ok(End::Hard),
+        };
+        let wake_at = d.wake_at();
+        let n = tokio::select! {
+            r = src.read(&mut buf) => match r {
+                Ok(n) => n,
+                // A TLS peer that closes TCP without close_notify: an ordinary end here.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
+                Err(_) if d.ends_on_error() => 0,
+                Err(e) => return Err(e),
+            },
+            changed = cmd.changed(), if cmd_open => {
+                if changed.is_err() {
+                    cmd_open = false;
                 }
                 continue;
             }
-            // While closing, forward only up to the next frame boundary.
-            let k = if !closing {
-                let k = tracker.feed(data, false);
-                match (tracker.take_seen(), dir) {
-                    (Some(Seen::ConnectionClose), _) => {
-                        if dir == Dir::Down {
-                            shared.broker_closed.store(true, Ordering::Release);
-                        }
-                        shared.peer_closing.store(true, Ordering::Release);
-                    }
-                    (Some(Seen::ConnectionCloseOk), Dir::Up) => shared.set(&shared.client_acked),
-                    _ => {}
+            _ = &mut told, if wait_for_client_told => continue,
+            _ = tokio::time::sleep_until(wake_at.unwrap_or_else(far_future)), if wake_at.is_some() => {
+                if d.time_up() {
+                    return Ok(End::Hard);
                 }
-                k
-            } else if tracker.at_boundary() {
-                0
-            } else {
-                tracker.feed(data, true)
-            };
-            if k < n {
-                cut = true;
-                tracker.feed(&data[k..], false);
-                let _ = tracker.take_seen();
+                continue;
             }
-            if k > 0 {
-                self.moved.fetch_add(k as u64, Ordering::Relaxed);
-                match guarded(write_flush(dst, &buf[..k]), cmd, &mut cmd_open, deadline).await {
-                    Ok(true) => {}
-                    Ok(false) => return Ok(End::Hard),
-                    // The broker closed after its connection.close: what the client
-                    // still sends (its close-ok) has nowhere to go and need not.
-                    Err(_) if dir == Dir::Up && shared.broker_closed.load(Ordering::Acquire) => {}
-                    Err(e) => return Err(e),
-                }
+        };
+        d.touch();
+        if n == 0 {
+            let end = d.at_eof().await;
+            if end == End::Closed {
+                // Half-close: the peer is done sending; tell the other side, keep reading it.
+                let _ = guarded(dst.shutdown(), cmd, &mut cmd_open, deadline).await;
             }
-            if n == buf.len() && buf.len() < BUF_MAX {
-                buf.resize(buf.len() * 2, 0);
+            return Ok(end);
+        }
+        let k = match d.on_read(&buf[..n]) {
+            Chunk::Forward(k) => k,
+            Chunk::Discarded => continue,
+            Chunk::Finished => return Ok(End::Graceful),
+        };
+        if k > 0 {
+            match guarded(write_flush(dst, &buf[..k]), cmd, &mut cmd_open, deadline).await {
+                Ok(true) => {}
+                Ok(false) => return Ok(End::Hard),
+                Err(_) if d.drops_on_error() => {}
+                Err(e) => return Err(e),
             }
+        }
+        if n == buf.len() && buf.len() < BUF_MAX {
+            buf.resize(buf.len() * 2, 0);
         }
     }
 }
@@ -417,7 +255,6 @@ where
     F: Future<Output = io::Result<()>>,
 {
     tokio::pin!(io);
-    let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
     loop {
         tokio::select! {
             r = &mut io => return r.map(|()| true),
@@ -428,16 +265,9 @@ where
                     return Ok(false);
                 }
             }
-            _ = tokio::time::sleep_until(deadline.unwrap_or(far_future)), if deadline.is_some() => {
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
                 return Ok(false);
             }
         }
-    }
-}
-
-fn close_frame(dir: Dir, reason: &str) -> Vec<u8> {
-    match dir {
-        Dir::Down => amqp::connection_close(amqp::CONNECTION_FORCED, reason),
-        Dir::Up => amqp::connection_close(amqp::REPLY_SUCCESS, reason),
     }
 }

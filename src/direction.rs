@@ -1,0 +1,546 @@
+//! One direction of a proxied connection, as both data paths follow it: the
+//! plain TCP pump (`proxy`) and the TLS pump (`stream`) do their own I/O and
+//! share the AMQP close rules kept here.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::amqp::{self, FrameTracker, Seen};
+use crate::drain::Command;
+use crate::proxy::{End, Limits};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dir {
+    /// Client to broker.
+    Up,
+    /// Broker to client.
+    Down,
+}
+
+/// What the two directions of one connection tell each other.
+pub(crate) struct Shared {
+    pub(crate) epoch: Instant,
+    /// Milliseconds since `epoch` at the last byte read in either direction
+    /// (kept only when an idle timeout is set).
+    pub(crate) last_active: AtomicU64,
+    /// The client has been sent `connection.close`.
+    pub(crate) client_told: AtomicBool,
+    /// The broker-to-client direction has ended.
+    pub(crate) down_done: AtomicBool,
+    /// Client or broker already sent `connection.close` on its own: the connection
+    /// is closing the normal way, so warren only forwards (within its deadline).
+    pub(crate) peer_closing: AtomicBool,
+    /// The broker sent `connection.close` (RabbitMQ closes its socket right after
+    /// it on shutdown, without waiting for close-ok).
+    pub(crate) broker_closed: AtomicBool,
+    /// The client answered a close with `close-ok`.
+    pub(crate) client_acked: AtomicBool,
+    pub(crate) notify: Notify,
+}
+
+impl Shared {
+    pub(crate) fn new() -> Self {
+        Shared {
+            epoch: Instant::now(),
+            last_active: AtomicU64::new(0),
+            client_told: AtomicBool::new(false),
+            down_done: AtomicBool::new(false),
+            peer_closing: AtomicBool::new(false),
+            broker_closed: AtomicBool::new(false),
+            client_acked: AtomicBool::new(false),
+            notify: Notify::new(),
+        }
+    }
+
+    pub(crate) fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_active.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the connection becomes idle, given the last activity seen.
+    pub(crate) fn idle_deadline(&self, idle: Duration) -> Instant {
+        self.epoch + Duration::from_millis(self.last_active.load(Ordering::Relaxed)) + idle
+    }
+
+    pub(crate) fn set(&self, flag: &AtomicBool) {
+        flag.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+}
+
+/// Far enough ahead to stand for "never" in a `select!` branch that is disabled.
+pub(crate) fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+/// The `connection.close` warren sends in direction `dir`: 320 (forced) to the
+/// client, 200 to the broker.
+pub(crate) fn close_frame(dir: Dir, reason: &str) -> Vec<u8> {
+    match dir {
+        Dir::Down => amqp::connection_close(amqp::CONNECTION_FORCED, reason),
+        Dir::Up => amqp::connection_close(amqp::REPLY_SUCCESS, reason),
+    }
+}
+
+/// One direction of a connection: its frame tracker, the state of warren's own
+/// close, and what it shares with the other direction. The pumps ask it, read
+/// by read, what the close rules want; it does no I/O itself.
+///
+/// In normal operation everything is forwarded and tracked. On
+/// [`Command::Close`] forwarding stops at the next frame boundary and warren's
+/// own `connection.close` goes out (320 towards the client first; then 200
+/// towards the broker, so the broker's close-ok can never reach a client that
+/// was not told); what follows is discarded until the peer's `close-ok`, all
+/// within the close timeout. A close the client or the broker started itself is
+/// left to finish.
+pub(crate) struct Direction<'a> {
+    pub(crate) dir: Dir,
+    pub(crate) limits: Limits,
+    pub(crate) shared: &'a Shared,
+    /// Counts the bytes this direction forwards.
+    pub(crate) moved: &'a AtomicU64,
+    pub(crate) tracker: FrameTracker,
+    /// Set by [`Command::Close`]: when the close turns hard, and its reason.
+    deadline: Option<Instant>,
+    reason: Option<Arc<str>>,
+    /// Forwarding stopped at a frame boundary.
+    cut: bool,
+    /// Our `connection.close` went out.
+    sent_close: bool,
+}
+
+/// What a direction does before its next read.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Read; with `wait_for_client_told` also wake when the client has been
+    /// sent its close (the broker's close waits for it).
+    Read { wait_for_client_told: bool },
+    /// Write this `connection.close` first, then call [`Direction::close_sent`].
+    SendClose(Vec<u8>),
+    /// End hard: nothing graceful is possible.
+    Hard,
+}
+
+/// What to do with the bytes of one read.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Chunk {
+    /// Forward the first this many bytes (counted in `moved` already); any
+    /// after them lie past the cut.
+    Forward(usize),
+    /// Past the cut: nothing is forwarded; the tracker follows the stream to
+    /// recognise the peer's close-ok.
+    Discarded,
+    /// The peer's close-ok arrived: the direction ends gracefully.
+    Finished,
+}
+
+impl<'a> Direction<'a> {
+    pub(crate) fn new(dir: Dir, limits: Limits, shared: &'a Shared, moved: &'a AtomicU64) -> Self {
+        let tracker = match dir {
+            Dir::Up => FrameTracker::client_to_server(),
+            Dir::Down => FrameTracker::server_to_client(),
+        };
+        Direction {
+            dir,
+            limits,
+            shared,
+            moved,
+            tracker,
+            deadline: None,
+            reason: None,
+            cut: false,
+            sent_close: false,
+        }
+    }
+
+    /// Takes in the connection's command: the first [`Command::Close`] starts
+    /// the close timeout. `Some`: the direction ends so at once.
+    pub(crate) fn follow(&mut self, cmd: &Command) -> Option<End> {
+        match cmd {
+            Command::Run => {}
+            Command::Hard => return Some(End::Hard),
+            Command::Close(text) => {
+                if self.deadline.is_none() {
+                    self.deadline = Some(Instant::now() + self.limits.close);
+                    self.reason = Some(text.clone());
+                }
+            }
+        }
+        None
+    }
+
+    /// When the close turns hard, once a close was commanded.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// The close timeout has run out.
+    pub(crate) fn close_due(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// When to look at the clock next: the close deadline or the end of the
+    /// idle limit, whichever comes first (`None`: neither applies).
+    pub(crate) fn wake_at(&self) -> Option<Instant> {
+        let idle_at = self.limits.idle.map(|idle| self.shared.idle_deadline(idle));
+        match (self.deadline, idle_at) {
+            (Some(close), Some(idle)) => Some(close.min(idle)),
+            (close, idle) => close.or(idle),
+        }
+    }
+
+    /// At [`wake_at`](Self::wake_at): true when the direction must end hard, the
+    /// close being due or the connection idle. The other direction may have
+    /// been busy meanwhile: then it is false, look again.
+    pub(crate) fn time_up(&self) -> bool {
+        if self.close_due() {
+            return true;
+        }
+        if let Some(idle) = self.limits.idle {
+            if Instant::now() >= self.shared.idle_deadline(idle) {
+                tracing::debug!(?idle, "idle timeout");
+                return true;
+            }
+        }
+        false
+    }
+
+    /// A read brought bytes: the connection is not idle.
+    pub(crate) fn touch(&self) {
+        if self.limits.idle.is_some() {
+            self.shared.touch();
+        }
+    }
+
+    /// An I/O error ends this direction as EOF would: the broker-to-client one,
+    /// after the broker's own `connection.close` (RabbitMQ resets its socket
+    /// right after it when the client's close-ok comes late).
+    pub(crate) fn ends_on_error(&self) -> bool {
+        self.dir == Dir::Down && self.shared.broker_closed.load(Ordering::Acquire)
+    }
+
+    /// An I/O error drops what was to be written and the direction goes on: the
+    /// client-to-broker one, after the broker's own `connection.close` (what
+    /// the client still sends, its close-ok, has nowhere to go and need not).
+    pub(crate) fn drops_on_error(&self) -> bool {
+        self.dir == Dir::Up && self.shared.broker_closed.load(Ordering::Acquire)
+    }
+
+    /// Warren is closing the connection and neither peer has started a close of
+    /// its own (one already under way is left to finish).
+    pub(crate) fn closing(&self) -> bool {
+        self.reason.is_some() && !self.shared.peer_closing.load(Ordering::Acquire)
+    }
+
+    /// Whether warren's own close is due before the next read.
+    pub(crate) fn next(&self) -> Next {
+        let peer_closing = self.shared.peer_closing.load(Ordering::Acquire);
+        let (Some(text), false, false) = (&self.reason, self.sent_close, peer_closing) else {
+            return Next::Read {
+                wait_for_client_told: false,
+            };
+        };
+        if self.tracker.is_lost() {
+            // Not AMQP.
+            return Next::Hard;
+        }
+        let turn = match self.dir {
+            Dir::Down => true,
+            Dir::Up => self.shared.client_told.load(Ordering::Acquire),
+        };
+        if self.dir == Dir::Up && !turn && self.shared.down_done.load(Ordering::Acquire) {
+            // The broker already closed its side; the client cannot be told.
+            return Next::Hard;
+        }
+        if turn && (self.cut || self.tracker.at_boundary()) {
+            return Next::SendClose(close_frame(self.dir, text));
+        }
+        Next::Read {
+            wait_for_client_told: !turn,
+        }
+    }
+
+    /// The close of [`Next::SendClose`] has been written.
+    pub(crate) fn close_sent(&mut self) {
+        self.sent_close = true;
+        if self.dir == Dir::Down {
+            self.shared.set(&self.shared.client_told);
+        }
+    }
+
+    /// Follows one read (`data`, not empty) and says how much of it to forward:
+    /// all of it normally, up to the next frame boundary while closing. Notes a
+    /// close or close-ok of the peers in [`Shared`].
+    pub(crate) fn on_read(&mut self, data: &[u8]) -> Chunk {
+        if self.sent_close || self.cut {
+            self.tracker.feed(data, false);
+            let seen = self.tracker.take_seen();
+            return if self.sent_close && seen.is_some() {
+                Chunk::Finished
+            } else {
+                Chunk::Discarded
+            };
+        }
+        let shared = self.shared;
+        let k = if !self.closing() {
+            let k = self.tracker.feed(data, false);
+            match (self.tracker.take_seen(), self.dir) {
+                (Some(Seen::ConnectionClose), dir) => {
+                    if dir == Dir::Down {
+                        shared.broker_closed.store(true, Ordering::Release);
+                    }
+                    shared.peer_closing.store(true, Ordering::Release);
+                }
+                (Some(Seen::ConnectionCloseOk), Dir::Up) => shared.set(&shared.client_acked),
+                _ => {}
+            }
+            k
+        } else if self.tracker.at_boundary() {
+            0
+        } else {
+            self.tracker.feed(data, true)
+        };
+        if k < data.len() {
+            self.cut = true;
+            self.tracker.feed(&data[k..], false);
+            let _ = self.tracker.take_seen();
+        }
+        if k > 0 {
+            self.moved.fetch_add(k as u64, Ordering::Relaxed);
+        }
+        Chunk::Forward(k)
+    }
+
+    /// The source ended: how the direction ends. On [`End::Closed`] the caller
+    /// half-closes the destination (the peer is done sending; tell the other
+    /// side, keep reading it).
+    pub(crate) async fn at_eof(&self) -> End {
+        if self.sent_close {
+            return End::Graceful;
+        }
+        if self.closing() {
+            return End::Hard;
+        }
+        let shared = self.shared;
+        if self.dir == Dir::Down && shared.broker_closed.load(Ordering::Acquire) {
+            // The broker closed right after its connection.close: give the
+            // client time to read it and answer before it sees EOF, so it
+            // reports a broker close rather than a broken connection.
+            let wait = async {
+                while !shared.client_acked.load(Ordering::Acquire) {
+                    let notified = shared.notify.notified();
+                    if shared.client_acked.load(Ordering::Acquire) {
+                        break;
+                    }
+                    notified.await;
+                }
+            };
+            let _ = tokio::time::timeout(self.limits.close, wait).await;
+        }
+        End::Closed
+    }
+}
+
+impl Drop for Direction<'_> {
+    /// However the broker-to-client direction ends, the other one learns it
+    /// ([`Shared::down_done`]).
+    fn drop(&mut self) {
+        if self.dir == Dir::Down {
+            self.shared.set(&self.shared.down_done);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A heartbeat frame: the smallest frame there is.
+    const HEARTBEAT: [u8; 8] = [8, 0, 0, 0, 0, 0, 0, 0xCE];
+
+    /// A 5 s close timeout, no idle limit.
+    const CLOSE_5S: Limits = Limits {
+        close: Duration::from_secs(5),
+        idle: None,
+    };
+
+    fn limits(close: Duration, idle: Option<Duration>) -> Limits {
+        Limits { close, idle }
+    }
+
+    fn close(text: &str) -> Command {
+        Command::Close(text.into())
+    }
+
+    fn flag(f: &AtomicBool) -> bool {
+        f.load(Ordering::Acquire)
+    }
+
+    #[test]
+    fn a_close_cuts_at_the_next_boundary_then_waits_for_close_ok() {
+        let (shared, moved) = (Shared::new(), AtomicU64::new(0));
+        let mut d = Direction::new(Dir::Down, CLOSE_5S, &shared, &moved);
+        assert_eq!(d.on_read(&HEARTBEAT[..3]), Chunk::Forward(3));
+        assert_eq!(d.follow(&close("bye")), None);
+        assert!(d.closing());
+        // Mid-frame: not yet.
+        let wait = Next::Read {
+            wait_for_client_told: false,
+        };
+        assert_eq!(d.next(), wait);
+        // The rest of the frame goes on; the next one is held back.
+        let mut data = HEARTBEAT[3..].to_vec();
+        data.extend_from_slice(&HEARTBEAT[..4]);
+        assert_eq!(d.on_read(&data), Chunk::Forward(5));
+        assert_eq!(moved.load(Ordering::Relaxed), 8);
+        assert_eq!(d.next(), Next::SendClose(close_frame(Dir::Down, "bye")));
+        d.close_sent();
+        assert!(flag(&shared.client_told));
+        // Past the cut nothing is forwarded, until the close-ok ends the direction.
+        assert_eq!(d.on_read(&HEARTBEAT[4..]), Chunk::Discarded);
+        assert_eq!(d.on_read(&amqp::connection_close_ok()), Chunk::Finished);
+        assert_eq!(moved.load(Ordering::Relaxed), 8);
+    }
+
+    #[test]
+    fn the_broker_is_told_after_the_client() {
+        let (shared, moved) = (Shared::new(), AtomicU64::new(0));
+        let mut d = Direction::new(Dir::Up, CLOSE_5S, &shared, &moved);
+        let header = amqp::PROTOCOL_HEADER;
+        assert_eq!(d.on_read(header), Chunk::Forward(header.len()));
+        assert_eq!(d.follow(&close("bye")), None);
+        assert_eq!(
+            d.next(),
+            Next::Read {
+                wait_for_client_told: true
+            }
+        );
+        shared.set(&shared.client_told);
+        assert_eq!(d.next(), Next::SendClose(close_frame(Dir::Up, "bye")));
+        assert_eq!(
+            close_frame(Dir::Up, "bye"),
+            amqp::connection_close(amqp::REPLY_SUCCESS, "bye")
+        );
+        assert_eq!(
+            close_frame(Dir::Down, "bye"),
+            amqp::connection_close(amqp::CONNECTION_FORCED, "bye")
+        );
+    }
+
+    #[test]
+    fn no_graceful_close_without_a_client_to_tell_or_without_frames() {
+        let (shared, moved) = (Shared::new(), AtomicU64::new(0));
+        let l = CLOSE_5S;
+        let mut up = Direction::new(Dir::Up, l, &shared, &moved);
+        up.on_read(amqp::PROTOCOL_HEADER);
+        up.follow(&close("bye"));
+        drop(Direction::new(Dir::Down, l, &shared, &moved));
+        assert!(flag(&shared.down_done), "a dropped Down direction is done");
+        assert_eq!(up.next(), Next::Hard);
+
+        let shared = Shared::new();
+        let mut down = Direction::new(Dir::Down, l, &shared, &moved);
+        // A frame type AMQP does not have: not AMQP.
+        assert_eq!(down.on_read(b"HTTP/1.1 200 OK\r\n"), Chunk::Forward(17));
+        down.follow(&close("bye"));
+        assert_eq!(down.next(), Next::Hard);
+        assert_eq!(down.follow(&Command::Hard), Some(End::Hard));
+    }
+
+    #[test]
+    fn a_close_the_peers_started_is_left_to_finish() {
+        let (shared, moved) = (Shared::new(), AtomicU64::new(0));
+        let l = CLOSE_5S;
+        let mut down = Direction::new(Dir::Down, l, &shared, &moved);
+        let broker_close = amqp::connection_close(amqp::CONNECTION_FORCED, "shutdown");
+        assert_eq!(
+            down.on_read(&broker_close),
+            Chunk::Forward(broker_close.len())
+        );
+        assert!(flag(&shared.broker_closed) && flag(&shared.peer_closing));
+        // RabbitMQ may reset its socket now: that ends this direction like EOF.
+        assert!(down.ends_on_error() && !down.drops_on_error());
+        down.follow(&close("bye"));
+        assert!(!down.closing());
+        let read = Next::Read {
+            wait_for_client_told: false,
+        };
+        assert_eq!(down.next(), read);
+        assert_eq!(down.on_read(&HEARTBEAT), Chunk::Forward(8));
+
+        let mut up = Direction::new(Dir::Up, l, &shared, &moved);
+        up.on_read(amqp::PROTOCOL_HEADER);
+        let close_ok = amqp::connection_close_ok();
+        assert_eq!(up.on_read(&close_ok), Chunk::Forward(close_ok.len()));
+        assert!(flag(&shared.client_acked));
+        assert!(up.drops_on_error() && !up.ends_on_error());
+    }
+
+    #[tokio::test]
+    async fn eof_ends_by_the_state_of_the_close() {
+        let (shared, moved) = (Shared::new(), AtomicU64::new(0));
+        let hour = Duration::from_secs(3600);
+        let l = limits(hour, None);
+        assert_eq!(
+            Direction::new(Dir::Down, l, &shared, &moved).at_eof().await,
+            End::Closed
+        );
+        let mut d = Direction::new(Dir::Down, l, &shared, &moved);
+        d.follow(&close("bye"));
+        assert_eq!(d.at_eof().await, End::Hard);
+        d.close_sent();
+        assert_eq!(d.at_eof().await, End::Graceful);
+
+        // After the broker's own close, the EOF waits for the client's close-ok.
+        let shared = Shared::new();
+        let mut d = Direction::new(Dir::Down, l, &shared, &moved);
+        d.on_read(&amqp::connection_close(amqp::CONNECTION_FORCED, "shutdown"));
+        let acked = async {
+            tokio::task::yield_now().await;
+            shared.set(&shared.client_acked);
+        };
+        let (end, ()) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(d.at_eof(), acked)
+        })
+        .await
+        .expect("the close-ok ends the wait");
+        assert_eq!(end, End::Closed);
+        // Without it, the wait is bounded by the close timeout.
+        let short = limits(Duration::from_millis(10), None);
+        let d = Direction::new(Dir::Down, short, &shared, &moved);
+        shared.client_acked.store(false, Ordering::Release);
+        assert_eq!(d.at_eof().await, End::Closed);
+    }
+
+    #[tokio::test]
+    async fn the_timer_is_the_first_of_close_deadline_and_idle_limit() {
+        let (shared, moved) = (Shared::new(), AtomicU64::new(0));
+        let hour = Duration::from_secs(3600);
+        let mut d = Direction::new(Dir::Up, limits(hour, None), &shared, &moved);
+        assert_eq!(d.wake_at(), None);
+        d.follow(&close("bye"));
+        assert_eq!(d.wake_at(), d.deadline());
+        assert!(!d.time_up());
+
+        let idle = Duration::from_millis(20);
+        let d = Direction::new(Dir::Up, limits(hour, Some(idle)), &shared, &moved);
+        assert_eq!(d.wake_at(), Some(shared.idle_deadline(idle)));
+        assert!(!d.time_up());
+        tokio::time::sleep_until(d.wake_at().expect("idle limit")).await;
+        assert!(d.time_up());
+        // Activity in either direction pushes the idle limit back.
+        let before = d.wake_at();
+        d.touch();
+        assert!(d.wake_at() > before);
+
+        let mut d = Direction::new(Dir::Up, limits(idle, Some(hour)), &shared, &moved);
+        d.follow(&close("bye"));
+        assert_eq!(d.wake_at(), d.deadline());
+        tokio::time::sleep_until(d.wake_at().expect("close deadline")).await;
+        assert!(d.close_due() && d.time_up());
+    }
+}
