@@ -2,12 +2,15 @@
 //! plain TCP pump (`proxy`) and the TLS pump (`stream`) do their own I/O and
 //! share the AMQP close rules kept here.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::amqp::{self, FrameTracker, Seen};
 use crate::drain::Command;
@@ -75,6 +78,32 @@ impl Shared {
 /// Far enough ahead to stand for "never" in a `select!` branch that is disabled.
 pub(crate) fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+/// The one timer of a direction (close deadline or idle limit, whichever is
+/// first), on the heap and only while one is set: an idle connection without an
+/// idle limit holds none, and a `Sleep` inline in every `select!` would grow
+/// every connection's future by its size.
+#[derive(Default)]
+pub(crate) struct Timer(Option<Pin<Box<Sleep>>>);
+
+impl Timer {
+    /// Completes at `at`; never when `None`.
+    pub(crate) fn at(&mut self, at: Option<Instant>) -> impl Future<Output = ()> + '_ {
+        match (at, &mut self.0) {
+            (None, slot) => *slot = None,
+            (Some(t), Some(sleep)) => {
+                if sleep.deadline() != t {
+                    sleep.as_mut().reset(t);
+                }
+            }
+            (Some(t), slot) => *slot = Some(Box::pin(tokio::time::sleep_until(t))),
+        }
+        std::future::poll_fn(move |cx| match &mut self.0 {
+            Some(sleep) => sleep.as_mut().poll(cx),
+            None => Poll::Pending,
+        })
+    }
 }
 
 /// The `connection.close` warren sends in direction `dir`: 320 (forced) to the

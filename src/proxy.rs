@@ -12,8 +12,10 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
@@ -27,7 +29,7 @@ use crate::amqp;
 use crate::balancer::Backend;
 use crate::bulk::{Bulk, Moved};
 use crate::config::Protocol;
-use crate::direction::{far_future, Chunk, Dir, Direction, Next, Shared};
+use crate::direction::{Chunk, Dir, Direction, Next, Shared, Timer};
 use crate::drain::Command;
 use crate::stream::Stream;
 use crate::upstream::ClientAddrs;
@@ -124,7 +126,10 @@ async fn await_protocol_header(client: &TcpStream, within: Duration) -> Result<(
 /// sides takes [`pump`]; TLS on either side takes [`crate::stream::pump`].
 /// `head`: client bytes already read (TLS clients), to be sent upstream first.
 async fn carry(app: &Arc<App>, client: Stream, head: Vec<u8>, peer: SocketAddr, id: u64) {
-    let Some((backend, server)) = connect(app, client.tcp(), peer).await else {
+    // Boxed, like the TLS pump below: a future is as large as its largest await
+    // point, and connecting (TLS handshake included) is over before the pump
+    // starts; inline it would grow every idle connection by its size.
+    let Some((backend, server)) = Box::pin(connect(app, client.tcp(), peer)).await else {
         tracing::warn!("no backend reachable, closing client");
         return;
     };
@@ -149,7 +154,12 @@ async fn carry(app: &Arc<App>, client: Stream, head: Vec<u8>, peer: SocketAddr, 
         (Stream::Plain(client), Stream::Plain(server)) => {
             pump(&client, &server, cmd, limits, meters).await
         }
-        (client, server) => crate::stream::pump(client, server, &head, cmd, limits, meters).await,
+        (client, server) => {
+            Box::pin(crate::stream::pump(
+                client, server, &head, cmd, limits, meters,
+            ))
+            .await
+        }
     };
     backend.conns.unregister(id);
     // Only closes warren asked for count as graceful or forced (not idle timeouts).
@@ -276,37 +286,71 @@ pub async fn pump(
     meters: Meters<'_>,
 ) -> io::Result<End> {
     let shared = Shared::new();
-    let up = async {
-        let d = Direction::new(Dir::Up, limits, &shared, meters.up);
-        forward(d, client, server, cmd.clone()).await
-    };
-    let down = async {
-        let d = Direction::new(Dir::Down, limits, &shared, meters.down);
-        forward(d, server, client, cmd.clone()).await
-    };
+    // Pinned in place and polled through references: a future moved into another
+    // (an `async` block, a function argument) is stored again at each level, and
+    // this one lives as long as the connection.
+    let up = pin!(forward(
+        Direction::new(Dir::Up, limits, &shared, meters.up),
+        client,
+        server,
+        cmd.clone(),
+    ));
+    let down = pin!(forward(
+        Direction::new(Dir::Down, limits, &shared, meters.down),
+        server,
+        client,
+        cmd,
+    ));
     both(up, down).await
 }
 
 /// Runs the two directions of a connection (in this one task) until both are
-/// done: graceful if either closed gracefully. A hard end of either ends both:
-/// it travels as an error through `try_join`.
+/// done: graceful if either closed gracefully. A hard end or an error of either
+/// ends both at once.
 pub(crate) async fn both(
-    up: impl Future<Output = io::Result<End>>,
-    down: impl Future<Output = io::Result<End>>,
+    mut up: Pin<&mut impl Future<Output = io::Result<End>>>,
+    mut down: Pin<&mut impl Future<Output = io::Result<End>>>,
 ) -> io::Result<End> {
-    let stop_on_hard = |r: io::Result<End>| match r {
-        Ok(End::Hard) => Err(None),
-        Ok(end) => Ok(end),
-        Err(e) => Err(Some(e)),
-    };
-    let up = async { stop_on_hard(up.await) };
-    let down = async { stop_on_hard(down.await) };
-    match tokio::try_join!(up, down) {
-        Ok((End::Graceful, _)) | Ok((_, End::Graceful)) => Ok(End::Graceful),
-        Ok(_) => Ok(End::Closed),
-        Err(None) => Ok(End::Hard),
-        Err(Some(e)) => Err(e),
-    }
+    let mut ends: [Option<End>; 2] = [None, None];
+    std::future::poll_fn(|cx| {
+        for (i, dir) in [
+            up.as_mut() as Pin<&mut dyn Future<Output = _>>,
+            down.as_mut(),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if ends[i].is_some() {
+                continue;
+            }
+            match dir.poll(cx) {
+                Poll::Ready(Ok(End::Hard)) => return Poll::Ready(Ok(End::Hard)),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(end)) => ends[i] = Some(end),
+                Poll::Pending => {}
+            }
+        }
+        match &ends {
+            [Some(End::Graceful), Some(_)] | [Some(_), Some(End::Graceful)] => {
+                Poll::Ready(Ok(End::Graceful))
+            }
+            [Some(_), Some(_)] => Poll::Ready(Ok(End::Closed)),
+            _ => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// Waits until `s` is readable. Unlike `TcpStream::readable`, the future keeps no
+/// waiter of its own (tokio's per-socket slot serves the one task of the
+/// connection), so idle connections stay small.
+fn readable(s: &TcpStream) -> impl Future<Output = io::Result<()>> + '_ {
+    std::future::poll_fn(move |cx| s.poll_read_ready(cx))
+}
+
+/// Waits until `s` is writable; see [`readable`].
+fn writable(s: &TcpStream) -> impl Future<Output = io::Result<()>> + '_ {
+    std::future::poll_fn(move |cx| s.poll_write_ready(cx))
 }
 
 /// Time limits of one connection.
@@ -349,6 +393,7 @@ async fn forward(
     let (shared, moved) = (d.shared, d.moved);
     let mut bulk = Bulk::default();
     let mut cmd_open = true;
+    let mut timer = Timer::default();
     loop {
         if cmd_open {
             if let Some(end) = d.follow(&cmd.borrow_and_update()) {
@@ -371,10 +416,10 @@ async fn forward(
                     tokio::task::consume_budget().await;
                     continue;
                 }
-                Ok(Moved::Eof) => return Ok(on_eof(dst, &d).await),
+                Ok(Moved::Eof) => return Ok(Box::pin(on_eof(dst, &d)).await),
                 Ok(Moved::Wait { read, write }) => (read, write),
                 // The same ends of a normal close as on the copying path below.
-                Err(_) if d.ends_on_error() => return Ok(on_eof(dst, &d).await),
+                Err(_) if d.ends_on_error() => return Ok(Box::pin(on_eof(dst, &d)).await),
                 Err(_) if d.drops_on_error() => {
                     // What was read is dropped, as the copying path drops it.
                     bulk = Bulk::default();
@@ -384,14 +429,14 @@ async fn forward(
             };
             let wake_at = d.wake_at();
             tokio::select! {
-                r = src.readable(), if read => r?,
-                r = dst.writable(), if write => r?,
+                r = readable(src), if read => r?,
+                r = writable(dst), if write => r?,
                 changed = cmd.changed(), if cmd_open => {
                     if changed.is_err() {
                         cmd_open = false;
                     }
                 }
-                _ = tokio::time::sleep_until(wake_at.unwrap_or_else(far_future)), if wake_at.is_some() => {
+                _ = timer.at(wake_at), if wake_at.is_some() => {
                     if d.time_up() {
                         return Ok(End::Hard);
                     }
@@ -412,7 +457,7 @@ async fn forward(
         };
         let wake_at = d.wake_at();
         tokio::select! {
-            r = src.readable() => r?,
+            r = readable(src) => r?,
             changed = cmd.changed(), if cmd_open => {
                 if changed.is_err() {
                     cmd_open = false;
@@ -420,7 +465,7 @@ async fn forward(
                 continue;
             }
             _ = shared.notify.notified(), if wait_for_client_told => continue,
-            _ = tokio::time::sleep_until(wake_at.unwrap_or_else(far_future)), if wake_at.is_some() => {
+            _ = timer.at(wake_at), if wake_at.is_some() => {
                 if d.time_up() {
                     return Ok(End::Hard);
                 }
@@ -477,7 +522,7 @@ async fn forward(
                 write_all(dst, &bytes).await?;
             }
             Step::Finished => return Ok(End::Graceful),
-            Step::Eof => return Ok(on_eof(dst, &d).await),
+            Step::Eof => return Ok(Box::pin(on_eof(dst, &d)).await),
         }
     }
 }
@@ -494,7 +539,7 @@ async fn on_eof(dst: &TcpStream, d: &Direction<'_>) -> End {
 
 async fn write_all(dst: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
-        dst.writable().await?;
+        writable(dst).await?;
         match dst.try_write(buf) {
             Ok(n) => buf = &buf[n..],
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -502,4 +547,26 @@ async fn write_all(dst: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The size of the future an async fn taking four arguments returns.
+    fn future_size<F, A, B, C, D, Fut>(_: &F) -> usize
+    where
+        F: Fn(A, B, C, D) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Every idle plain connection is one such future: it is most of what a
+    /// connection costs (docs/performance.md). Connecting and the TLS pump are
+    /// boxed, the two directions pinned in place, readiness polled without
+    /// waiters of its own, the timer on the heap only while set; this catches a
+    /// change that undoes one of those.
+    #[test]
+    fn a_plain_connection_future_stays_small() {
+        let size = future_size(&super::serve);
+        assert!(size <= 2560, "proxy::serve's future grew to {size} bytes");
+    }
 }

@@ -120,15 +120,23 @@ pub async fn pump(
     let (mut server_rx, mut server_tx) = tokio::io::split(server);
     let shared = Shared::new();
     let (mut up_cmd, mut down_cmd) = (cmd.clone(), cmd);
-    let up = async {
-        let d = Direction::new(Dir::Up, limits, &shared, meters.up);
-        forward(d, &mut client_rx, &mut server_tx, head, &mut up_cmd).await
+    let end = {
+        let up = std::pin::pin!(forward(
+            Direction::new(Dir::Up, limits, &shared, meters.up),
+            &mut client_rx,
+            &mut server_tx,
+            head,
+            &mut up_cmd,
+        ));
+        let down = std::pin::pin!(forward(
+            Direction::new(Dir::Down, limits, &shared, meters.down),
+            &mut server_rx,
+            &mut client_tx,
+            &[],
+            &mut down_cmd,
+        ));
+        both(up, down).await?
     };
-    let down = async {
-        let d = Direction::new(Dir::Down, limits, &shared, meters.down);
-        forward(d, &mut server_rx, &mut client_tx, &[], &mut down_cmd).await
-    };
-    let end = both(up, down).await?;
     if end == End::Graceful {
         // The AMQP close is complete; end the TLS sessions properly (close_notify),
         // briefly: a peer that stopped reading is not waited for.
