@@ -154,6 +154,14 @@ pub(crate) enum Next {
     Hard,
 }
 
+/// Pause after each read that is discarded while a peer owes warren its
+/// close-ok. Discarding at full speed would keep that peer's socket always
+/// writable, and a client whose I/O loop writes for as long as it can (lapin
+/// does, while its publishers keep queueing) would then never read warren's
+/// `connection.close`, and be reset at `drain.close_timeout`. Paced, its socket
+/// buffers fill within milliseconds, it reads the close and answers.
+pub(crate) const DISCARD_PAUSE: Duration = Duration::from_millis(1);
+
 /// What to do with the bytes of one read.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Chunk {

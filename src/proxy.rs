@@ -29,7 +29,7 @@ use crate::amqp;
 use crate::balancer::Backend;
 use crate::bulk::{Bulk, Moved};
 use crate::config::Protocol;
-use crate::direction::{Chunk, Dir, Direction, Next, Shared, Timer};
+use crate::direction::{Chunk, Dir, Direction, Next, Shared, Timer, DISCARD_PAUSE};
 use crate::drain::Command;
 use crate::stream::Stream;
 use crate::upstream::ClientAddrs;
@@ -378,6 +378,8 @@ enum Step {
     Again,
     /// Bytes that could not be written at once, still to write.
     Pending(Vec<u8>),
+    /// Read past the cut and dropped (see [`DISCARD_PAUSE`]).
+    Discarded,
     /// The awaited close-ok arrived.
     Finished,
 }
@@ -488,7 +490,7 @@ async fn forward(
             let data = &buf[..n];
             let k = match d.on_read(data) {
                 Chunk::Forward(k) => k,
-                Chunk::Discarded => return Ok(Step::Again),
+                Chunk::Discarded => return Ok(Step::Discarded),
                 Chunk::Finished => return Ok(Step::Finished),
             };
             let mut out = &data[..k];
@@ -521,6 +523,8 @@ async fn forward(
                 bulk.flush(dst).await?;
                 write_all(dst, &bytes).await?;
             }
+            // Boxed: a closing connection's rare path, kept out of the future.
+            Step::Discarded => Box::pin(tokio::time::sleep(DISCARD_PAUSE)).await,
             Step::Finished => return Ok(End::Graceful),
             Step::Eof => return Ok(Box::pin(on_eof(dst, &d)).await),
         }

@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::direction::{far_future, Chunk, Dir, Direction, Next, Shared};
+use crate::direction::{far_future, Chunk, Dir, Direction, Next, Shared, DISCARD_PAUSE};
 use crate::drain::Command;
 use crate::proxy::{both, End, Limits, Meters};
 
@@ -229,7 +229,10 @@ where
         }
         let k = match d.on_read(&buf[..n]) {
             Chunk::Forward(k) => k,
-            Chunk::Discarded => continue,
+            Chunk::Discarded => {
+                tokio::time::sleep(DISCARD_PAUSE).await;
+                continue;
+            }
             Chunk::Finished => return Ok(End::Graceful),
         };
         if k > 0 {
