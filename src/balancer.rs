@@ -82,6 +82,7 @@ pub struct Backend {
     /// The part of `bytes_in`/`bytes_out` already handed to the metrics.
     reported_in: AtomicU64,
     reported_out: AtomicU64,
+    reported_total: AtomicU64,
     active: AtomicUsize,
     total: AtomicU64,
     /// When the backend last came up (for slow start); `None` while never down.
@@ -104,6 +105,7 @@ impl Backend {
             bytes_out: AtomicU64::new(0),
             reported_in: AtomicU64::new(0),
             reported_out: AtomicU64::new(0),
+            reported_total: AtomicU64::new(0),
             active: AtomicUsize::new(0),
             total: AtomicU64::new(0),
             up_since: Mutex::new(None),
@@ -221,6 +223,13 @@ impl Backend {
             take(&self.bytes_in, &self.reported_in),
             take(&self.bytes_out, &self.reported_out),
         )
+    }
+
+    /// Connections made since the previous call (for the metrics, at scrape time:
+    /// a labelled counter per connection would cost the accept path a lookup).
+    pub fn take_unreported_connections(&self) -> u64 {
+        let now = self.total.load(Ordering::Relaxed);
+        now.saturating_sub(self.reported_total.swap(now, Ordering::Relaxed))
     }
 
     /// Counts a connection for as long as the guard lives.

@@ -304,8 +304,13 @@ fn ensure_counters(backend: &str) {
     }
 }
 
-/// Moves the bytes counted by the data path since the last flush into the counters.
+/// Moves the connections and bytes counted by the data path since the last
+/// flush into the counters.
 fn flush_traffic(b: &Backend) {
+    let connections = b.take_unreported_connections();
+    if connections > 0 {
+        counter!(BACKEND_CONNECTIONS, "backend" => b.name().to_string()).increment(connections);
+    }
     let (sent, received) = b.take_unreported_bytes();
     if sent > 0 {
         counter!(BACKEND_SENT_BYTES, "backend" => b.name().to_string()).increment(sent);
@@ -349,11 +354,6 @@ pub fn backend_state(b: &Backend) {
         gauge!(BACKEND_STATE, "backend" => name.clone(), "state" => s.as_str())
             .set(if s == state { 1.0 } else { 0.0 });
     }
-}
-
-/// A client connection to `backend` opened (the active gauge is taken at scrape).
-pub fn backend_connection(backend: &str) {
-    counter!(BACKEND_CONNECTIONS, "backend" => backend.to_string()).increment(1);
 }
 
 /// A connection warren told to close ended: gracefully or not.

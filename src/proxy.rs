@@ -136,7 +136,6 @@ async fn carry(app: &Arc<App>, client: Stream, head: Vec<u8>, peer: SocketAddr, 
     tracing::Span::current().record("backend", backend.name());
     tracing::debug!("connected");
     let _active = backend.connection_guard();
-    crate::metrics::backend_connection(backend.name());
     let cmd = backend.conns.register(id);
     let told = cmd.clone();
     let limits = {
