@@ -70,6 +70,12 @@ impl FrameTracker {
         Self::with_state(State::Start)
     }
 
+    /// For a stream that is not AMQP (`protocol: tcp`): nothing to follow, no
+    /// boundary to close at.
+    pub fn not_amqp() -> Self {
+        Self::with_state(State::Lost)
+    }
+
     fn with_state(state: State) -> Self {
         FrameTracker {
             state,

@@ -215,9 +215,10 @@ impl Backend {
     /// Bytes (in, out) forwarded since the previous call; each byte is reported once
     /// even when two scrapes race.
     pub fn take_unreported_bytes(&self) -> (u64, u64) {
+        // fetch_max: a scrape that loaded an older total never moves `reported` back.
         let take = |total: &AtomicU64, reported: &AtomicU64| {
             let now = total.load(Ordering::Relaxed);
-            now.saturating_sub(reported.swap(now, Ordering::Relaxed))
+            now.saturating_sub(reported.fetch_max(now, Ordering::Relaxed))
         };
         (
             take(&self.bytes_in, &self.reported_in),
@@ -229,7 +230,7 @@ impl Backend {
     /// a labelled counter per connection would cost the accept path a lookup).
     pub fn take_unreported_connections(&self) -> u64 {
         let now = self.total.load(Ordering::Relaxed);
-        now.saturating_sub(self.reported_total.swap(now, Ordering::Relaxed))
+        now.saturating_sub(self.reported_total.fetch_max(now, Ordering::Relaxed))
     }
 
     /// Counts a connection for as long as the guard lives.

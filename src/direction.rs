@@ -178,6 +178,7 @@ pub(crate) enum Chunk {
 impl<'a> Direction<'a> {
     pub(crate) fn new(dir: Dir, limits: Limits, shared: &'a Shared, moved: &'a AtomicU64) -> Self {
         let tracker = match dir {
+            _ if !limits.amqp => FrameTracker::not_amqp(),
             Dir::Up => FrameTracker::client_to_server(),
             Dir::Down => FrameTracker::server_to_client(),
         };
@@ -403,10 +404,15 @@ mod tests {
     const CLOSE_5S: Limits = Limits {
         close: Duration::from_secs(5),
         idle: None,
+        amqp: true,
     };
 
     fn limits(close: Duration, idle: Option<Duration>) -> Limits {
-        Limits { close, idle }
+        Limits {
+            close,
+            idle,
+            amqp: true,
+        }
     }
 
     fn close(text: &str) -> Command {

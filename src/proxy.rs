@@ -143,6 +143,7 @@ async fn carry(app: &Arc<App>, client: Stream, head: Vec<u8>, peer: SocketAddr, 
         Limits {
             close: c.drain.close_timeout.get(),
             idle: c.timeouts.idle.map(|d| d.get()),
+            amqp: c.protocol == Protocol::Amqp,
         }
     };
     let meters = Meters {
@@ -359,6 +360,8 @@ pub struct Limits {
     pub close: Duration,
     /// Close when neither direction carried a byte for this long.
     pub idle: Option<Duration>,
+    /// Follow AMQP frames (false for `protocol: tcp`: a close is a hard close).
+    pub amqp: bool,
 }
 
 /// Where a connection counts the bytes it forwards: one relaxed add per read, on
@@ -522,8 +525,13 @@ async fn forward(
                 bulk.flush(dst).await?;
                 write_all(dst, &bytes).await?;
             }
-            // Boxed: a closing connection's rare path, kept out of the future.
-            Step::Discarded => Box::pin(tokio::time::sleep(DISCARD_PAUSE)).await,
+            Step::Discarded => {
+                // Past the cut reads are full-size again (not the short reads
+                // between splices), and paced. Boxed: a rare path, kept out of
+                // the connection's future.
+                bulk = Bulk::default();
+                Box::pin(tokio::time::sleep(DISCARD_PAUSE)).await
+            }
             Step::Finished => return Ok(End::Graceful),
             Step::Eof => return Ok(Box::pin(on_eof(dst, &d)).await),
         }

@@ -261,7 +261,9 @@ async fn idle_timeout_spares_heartbeating_amqp_connections() {
 async fn tcp_protocol_carries_other_protocols_and_drains_them() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let nodes = cluster().await;
-    let mut extra = String::from("protocol: tcp\ndrain:\n  window: 0s\nbackends:\n");
+    // A long close timeout: a drain that tried an AMQP close would wait for it.
+    let mut extra =
+        String::from("protocol: tcp\ndrain:\n  window: 0s\n  close_timeout: 30s\nbackends:\n");
     for n in &nodes {
         extra.push_str(&format!(
             "  - {{name: {}, address: '{}'}}\n",
@@ -292,16 +294,24 @@ async fn tcp_protocol_carries_other_protocols_and_drains_them() {
     expected.sort();
     assert_eq!(answered_by, expected, "round-robin over the three nodes");
 
-    // A held connection is closed by a drain of its backend.
+    // A held connection is closed by a drain of its backend: one whose server has
+    // sent nothing yet (half a request), so no reply could be taken for AMQP.
     let mut held = tokio::net::TcpStream::connect(w.amqp)
         .await
         .expect("connect");
-    held.write_all(b"GET /api/overview HTTP/1.1\r\nHost: warren\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\n\r\n")
+    held.write_all(b"GET /api/overview HTTP/1.1\r\n")
         .await
         .expect("write");
-    let mut first = vec![0u8; 16 * 1024];
-    let n = held.read(&mut first).await.expect("answer");
-    assert!(first[..n].starts_with(b"HTTP/1.1 200"));
+    for _ in 0..100 {
+        let v: serde_json::Value =
+            serde_json::from_str(&w.admin_get("/api/backends").await.1).expect("json");
+        if v.as_array()
+            .is_some_and(|a| a.iter().any(|b| b["active_connections"] == 1))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let owner = w
         .admin_get("/api/backends")
         .await
@@ -317,16 +327,62 @@ async fn tcp_protocol_carries_other_protocols_and_drains_them() {
     let (status, body) = w.admin_post(&format!("/api/backends/{owner}/drain")).await;
     assert_eq!(status, 200, "{body}");
     let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut after = Vec::new();
         let mut buf = [0u8; 4096];
         loop {
             match held.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
+                Ok(0) | Err(_) => return after,
+                Ok(n) => after.extend_from_slice(&buf[..n]),
             }
         }
     })
     .await;
-    assert!(closed.is_ok(), "drained connection not closed");
+    // Closed at once (not after the 30 s close timeout), and no AMQP
+    // connection.close was written into the HTTP stream.
+    let after = closed.expect("drained connection closed at once");
+    assert!(
+        !after.windows(6).any(|w| w == b"warren"),
+        "an AMQP close was injected: {:?}",
+        String::from_utf8_lossy(&after)
+    );
     w.wait_active(&owner, 0, Duration::from_secs(5)).await;
+    w.stop().await;
+
+    // A stream that happens to look like AMQP frames (8 header-sized bytes, then
+    // a heartbeat frame) to a server that has said nothing: still a plain close.
+    let sink = sink_backend().await;
+    let w = Warren::start(&config_yaml(
+        &nodes,
+        &format!(
+            "protocol: tcp\ndrain:\n  window: 0s\n  close_timeout: 30s\nbackends:\n  - {{name: sink, address: '{sink}'}}\n"
+        ),
+    ))
+    .await;
+    let mut held = tokio::net::TcpStream::connect(w.amqp)
+        .await
+        .expect("connect");
+    held.write_all(b"\x10\x0c\x00\x04MQTT\x08\x00\x00\x00\x00\x00\x00\xce")
+        .await
+        .expect("write");
+    w.wait_active("sink", 1, Duration::from_secs(5)).await;
+    let (status, body) = w.admin_post("/api/backends/sink/drain").await;
+    assert_eq!(status, 200, "{body}");
+    let mut after = Vec::new();
+    let read_to_end = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match held.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => after.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), read_to_end)
+            .await
+            .is_ok(),
+        "drained connection not closed at once"
+    );
+    assert!(after.is_empty(), "bytes injected: {after:?}");
     w.stop().await;
 }
