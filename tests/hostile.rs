@@ -13,17 +13,8 @@ use tokio::net::TcpStream;
 /// Reads until EOF or error; how long it took.
 async fn time_to_close(s: &mut TcpStream, within: Duration) -> Option<Duration> {
     let start = tokio::time::Instant::now();
-    let mut buf = [0u8; 1024];
-    tokio::time::timeout(within, async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return start.elapsed(),
-                Ok(_) => {}
-            }
-        }
-    })
-    .await
-    .ok()
+    read_until_closed(s, within).await?;
+    Some(start.elapsed())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use common::*;
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_connections_land_ten_per_node() {
@@ -234,17 +234,8 @@ async fn idle_timeout_spares_heartbeating_amqp_connections() {
         .await
         .expect("header");
     let started = tokio::time::Instant::now();
-    let mut buf = [0u8; 64];
-    let closed = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match raw.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "idle connection not closed within 10 s");
+    let closed = read_until_closed(&mut raw, Duration::from_secs(10)).await;
+    assert!(closed.is_some(), "idle connection not closed within 10 s");
     assert!(
         started.elapsed() >= Duration::from_millis(2900),
         "closed too early: {:?}",
@@ -302,41 +293,24 @@ async fn tcp_protocol_carries_other_protocols_and_drains_them() {
     held.write_all(b"GET /api/overview HTTP/1.1\r\n")
         .await
         .expect("write");
+    let mut owner = None;
     for _ in 0..100 {
         let v: serde_json::Value =
             serde_json::from_str(&w.admin_get("/api/backends").await.1).expect("json");
-        if v.as_array()
-            .is_some_and(|a| a.iter().any(|b| b["active_connections"] == 1))
-        {
+        owner = v.as_array().and_then(|a| {
+            a.iter()
+                .find(|b| b["active_connections"] == 1)
+                .and_then(|b| b["name"].as_str().map(str::to_string))
+        });
+        if owner.is_some() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let owner = w
-        .admin_get("/api/backends")
-        .await
-        .1
-        .parse::<serde_json::Value>()
-        .expect("json")
-        .as_array()
-        .expect("array")
-        .iter()
-        .find(|b| b["active_connections"] == 1)
-        .and_then(|b| b["name"].as_str().map(str::to_string))
-        .expect("one backend holds the connection");
+    let owner = owner.expect("one backend holds the connection");
     let (status, body) = w.admin_post(&format!("/api/backends/{owner}/drain")).await;
     assert_eq!(status, 200, "{body}");
-    let closed = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut after = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            match held.read(&mut buf).await {
-                Ok(0) | Err(_) => return after,
-                Ok(n) => after.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
+    let closed = read_until_closed(&mut held, Duration::from_secs(10)).await;
     // Closed at once (not after the 30 s close timeout), and no AMQP
     // connection.close was written into the HTTP stream.
     let after = closed.expect("drained connection closed at once");
@@ -367,22 +341,9 @@ async fn tcp_protocol_carries_other_protocols_and_drains_them() {
     w.wait_active("sink", 1, Duration::from_secs(5)).await;
     let (status, body) = w.admin_post("/api/backends/sink/drain").await;
     assert_eq!(status, 200, "{body}");
-    let mut after = Vec::new();
-    let read_to_end = async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match held.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => after.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
-    assert!(
-        tokio::time::timeout(Duration::from_secs(10), read_to_end)
-            .await
-            .is_ok(),
-        "drained connection not closed at once"
-    );
+    let after = read_until_closed(&mut held, Duration::from_secs(10))
+        .await
+        .expect("drained connection closed at once");
     assert!(after.is_empty(), "bytes injected: {after:?}");
     w.stop().await;
 }

@@ -819,6 +819,25 @@ pub fn fresh_dir(prefix: &str) -> PathBuf {
 }
 
 /// A free loopback port (bound and released; fine for tests on one machine).
+/// Reads `s` until its peer closes it (EOF or error), up to `within`: what it
+/// read, or `None` if it was still open.
+pub async fn read_until_closed(s: &mut tokio::net::TcpStream, within: Duration) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(within, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .ok()?;
+    Some(got)
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
