@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::direction::{far_future, Chunk, Dir, Direction, Next, Shared, DISCARD_PAUSE};
+use crate::direction::{far_future, Chunk, Dir, Direction, Next, Shared, Timer, DISCARD_PAUSE};
 use crate::drain::Command;
 use crate::proxy::{both, End, Limits, Meters};
 
@@ -165,6 +165,7 @@ where
     let shared = d.shared;
     let mut buf = vec![0u8; BUF_START];
     let mut cmd_open = true;
+    let mut timer = Timer::default();
     if !head.is_empty() {
         d.tracker.feed(head, false);
         d.moved.fetch_add(head.len() as u64, Ordering::Relaxed);
@@ -211,7 +212,7 @@ where
                 continue;
             }
             _ = &mut told, if wait_for_client_told => continue,
-            _ = tokio::time::sleep_until(wake_at.unwrap_or_else(far_future)), if wake_at.is_some() => {
+            _ = timer.at(wake_at), if wake_at.is_some() => {
                 if d.time_up() {
                     return Ok(End::Hard);
                 }
