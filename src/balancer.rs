@@ -215,22 +215,16 @@ impl Backend {
     /// Bytes (in, out) forwarded since the previous call; each byte is reported once
     /// even when two scrapes race.
     pub fn take_unreported_bytes(&self) -> (u64, u64) {
-        // fetch_max: a scrape that loaded an older total never moves `reported` back.
-        let take = |total: &AtomicU64, reported: &AtomicU64| {
-            let now = total.load(Ordering::Relaxed);
-            now.saturating_sub(reported.fetch_max(now, Ordering::Relaxed))
-        };
         (
-            take(&self.bytes_in, &self.reported_in),
-            take(&self.bytes_out, &self.reported_out),
+            take_unreported(&self.bytes_in, &self.reported_in),
+            take_unreported(&self.bytes_out, &self.reported_out),
         )
     }
 
     /// Connections made since the previous call (for the metrics, at scrape time:
     /// a labelled counter per connection would cost the accept path a lookup).
     pub fn take_unreported_connections(&self) -> u64 {
-        let now = self.total.load(Ordering::Relaxed);
-        now.saturating_sub(self.reported_total.fetch_max(now, Ordering::Relaxed))
+        take_unreported(&self.total, &self.reported_total)
     }
 
     /// Counts a connection for as long as the guard lives.
@@ -241,6 +235,14 @@ impl Backend {
             backend: Arc::clone(self),
         }
     }
+}
+
+/// How much `total` grew since the last call for this `reported` mark.
+/// `fetch_max`: a scrape that loaded an older total never moves the mark back,
+/// so nothing is counted twice when two scrapes race.
+fn take_unreported(total: &AtomicU64, reported: &AtomicU64) -> u64 {
+    let now = total.load(Ordering::Relaxed);
+    now.saturating_sub(reported.fetch_max(now, Ordering::Relaxed))
 }
 
 /// Decrements a backend's active count on drop.
