@@ -15,6 +15,7 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{ready, Context, Poll};
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -180,15 +181,15 @@ impl Bulk {
     }
 
     /// Splices out whatever the pipe holds, waiting for the destination as needed.
-    pub async fn flush(&mut self, dst: &TcpStream) -> io::Result<()> {
+    pub fn poll_flush(&mut self, dst: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while let Some(pipe) = self.pipe.as_mut().filter(|p| !p.is_empty()) {
-            std::future::poll_fn(|cx| dst.poll_write_ready(cx)).await?;
+            ready!(dst.poll_write_ready(cx))?;
             match dst.try_io(Interest::WRITABLE, || pipe.splice_out(dst.as_raw_fd())) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
+                Err(e) => return Poll::Ready(Err(e)),
             }
         }
-        Ok(())
+        Poll::Ready(Ok(()))
     }
 }

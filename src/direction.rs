@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -73,6 +73,19 @@ impl Shared {
         flag.store(true, Ordering::Release);
         self.notify.notify_waiters();
     }
+
+    /// All the flags at once: a pump that drives both directions itself polls
+    /// them again while a pass over them changed this.
+    pub(crate) fn flags(&self) -> [bool; 5] {
+        [
+            &self.client_told,
+            &self.down_done,
+            &self.peer_closing,
+            &self.broker_closed,
+            &self.client_acked,
+        ]
+        .map(|f| f.load(Ordering::Acquire))
+    }
 }
 
 /// Far enough ahead to stand for "never" in a `select!` branch that is disabled.
@@ -90,6 +103,17 @@ pub(crate) struct Timer(Option<Pin<Box<Sleep>>>);
 impl Timer {
     /// Completes at `at`; never when `None`.
     pub(crate) fn at(&mut self, at: Option<Instant>) -> impl Future<Output = ()> + '_ {
+        self.set(at);
+        std::future::poll_fn(move |cx| self.poll(cx))
+    }
+
+    /// Ready once `at` has come (`None`: never; the timer is dropped).
+    pub(crate) fn poll_at(&mut self, cx: &mut Context<'_>, at: Option<Instant>) -> Poll<()> {
+        self.set(at);
+        self.poll(cx)
+    }
+
+    fn set(&mut self, at: Option<Instant>) {
         match (at, &mut self.0) {
             (None, slot) => *slot = None,
             (Some(t), Some(sleep)) => {
@@ -99,10 +123,13 @@ impl Timer {
             }
             (Some(t), slot) => *slot = Some(Box::pin(tokio::time::sleep_until(t))),
         }
-        std::future::poll_fn(move |cx| match &mut self.0 {
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.0 {
             Some(sleep) => sleep.as_mut().poll(cx),
             None => Poll::Pending,
-        })
+        }
     }
 }
 
@@ -356,40 +383,64 @@ impl<'a> Direction<'a> {
     /// The source ended: how the direction ends. On [`End::Closed`] the caller
     /// half-closes the destination (the peer is done sending; tell the other
     /// side, keep reading it).
-    pub(crate) async fn at_eof(&self) -> End {
+    pub(crate) fn at_eof(&self) -> AtEof {
         if self.sent_close {
-            return End::Graceful;
+            return AtEof::End(End::Graceful);
         }
         if self.closing() {
-            return End::Hard;
+            return AtEof::End(End::Hard);
         }
-        let shared = self.shared;
-        if self.dir == Dir::Down && shared.broker_closed.load(Ordering::Acquire) {
+        if self.dir == Dir::Down && self.shared.broker_closed.load(Ordering::Acquire) {
             // The broker closed right after its connection.close: give the
             // client time to read it and answer before it sees EOF, so it
             // reports a broker close rather than a broken connection.
-            let wait = async {
-                while !shared.client_acked.load(Ordering::Acquire) {
-                    let notified = shared.notify.notified();
-                    if shared.client_acked.load(Ordering::Acquire) {
-                        break;
-                    }
-                    notified.await;
-                }
-            };
-            let _ = tokio::time::timeout(self.limits.close, wait).await;
+            return AtEof::AwaitAck(Instant::now() + self.limits.close);
         }
+        AtEof::End(End::Closed)
+    }
+
+    /// [`at_eof`](Self::at_eof), waiting for the client's close-ok where it says so.
+    pub(crate) async fn eof(&self) -> End {
+        let until = match self.at_eof() {
+            AtEof::End(end) => return end,
+            AtEof::AwaitAck(until) => until,
+        };
+        let shared = self.shared;
+        let wait = async {
+            while !shared.client_acked.load(Ordering::Acquire) {
+                let notified = shared.notify.notified();
+                if shared.client_acked.load(Ordering::Acquire) {
+                    break;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout_at(until, wait).await;
         End::Closed
     }
+
+    /// The direction is over (the pump that keeps its state until both are
+    /// done says so here; dropping it says so too).
+    pub(crate) fn finish(&self) {
+        if self.dir == Dir::Down && !self.shared.down_done.load(Ordering::Acquire) {
+            self.shared.set(&self.shared.down_done);
+        }
+    }
+}
+
+/// How a direction whose source ended ends.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum AtEof {
+    End(End),
+    /// [`End::Closed`], once the client's close-ok came or at this instant.
+    AwaitAck(Instant),
 }
 
 impl Drop for Direction<'_> {
     /// However the broker-to-client direction ends, the other one learns it
     /// ([`Shared::down_done`]).
     fn drop(&mut self) {
-        if self.dir == Dir::Down {
-            self.shared.set(&self.shared.down_done);
-        }
+        self.finish();
     }
 }
 
@@ -529,14 +580,14 @@ mod tests {
         let hour = Duration::from_secs(3600);
         let l = limits(hour, None);
         assert_eq!(
-            Direction::new(Dir::Down, l, &shared, &moved).at_eof().await,
+            Direction::new(Dir::Down, l, &shared, &moved).eof().await,
             End::Closed
         );
         let mut d = Direction::new(Dir::Down, l, &shared, &moved);
         d.follow(&close("bye"));
-        assert_eq!(d.at_eof().await, End::Hard);
+        assert_eq!(d.eof().await, End::Hard);
         d.close_sent();
-        assert_eq!(d.at_eof().await, End::Graceful);
+        assert_eq!(d.eof().await, End::Graceful);
 
         // After the broker's own close, the EOF waits for the client's close-ok.
         let shared = Shared::new();
@@ -547,7 +598,7 @@ mod tests {
             shared.set(&shared.client_acked);
         };
         let (end, ()) = tokio::time::timeout(Duration::from_secs(10), async {
-            tokio::join!(d.at_eof(), acked)
+            tokio::join!(d.eof(), acked)
         })
         .await
         .expect("the close-ok ends the wait");
@@ -556,7 +607,7 @@ mod tests {
         let short = limits(Duration::from_millis(10), None);
         let d = Direction::new(Dir::Down, short, &shared, &moved);
         shared.client_acked.store(false, Ordering::Release);
-        assert_eq!(d.at_eof().await, End::Closed);
+        assert_eq!(d.eof().await, End::Closed);
     }
 
     #[tokio::test]

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod mgmt;
 pub mod proxy;
 pub mod proxy_protocol;
+mod pump;
 pub mod rebalance;
 pub mod reload;
 pub mod shutdown;

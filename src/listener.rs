@@ -277,16 +277,25 @@ async fn accept_loop(app: Arc<App>, kind: Kind) {
             stats.tls_active.fetch_add(1, Ordering::Relaxed);
         }
         crate::metrics::listener_accept(kind.label(), true);
-        let slot = ActiveSlot(Arc::clone(&app), kind);
         let id = app.next_conn_id.fetch_add(1, Ordering::Relaxed);
-        let app = Arc::clone(&app);
-        tokio::spawn(async move {
-            match kind {
-                Kind::Plain => crate::proxy::serve(app, stream, peer, id).await,
-                Kind::Tls => crate::proxy::serve_tls(app, stream, peer, id).await,
-            }
-            drop(slot);
-        });
+        tokio::spawn(connection(
+            ActiveSlot(Arc::clone(&app), kind),
+            stream,
+            peer,
+            id,
+        ));
+    }
+}
+
+/// The task of one accepted connection. Every open connection is one such
+/// future, idle ones included, so its size is most of what a connection costs
+/// (docs/performance.md): the TLS side is boxed, or its handshake state would
+/// enlarge every plain connection as well.
+async fn connection(slot: ActiveSlot, stream: TcpStream, peer: SocketAddr, id: u64) {
+    let app = Arc::clone(&slot.0);
+    match slot.1 {
+        Kind::Plain => crate::proxy::serve(app, stream, peer, id).await,
+        Kind::Tls => Box::pin(crate::proxy::serve_tls(app, stream, peer, id)).await,
     }
 }
 
@@ -303,6 +312,24 @@ fn is_transient(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The size of the future an async fn taking four arguments returns.
+    fn future_size<F, A, B, C, D, Fut>(_: &F) -> usize
+    where
+        F: Fn(A, B, C, D) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Every open connection is one such future, idle ones included: it is
+    /// most of what a connection costs (docs/performance.md). The TLS side and
+    /// connecting are boxed, the plain data path is a state machine polled by
+    /// hand (`pump`); this catches a change that undoes one of those.
+    #[test]
+    fn a_connection_task_stays_small() {
+        let size = future_size(&connection);
+        assert!(size <= 1280, "a connection's task grew to {size} bytes");
+    }
 
     async fn bound() -> (TcpListener, SocketAddr) {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");

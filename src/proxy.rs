@@ -2,48 +2,39 @@
 //! failure), then carry bytes both ways until either side is done, following AMQP
 //! frame boundaries so the connection can be closed the way a broker closes it.
 //!
-//! The data path reads into a per-thread scratch buffer and writes straight on, so
-//! an idle connection holds no buffer at all; only bytes a slow peer has not taken
-//! yet are copied into a buffer owned by the connection. Long payloads of plain
-//! TCP connections (large body frames, or a stream that is not AMQP) are spliced
-//! instead (`bulk`).
+//! Plain TCP on both sides is carried by `pump::Pump`; TLS on either side by
+//! `stream::pump`.
 
-use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::amqp;
 use crate::balancer::Backend;
-use crate::bulk::{Bulk, Moved};
 use crate::config::Protocol;
-use crate::direction::{Chunk, Dir, Direction, Next, Shared, Timer, DISCARD_PAUSE};
-use crate::drain::Command;
+use crate::direction::Shared;
+use crate::pump::Pump;
 use crate::stream::Stream;
 use crate::upstream::ClientAddrs;
 use crate::App;
 
-/// Bytes moved per read; large enough for bulk transfers.
-const SCRATCH_SIZE: usize = 64 * 1024;
-
-thread_local! {
-    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH_SIZE]);
-}
-
-/// Serves one accepted client connection to its end.
-pub async fn serve(app: Arc<App>, client: TcpStream, peer: SocketAddr, id: u64) {
+/// Serves one accepted client connection to its end. (Not an `async fn`: one
+/// would hold its arguments beside the inner future's copies of them.)
+pub fn serve(
+    app: Arc<App>,
+    client: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+) -> impl Future<Output = ()> {
     let span = tracing::info_span!("conn", id, %peer, backend = tracing::field::Empty);
     async move {
         let _ = client.set_nodelay(true);
@@ -63,7 +54,6 @@ pub async fn serve(app: Arc<App>, client: TcpStream, peer: SocketAddr, id: u64) 
         carry(&app, Stream::Plain(client), Vec::new(), peer, id).await
     }
     .instrument(span)
-    .await
 }
 
 /// Serves one connection accepted on the TLS listener: the TLS handshake and the
@@ -136,8 +126,7 @@ async fn carry(app: &Arc<App>, client: Stream, head: Vec<u8>, peer: SocketAddr, 
     tracing::Span::current().record("backend", backend.name());
     tracing::debug!("connected");
     let _active = backend.connection_guard();
-    let cmd = backend.conns.register(id);
-    let told = cmd.clone();
+    let orders = backend.conns.register(id);
     let limits = {
         let c = app.config.load();
         Limits {
@@ -150,20 +139,20 @@ async fn carry(app: &Arc<App>, client: Stream, head: Vec<u8>, peer: SocketAddr, 
         up: &backend.bytes_in,
         down: &backend.bytes_out,
     };
-    let result = match (client, server) {
+    let result = match (&client, &server) {
         (Stream::Plain(client), Stream::Plain(server)) => {
-            pump(&client, &server, cmd, limits, meters).await
+            let shared = Shared::new();
+            Pump::new(client, server, &shared, orders, limits, meters).await
         }
-        (client, server) => {
+        _ => {
             Box::pin(crate::stream::pump(
-                client, server, &head, cmd, limits, meters,
+                client, server, &head, orders, limits, meters,
             ))
             .await
         }
     };
-    backend.conns.unregister(id);
     // Only closes warren asked for count as graceful or forced (not idle timeouts).
-    if *told.borrow() != Command::Run {
+    if backend.conns.unregister(id).is_some_and(|o| o.told()) {
         match &result {
             Ok(End::Graceful) => crate::metrics::close_ended(backend.name(), true),
             Ok(End::Hard) => crate::metrics::close_ended(backend.name(), false),
@@ -277,82 +266,6 @@ pub enum End {
     Hard,
 }
 
-/// Carries bytes both ways until both directions are done or a command ends them.
-pub async fn pump(
-    client: &TcpStream,
-    server: &TcpStream,
-    cmd: watch::Receiver<Command>,
-    limits: Limits,
-    meters: Meters<'_>,
-) -> io::Result<End> {
-    let shared = Shared::new();
-    // Pinned in place and polled through references: a future moved into another
-    // (an `async` block, a function argument) is stored again at each level, and
-    // this one lives as long as the connection.
-    let up = pin!(forward(
-        Direction::new(Dir::Up, limits, &shared, meters.up),
-        client,
-        server,
-        cmd.clone(),
-    ));
-    let down = pin!(forward(
-        Direction::new(Dir::Down, limits, &shared, meters.down),
-        server,
-        client,
-        cmd,
-    ));
-    both(up, down).await
-}
-
-/// Runs the two directions of a connection (in this one task) until both are
-/// done: graceful if either closed gracefully. A hard end or an error of either
-/// ends both at once.
-pub(crate) async fn both(
-    mut up: Pin<&mut impl Future<Output = io::Result<End>>>,
-    mut down: Pin<&mut impl Future<Output = io::Result<End>>>,
-) -> io::Result<End> {
-    let mut ends: [Option<End>; 2] = [None, None];
-    std::future::poll_fn(|cx| {
-        for (i, dir) in [
-            up.as_mut() as Pin<&mut dyn Future<Output = _>>,
-            down.as_mut(),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            if ends[i].is_some() {
-                continue;
-            }
-            match dir.poll(cx) {
-                Poll::Ready(Ok(End::Hard)) => return Poll::Ready(Ok(End::Hard)),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(end)) => ends[i] = Some(end),
-                Poll::Pending => {}
-            }
-        }
-        match &ends {
-            [Some(End::Graceful), Some(_)] | [Some(_), Some(End::Graceful)] => {
-                Poll::Ready(Ok(End::Graceful))
-            }
-            [Some(_), Some(_)] => Poll::Ready(Ok(End::Closed)),
-            _ => Poll::Pending,
-        }
-    })
-    .await
-}
-
-/// Waits until `s` is readable. Unlike `TcpStream::readable`, the future keeps no
-/// waiter of its own (tokio's per-socket slot serves the one task of the
-/// connection), so idle connections stay small.
-fn readable(s: &TcpStream) -> impl Future<Output = io::Result<()>> + '_ {
-    std::future::poll_fn(move |cx| s.poll_read_ready(cx))
-}
-
-/// Waits until `s` is writable; see [`readable`].
-fn writable(s: &TcpStream) -> impl Future<Output = io::Result<()>> + '_ {
-    std::future::poll_fn(move |cx| s.poll_write_ready(cx))
-}
-
 /// Time limits of one connection.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -372,212 +285,4 @@ pub struct Meters<'a> {
     pub up: &'a AtomicU64,
     /// Broker to client.
     pub down: &'a AtomicU64,
-}
-
-/// What one read did.
-enum Step {
-    Eof,
-    Again,
-    /// Bytes that could not be written at once, still to write.
-    Pending(Vec<u8>),
-    /// Read past the cut and dropped (see [`DISCARD_PAUSE`]).
-    Discarded,
-    /// The awaited close-ok arrived.
-    Finished,
-}
-
-/// One direction: copies and tracks frames; closes the AMQP way on
-/// [`Command::Close`] (see [`Direction`]). Long payloads are spliced (`bulk`).
-async fn forward(
-    mut d: Direction<'_>,
-    src: &TcpStream,
-    dst: &TcpStream,
-    mut cmd: watch::Receiver<Command>,
-) -> io::Result<End> {
-    let (shared, moved) = (d.shared, d.moved);
-    let mut bulk = Bulk::default();
-    let mut cmd_open = true;
-    let mut timer = Timer::default();
-    loop {
-        if cmd_open {
-            if let Some(end) = d.follow(&cmd.borrow_and_update()) {
-                return Ok(end);
-            }
-        }
-        if bulk.active() {
-            // Mid-frame (or a stream that is not AMQP): move bytes by splice(2).
-            // A close waits for the frame to end, so its boundary stays exact.
-            if d.deadline().is_some() && d.tracker.is_lost() {
-                return Ok(End::Hard);
-            }
-            let (read, write) = match bulk.step(src, dst, &mut d.tracker, moved) {
-                Ok(Moved::Some) => {
-                    if d.close_due() {
-                        // A payload still flowing when the close is due: give up.
-                        return Ok(End::Hard);
-                    }
-                    d.touch();
-                    tokio::task::consume_budget().await;
-                    continue;
-                }
-                Ok(Moved::Eof) => return Ok(Box::pin(on_eof(dst, &d)).await),
-                Ok(Moved::Wait { read, write }) => (read, write),
-                // The same ends of a normal close as on the copying path below.
-                Err(_) if d.ends_on_error() => return Ok(Box::pin(on_eof(dst, &d)).await),
-                Err(_) if d.drops_on_error() => {
-                    // What was read is dropped, as the copying path drops it.
-                    bulk = Bulk::default();
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            let wake_at = d.wake_at();
-            tokio::select! {
-                r = readable(src), if read => r?,
-                r = writable(dst), if write => r?,
-                changed = cmd.changed(), if cmd_open => {
-                    if changed.is_err() {
-                        cmd_open = false;
-                    }
-                }
-                _ = timer.at(wake_at), if wake_at.is_some() => {
-                    if d.time_up() {
-                        return Ok(End::Hard);
-                    }
-                }
-            }
-            continue;
-        }
-        let wait_for_client_told = match d.next() {
-            Next::Read {
-                wait_for_client_told,
-            } => wait_for_client_told,
-            Next::SendClose(frame) => {
-                write_all(dst, &frame).await?;
-                d.close_sent();
-                false
-            }
-            Next::Hard => return Ok(End::Hard),
-        };
-        let wake_at = d.wake_at();
-        tokio::select! {
-            r = readable(src) => r?,
-            changed = cmd.changed(), if cmd_open => {
-                if changed.is_err() {
-                    cmd_open = false;
-                }
-                continue;
-            }
-            _ = shared.notify.notified(), if wait_for_client_told => continue,
-            _ = timer.at(wake_at), if wake_at.is_some() => {
-                if d.time_up() {
-                    return Ok(End::Hard);
-                }
-                continue;
-            }
-        }
-        d.touch();
-        // A close already under way between client and broker is left to finish.
-        let closing = d.closing();
-        let step = SCRATCH.with(|scratch| -> io::Result<Step> {
-            let mut scratch = scratch.borrow_mut();
-            let buf = &mut scratch[..bulk.read_size(SCRATCH_SIZE)];
-            let n = match src.try_read(buf) {
-                Ok(0) => return Ok(Step::Eof),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Again),
-                Err(_) if d.ends_on_error() => return Ok(Step::Eof),
-                Err(e) => return Err(e),
-            };
-            let data = &buf[..n];
-            let k = match d.on_read(data) {
-                Chunk::Forward(k) => k,
-                Chunk::Discarded => return Ok(Step::Discarded),
-                Chunk::Finished => return Ok(Step::Finished),
-            };
-            let mut out = &data[..k];
-            if !closing && !shared.peer_closing.load(Ordering::Acquire) {
-                // A long payload follows: what was read goes into a pipe, ahead of
-                // the payload that will be spliced after it.
-                if let Some(rest) = bulk.start(&d.tracker, out)? {
-                    out = &out[out.len() - rest..];
-                    if rest > 0 {
-                        return Ok(Step::Pending(out.to_vec()));
-                    }
-                }
-            }
-            while !out.is_empty() {
-                match dst.try_write(out) {
-                    Ok(w) => out = &out[w..],
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        return Ok(Step::Pending(out.to_vec()));
-                    }
-                    Err(_) if d.drops_on_error() => return Ok(Step::Again),
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(Step::Again)
-        })?;
-        match step {
-            Step::Again => {}
-            Step::Pending(bytes) => {
-                // Whatever sits in the pipe was read before these bytes.
-                bulk.flush(dst).await?;
-                write_all(dst, &bytes).await?;
-            }
-            Step::Discarded => {
-                // Past the cut reads are full-size again (not the short reads
-                // between splices), and paced. Boxed: a rare path, kept out of
-                // the connection's future.
-                bulk = Bulk::default();
-                Box::pin(tokio::time::sleep(DISCARD_PAUSE)).await
-            }
-            Step::Finished => return Ok(End::Graceful),
-            Step::Eof => return Ok(Box::pin(on_eof(dst, &d)).await),
-        }
-    }
-}
-
-/// The source ended: ends the direction as [`Direction::at_eof`] says, with a
-/// half-close where the peer is simply done sending.
-async fn on_eof(dst: &TcpStream, d: &Direction<'_>) -> End {
-    let end = d.at_eof().await;
-    if end == End::Closed {
-        let _ = SockRef::from(dst).shutdown(std::net::Shutdown::Write);
-    }
-    end
-}
-
-async fn write_all(dst: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
-    while !buf.is_empty() {
-        writable(dst).await?;
-        match dst.try_write(buf) {
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    /// The size of the future an async fn taking four arguments returns.
-    fn future_size<F, A, B, C, D, Fut>(_: &F) -> usize
-    where
-        F: Fn(A, B, C, D) -> Fut,
-    {
-        std::mem::size_of::<Fut>()
-    }
-
-    /// Every idle plain connection is one such future: it is most of what a
-    /// connection costs (docs/performance.md). Connecting and the TLS pump are
-    /// boxed, the two directions pinned in place, readiness polled without
-    /// waiters of its own, the timer on the heap only while set; this catches a
-    /// change that undoes one of those.
-    #[test]
-    fn a_plain_connection_future_stays_small() {
-        let size = future_size(&super::serve);
-        assert!(size <= 2560, "proxy::serve's future grew to {size} bytes");
-    }
 }

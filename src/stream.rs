@@ -4,7 +4,7 @@
 //! `try_read`/`try_write` into a per-thread scratch buffer). A TLS stream cannot be
 //! driven that way: rustls keeps plaintext and records of its own, so bytes are
 //! only available through `AsyncRead`/`AsyncWrite`. This pump asks the same
-//! `direction::Direction` as `proxy::pump` what to do with each read, so a drain or a
+//! `direction::Direction` as `pump::Pump` what to do with each read, so a drain or a
 //! shutdown closes a TLS connection exactly like a plain one: `connection.close`
 //! 320 to the client at a server-to-client frame boundary, 200 to the broker once
 //! the client has been told, each side's `close-ok` awaited within the close
@@ -23,12 +23,12 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::direction::{far_future, Chunk, Dir, Direction, Next, Shared, Timer, DISCARD_PAUSE};
 use crate::drain::Command;
-use crate::proxy::{both, End, Limits, Meters};
+use crate::drain::OrdersRx;
+use crate::proxy::{End, Limits, Meters};
 
 const BUF_START: usize = 8 * 1024;
 const BUF_MAX: usize = 64 * 1024;
@@ -110,7 +110,7 @@ pub async fn pump(
     client: Stream,
     server: Stream,
     head: &[u8],
-    cmd: watch::Receiver<Command>,
+    cmd: OrdersRx,
     limits: Limits,
     meters: Meters<'_>,
 ) -> io::Result<End> {
@@ -149,6 +149,43 @@ pub async fn pump(
     Ok(end)
 }
 
+/// Runs the two directions of a connection (in this one task) until both are
+/// done: graceful if either closed gracefully. A hard end or an error of either
+/// ends both at once.
+async fn both(
+    mut up: Pin<&mut impl Future<Output = io::Result<End>>>,
+    mut down: Pin<&mut impl Future<Output = io::Result<End>>>,
+) -> io::Result<End> {
+    let mut ends: [Option<End>; 2] = [None, None];
+    std::future::poll_fn(|cx| {
+        for (i, dir) in [
+            up.as_mut() as Pin<&mut dyn Future<Output = _>>,
+            down.as_mut(),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if ends[i].is_some() {
+                continue;
+            }
+            match dir.poll(cx) {
+                Poll::Ready(Ok(End::Hard)) => return Poll::Ready(Ok(End::Hard)),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(end)) => ends[i] = Some(end),
+                Poll::Pending => {}
+            }
+        }
+        match &ends {
+            [Some(End::Graceful), Some(_)] | [Some(_), Some(End::Graceful)] => {
+                Poll::Ready(Ok(End::Graceful))
+            }
+            [Some(_), Some(_)] => Poll::Ready(Ok(End::Closed)),
+            _ => Poll::Pending,
+        }
+    })
+    .await
+}
+
 /// One direction, by the same rules as `proxy`'s (see [`Direction`]), over
 /// `AsyncRead`/`AsyncWrite`.
 async fn forward<R, W>(
@@ -156,7 +193,7 @@ async fn forward<R, W>(
     src: &mut R,
     dst: &mut W,
     head: &[u8],
-    cmd: &mut watch::Receiver<Command>,
+    cmd: &mut OrdersRx,
 ) -> io::Result<End>
 where
     R: AsyncRead + Unpin,
@@ -164,20 +201,17 @@ where
 {
     let shared = d.shared;
     let mut buf = vec![0u8; BUF_START];
-    let mut cmd_open = true;
     let mut timer = Timer::default();
     if !head.is_empty() {
         d.tracker.feed(head, false);
         d.moved.fetch_add(head.len() as u64, Ordering::Relaxed);
-        if !guarded(write_flush(dst, head), cmd, &mut cmd_open, d.deadline()).await? {
+        if !guarded(write_flush(dst, head), cmd, d.deadline()).await? {
             return Ok(End::Hard);
         }
     }
     loop {
-        if cmd_open {
-            if let Some(end) = d.follow(&cmd.borrow_and_update()) {
-                return Ok(end);
-            }
+        if let Some(end) = d.follow(&cmd.current()) {
+            return Ok(end);
         }
         let deadline = d.deadline();
         // Created before the flags are read, so a notification in between is not lost.
@@ -188,7 +222,7 @@ where
                 wait_for_client_told,
             } => wait_for_client_told,
             Next::SendClose(frame) => {
-                if !guarded(write_flush(dst, &frame), cmd, &mut cmd_open, deadline).await? {
+                if !guarded(write_flush(dst, &frame), cmd, deadline).await? {
                     return Ok(End::Hard);
                 }
                 d.close_sent();
@@ -205,12 +239,7 @@ where
                 Err(_) if d.ends_on_error() => 0,
                 Err(e) => return Err(e),
             },
-            changed = cmd.changed(), if cmd_open => {
-                if changed.is_err() {
-                    cmd_open = false;
-                }
-                continue;
-            }
+            _ = cmd.changed() => continue,
             _ = &mut told, if wait_for_client_told => continue,
             _ = timer.at(wake_at), if wake_at.is_some() => {
                 if d.time_up() {
@@ -221,10 +250,10 @@ where
         };
         d.touch();
         if n == 0 {
-            let end = d.at_eof().await;
+            let end = d.eof().await;
             if end == End::Closed {
                 // Half-close: the peer is done sending; tell the other side, keep reading it.
-                let _ = guarded(dst.shutdown(), cmd, &mut cmd_open, deadline).await;
+                let _ = guarded(dst.shutdown(), cmd, deadline).await;
             }
             return Ok(end);
         }
@@ -237,7 +266,7 @@ where
             Chunk::Finished => return Ok(End::Graceful),
         };
         if k > 0 {
-            match guarded(write_flush(dst, &buf[..k]), cmd, &mut cmd_open, deadline).await {
+            match guarded(write_flush(dst, &buf[..k]), cmd, deadline).await {
                 Ok(true) => {}
                 Ok(false) => return Ok(End::Hard),
                 Err(_) if d.drops_on_error() => {}
@@ -257,12 +286,7 @@ async fn write_flush<W: AsyncWrite + Unpin>(dst: &mut W, data: &[u8]) -> io::Res
 }
 
 /// Runs `io` unless a hard close or the close deadline comes first (`Ok(false)`).
-async fn guarded<F>(
-    io: F,
-    cmd: &mut watch::Receiver<Command>,
-    cmd_open: &mut bool,
-    deadline: Option<Instant>,
-) -> io::Result<bool>
+async fn guarded<F>(io: F, cmd: &mut OrdersRx, deadline: Option<Instant>) -> io::Result<bool>
 where
     F: Future<Output = io::Result<()>>,
 {
@@ -270,10 +294,8 @@ where
     loop {
         tokio::select! {
             r = &mut io => return r.map(|()| true),
-            changed = cmd.changed(), if *cmd_open => {
-                if changed.is_err() {
-                    *cmd_open = false;
-                } else if *cmd.borrow() == Command::Hard {
+            cmd = cmd.changed() => {
+                if cmd == Command::Hard {
                     return Ok(false);
                 }
             }

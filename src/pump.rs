@@ -1,0 +1,559 @@
+//! The data path of a plain TCP connection: both directions of one connection,
+//! driven by hand from one task.
+//!
+//! Every open connection, idle ones included, is one such state machine, so it
+//! is written as a plain struct polled by hand rather than as an `async fn`: an
+//! `async fn` is as large as its largest await point together with every
+//! argument and local it holds, and what an idle connection costs is mostly
+//! that size (docs/performance.md). Here a direction is its [`Direction`] (the
+//! AMQP close rules), its splice state, its one timer and a small [`State`].
+//!
+//! Each direction waits for readiness itself (`poll_read_ready` /
+//! `poll_write_ready`: no futures with waiters of their own), reads into a
+//! per-thread scratch buffer and writes straight on, so an idle connection
+//! holds no buffer; only bytes a slow peer has not taken yet are kept. Long
+//! payloads are spliced (`bulk`).
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::task::{ready, Context, Poll};
+
+use socket2::SockRef;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::bulk::{Bulk, Moved};
+use crate::direction::{AtEof, Chunk, Dir, Direction, Next, Shared, Timer, DISCARD_PAUSE};
+use crate::drain::OrdersRx;
+use crate::proxy::{End, Limits, Meters};
+
+/// Bytes moved per read; large enough for bulk transfers.
+const SCRATCH_SIZE: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH_SIZE]);
+}
+
+/// Carries bytes both ways until both directions are done or a command ends
+/// them: graceful if either closed gracefully; a hard end or an error of either
+/// ends both at once.
+pub(crate) struct Pump<'a> {
+    halves: [Half<'a>; 2],
+    ends: [Option<End>; 2],
+    orders: OrdersRx,
+}
+
+impl<'a> Pump<'a> {
+    pub(crate) fn new(
+        client: &'a TcpStream,
+        server: &'a TcpStream,
+        shared: &'a Shared,
+        orders: OrdersRx,
+        limits: Limits,
+        meters: Meters<'a>,
+    ) -> Self {
+        let up = Direction::new(Dir::Up, limits, shared, meters.up);
+        let down = Direction::new(Dir::Down, limits, shared, meters.down);
+        Pump {
+            halves: [
+                Half::new(up, client, server),
+                Half::new(down, server, client),
+            ],
+            ends: [None, None],
+            orders,
+        }
+    }
+}
+
+impl Future for Pump<'_> {
+    type Output = io::Result<End>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Poll::Ready(cmd) = this.orders.poll_changed(cx) {
+            for half in &mut this.halves {
+                if let Some(end) = half.d.follow(&cmd) {
+                    return Poll::Ready(Ok(end));
+                }
+            }
+        }
+        let shared = this.halves[0].d.shared;
+        loop {
+            let before = shared.flags();
+            for (half, end) in this.halves.iter_mut().zip(&mut this.ends) {
+                if end.is_some() {
+                    continue;
+                }
+                match half.poll(cx) {
+                    Poll::Ready(Ok(End::Hard)) => return Poll::Ready(Ok(End::Hard)),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(e)) => {
+                        *end = Some(e);
+                        half.finish();
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            match &this.ends {
+                [Some(End::Graceful), Some(_)] | [Some(_), Some(End::Graceful)] => {
+                    return Poll::Ready(Ok(End::Graceful))
+                }
+                [Some(_), Some(_)] => return Poll::Ready(Ok(End::Closed)),
+                _ => {}
+            }
+            // One direction changed what the other waits for (the client was told,
+            // the broker's side ended, a close-ok came): let it look again.
+            if shared.flags() == before {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+/// What a direction is doing besides reading.
+enum State {
+    /// Reading and forwarding (copying or splicing, as `bulk` says).
+    Run,
+    /// Bytes the destination has not taken yet, written after whatever the pipe
+    /// holds; `close`: they are warren's own `connection.close`.
+    Write { buf: Vec<u8>, close: bool },
+    /// Reads paused after a discarded one (see [`DISCARD_PAUSE`]).
+    Pause(Instant),
+    /// The source ended; the client's close-ok is awaited until then (see
+    /// [`Direction::at_eof`]).
+    AwaitAck(Instant),
+}
+
+/// One direction: copies and tracks frames; closes the AMQP way on
+/// `Command::Close` (see [`Direction`]). Long payloads are spliced (`bulk`).
+struct Half<'a> {
+    d: Direction<'a>,
+    src: &'a TcpStream,
+    dst: &'a TcpStream,
+    bulk: Bulk,
+    timer: Timer,
+    state: State,
+}
+
+/// What one read did.
+enum Step {
+    Eof,
+    Again,
+    /// Bytes that could not be written at once, still to write.
+    Pending(Vec<u8>),
+    /// Read past the cut and dropped (see [`DISCARD_PAUSE`]).
+    Discarded,
+    /// The awaited close-ok arrived.
+    Finished,
+}
+
+impl<'a> Half<'a> {
+    fn new(d: Direction<'a>, src: &'a TcpStream, dst: &'a TcpStream) -> Self {
+        Half {
+            d,
+            src,
+            dst,
+            bulk: Bulk::default(),
+            timer: Timer::default(),
+            state: State::Run,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<End>> {
+        loop {
+            // The one timer: the close deadline or the idle limit (see
+            // `Direction::wake_at`), or the end of a pause or of a wait.
+            let wake_at = match self.state {
+                State::Pause(t) | State::AwaitAck(t) => {
+                    Some(self.d.wake_at().map_or(t, |w| w.min(t)))
+                }
+                _ => self.d.wake_at(),
+            };
+            if self.timer.poll_at(cx, wake_at).is_ready() {
+                if self.d.time_up() {
+                    return Poll::Ready(Ok(End::Hard));
+                }
+                let now = Instant::now();
+                match self.state {
+                    State::Pause(t) if now >= t => self.state = State::Run,
+                    State::AwaitAck(t) if now >= t => return Poll::Ready(Ok(self.closed())),
+                    // The other direction was busy meanwhile: look again.
+                    _ => {}
+                }
+                continue;
+            }
+            match &mut self.state {
+                State::Run => {}
+                State::Pause(_) => return Poll::Pending,
+                State::AwaitAck(_) => {
+                    if self.d.shared.client_acked.load(Ordering::Acquire) {
+                        return Poll::Ready(Ok(self.closed()));
+                    }
+                    return Poll::Pending;
+                }
+                State::Write { buf, close } => {
+                    // Whatever sits in the pipe was read before these bytes.
+                    let written = match self.bulk.poll_flush(self.dst, cx) {
+                        Poll::Ready(Ok(())) => poll_write_all(self.dst, buf, cx),
+                        other => other,
+                    };
+                    match ready!(written) {
+                        Ok(()) => {}
+                        // What was read is dropped, as on the direct write below.
+                        Err(_) if !*close && self.d.drops_on_error() => {}
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                    if *close {
+                        self.d.close_sent();
+                    }
+                    self.state = State::Run;
+                    continue;
+                }
+            }
+            if self.bulk.active() {
+                if let Some(end) = ready!(self.poll_bulk(cx))? {
+                    return Poll::Ready(Ok(end));
+                }
+                continue;
+            }
+            match self.d.next() {
+                // Woken for `wait_for_client_told` by the pump, which polls
+                // again when the other direction changed a flag.
+                Next::Read { .. } => {}
+                Next::SendClose(frame) => {
+                    self.state = State::Write {
+                        buf: frame,
+                        close: true,
+                    };
+                    continue;
+                }
+                Next::Hard => return Poll::Ready(Ok(End::Hard)),
+            }
+            ready!(self.src.poll_read_ready(cx))?;
+            self.d.touch();
+            match self.read()? {
+                Step::Again => {}
+                Step::Pending(buf) => self.state = State::Write { buf, close: false },
+                Step::Discarded => {
+                    // Past the cut reads are full-size again (not the short reads
+                    // between splices), and paced.
+                    self.bulk = Bulk::default();
+                    self.state = State::Pause(Instant::now() + DISCARD_PAUSE);
+                }
+                Step::Finished => return Poll::Ready(Ok(End::Graceful)),
+                Step::Eof => {
+                    if let Some(end) = self.eof() {
+                        return Poll::Ready(Ok(end));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Mid-frame (or a stream that is not AMQP): moves bytes by splice(2). A
+    /// close waits for the frame to end, so its boundary stays exact.
+    /// `Some`: the direction ends so.
+    fn poll_bulk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<End>>> {
+        if self.d.deadline().is_some() && self.d.tracker.is_lost() {
+            return Poll::Ready(Ok(Some(End::Hard)));
+        }
+        let d = &mut self.d;
+        let (read, write) = match self.bulk.step(self.src, self.dst, &mut d.tracker, d.moved) {
+            Ok(Moved::Some) => {
+                if self.d.close_due() {
+                    // A payload still flowing when the close is due: give up.
+                    return Poll::Ready(Ok(Some(End::Hard)));
+                }
+                self.d.touch();
+                // Splices do not go through tokio's readiness, which would make
+                // a busy connection yield now and then: do it here.
+                ready!(tokio::task::coop::poll_proceed(cx)).made_progress();
+                return Poll::Ready(Ok(None));
+            }
+            Ok(Moved::Eof) => return Poll::Ready(Ok(self.eof())),
+            Ok(Moved::Wait { read, write }) => (read, write),
+            // The same ends of a normal close as on the copying path.
+            Err(_) if self.d.ends_on_error() => return Poll::Ready(Ok(self.eof())),
+            Err(_) if self.d.drops_on_error() => {
+                // What was read is dropped, as the copying path drops it.
+                self.bulk = Bulk::default();
+                return Poll::Ready(Ok(None));
+            }
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        // Both registered before returning, so either wakes the task.
+        let readable = read && self.src.poll_read_ready(cx)?.is_ready();
+        let writable = write && self.dst.poll_write_ready(cx)?.is_ready();
+        if readable || writable {
+            Poll::Ready(Ok(None))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// One read on the copying path: tracked, then written straight on (or the
+    /// start of a splice).
+    fn read(&mut self) -> io::Result<Step> {
+        // A close already under way between client and broker is left to finish.
+        let closing = self.d.closing();
+        let (d, bulk, src, dst) = (&mut self.d, &mut self.bulk, self.src, self.dst);
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let buf = &mut scratch[..bulk.read_size(SCRATCH_SIZE)];
+            let n = match src.try_read(buf) {
+                Ok(0) => return Ok(Step::Eof),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Again),
+                Err(_) if d.ends_on_error() => return Ok(Step::Eof),
+                Err(e) => return Err(e),
+            };
+            let data = &buf[..n];
+            let k = match d.on_read(data) {
+                Chunk::Forward(k) => k,
+                Chunk::Discarded => return Ok(Step::Discarded),
+                Chunk::Finished => return Ok(Step::Finished),
+            };
+            let mut out = &data[..k];
+            if !closing && !d.shared.peer_closing.load(Ordering::Acquire) {
+                // A long payload follows: what was read goes into a pipe, ahead of
+                // the payload that will be spliced after it.
+                if let Some(rest) = bulk.start(&d.tracker, out)? {
+                    out = &out[out.len() - rest..];
+                    if rest > 0 {
+                        return Ok(Step::Pending(out.to_vec()));
+                    }
+                }
+            }
+            while !out.is_empty() {
+                match dst.try_write(out) {
+                    Ok(w) => out = &out[w..],
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        return Ok(Step::Pending(out.to_vec()));
+                    }
+                    Err(_) if d.drops_on_error() => return Ok(Step::Again),
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(Step::Again)
+        })
+    }
+
+    /// The source ended: ends the direction as [`Direction::at_eof`] says
+    /// (`None`: after the client's close-ok, see [`State::AwaitAck`]).
+    fn eof(&mut self) -> Option<End> {
+        match self.d.at_eof() {
+            AtEof::End(End::Closed) => Some(self.closed()),
+            AtEof::End(end) => Some(end),
+            AtEof::AwaitAck(until) => {
+                self.state = State::AwaitAck(until);
+                None
+            }
+        }
+    }
+
+    /// Ends with a half-close: the peer is done sending; tell the other side,
+    /// keep reading it.
+    fn closed(&mut self) -> End {
+        let _ = SockRef::from(self.dst).shutdown(std::net::Shutdown::Write);
+        End::Closed
+    }
+
+    /// The direction is over: its pipe goes back and the other one learns it.
+    fn finish(&mut self) {
+        self.bulk = Bulk::default();
+        self.timer = Timer::default();
+        self.d.finish();
+    }
+}
+
+/// Writes all of `buf` (what is written is taken off its front).
+fn poll_write_all(
+    dst: &TcpStream,
+    buf: &mut Vec<u8>,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    while !buf.is_empty() {
+        ready!(dst.poll_write_ready(cx))?;
+        match dst.try_write(buf) {
+            Ok(n) => {
+                buf.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+    Poll::Ready(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::task::JoinHandle;
+
+    use super::*;
+    use crate::amqp;
+    use crate::drain::{Command, ConnRegistry};
+
+    const HEARTBEAT: [u8; 8] = [8, 0, 0, 0, 0, 0, 0, 0xCE];
+    const WITHIN: Duration = Duration::from_secs(5);
+
+    /// Both ends of one loopback TCP connection.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let a = TcpStream::connect(l.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (b, _) = l.accept().await.expect("accept");
+        (a, b)
+    }
+
+    /// A client and a broker with a pump between them, in a task of its own,
+    /// past the protocol header; `registry` sends it commands as connection 1.
+    async fn rig(
+        idle: Option<Duration>,
+    ) -> (
+        TcpStream,
+        TcpStream,
+        Arc<ConnRegistry>,
+        JoinHandle<io::Result<End>>,
+    ) {
+        let (mut client, near) = pair().await;
+        let (far, mut broker) = pair().await;
+        let registry = Arc::new(ConnRegistry::default());
+        let orders = registry.register(1);
+        let limits = Limits {
+            close: Duration::from_secs(2),
+            idle,
+            amqp: true,
+        };
+        let pump = tokio::spawn(async move {
+            let shared = Shared::new();
+            let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+            let meters = Meters {
+                up: &up,
+                down: &down,
+            };
+            Pump::new(&near, &far, &shared, orders, limits, meters).await
+        });
+        client
+            .write_all(amqp::PROTOCOL_HEADER)
+            .await
+            .expect("header");
+        assert_eq!(read_n(&mut broker, 8).await, amqp::PROTOCOL_HEADER);
+        (client, broker, registry, pump)
+    }
+
+    async fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; n];
+        tokio::time::timeout(WITHIN, s.read_exact(&mut buf))
+            .await
+            .expect("in time")
+            .expect("read");
+        buf
+    }
+
+    /// Whether `s` reaches EOF within `within` (`None`: neither data nor EOF).
+    async fn eof_within(s: &mut TcpStream, within: Duration) -> Option<bool> {
+        let mut one = [0u8; 1];
+        match tokio::time::timeout(within, s.read(&mut one)).await {
+            Ok(Ok(0)) => Some(true),
+            Ok(_) => Some(false),
+            Err(_) => None,
+        }
+    }
+
+    async fn ended(pump: JoinHandle<io::Result<End>>) -> End {
+        tokio::time::timeout(WITHIN, pump)
+            .await
+            .expect("the pump ends")
+            .expect("no panic")
+            .expect("no error")
+    }
+
+    #[tokio::test]
+    async fn carries_both_ways_and_passes_half_closes_on() {
+        let (mut client, mut broker, _registry, pump) = rig(None).await;
+        broker.write_all(&HEARTBEAT).await.expect("write");
+        assert_eq!(read_n(&mut client, 8).await, HEARTBEAT);
+        client.write_all(&HEARTBEAT).await.expect("write");
+        assert_eq!(read_n(&mut broker, 8).await, HEARTBEAT);
+        // The client is done sending; the broker is not.
+        client.shutdown().await.expect("shutdown");
+        assert_eq!(eof_within(&mut broker, WITHIN).await, Some(true));
+        broker.write_all(&HEARTBEAT).await.expect("write");
+        assert_eq!(read_n(&mut client, 8).await, HEARTBEAT);
+        drop(broker);
+        assert_eq!(eof_within(&mut client, WITHIN).await, Some(true));
+        assert_eq!(ended(pump).await, End::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_close_cuts_at_the_frame_boundary_and_ends_gracefully() {
+        let (mut client, mut broker, registry, pump) = rig(None).await;
+        // A frame and a half, then the close command, then the rest.
+        broker.write_all(&HEARTBEAT).await.expect("write");
+        broker.write_all(&HEARTBEAT[..3]).await.expect("write");
+        assert_eq!(read_n(&mut client, 11).await[8..], HEARTBEAT[..3]);
+        registry.send(1, Command::Close("draining".into()));
+        broker.write_all(&HEARTBEAT[3..]).await.expect("write");
+        broker.write_all(&HEARTBEAT).await.expect("write");
+        // The frame under way is finished, then comes warren's close, and
+        // nothing of the frame after it.
+        assert_eq!(read_n(&mut client, 5).await, HEARTBEAT[3..]);
+        let forced = amqp::connection_close(amqp::CONNECTION_FORCED, "draining");
+        assert_eq!(read_n(&mut client, forced.len()).await, forced);
+        // Once the client was told, the broker is closed cleanly too.
+        let success = amqp::connection_close(amqp::REPLY_SUCCESS, "draining");
+        assert_eq!(read_n(&mut broker, success.len()).await, success);
+        let ok = amqp::connection_close_ok();
+        client.write_all(&ok).await.expect("close-ok");
+        broker.write_all(&ok).await.expect("close-ok");
+        assert_eq!(ended(pump).await, End::Graceful);
+    }
+
+    #[tokio::test]
+    async fn a_hard_close_ends_at_once() {
+        let (_client, _broker, registry, pump) = rig(None).await;
+        registry.send(1, Command::Hard);
+        assert_eq!(ended(pump).await, End::Hard);
+    }
+
+    #[tokio::test]
+    async fn after_the_brokers_own_close_the_client_answers_before_it_sees_eof() {
+        let (mut client, mut broker, _registry, pump) = rig(None).await;
+        let forced = amqp::connection_close(amqp::CONNECTION_FORCED, "shutdown");
+        broker.write_all(&forced).await.expect("write");
+        drop(broker);
+        assert_eq!(read_n(&mut client, forced.len()).await, forced);
+        // No EOF while the client has not answered.
+        let early = eof_within(&mut client, Duration::from_millis(200)).await;
+        assert_eq!(early, None, "EOF before the close-ok");
+        client
+            .write_all(&amqp::connection_close_ok())
+            .await
+            .expect("close-ok");
+        assert_eq!(eof_within(&mut client, WITHIN).await, Some(true));
+        drop(client);
+        assert_eq!(ended(pump).await, End::Closed);
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_cut_and_traffic_keeps_it() {
+        let (mut client, mut broker, _registry, pump) = rig(Some(Duration::from_millis(300))).await;
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            broker.write_all(&HEARTBEAT).await.expect("write");
+            assert_eq!(read_n(&mut client, 8).await, HEARTBEAT);
+        }
+        assert!(!pump.is_finished(), "cut while busy");
+        assert_eq!(ended(pump).await, End::Hard);
+    }
+}
