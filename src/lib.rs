@@ -166,7 +166,10 @@ impl Server {
         }
         let admin_task = tokio::spawn(admin::run(Arc::clone(&app)));
         reload::spawn_watcher(Arc::clone(&app));
-        listener::run(Arc::clone(&app)).await;
+        // On a worker thread, not this one (the runtime's `block_on` in main):
+        // a connection's task is then spawned onto the accepting worker's own
+        // queue instead of being handed across threads with a wake-up each.
+        let _ = tokio::spawn(listener::run(Arc::clone(&app))).await;
         // Stop accepting at once: new clients are refused, not left in the backlog.
         app.amqp_listener.close();
         app.tls_listener.close();
