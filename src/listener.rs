@@ -25,7 +25,9 @@ use crate::App;
 /// its client a 1 s retransmit; the kernel caps it at `net.core.somaxconn`.
 const BACKLOG: u32 = 4096;
 
-/// Binds a listening socket with [`BACKLOG`].
+/// Binds a listening socket with [`BACKLOG`] and the options every accepted
+/// socket inherits (`proxy::set_socket_options`: no system calls for them per
+/// connection).
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
@@ -33,6 +35,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    crate::proxy::set_socket_options(socket2::SockRef::from(&socket));
     socket.bind(addr)?;
     socket.listen(BACKLOG)
 }
@@ -335,6 +338,27 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let a = l.local_addr().expect("addr");
         (l, a)
+    }
+
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay_and_keepalive() {
+        let l = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let _c = TcpStream::connect(l.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (s, _) = l.accept().await.expect("accept");
+        let s = socket2::SockRef::from(&s);
+        assert!(s.tcp_nodelay().expect("nodelay"));
+        assert!(s.keepalive().expect("keepalive"));
+        assert_eq!(
+            s.tcp_keepalive_time().expect("idle"),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            s.tcp_keepalive_interval().expect("interval"),
+            Duration::from_secs(10)
+        );
+        assert_eq!(s.tcp_keepalive_retries().expect("retries"), 6);
     }
 
     #[tokio::test]

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
+use std::io::Read as _;
+
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -37,8 +39,6 @@ pub fn serve(
 ) -> impl Future<Output = ()> {
     let span = tracing::info_span!("conn", id, %peer, backend = tracing::field::Empty);
     async move {
-        let _ = client.set_nodelay(true);
-        set_keepalive(&client);
         let (handshake, protocol) = {
             let c = app.config.load();
             (c.timeouts.handshake.get(), c.protocol)
@@ -46,12 +46,11 @@ pub fn serve(
         if protocol == Protocol::Tcp {
             return carry(&app, Stream::Plain(client), Vec::new(), peer, id).await;
         }
-        if let Err(why) = await_protocol_header(&client, handshake).await {
-            tracing::debug!(reason = why, "client rejected before connecting upstream");
-            crate::metrics::handshake_rejected(why);
-            return;
+        let mut client = client;
+        match read_protocol_header(&mut client, handshake).await {
+            Ok(head) => carry(&app, Stream::Plain(client), head, peer, id).await,
+            Err(why) => rejected(why),
         }
-        carry(&app, Stream::Plain(client), Vec::new(), peer, id).await
     }
     .instrument(span)
 }
@@ -61,8 +60,6 @@ pub fn serve(
 pub async fn serve_tls(app: Arc<App>, client: TcpStream, peer: SocketAddr, id: u64) {
     let span = tracing::info_span!("conn", id, %peer, tls = true, backend = tracing::field::Empty);
     async move {
-        let _ = client.set_nodelay(true);
-        set_keepalive(&client);
         let handshake = app.config.load().timeouts.handshake.get();
         let deadline = Instant::now() + handshake;
         let Some(mut client) = app.tls.accept(client, peer, handshake).await else {
@@ -71,45 +68,61 @@ pub async fn serve_tls(app: Arc<App>, client: TcpStream, peer: SocketAddr, id: u
         if app.config.load().protocol == Protocol::Tcp {
             return carry(&app, Stream::from(client), Vec::new(), peer, id).await;
         }
-        // A TLS stream cannot be peeked: the first bytes are read here and sent
-        // upstream ahead of the rest.
         let mut head = [0u8; 8];
-        let n = match tokio::time::timeout_at(deadline, client.read(&mut head)).await {
+        let read = tokio::time::timeout_at(deadline, client.read(&mut head)).await;
+        let head = match read {
             Err(_) => Err("timeout"),
-            Ok(Err(_)) | Ok(Ok(0)) => Err("closed"),
-            Ok(Ok(n)) if head[..n.min(4)] == amqp::PROTOCOL_HEADER[..n.min(4)] => Ok(n),
-            Ok(Ok(_)) => Err("not_amqp"),
+            Ok(Err(_)) => Err("closed"),
+            Ok(Ok(n)) => header_check(&head[..n]),
         };
-        let n = match n {
-            Ok(n) => n,
-            Err(why) => {
-                tracing::debug!(reason = why, "client rejected before connecting upstream");
-                crate::metrics::handshake_rejected(why);
-                return;
-            }
-        };
-        carry(&app, Stream::from(client), head[..n].to_vec(), peer, id).await
+        match head {
+            Ok(head) => carry(&app, Stream::from(client), head, peer, id).await,
+            Err(why) => rejected(why),
+        }
     }
     .instrument(span)
     .await
 }
 
-/// AMQP clients speak first: waits (bounded) for the client's first bytes and
+/// AMQP clients speak first: reads (bounded) the client's first bytes and
 /// checks they can start the protocol header, so silent or non-AMQP clients are
-/// turned away without costing a backend connection.
-async fn await_protocol_header(client: &TcpStream, within: Duration) -> Result<(), &'static str> {
+/// turned away without costing a backend connection. What was read is sent
+/// upstream ahead of the rest.
+async fn read_protocol_header(
+    client: &mut TcpStream,
+    within: Duration,
+) -> Result<Vec<u8>, &'static str> {
     let mut head = [0u8; 8];
-    let n = match tokio::time::timeout(within, client.peek(&mut head)).await {
-        Err(_) => return Err("timeout"),
-        Ok(Err(_)) | Ok(Ok(0)) => return Err("closed"),
-        Ok(Ok(n)) => n,
+    // Most clients send it with their connect, so it is usually here already:
+    // read straight from the socket, without waiting for tokio to learn that it
+    // is readable (a trip through the event loop) and without arming a timer.
+    let n = match (&*SockRef::from(&*client)).read(&mut head) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            match tokio::time::timeout(within, client.read(&mut head)).await {
+                Err(_) => return Err("timeout"),
+                Ok(Err(_)) => return Err("closed"),
+                Ok(Ok(n)) => n,
+            }
+        }
+        Err(_) => return Err("closed"),
     };
-    let k = n.min(4);
-    if head[..k] == amqp::PROTOCOL_HEADER[..k] {
-        Ok(())
-    } else {
-        Err("not_amqp")
+    header_check(&head[..n])
+}
+
+/// The first bytes a client sent, if they can start the AMQP protocol header.
+fn header_check(head: &[u8]) -> Result<Vec<u8>, &'static str> {
+    let k = head.len().min(4);
+    match head.len() {
+        0 => Err("closed"),
+        _ if head[..k] == amqp::PROTOCOL_HEADER[..k] => Ok(head.to_vec()),
+        _ => Err("not_amqp"),
     }
+}
+
+fn rejected(why: &'static str) {
+    tracing::debug!(reason = why, "client rejected before connecting upstream");
+    crate::metrics::handshake_rejected(why);
 }
 
 /// Connects a backend and carries the connection to its end: plain TCP on both
@@ -142,7 +155,7 @@ async fn carry(app: &Arc<App>, client: Stream, head: Vec<u8>, peer: SocketAddr, 
     let result = match (&client, &server) {
         (Stream::Plain(client), Stream::Plain(server)) => {
             let shared = Shared::new();
-            Pump::new(client, server, &shared, orders, limits, meters).await
+            Pump::new(client, server, head, &shared, orders, limits, meters).await
         }
         _ => {
             Box::pin(crate::stream::pump(
@@ -178,8 +191,7 @@ async fn connect(
         let addr = backend.config.address.as_str();
         let err = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(Ok(server)) => {
-                let _ = server.set_nodelay(true);
-                set_keepalive(&server);
+                set_socket_options(SockRef::from(&server));
                 if !crate::upstream::needs_preparing(&backend) {
                     return Some((backend, Stream::Plain(server)));
                 }
@@ -245,14 +257,18 @@ fn error_kind(e: &io::Error) -> &'static str {
     }
 }
 
-/// TCP keepalive finds peers that vanished without a FIN long before the OS
-/// default of two hours; AMQP heartbeats remain the primary liveness check.
-fn set_keepalive(s: &TcpStream) {
+/// The options of every proxied socket: `TCP_NODELAY` (AMQP is latency
+/// sensitive), and TCP keepalive, which finds peers that vanished without a FIN
+/// long before the OS default of two hours (AMQP heartbeats remain the primary
+/// liveness check). Set on the listening sockets, whose accepted sockets
+/// inherit them (Linux copies them over), and on each backend socket.
+pub(crate) fn set_socket_options(s: SockRef<'_>) {
     let ka = TcpKeepalive::new()
         .with_time(Duration::from_secs(60))
         .with_interval(Duration::from_secs(10))
         .with_retries(6);
-    let _ = SockRef::from(s).set_tcp_keepalive(&ka);
+    let _ = s.set_tcp_nodelay(true);
+    let _ = s.set_tcp_keepalive(&ka);
 }
 
 /// How a connection ended.

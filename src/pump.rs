@@ -47,9 +47,12 @@ pub(crate) struct Pump<'a> {
 }
 
 impl<'a> Pump<'a> {
+    /// `head`: bytes already read from the client (the start of its protocol
+    /// header), sent to the broker first.
     pub(crate) fn new(
         client: &'a TcpStream,
         server: &'a TcpStream,
+        head: Vec<u8>,
         shared: &'a Shared,
         orders: OrdersRx,
         limits: Limits,
@@ -57,11 +60,17 @@ impl<'a> Pump<'a> {
     ) -> Self {
         let up = Direction::new(Dir::Up, limits, shared, meters.up);
         let down = Direction::new(Dir::Down, limits, shared, meters.down);
+        let mut up = Half::new(up, client, server);
+        if !head.is_empty() {
+            // Tracked and counted like any read (nothing is being closed yet).
+            up.d.on_read(&head);
+            up.state = State::Write {
+                buf: head,
+                close: false,
+            };
+        }
         Pump {
-            halves: [
-                Half::new(up, client, server),
-                Half::new(down, server, client),
-            ],
+            halves: [up, Half::new(down, server, client)],
             ends: [None, None],
             orders,
         }
@@ -441,7 +450,7 @@ mod tests {
                 up: &up,
                 down: &down,
             };
-            Pump::new(&near, &far, &shared, orders, limits, meters).await
+            Pump::new(&near, &far, Vec::new(), &shared, orders, limits, meters).await
         });
         client
             .write_all(amqp::PROTOCOL_HEADER)
