@@ -444,8 +444,12 @@ async fn confirms(urls: Vec<String>, secs: Duration, size: usize, window: usize)
     let body = vec![0x5au8; size];
     let mut confirmed = vec![0u64; pubs.len()];
     let mut spent = vec![Duration::ZERO; pubs.len()];
-    while spent[0] < secs {
-        for (k, (_, ch, queue)) in pubs.iter().enumerate() {
+    // As in `connrate`, each publisher takes each place in the order in turn.
+    let mut round = 0;
+    while spent.iter().any(|s| *s < secs) {
+        for j in 0..pubs.len() {
+            let k = (round + j) % pubs.len();
+            let (_, ch, queue) = &pubs[k];
             let start = Instant::now();
             let end = start + SLICE;
             let mut inflight = FuturesUnordered::new();
@@ -470,6 +474,7 @@ async fn confirms(urls: Vec<String>, secs: Duration, size: usize, window: usize)
             }
             spent[k] += start.elapsed();
         }
+        round += 1;
     }
     for (conn, _, _) in pubs {
         let _ = conn.close(200, "bench done".into()).await;
