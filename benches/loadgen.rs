@@ -538,6 +538,12 @@ const FIGURES: &[(&str, &str, &str, bool)] = &[
         "msg/s",
         true,
     ),
+    (
+        "health_cpu_pct",
+        "health checks of 3 nodes every 2 s, idle proxy",
+        "% of a core",
+        false,
+    ),
 ];
 
 fn report(file: &str) -> Res<()> {
@@ -688,6 +694,12 @@ fn report(file: &str) -> Res<()> {
         "confirms >= 0.95x direct",
         cf.map(|c| c >= 0.95),
         format!("{}x", fmt(cf)),
+    );
+    let hc = get("health_cpu_pct", "warren");
+    check(
+        "health checking 3 nodes every 2 s < 1% of one core",
+        hc.map(|c| c < 1.0),
+        format!("{}%", fmt(hc)),
     );
     Ok(())
 }
