@@ -169,7 +169,9 @@ impl Server {
         // On a worker thread, not this one (the runtime's `block_on` in main):
         // a connection's task is then spawned onto the accepting worker's own
         // queue instead of being handed across threads with a wake-up each.
-        let _ = tokio::spawn(listener::run(Arc::clone(&app))).await;
+        if let Err(e) = tokio::spawn(listener::run(Arc::clone(&app))).await {
+            tracing::error!(error = %e, "the accept loops failed; shutting down");
+        }
         // Stop accepting at once: new clients are refused, not left in the backlog.
         app.amqp_listener.close();
         app.tls_listener.close();

@@ -12,9 +12,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use socket2::{SockRef, TcpKeepalive};
 use std::io::Read as _;
 
+use socket2::{SockRef, TcpKeepalive};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -126,8 +126,9 @@ fn rejected(why: &'static str) {
 }
 
 /// Connects a backend and carries the connection to its end: plain TCP on both
-/// sides takes [`pump`]; TLS on either side takes [`crate::stream::pump`].
-/// `head`: client bytes already read (TLS clients), to be sent upstream first.
+/// sides takes [`Pump`]; TLS on either side takes [`crate::stream::pump`].
+/// `head`: client bytes already read (the start of the protocol header), to be
+/// sent upstream first.
 async fn carry(app: &Arc<App>, client: Stream, head: Vec<u8>, peer: SocketAddr, id: u64) {
     // Boxed, like the TLS pump below: a future is as large as its largest await
     // point, and connecting (TLS handshake included) is over before the pump

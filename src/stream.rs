@@ -1,7 +1,8 @@
 //! The data path for connections with TLS on either side.
 //!
-//! Plain TCP on both sides stays on `proxy`'s fast path (readiness plus
-//! `try_read`/`try_write` into a per-thread scratch buffer). A TLS stream cannot be
+//! Plain TCP on both sides stays on `pump`'s fast path (readiness plus
+//! `try_read`/`try_write` into a per-thread scratch buffer, splice for long
+//! payloads). A TLS stream cannot be
 //! driven that way: rustls keeps plaintext and records of its own, so bytes are
 //! only available through `AsyncRead`/`AsyncWrite`. This pump asks the same
 //! `direction::Direction` as `pump::Pump` what to do with each read, so a drain or a
@@ -17,7 +18,6 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -203,8 +203,8 @@ where
     let mut buf = vec![0u8; BUF_START];
     let mut timer = Timer::default();
     if !head.is_empty() {
-        d.tracker.feed(head, false);
-        d.moved.fetch_add(head.len() as u64, Ordering::Relaxed);
+        // Tracked and counted like any read (nothing is being closed yet).
+        d.on_read(head);
         if !guarded(write_flush(dst, head), cmd, d.deadline()).await? {
             return Ok(End::Hard);
         }
