@@ -95,7 +95,8 @@ pub struct OrdersRx {
 
 impl OrdersRx {
     /// Ready with the command when it changed since the last time it was taken;
-    /// otherwise the task is woken when it changes.
+    /// otherwise the task is woken when it changes. Only `Pending` registers
+    /// the task: after `Ready`, poll again before waiting.
     pub fn poll_changed(&mut self, cx: &mut Context<'_>) -> Poll<Command> {
         let mut level = self.orders.level.load(Ordering::Acquire);
         if level == self.seen {

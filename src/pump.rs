@@ -82,7 +82,9 @@ impl Future for Pump<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        if let Poll::Ready(cmd) = this.orders.poll_changed(cx) {
+        // Until it is pending, which leaves the task registered for the next
+        // order (orders only rise, so this ends).
+        while let Poll::Ready(cmd) = this.orders.poll_changed(cx) {
             for half in &mut this.halves {
                 if let Some(end) = half.d.follow(&cmd) {
                     return Poll::Ready(Ok(end));
@@ -424,22 +426,28 @@ mod tests {
         (a, b)
     }
 
-    /// A client and a broker with a pump between them, in a task of its own,
-    /// past the protocol header; `registry` sends it commands as connection 1.
-    async fn rig(
-        idle: Option<Duration>,
-    ) -> (
+    /// A client, a broker and the pump between them in a task of its own.
+    type Rig = (
         TcpStream,
         TcpStream,
         Arc<ConnRegistry>,
         JoinHandle<io::Result<End>>,
-    ) {
+    );
+
+    /// A 2 s close timeout and `idle`: see [`rig_with`].
+    async fn rig(idle: Option<Duration>) -> Rig {
+        rig_with(Duration::from_secs(2), idle).await
+    }
+
+    /// A client and a broker with a pump between them, in a task of its own,
+    /// past the protocol header; `registry` sends it commands as connection 1.
+    async fn rig_with(close: Duration, idle: Option<Duration>) -> Rig {
         let (mut client, near) = pair().await;
         let (far, mut broker) = pair().await;
         let registry = Arc::new(ConnRegistry::default());
         let orders = registry.register(1);
         let limits = Limits {
-            close: Duration::from_secs(2),
+            close,
             idle,
             amqp: true,
         };
@@ -531,6 +539,20 @@ mod tests {
     #[tokio::test]
     async fn a_hard_close_ends_at_once() {
         let (_client, _broker, registry, pump) = rig(None).await;
+        registry.send(1, Command::Hard);
+        assert_eq!(ended(pump).await, End::Hard);
+    }
+
+    #[tokio::test]
+    async fn a_hard_close_after_a_graceful_one_is_not_left_for_the_close_timeout() {
+        let (mut client, mut broker, registry, pump) =
+            rig_with(Duration::from_secs(30), None).await;
+        registry.send(1, Command::Close("draining".into()));
+        let forced = amqp::connection_close(amqp::CONNECTION_FORCED, "draining");
+        assert_eq!(read_n(&mut client, forced.len()).await, forced);
+        let success = amqp::connection_close(amqp::REPLY_SUCCESS, "draining");
+        assert_eq!(read_n(&mut broker, success.len()).await, success);
+        // Neither answers; the grace is over.
         registry.send(1, Command::Hard);
         assert_eq!(ended(pump).await, End::Hard);
     }
