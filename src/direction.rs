@@ -88,6 +88,17 @@ impl Shared {
     }
 }
 
+/// How the ends of a connection's two directions make the connection's: once
+/// both are over, graceful if either closed gracefully. (A hard end or an
+/// error of either ends both at once, before this is asked.)
+pub(crate) fn joined(ends: &[Option<End>; 2]) -> Option<End> {
+    match ends {
+        [Some(End::Graceful), Some(_)] | [Some(_), Some(End::Graceful)] => Some(End::Graceful),
+        [Some(_), Some(_)] => Some(End::Closed),
+        _ => None,
+    }
+}
+
 /// Far enough ahead to stand for "never" in a `select!` branch that is disabled.
 pub(crate) fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365)

@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::bulk::{Bulk, Moved};
-use crate::direction::{AtEof, Chunk, Dir, Direction, Next, Shared, Timer, DISCARD_PAUSE};
+use crate::direction::{joined, AtEof, Chunk, Dir, Direction, Next, Shared, Timer, DISCARD_PAUSE};
 use crate::drain::OrdersRx;
 use crate::proxy::{End, Limits, Meters};
 
@@ -108,12 +108,8 @@ impl Future for Pump<'_> {
                     Poll::Pending => {}
                 }
             }
-            match &this.ends {
-                [Some(End::Graceful), Some(_)] | [Some(_), Some(End::Graceful)] => {
-                    return Poll::Ready(Ok(End::Graceful))
-                }
-                [Some(_), Some(_)] => return Poll::Ready(Ok(End::Closed)),
-                _ => {}
+            if let Some(end) = joined(&this.ends) {
+                return Poll::Ready(Ok(end));
             }
             // One direction changed what the other waits for (the client was told,
             // the broker's side ended, a close-ok came): let it look again.

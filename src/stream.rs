@@ -25,7 +25,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::direction::{far_future, Chunk, Dir, Direction, Next, Shared, Timer, DISCARD_PAUSE};
+use crate::direction::{
+    far_future, joined, Chunk, Dir, Direction, Next, Shared, Timer, DISCARD_PAUSE,
+};
 use crate::drain::Command;
 use crate::drain::OrdersRx;
 use crate::proxy::{End, Limits, Meters};
@@ -175,12 +177,9 @@ async fn both(
                 Poll::Pending => {}
             }
         }
-        match &ends {
-            [Some(End::Graceful), Some(_)] | [Some(_), Some(End::Graceful)] => {
-                Poll::Ready(Ok(End::Graceful))
-            }
-            [Some(_), Some(_)] => Poll::Ready(Ok(End::Closed)),
-            _ => Poll::Pending,
+        match joined(&ends) {
+            Some(end) => Poll::Ready(Ok(end)),
+            None => Poll::Pending,
         }
     })
     .await
