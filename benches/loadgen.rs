@@ -296,6 +296,15 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// The order of `n` paths in round `round`: each takes each place in turn. A
+/// path's rate depends on which one ran just before it (measured: of two
+/// proxies in a row the second lost up to a quarter of its connection rate;
+/// four direct paths in a row showed no such effect), so a fixed order would
+/// favour some paths.
+fn turns(round: usize, n: usize) -> impl Iterator<Item = usize> {
+    (0..n).map(move |j| (round + j) % n)
+}
+
 /// Connection rate per address, the addresses taking turns in slices of a
 /// quarter second (so that a noisy machine disturbs every path alike).
 async fn connrate(addrs: &[SocketAddr], secs: Duration, workers: usize) -> Res<()> {
@@ -304,14 +313,9 @@ async fn connrate(addrs: &[SocketAddr], secs: Duration, workers: usize) -> Res<(
     let mut spent = vec![Duration::ZERO; addrs.len()];
     let mut errors = 0u64;
     let mut source = 0usize;
-    // The paths take each place in the order in turn: a path's rate depends on
-    // which one ran just before it (measured: of two proxies in a row the
-    // second lost up to a quarter of its rate; four direct paths in a row
-    // showed no such effect), so a fixed order would favour some paths.
     let mut round = 0;
     while spent.iter().any(|s| *s < secs) {
-        for j in 0..addrs.len() {
-            let k = (round + j) % addrs.len();
+        for k in turns(round, addrs.len()) {
             let addr = &addrs[k];
             let (n, e, took) = connect_burst(*addr, SLICE, workers, source).await;
             source += n as usize + e as usize;
@@ -444,11 +448,9 @@ async fn confirms(urls: Vec<String>, secs: Duration, size: usize, window: usize)
     let body = vec![0x5au8; size];
     let mut confirmed = vec![0u64; pubs.len()];
     let mut spent = vec![Duration::ZERO; pubs.len()];
-    // As in `connrate`, each publisher takes each place in the order in turn.
     let mut round = 0;
     while spent.iter().any(|s| *s < secs) {
-        for j in 0..pubs.len() {
-            let k = (round + j) % pubs.len();
+        for k in turns(round, pubs.len()) {
             let (_, ch, queue) = &pubs[k];
             let start = Instant::now();
             let end = start + SLICE;

@@ -121,10 +121,6 @@ impl OrdersRx {
         self.seen = self.orders.level.load(Ordering::Acquire);
         self.orders.command(self.seen)
     }
-
-    pub fn orders(&self) -> &Orders {
-        &self.orders
-    }
 }
 
 /// The open connections of one backend.
@@ -296,7 +292,7 @@ mod tests {
         let waker = std::task::Waker::from(Arc::clone(&counter));
         let mut cx = Context::from_waker(&waker);
         assert!(rx.poll_changed(&mut cx).is_pending());
-        assert!(!rx.orders().told());
+        assert!(!rx.orders.told());
 
         assert!(registry.send(7, Command::Close("first".into())));
         assert_eq!(woken(&counter), 1);
@@ -317,7 +313,7 @@ mod tests {
         // Never back down from a hard close.
         registry.send(7, Command::Close("late".into()));
         assert_eq!(rx.current(), Command::Hard);
-        assert!(rx.orders().told());
+        assert!(rx.orders.told());
 
         registry.unregister(7);
         assert!(!registry.send(7, Command::Hard));
