@@ -352,9 +352,12 @@ async fn broker_connection(node: &TlsNode, name: &str) -> serde_json::Value {
 
 /// The local ports of this network namespace's established IPv4 connections to
 /// `server` (for a client made by a library that does not tell its own port).
+/// Each port once: /proc/net/tcp is read in several chunks while sockets come
+/// and go, and can then list a socket twice (CI saw `[48142, 48142]`).
 fn client_ports_to(server: SocketAddr) -> Vec<u16> {
     let text = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
-    text.lines()
+    let ports: std::collections::BTreeSet<u16> = text
+        .lines()
         .skip(1)
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
@@ -362,7 +365,8 @@ fn client_ports_to(server: SocketAddr) -> Vec<u16> {
             let port = |a: &str| u16::from_str_radix(a.split(':').nth(1)?, 16).ok();
             (*state == "01" && port(remote)? == server.port()).then(|| port(local))?
         })
-        .collect()
+        .collect();
+    ports.into_iter().collect()
 }
 
 // -------------------------------------------------------------------- tests
