@@ -115,7 +115,7 @@ impl FrameTracker {
         }
     }
 
-    /// Accounts for `n` bytes moved without being fed (spliced); `n` must not
+    /// Accounts for `n` bytes moved without being fed (the bulk path); `n` must not
     /// exceed [`payload_left`](Self::payload_left).
     pub fn skip(&mut self, n: u64) {
         debug_assert!(n <= self.payload_left(), "skip past the payload");

@@ -6,13 +6,13 @@
 //! `async fn` is as large as its largest await point together with every
 //! argument and local it holds, and what an idle connection costs is mostly
 //! that size (docs/performance.md). Here a direction is its [`Direction`] (the
-//! AMQP close rules), its splice state, its one timer and a small [`State`].
+//! AMQP close rules), its bulk state, its one timer and a small [`State`].
 //!
 //! Each direction waits for readiness itself (`poll_read_ready` /
 //! `poll_write_ready`: no futures with waiters of their own), reads into a
 //! per-thread scratch buffer and writes straight on, so an idle connection
 //! holds no buffer; only bytes a slow peer has not taken yet are kept. Long
-//! payloads are spliced (`bulk`).
+//! payloads go through a pooled bulk buffer (`bulk`).
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -135,7 +135,7 @@ enum State {
 }
 
 /// One direction: copies and tracks frames; closes the AMQP way on
-/// `Command::Close` (see [`Direction`]). Long payloads are spliced (`bulk`).
+/// `Command::Close` (see [`Direction`]). Long payloads take the bulk path (`bulk`).
 struct Half<'a> {
     d: Direction<'a>,
     src: &'a TcpStream,
@@ -246,7 +246,7 @@ impl<'a> Half<'a> {
                 Step::Pending(buf) => self.state = State::Write { buf, close: false },
                 Step::Discarded => {
                     // Past the cut reads are full-size again (not the short reads
-                    // between splices), and paced.
+                    // between bulk payloads), and paced.
                     self.bulk = Bulk::default();
                     self.state = State::Pause(Instant::now() + DISCARD_PAUSE);
                 }
@@ -260,7 +260,7 @@ impl<'a> Half<'a> {
         }
     }
 
-    /// Mid-frame (or a stream that is not AMQP): moves bytes by splice(2). A
+    /// Mid-frame (or a stream that is not AMQP): moves bytes on the bulk path. A
     /// close waits for the frame to end, so its boundary stays exact.
     /// `Some`: the direction ends so.
     fn poll_bulk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<End>>> {
@@ -275,8 +275,8 @@ impl<'a> Half<'a> {
                     return Poll::Ready(Ok(Some(End::Hard)));
                 }
                 self.d.touch();
-                // Splices do not go through tokio's readiness, which would make
-                // a busy connection yield now and then: do it here.
+                // `try_read`/`try_write` take nothing from tokio's budget, which
+                // would make a busy connection yield now and then: do it here.
                 ready!(tokio::task::coop::poll_proceed(cx)).made_progress();
                 return Poll::Ready(Ok(None));
             }
@@ -302,7 +302,7 @@ impl<'a> Half<'a> {
     }
 
     /// One read on the copying path: tracked, then written straight on (or the
-    /// start of a splice).
+    /// start of a bulk payload).
     fn read(&mut self) -> io::Result<Step> {
         // A close already under way between client and broker is left to finish.
         let closing = self.d.closing();
@@ -325,9 +325,9 @@ impl<'a> Half<'a> {
             };
             let mut out = &data[..k];
             if !closing && !d.shared.peer_closing.load(Ordering::Acquire) {
-                // A long payload follows: what was read goes into a pipe, ahead of
-                // the payload that will be spliced after it.
-                if let Some(rest) = bulk.start(&d.tracker, out)? {
+                // A long payload follows: what was read goes into a bulk buffer, ahead of
+                // the payload that will be read after it.
+                if let Some(rest) = bulk.start(&d.tracker, out) {
                     out = &out[out.len() - rest..];
                     if rest > 0 {
                         return Ok(Step::Pending(out.to_vec()));

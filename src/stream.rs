@@ -1,8 +1,8 @@
 //! The data path for connections with TLS on either side.
 //!
 //! Plain TCP on both sides stays on `pump`'s fast path (readiness plus
-//! `try_read`/`try_write` into a per-thread scratch buffer, splice for long
-//! payloads). A TLS stream cannot be
+//! `try_read`/`try_write` into a per-thread scratch buffer, pooled bulk
+//! buffers for long payloads). A TLS stream cannot be
 //! driven that way: rustls keeps plaintext and records of its own, so bytes are
 //! only available through `AsyncRead`/`AsyncWrite`. This pump asks the same
 //! `direction::Direction` as `pump::Pump` what to do with each read, so a drain or a

@@ -1,6 +1,6 @@
-//! The bulk path (large frames spliced, see `src/bulk.rs`) under a drain: the
-//! client must still get whole frames, then `connection.close` 320 exactly at a
-//! frame boundary.
+//! The bulk path (large payloads through pooled buffers, see `src/bulk.rs`)
+//! under a drain: the client must still get whole frames, then
+//! `connection.close` 320 exactly at a frame boundary.
 
 mod common;
 
@@ -69,7 +69,7 @@ async fn streaming_backend(l: TcpListener) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drain_during_spliced_body_frames_closes_at_a_boundary() {
+async fn drain_during_bulk_body_frames_closes_at_a_boundary() {
     let backend = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let baddr = backend.local_addr().expect("addr");
     tokio::spawn(streaming_backend(backend));
@@ -78,7 +78,7 @@ async fn drain_during_spliced_body_frames_closes_at_a_boundary() {
          drain:\n  window: 0s\nbackends:\n  - name: stream\n    address: {baddr}\n"
     );
     let w = Warren::start(&yaml).await;
-    let spliced_before = warren::splice::bytes_spliced();
+    let bulk_before = warren::buffer::bytes_moved();
     let mut c = TcpStream::connect(w.amqp).await.expect("connect");
     c.write_all(amqp::PROTOCOL_HEADER).await.expect("header");
     let mut bodies = 0u32;
@@ -113,10 +113,10 @@ async fn drain_during_spliced_body_frames_closes_at_a_boundary() {
     assert_eq!(&payload[..4], &[0, 10, 0, 50], "connection.close");
     assert_eq!(&payload[4..6], &amqp::CONNECTION_FORCED.to_be_bytes());
     assert!(bodies >= 8);
-    // The bodies went through pipes, not through warren's buffers.
+    // The bodies took the bulk path, not the frame-by-frame one.
     assert!(
-        warren::splice::bytes_spliced() - spliced_before >= 4 * BODY as u64,
-        "the body frames were not spliced"
+        warren::buffer::bytes_moved() - bulk_before >= 4 * BODY as u64,
+        "the body frames did not take the bulk path"
     );
     c.write_all(&amqp::connection_close_ok())
         .await
