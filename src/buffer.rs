@@ -110,6 +110,11 @@ impl Buffer {
         }
     }
 
+    /// The last `n` bytes put or read in.
+    pub fn last(&self, n: usize) -> &[u8] {
+        &self.data[self.end - n.min(self.len())..self.end]
+    }
+
     /// Writes what the buffer holds (as much as `dst` takes) to `dst`.
     pub fn write_to(&mut self, dst: &TcpStream) -> io::Result<usize> {
         let n = dst.try_write(&self.data[self.start..self.end])?;

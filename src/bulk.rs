@@ -3,24 +3,30 @@
 //! Small frames are read into a per-thread buffer, followed by the frame tracker
 //! and written straight on (see `pump`). When what was read leaves a long
 //! payload ahead (a large body frame, or a stream that turned out not to be
-//! AMQP), that payload is moved through a 256 KiB [`Buffer`] taken from a pool
-//! instead, in reads as large as the payload and the buffer allow, and the
-//! tracker skips it by count. Only the payload goes that way, never its
-//! frame-end octet, so the next frame header is read and checked as usual and
-//! the frame boundaries a drain relies on stay exact.
+//! AMQP), the connection takes a 256 KiB [`Buffer`] from a pool and reads into
+//! it as much as it takes, writing out as it goes. While nothing is closing,
+//! reads go on past the payload's end (the frames between two bodies, the next
+//! body) and the frame tracker follows every byte read, as on the frame path:
+//! one read and one write per buffer-full instead of a short read and a write
+//! of its own per frame. Once warren is closing, reads stop at the end of the
+//! payload under way (the tracker skips it by count), never taking its
+//! frame-end octet, and the frame path takes over at the boundary: the frame
+//! boundaries a drain relies on stay exact. The buffer goes back to the pool
+//! once empty with nothing to read.
 //!
-//! While a connection moves bulk frames, reads on the frame path are kept small
-//! ([`BULK_READ`]) so that little of the next body is copied twice (into the
-//! scratch buffer, then into the bulk buffer).
+//! When a connection comes back to the frame path right after a bulk payload,
+//! its first read is small ([`BULK_READ`]) so that little of the next body is
+//! copied twice (into the scratch buffer, then into the bulk buffer).
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{ready, Context, Poll};
 
 use tokio::net::TcpStream;
 
 use crate::amqp::FrameTracker;
 use crate::buffer::{Buffer, ReadIn};
+use crate::direction::Direction;
 
 /// A payload at least this long (beyond what a read brought) takes the bulk path.
 pub const SPLICE_MIN: u64 = 16 * 1024;
@@ -92,14 +98,18 @@ impl Bulk {
     }
 
     /// Moves what it can without waiting: out of the buffer first (making room),
-    /// then from the source into it. Bytes taken from the source are added to
-    /// `counted`.
-    pub fn step(
+    /// then from the source into it. Bytes taken from the source are followed
+    /// and counted by `d`. While nothing is closing ([`Direction::plain`]) it
+    /// reads on past the payload's end, as much as the buffer takes, and `d`
+    /// follows those frames as the frame path would: one read and one write
+    /// for a body and what lies between it and the next instead of a short read
+    /// and a write of its own. While closing, it reads only up to the payload's
+    /// end and leaves the boundary to the frame path.
+    pub(crate) fn step(
         &mut self,
         src: &TcpStream,
         dst: &TcpStream,
-        tracker: &mut FrameTracker,
-        counted: &AtomicU64,
+        d: &mut Direction,
     ) -> io::Result<Moved> {
         let mut moved = false;
         let mut write = false;
@@ -124,14 +134,24 @@ impl Bulk {
             });
         }
         let mut read = false;
-        if self.left > 0 {
+        let plain = d.plain();
+        if self.left > 0 || (plain && self.buf.is_some()) {
             let buf = self.buf.get_or_insert_with(Buffer::take);
-            let max = usize::try_from(self.left).unwrap_or(usize::MAX);
+            let max = if plain {
+                usize::MAX
+            } else {
+                usize::try_from(self.left).unwrap_or(usize::MAX)
+            };
             match buf.read_from(src, max) {
+                Ok(ReadIn::Moved(n)) if plain => {
+                    d.on_read_ahead(buf.last(n));
+                    self.left = d.tracker.payload_left();
+                    moved = true;
+                }
                 Ok(ReadIn::Moved(n)) => {
                     self.left -= n as u64;
-                    tracker.skip(n as u64);
-                    counted.fetch_add(n as u64, Ordering::Relaxed);
+                    d.tracker.skip(n as u64);
+                    d.moved.fetch_add(n as u64, Ordering::Relaxed);
                     moved = true;
                 }
                 Ok(ReadIn::Eof) => {

@@ -361,20 +361,8 @@ impl<'a> Direction<'a> {
                 Chunk::Discarded
             };
         }
-        let shared = self.shared;
         let k = if !self.closing() {
-            let k = self.tracker.feed(data, false);
-            match (self.tracker.take_seen(), self.dir) {
-                (Some(Seen::ConnectionClose), dir) => {
-                    if dir == Dir::Down {
-                        shared.broker_closed.store(true, Ordering::Release);
-                    }
-                    shared.peer_closing.store(true, Ordering::Release);
-                }
-                (Some(Seen::ConnectionCloseOk), Dir::Up) => shared.set(&shared.client_acked),
-                _ => {}
-            }
-            k
+            self.track(data)
         } else if self.tracker.at_boundary() {
             0
         } else {
@@ -389,6 +377,39 @@ impl<'a> Direction<'a> {
             self.moved.fetch_add(k as u64, Ordering::Relaxed);
         }
         Chunk::Forward(k)
+    }
+
+    /// Follows the frames of bytes that are all forwarded (warren is not
+    /// closing), noting a peer's `connection.close` or `close-ok`.
+    fn track(&mut self, data: &[u8]) -> usize {
+        let shared = self.shared;
+        let k = self.tracker.feed(data, false);
+        match (self.tracker.take_seen(), self.dir) {
+            (Some(Seen::ConnectionClose), dir) => {
+                if dir == Dir::Down {
+                    shared.broker_closed.store(true, Ordering::Release);
+                }
+                shared.peer_closing.store(true, Ordering::Release);
+            }
+            (Some(Seen::ConnectionCloseOk), Dir::Up) => shared.set(&shared.client_acked),
+            _ => {}
+        }
+        k
+    }
+
+    /// Nothing is closing: no order, no close of either peer under way. Then
+    /// every byte read is forwarded, so the bulk path may read on past a
+    /// payload's end ([`on_read_ahead`](Self::on_read_ahead)).
+    pub(crate) fn plain(&self) -> bool {
+        self.reason.is_none() && !self.shared.peer_closing.load(Ordering::Acquire)
+    }
+
+    /// Bytes the bulk path read on past a payload while [`plain`](Self::plain):
+    /// followed and counted like any read, all forwarded.
+    pub(crate) fn on_read_ahead(&mut self, data: &[u8]) {
+        debug_assert!(self.plain(), "read ahead while closing");
+        let k = self.track(data);
+        self.moved.fetch_add(k as u64, Ordering::Relaxed);
     }
 
     /// The source ended: how the direction ends. On [`End::Closed`] the caller

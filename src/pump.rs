@@ -267,8 +267,7 @@ impl<'a> Half<'a> {
         if self.d.deadline().is_some() && self.d.tracker.is_lost() {
             return Poll::Ready(Ok(Some(End::Hard)));
         }
-        let d = &mut self.d;
-        let (read, write) = match self.bulk.step(self.src, self.dst, &mut d.tracker, d.moved) {
+        let (read, write) = match self.bulk.step(self.src, self.dst, &mut self.d) {
             Ok(Moved::Some) => {
                 if self.d.close_due() {
                     // A payload still flowing when the close is due: give up.
@@ -570,6 +569,107 @@ mod tests {
         assert_eq!(eof_within(&mut client, WITHIN).await, Some(true));
         drop(client);
         assert_eq!(ended(pump).await, End::Closed);
+    }
+
+    /// A body frame of `len` bytes on channel 1, its bytes counting up.
+    fn body_frame(len: usize) -> Vec<u8> {
+        let mut f = vec![3, 0, 1];
+        f.extend_from_slice(&(len as u32).to_be_bytes());
+        f.extend((0..len).map(|i| (i % 251) as u8));
+        f.push(0xCE);
+        f
+    }
+
+    /// Long bodies take the bulk path, which reads on past each payload's end
+    /// while nothing is closing: the frames it reads that way are still
+    /// followed, so the broker's own close right behind them is seen.
+    #[tokio::test]
+    async fn frames_read_on_past_a_bulk_payload_are_followed() {
+        let (mut client, mut broker, _registry, pump) = rig(None).await;
+        let moved_before = crate::buffer::bytes_moved();
+        let mut stream = Vec::new();
+        for _ in 0..3 {
+            stream.extend(body_frame(300_000));
+            stream.extend_from_slice(&HEARTBEAT);
+        }
+        let forced = amqp::connection_close(amqp::CONNECTION_FORCED, "shutdown");
+        stream.extend_from_slice(&forced);
+        let sent = stream.clone();
+        let writer = tokio::spawn(async move {
+            broker.write_all(&sent).await.expect("write");
+            broker
+        });
+        assert!(read_n(&mut client, stream.len()).await == stream);
+        let broker = writer.await.expect("writer");
+        assert!(
+            crate::buffer::bytes_moved() - moved_before >= 3 * 300_000,
+            "the bodies did not take the bulk path"
+        );
+        drop(broker);
+        // Seen as the broker's close: the client gets time to answer it.
+        let early = eof_within(&mut client, Duration::from_millis(200)).await;
+        assert_eq!(early, None, "EOF before the close-ok");
+        client
+            .write_all(&amqp::connection_close_ok())
+            .await
+            .expect("close-ok");
+        assert_eq!(eof_within(&mut client, WITHIN).await, Some(true));
+        drop(client);
+        assert_eq!(ended(pump).await, End::Closed);
+    }
+
+    /// A close ordered while long bodies stream: the client gets whole frames,
+    /// then warren's close and nothing after it; the broker gets its own close
+    /// and, with both close-oks, the connection ends gracefully.
+    #[tokio::test]
+    async fn a_close_during_bulk_frames_cuts_at_a_boundary() {
+        let (mut client, broker, registry, pump) = rig(None).await;
+        let (mut broker_rx, mut broker_tx) = broker.into_split();
+        let frame = body_frame(200_000);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (frame, stop) = (frame.clone(), stop.clone());
+            tokio::spawn(async move {
+                // Whole frames until told to stop.
+                while !stop.load(Ordering::Relaxed) {
+                    broker_tx.write_all(&frame).await.expect("write");
+                }
+                broker_tx
+            })
+        };
+        assert!(read_n(&mut client, frame.len()).await == frame);
+        registry.send(1, Command::Close("draining".into()));
+        let forced = amqp::connection_close(amqp::CONNECTION_FORCED, "draining");
+        let mut frames = 1;
+        loop {
+            let head = read_n(&mut client, 7).await;
+            if head[0] == 1 {
+                let rest = read_n(&mut client, forced.len() - 7).await;
+                assert_eq!([head, rest].concat(), forced);
+                break;
+            }
+            let rest = read_n(&mut client, frame.len() - 7).await;
+            assert!([head, rest].concat() == frame, "frame {frames} changed");
+            frames += 1;
+        }
+        client
+            .write_all(&amqp::connection_close_ok())
+            .await
+            .expect("close-ok");
+        let success = amqp::connection_close(amqp::REPLY_SUCCESS, "draining");
+        let mut got = vec![0u8; success.len()];
+        tokio::time::timeout(WITHIN, broker_rx.read_exact(&mut got))
+            .await
+            .expect("in time")
+            .expect("read");
+        assert_eq!(got, success);
+        stop.store(true, Ordering::Relaxed);
+        let mut broker_tx = writer.await.expect("writer");
+        broker_tx
+            .write_all(&amqp::connection_close_ok())
+            .await
+            .expect("close-ok");
+        assert_eq!(ended(pump).await, End::Graceful);
     }
 
     #[tokio::test]
