@@ -8,11 +8,12 @@
 //! reads go on past the payload's end (the frames between two bodies, the next
 //! body) and the frame tracker follows every byte read, as on the frame path:
 //! one read and one write per buffer-full instead of a short read and a write
-//! of its own per frame. Once warren is closing, reads stop at the end of the
-//! payload under way (the tracker skips it by count), never taking its
-//! frame-end octet, and the frame path takes over at the boundary: the frame
-//! boundaries a drain relies on stay exact. The buffer goes back to the pool
-//! once empty with nothing to read.
+//! of its own per frame. Once warren or a peer is closing
+//! (`Direction::plain` no longer holds), reads stop at the end of the payload
+//! under way (the tracker skips it by count), never taking its frame-end octet,
+//! and the frame path takes over at the boundary: the frame boundaries a drain
+//! relies on stay exact. An empty buffer goes back to the pool when a step
+//! moved nothing, or when no payload is under way.
 //!
 //! When a connection comes back to the frame path right after a bulk payload,
 //! its first read is small ([`BULK_READ`]) so that little of the next body is
@@ -29,7 +30,7 @@ use crate::buffer::{Buffer, ReadIn};
 use crate::direction::Direction;
 
 /// A payload at least this long (beyond what a read brought) takes the bulk path.
-pub const SPLICE_MIN: u64 = 16 * 1024;
+pub const BULK_MIN: u64 = 16 * 1024;
 /// Read size right after a bulk payload: room for a frame-end, the small frames that
 /// sit between two bodies (method, content header) and the next frame header.
 pub const BULK_READ: usize = 1024;
@@ -63,10 +64,16 @@ pub enum Moved {
 }
 
 impl Bulk {
-    /// True while a bulk payload is under way (the caller must not read or
-    /// write itself until it ends).
+    /// True while a bulk payload is under way or the buffer holds bytes (read
+    /// on past a payload, or not yet taken by the destination): the caller must
+    /// not read or write itself until it ends.
     pub fn active(&self) -> bool {
         self.left > 0 || self.eof || self.buf.as_ref().is_some_and(|b| !b.is_empty())
+    }
+
+    /// Reads on the frame path go back to full size (no bulk payload follows).
+    pub fn read_full(&mut self) {
+        self.recent = false;
     }
 
     /// How much the next read should take, `full` being the buffer's size.
@@ -86,7 +93,7 @@ impl Bulk {
     pub fn start(&mut self, tracker: &FrameTracker, read: &[u8]) -> Option<usize> {
         let left = tracker.payload_left();
         self.recent = false;
-        if left < SPLICE_MIN {
+        if left < BULK_MIN {
             return None;
         }
         let mut buf = Buffer::take();
@@ -103,8 +110,8 @@ impl Bulk {
     /// reads on past the payload's end, as much as the buffer takes, and `d`
     /// follows those frames as the frame path would: one read and one write
     /// for a body and what lies between it and the next instead of a short read
-    /// and a write of its own. While closing, it reads only up to the payload's
-    /// end and leaves the boundary to the frame path.
+    /// and a write of its own. While warren or a peer is closing, it reads only
+    /// up to the payload's end and leaves the boundary to the frame path.
     pub(crate) fn step(
         &mut self,
         src: &TcpStream,
@@ -188,5 +195,37 @@ impl Bulk {
             }
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 8-byte protocol header, then the start of a body frame of `size` bytes.
+    fn tracker_before_body(size: u32) -> FrameTracker {
+        let mut t = FrameTracker::client_to_server();
+        let mut bytes = crate::amqp::PROTOCOL_HEADER.to_vec();
+        bytes.extend_from_slice(&[3, 0, 1]);
+        bytes.extend_from_slice(&size.to_be_bytes());
+        bytes.extend_from_slice(&[0; 100]);
+        assert_eq!(t.feed(&bytes, false), bytes.len());
+        t
+    }
+
+    #[test]
+    fn a_long_payload_starts_the_bulk_path_and_short_reads_follow_until_closing() {
+        let t = tracker_before_body(1_000_000);
+        let mut bulk = Bulk::default();
+        assert_eq!(bulk.start(&t, b"ahead"), Some(0));
+        assert!(bulk.active());
+        assert_eq!(bulk.read_size(64 * 1024), BULK_READ);
+        // Closing: no payload starts, and reads are full-size again.
+        bulk.read_full();
+        assert_eq!(bulk.read_size(64 * 1024), 64 * 1024);
+        // A short payload does not start it.
+        let mut idle = Bulk::default();
+        assert_eq!(idle.start(&tracker_before_body(1000), b"x"), None);
+        assert!(!idle.active());
     }
 }

@@ -122,10 +122,11 @@ impl Future for Pump<'_> {
 
 /// What a direction is doing besides reading.
 enum State {
-    /// Reading and forwarding (copying or splicing, as `bulk` says).
+    /// Reading and forwarding (through the scratch buffer, or a bulk buffer for
+    /// long payloads, as `bulk` says).
     Run,
-    /// Bytes the destination has not taken yet, written after whatever the pipe
-    /// holds; `close`: they are warren's own `connection.close`.
+    /// Bytes the destination has not taken yet, written after whatever the bulk
+    /// buffer holds; `close`: they are warren's own `connection.close`.
     Write { buf: Vec<u8>, close: bool },
     /// Reads paused after a discarded one (see [`DISCARD_PAUSE`]).
     Pause(Instant),
@@ -202,7 +203,7 @@ impl<'a> Half<'a> {
                     return Poll::Pending;
                 }
                 State::Write { buf, close } => {
-                    // Whatever sits in the pipe was read before these bytes.
+                    // Whatever sits in the bulk buffer was read before these bytes.
                     let written = match self.bulk.poll_flush(self.dst, cx) {
                         Poll::Ready(Ok(())) => poll_write_all(self.dst, buf, cx),
                         other => other,
@@ -260,8 +261,9 @@ impl<'a> Half<'a> {
         }
     }
 
-    /// Mid-frame (or a stream that is not AMQP): moves bytes on the bulk path. A
-    /// close waits for the frame to end, so its boundary stays exact.
+    /// A long payload under way and what was read on past it (or a stream that
+    /// is not AMQP): moves bytes on the bulk path. A close waits for the frame
+    /// to end, so its boundary stays exact.
     /// `Some`: the direction ends so.
     fn poll_bulk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<End>>> {
         if self.d.deadline().is_some() && self.d.tracker.is_lost() {
@@ -332,6 +334,9 @@ impl<'a> Half<'a> {
                         return Ok(Step::Pending(out.to_vec()));
                     }
                 }
+            } else {
+                // No bulk payload starts while closing: reads are full-size.
+                bulk.read_full();
             }
             while !out.is_empty() {
                 match dst.try_write(out) {
@@ -367,7 +372,7 @@ impl<'a> Half<'a> {
         End::Closed
     }
 
-    /// The direction is over: its pipe goes back and the other one learns it.
+    /// The direction is over: its bulk buffer goes back and the other one learns it.
     fn finish(&mut self) {
         self.bulk = Bulk::default();
         self.timer = Timer::default();
