@@ -28,6 +28,8 @@ pub mod rebalance;
 pub mod reload;
 pub mod shutdown;
 pub mod stream;
+#[cfg(test)]
+mod test_util;
 pub mod tls;
 pub mod upstream;
 

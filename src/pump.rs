@@ -405,8 +405,8 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
+    use crate::test_util::pair;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
     use tokio::task::JoinHandle;
 
     use super::*;
@@ -415,16 +415,6 @@ mod tests {
 
     const HEARTBEAT: [u8; 8] = [8, 0, 0, 0, 0, 0, 0, 0xCE];
     const WITHIN: Duration = Duration::from_secs(5);
-
-    /// Both ends of one loopback TCP connection.
-    async fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let a = TcpStream::connect(l.local_addr().expect("addr"))
-            .await
-            .expect("connect");
-        let (b, _) = l.accept().await.expect("accept");
-        (a, b)
-    }
 
     /// A client, a broker and the pump between them in a task of its own.
     type Rig = (
@@ -493,6 +483,20 @@ mod tests {
             .expect("the pump ends")
             .expect("no panic")
             .expect("no error")
+    }
+
+    /// The broker closed and left: the client sees no EOF until it answers
+    /// with its close-ok, then EOF, and the connection ends closed.
+    async fn answers_the_brokers_close(mut client: TcpStream, pump: JoinHandle<io::Result<End>>) {
+        let early = eof_within(&mut client, Duration::from_millis(200)).await;
+        assert_eq!(early, None, "EOF before the close-ok");
+        client
+            .write_all(&amqp::connection_close_ok())
+            .await
+            .expect("close-ok");
+        assert_eq!(eof_within(&mut client, WITHIN).await, Some(true));
+        drop(client);
+        assert_eq!(ended(pump).await, End::Closed);
     }
 
     #[tokio::test]
@@ -565,15 +569,7 @@ mod tests {
         drop(broker);
         assert_eq!(read_n(&mut client, forced.len()).await, forced);
         // No EOF while the client has not answered.
-        let early = eof_within(&mut client, Duration::from_millis(200)).await;
-        assert_eq!(early, None, "EOF before the close-ok");
-        client
-            .write_all(&amqp::connection_close_ok())
-            .await
-            .expect("close-ok");
-        assert_eq!(eof_within(&mut client, WITHIN).await, Some(true));
-        drop(client);
-        assert_eq!(ended(pump).await, End::Closed);
+        answers_the_brokers_close(client, pump).await;
     }
 
     /// A body frame of `len` bytes on channel 1, its bytes counting up.
@@ -612,15 +608,7 @@ mod tests {
         );
         drop(broker);
         // Seen as the broker's close: the client gets time to answer it.
-        let early = eof_within(&mut client, Duration::from_millis(200)).await;
-        assert_eq!(early, None, "EOF before the close-ok");
-        client
-            .write_all(&amqp::connection_close_ok())
-            .await
-            .expect("close-ok");
-        assert_eq!(eof_within(&mut client, WITHIN).await, Some(true));
-        drop(client);
-        assert_eq!(ended(pump).await, End::Closed);
+        answers_the_brokers_close(client, pump).await;
     }
 
     /// A close ordered while long bodies stream: the client gets whole frames,
