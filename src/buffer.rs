@@ -8,9 +8,11 @@
 //! side-by-side run).
 
 use std::cell::RefCell;
-use std::io;
+use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use socket2::SockRef;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 /// Bytes a buffer holds: large enough that a bulk transfer moves in few system
@@ -101,7 +103,7 @@ impl Buffer {
         if max == 0 {
             return Ok(ReadIn::Full);
         }
-        match src.try_read(&mut self.data[self.end..self.end + max])? {
+        match try_read(src, &mut self.data[self.end..self.end + max])? {
             0 => Ok(ReadIn::Eof),
             n => {
                 self.end += n;
@@ -125,6 +127,27 @@ impl Buffer {
         }
         MOVED.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
+    }
+}
+
+/// `TcpStream::try_read`, except that a read shorter than `buf` (the socket
+/// had no more) also clears the socket's read readiness, as tokio's own
+/// `poll_read` does: the next `poll_read_ready` then waits for the kernel to
+/// say more came instead of costing a read that finds nothing. Readiness
+/// that arrived during the read is kept (tokio's readiness ticks).
+pub(crate) fn try_read(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let mut short = None;
+    let read = src.try_io(Interest::READABLE, || {
+        let n = (&*SockRef::from(src)).read(buf)?;
+        if n > 0 && n < buf.len() {
+            short = Some(n);
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match short {
+        Some(n) => Ok(n),
+        None => read,
     }
 }
 
@@ -223,6 +246,45 @@ mod tests {
         let got = reader.await.expect("reader");
         assert_eq!(&got[..4], b"head");
         assert!(got[4..] == payload[..]);
+    }
+
+    /// A short read leaves the socket not ready until more comes (no read that
+    /// finds nothing), a full one leaves it ready; more data and the peer's
+    /// close still wake the reader.
+    #[tokio::test]
+    async fn a_short_read_waits_for_more_and_more_still_wakes() {
+        use futures_util::FutureExt;
+        use std::time::Duration;
+        let (mut a, b) = pair().await;
+        let wait = Duration::from_secs(5);
+        let mut buf = [0u8; 64];
+        a.write_all(b"hello").await.expect("write");
+        b.readable().await.expect("readable");
+        assert_eq!(try_read(&b, &mut buf).expect("read"), 5);
+        assert!(
+            b.readable().now_or_never().is_none(),
+            "still ready after a short read"
+        );
+
+        a.write_all(&[1; 64]).await.expect("write");
+        tokio::time::timeout(wait, b.readable())
+            .await
+            .expect("more data woke no one")
+            .expect("readable");
+        assert_eq!(try_read(&b, &mut buf).expect("read"), 64);
+        assert!(
+            b.readable().now_or_never().is_some(),
+            "a full read must read again"
+        );
+        let again = try_read(&b, &mut buf).expect_err("nothing left");
+        assert_eq!(again.kind(), io::ErrorKind::WouldBlock);
+
+        drop(a);
+        tokio::time::timeout(wait, b.readable())
+            .await
+            .expect("the close woke no one")
+            .expect("readable");
+        assert_eq!(try_read(&b, &mut buf).expect("read"), 0);
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -25,6 +25,7 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::buffer::try_read;
 use crate::bulk::{Bulk, Moved};
 use crate::direction::{joined, AtEof, Chunk, Dir, Direction, Next, Shared, Timer, DISCARD_PAUSE};
 use crate::drain::OrdersRx;
@@ -311,7 +312,7 @@ impl<'a> Half<'a> {
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             let buf = &mut scratch[..bulk.read_size(SCRATCH_SIZE)];
-            let n = match src.try_read(buf) {
+            let n = match try_read(src, buf) {
                 Ok(0) => return Ok(Step::Eof),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Again),
