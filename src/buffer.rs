@@ -130,11 +130,16 @@ impl Buffer {
     }
 }
 
-/// `TcpStream::try_read`, except that a read shorter than `buf` (the socket
-/// had no more) also clears the socket's read readiness, as tokio's own
-/// `poll_read` does: the next `poll_read_ready` then waits for the kernel to
-/// say more came instead of costing a read that finds nothing. Readiness
-/// that arrived during the read is kept (tokio's readiness ticks).
+/// `TcpStream::try_read`, except that a read shorter than `buf` also clears
+/// the socket's read readiness, as tokio's own `poll_read` does: the next
+/// `poll_read_ready` then waits for the kernel to say more came instead of
+/// costing a read that finds nothing. On Linux a short TCP read means the
+/// receive queue was empty, except at an urgent (`MSG_OOB`) mark, where
+/// tokio's `poll_read` is wrong the same way: that direction waits for the
+/// peer's next bytes. Nothing is cleared if any event for the socket came in
+/// after the readiness was looked at, just before the read (tokio's readiness
+/// ticks): at worst one read too many, never one too few. A peer's close is
+/// never cleared.
 pub(crate) fn try_read(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     let mut short = None;
     let read = src.try_io(Interest::READABLE, || {
@@ -279,10 +284,28 @@ mod tests {
         let again = try_read(&b, &mut buf).expect_err("nothing left");
         assert_eq!(again.kind(), io::ErrorKind::WouldBlock);
 
+        // The close comes after a short read, and again with the data.
+        a.write_all(b"bye").await.expect("write");
+        b.readable().await.expect("readable");
+        assert_eq!(try_read(&b, &mut buf).expect("read"), 3);
         drop(a);
         tokio::time::timeout(wait, b.readable())
             .await
             .expect("the close woke no one")
+            .expect("readable");
+        assert_eq!(try_read(&b, &mut buf).expect("read"), 0);
+
+        let (mut a, b) = pair().await;
+        a.write_all(b"last words").await.expect("write");
+        a.shutdown().await.expect("shutdown");
+        tokio::time::timeout(wait, b.readable())
+            .await
+            .expect("data and close woke no one")
+            .expect("readable");
+        assert_eq!(try_read(&b, &mut buf).expect("read"), 10);
+        tokio::time::timeout(wait, b.readable())
+            .await
+            .expect("a close that came with the data was lost")
             .expect("readable");
         assert_eq!(try_read(&b, &mut buf).expect("read"), 0);
     }
