@@ -306,8 +306,6 @@ impl<'a> Half<'a> {
     /// One read on the copying path: tracked, then written straight on (or the
     /// start of a bulk payload).
     fn read(&mut self) -> io::Result<Step> {
-        // A close already under way between client and broker is left to finish.
-        let closing = self.d.closing();
         let (d, bulk, src, dst) = (&mut self.d, &mut self.bulk, self.src, self.dst);
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
@@ -326,7 +324,8 @@ impl<'a> Half<'a> {
                 Chunk::Finished => return Ok(Step::Finished),
             };
             let mut out = &data[..k];
-            if !closing && !d.shared.peer_closing.load(Ordering::Acquire) {
+            // Read after `on_read`, which notes a peer's close it just followed.
+            if d.plain() {
                 // A long payload follows: what was read goes into a bulk buffer, ahead of
                 // the payload that will be read after it.
                 if let Some(rest) = bulk.start(&d.tracker, out) {
