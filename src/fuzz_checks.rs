@@ -9,8 +9,8 @@
 
 use std::path::Path;
 
-use crate::amqp::{FrameTracker, Seen, CLASS_CONNECTION, METHOD_CLOSE, METHOD_CLOSE_OK};
 use crate::config::Config;
+use crate::proxy::amqp::{FrameTracker, Seen, CLASS_CONNECTION, METHOD_CLOSE, METHOD_CLOSE_OK};
 
 /// Streams built by [`frame_stream`] stop growing past this many bytes, so one
 /// input stays fast to check byte by byte.
@@ -61,7 +61,7 @@ pub fn frame_stream(data: &[u8]) {
     let mut boundaries = Vec::new();
     let mut events = Vec::new();
     if client || flags & 2 == 2 {
-        stream.extend_from_slice(crate::amqp::PROTOCOL_HEADER);
+        stream.extend_from_slice(crate::proxy::amqp::PROTOCOL_HEADER);
         boundaries.push(stream.len());
     }
     while !r.0.is_empty() && stream.len() < MAX_STREAM {
@@ -69,11 +69,11 @@ pub fn frame_stream(data: &[u8]) {
             0 => (8, 0, Vec::new()),
             1 => {
                 let text = "x".repeat(usize::from(r.u8() % 64));
-                let f = crate::amqp::connection_close(r.u16(), &text);
+                let f = crate::proxy::amqp::connection_close(r.u16(), &text);
                 (f[0], 0, f[7..f.len() - 1].to_vec())
             }
             2 => {
-                let f = crate::amqp::connection_close_ok();
+                let f = crate::proxy::amqp::connection_close_ok();
                 (f[0], 0, f[7..f.len() - 1].to_vec())
             }
             3 => {
@@ -119,7 +119,7 @@ pub fn frame_stream(data: &[u8]) {
         let size = u32::try_from(payload.len()).expect("payloads here are small");
         stream.extend_from_slice(&size.to_be_bytes());
         stream.extend_from_slice(&payload);
-        stream.push(crate::amqp::FRAME_END);
+        stream.push(crate::proxy::amqp::FRAME_END);
         boundaries.push(stream.len());
     }
     let trace = check_stream(client, &stream, &chunks);
@@ -304,7 +304,7 @@ pub fn reference(client: bool, stream: &[u8]) -> Expected {
         if stream.len() < end {
             return e;
         }
-        if stream[end - 1] != crate::amqp::FRAME_END {
+        if stream[end - 1] != crate::proxy::amqp::FRAME_END {
             e.lost_at = Some(end);
             return e;
         }

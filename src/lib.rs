@@ -6,32 +6,22 @@
 //! the way a broker would. `admin` serves the HTTP API and `metrics`.
 
 pub mod admin;
-pub mod amqp;
 pub mod balancer;
 pub mod bootstrap;
-pub mod buffer;
-pub mod bulk;
 pub mod config;
-mod direction;
-pub mod drain;
+pub mod control;
 #[doc(hidden)]
 pub mod fuzz_checks;
 pub mod health;
-pub mod listener;
-pub mod logging;
-pub mod metrics;
 pub mod mgmt;
 pub mod proxy;
-pub mod proxy_protocol;
-mod pump;
-pub mod rebalance;
-pub mod reload;
-pub mod shutdown;
-pub mod stream;
-#[cfg(test)]
-mod test_util;
+pub mod telemetry;
 pub mod tls;
-pub mod upstream;
+
+// Old paths kept while the tests move to the new ones.
+pub use control::{reload, shutdown};
+pub use proxy::{amqp, buffer};
+pub use telemetry::{logging, metrics};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -59,14 +49,14 @@ pub struct App {
     /// The rebalance in progress, if any.
     pub rebalance: std::sync::Mutex<Option<CancellationToken>>,
     /// The AMQP listening socket (absent without `listen`); a reload may rebind it.
-    pub amqp_listener: listener::Rebindable,
+    pub amqp_listener: proxy::listener::Rebindable,
     /// The TLS listening socket (absent without `tls`); a reload may rebind it.
-    pub tls_listener: listener::Rebindable,
+    pub tls_listener: proxy::listener::Rebindable,
     /// The admin listening socket; a reload may rebind it.
-    pub admin_listener: listener::Rebindable,
-    pub listener_stats: listener::ListenerStats,
+    pub admin_listener: proxy::listener::Rebindable,
+    pub listener_stats: proxy::listener::ListenerStats,
     /// Serialises reloads and keeps their outcome for metrics.
-    pub reloader: reload::Reloader,
+    pub reloader: control::reload::Reloader,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,10 +89,10 @@ impl Server {
     /// Binds the listeners and builds the shared state; nothing runs yet.
     pub async fn bind(config: Config, config_path: PathBuf) -> Result<Server, RunError> {
         let bind = |what: &'static str, addr: SocketAddr| async move {
-            listener::bind(addr).map_err(|source| RunError::Bind { what, addr, source })
+            proxy::listener::bind(addr).map_err(|source| RunError::Bind { what, addr, source })
         };
         // The recorder first: loading the certificates records their expiry.
-        let metrics = metrics::install();
+        let metrics = telemetry::metrics::install();
         let tls_state = tls::Tls::load(&config)?;
         let amqp = match config.listen {
             Some(addr) => Some((bind("amqp", addr).await?, addr)),
@@ -134,12 +124,12 @@ impl Server {
             next_conn_id: AtomicU64::new(1),
             metrics,
             tls: tls_state,
-            rebalance: rebalance::slot(),
-            amqp_listener: listener::Rebindable::new("amqp", amqp.map(|(l, _)| l)),
-            tls_listener: listener::Rebindable::new("amqps", tls.map(|(l, _)| l)),
-            admin_listener: listener::Rebindable::new("admin", Some(admin)),
-            listener_stats: listener::ListenerStats::default(),
-            reloader: reload::Reloader::default(),
+            rebalance: control::rebalance::slot(),
+            amqp_listener: proxy::listener::Rebindable::new("amqp", amqp.map(|(l, _)| l)),
+            tls_listener: proxy::listener::Rebindable::new("amqps", tls.map(|(l, _)| l)),
+            admin_listener: proxy::listener::Rebindable::new("admin", Some(admin)),
+            listener_stats: proxy::listener::ListenerStats::default(),
+            reloader: control::reload::Reloader::default(),
         });
         Ok(Server {
             app,
@@ -163,21 +153,21 @@ impl Server {
             "warren started"
         );
         for b in app.balancer.backends().iter() {
-            metrics::backend_state(b);
+            telemetry::metrics::backend_state(b);
             health::spawn(Arc::clone(&app), Arc::clone(b));
         }
         let admin_task = tokio::spawn(admin::run(Arc::clone(&app)));
-        reload::spawn_watcher(Arc::clone(&app));
+        control::reload::spawn_watcher(Arc::clone(&app));
         // On a worker thread, not this one (the runtime's `block_on` in main):
         // a connection's task is then spawned onto the accepting worker's own
         // queue instead of being handed across threads with a wake-up each.
-        if let Err(e) = tokio::spawn(listener::run(Arc::clone(&app))).await {
+        if let Err(e) = tokio::spawn(proxy::listener::run(Arc::clone(&app))).await {
             tracing::error!(error = %e, "the accept loops failed; shutting down");
         }
         // Stop accepting at once: new clients are refused, not left in the backlog.
         app.amqp_listener.close();
         app.tls_listener.close();
-        shutdown::close_connections(&app).await;
+        control::shutdown::close_connections(&app).await;
         admin_task.abort();
     }
 }

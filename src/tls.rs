@@ -419,11 +419,11 @@ impl Tls {
         };
         match result {
             Ok(s) => {
-                crate::metrics::tls_handshake(Side::Client, "ok");
+                crate::telemetry::metrics::tls_handshake(Side::Client, "ok");
                 Some(s)
             }
             Err(f) => {
-                crate::metrics::tls_handshake(Side::Client, f.reason);
+                crate::telemetry::metrics::tls_handshake(Side::Client, f.reason);
                 if f.is_certificate() {
                     tracing::warn!(%peer, reason = f.reason, error = %f.detail, "TLS handshake failed: client certificate rejected");
                 } else {
@@ -440,7 +440,7 @@ impl Tls {
         let now = now_unix();
         if let Ok(e) = self.expiry.lock() {
             for (label, not_after) in e.iter() {
-                crate::metrics::tls_certificate_expiry(label, (not_after - now) as f64);
+                crate::telemetry::metrics::tls_certificate_expiry(label, (not_after - now) as f64);
             }
         }
     }
@@ -549,7 +549,7 @@ pub async fn connect(
             detail: format!("no handshake within {timeout:?}"),
         }),
     };
-    crate::metrics::tls_handshake(
+    crate::telemetry::metrics::tls_handshake(
         Side::Backend,
         match &result {
             Ok(_) => "ok",

@@ -23,9 +23,9 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 
 use crate::balancer::{Backend, CheckStatus, Mode, State};
-use crate::drain::{self, DrainPlan};
-use crate::listener::Acceptor;
-use crate::reload::{self, ReloadError, Trigger};
+use crate::control::drain::{self, DrainPlan};
+use crate::control::reload::{self, ReloadError, Trigger};
+use crate::proxy::listener::Acceptor;
 use crate::App;
 
 type Body = Full<Bytes>;
@@ -119,7 +119,9 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
             }
         }),
         ["metrics"] => only_get(&method, || {
-            let mut r = Response::new(Full::new(Bytes::from(crate::metrics::render(app))));
+            let mut r = Response::new(Full::new(Bytes::from(crate::telemetry::metrics::render(
+                app,
+            ))));
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -211,7 +213,7 @@ fn operate(app: &Arc<App>, b: &Arc<Backend>, action: &str) {
         "drain" => {
             let prev = b.set_mode(Mode::Draining);
             tracing::info!(backend = b.name(), previous = ?prev, "operator: drain");
-            crate::metrics::drain_started(b.name(), "operator");
+            crate::telemetry::metrics::drain_started(b.name(), "operator");
             let cfg = app.config.load();
             drain::start(
                 Arc::clone(b),
@@ -237,11 +239,11 @@ fn operate(app: &Arc<App>, b: &Arc<Backend>, action: &str) {
             b.conns.cancel_drain();
             tracing::info!(backend = b.name(), previous = ?prev, "operator: enable");
             if prev != Mode::Enabled {
-                crate::rebalance::trigger(app, &format!("{} enabled", b.name()));
+                crate::control::rebalance::trigger(app, &format!("{} enabled", b.name()));
             }
         }
     }
-    crate::metrics::backend_state(b);
+    crate::telemetry::metrics::backend_state(b);
 }
 
 fn only_get(method: &Method, f: impl FnOnce() -> Response<Body>) -> Response<Body> {

@@ -5,6 +5,18 @@
 //! Plain TCP on both sides is carried by `pump::Pump`; TLS on either side by
 //! `stream::pump`.
 
+pub mod amqp;
+pub mod buffer;
+mod bulk;
+mod direction;
+pub mod listener;
+pub mod proxy_protocol;
+mod pump;
+pub mod stream;
+#[cfg(test)]
+mod test_util;
+pub mod upstream;
+
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -20,13 +32,12 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::amqp;
 use crate::balancer::Backend;
 use crate::config::Protocol;
-use crate::direction::Shared;
-use crate::pump::Pump;
-use crate::stream::Stream;
-use crate::upstream::ClientAddrs;
+use crate::proxy::direction::Shared;
+use crate::proxy::pump::Pump;
+use crate::proxy::stream::Stream;
+use crate::proxy::upstream::ClientAddrs;
 use crate::App;
 
 /// Serves one accepted client connection to its end. (Not an `async fn`: one
@@ -122,11 +133,11 @@ fn header_check(head: &[u8]) -> Result<Vec<u8>, &'static str> {
 
 fn rejected(why: &'static str) {
     tracing::debug!(reason = why, "client rejected before connecting upstream");
-    crate::metrics::handshake_rejected(why);
+    crate::telemetry::metrics::handshake_rejected(why);
 }
 
 /// Connects a backend and carries the connection to its end: plain TCP on both
-/// sides takes [`Pump`]; TLS on either side takes [`crate::stream::pump`].
+/// sides takes [`Pump`]; TLS on either side takes [`crate::proxy::stream::pump`].
 /// `head`: client bytes already read (the start of the protocol header), to be
 /// sent upstream first.
 async fn carry(app: &Arc<App>, client: Stream, head: Vec<u8>, peer: SocketAddr, id: u64) {
@@ -159,7 +170,7 @@ async fn carry(app: &Arc<App>, client: Stream, head: Vec<u8>, peer: SocketAddr, 
             Pump::new(client, server, head, &shared, orders, limits, meters).await
         }
         _ => {
-            Box::pin(crate::stream::pump(
+            Box::pin(crate::proxy::stream::pump(
                 client, server, &head, orders, limits, meters,
             ))
             .await
@@ -168,8 +179,8 @@ async fn carry(app: &Arc<App>, client: Stream, head: Vec<u8>, peer: SocketAddr, 
     // Only closes warren asked for count as graceful or forced (not idle timeouts).
     if backend.conns.unregister(id).is_some_and(|o| o.told()) {
         match &result {
-            Ok(End::Graceful) => crate::metrics::close_ended(backend.name(), true),
-            Ok(End::Hard) => crate::metrics::close_ended(backend.name(), false),
+            Ok(End::Graceful) => crate::telemetry::metrics::close_ended(backend.name(), true),
+            Ok(End::Hard) => crate::telemetry::metrics::close_ended(backend.name(), false),
             _ => {}
         }
     }
@@ -193,7 +204,7 @@ async fn connect(
         let err = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(Ok(server)) => {
                 set_socket_options(SockRef::from(&server));
-                if !crate::upstream::needs_preparing(&backend) {
+                if !crate::proxy::upstream::needs_preparing(&backend) {
                     return Some((backend, Stream::Plain(server)));
                 }
                 // The address the client connected to, for the PROXY header; asked
@@ -206,16 +217,16 @@ async fn connect(
                     }
                 };
                 let addrs = ClientAddrs { peer, local };
-                match crate::upstream::prepare(app, &backend, server, addrs, timeout).await {
+                match crate::proxy::upstream::prepare(app, &backend, server, addrs, timeout).await {
                     Ok(server) => return Some((backend, server)),
                     Err(e) => {
-                        crate::metrics::connect_error(backend.name(), e.kind());
+                        crate::telemetry::metrics::connect_error(backend.name(), e.kind());
                         e.to_string()
                     }
                 }
             }
             Ok(Err(e)) => {
-                crate::metrics::connect_error(backend.name(), error_kind(&e));
+                crate::telemetry::metrics::connect_error(backend.name(), error_kind(&e));
                 if !blames_backend(&e) {
                     // Out of file descriptors or ports here: not the node's fault,
                     // and no other node would do better.
@@ -225,7 +236,7 @@ async fn connect(
                 e.to_string()
             }
             Err(_) => {
-                crate::metrics::connect_error(backend.name(), "timeout");
+                crate::telemetry::metrics::connect_error(backend.name(), "timeout");
                 format!("connect timed out after {timeout:?}")
             }
         };

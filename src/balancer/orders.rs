@@ -1,23 +1,20 @@
-//! Taking connections off a backend: the registry of a backend's open client
-//! connections, and the paced drain that closes them the AMQP way.
+//! What warren tells each open connection (run, close gracefully, close hard),
+//! and the registry of a backend's open connections through which those orders
+//! are sent.
 //!
-//! A drain sends each connection a [`Command::Close`]; the connection's own task
-//! (see `proxy`) then injects `connection.close` 320 at the next frame boundary.
-//! Closes are spread evenly over `drain.window` so that reconnecting clients reach
-//! the other nodes gradually; whatever is still open after `drain.grace` gets
-//! [`Command::Hard`].
+//! A connection's task polls its [`OrdersRx`]; on [`Command::Close`] it injects
+//! `connection.close` 320 at the next frame boundary (see `proxy`). Who sends the
+//! orders (a paced drain, a node going down, shutdown) is the control plane's
+//! business.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
 use tokio_util::sync::CancellationToken;
-
-use crate::balancer::Backend;
 
 /// What a connection's task is told to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -189,6 +186,15 @@ impl ConnRegistry {
         }
     }
 
+    /// Makes `token` the drain in progress, cancelling the one it replaces.
+    pub fn replace_drain(&self, token: CancellationToken) {
+        if let Ok(mut d) = self.drain.lock() {
+            if let Some(old) = d.replace(token) {
+                old.cancel();
+            }
+        }
+    }
+
     /// Stops a drain in progress (connections already told to close still close).
     pub fn cancel_drain(&self) {
         if let Ok(mut d) = self.drain.lock() {
@@ -196,72 +202,6 @@ impl ConnRegistry {
                 t.cancel();
             }
         }
-    }
-}
-
-/// Pacing of one drain.
-#[derive(Clone, Debug)]
-pub struct DrainPlan {
-    pub window: Duration,
-    pub grace: Duration,
-    pub reason: Arc<str>,
-}
-
-/// Starts draining `backend` in the background: paced graceful closes over the
-/// window, hard closes after the grace. A drain already running is replaced.
-/// The task ends by itself, on `shutdown`, or when the drain is cancelled.
-pub fn start(backend: Arc<Backend>, plan: DrainPlan, shutdown: &CancellationToken) {
-    let token = shutdown.child_token();
-    if let Ok(mut d) = backend.conns.drain.lock() {
-        if let Some(old) = d.replace(token.clone()) {
-            old.cancel();
-        }
-    }
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = token.cancelled() => {}
-            _ = run(&backend, &plan) => {}
-        }
-    });
-}
-
-async fn run(backend: &Backend, plan: &DrainPlan) {
-    let started = tokio::time::Instant::now();
-    let ids = backend.conns.ids();
-    tracing::info!(
-        backend = backend.name(),
-        connections = ids.len(),
-        window = ?plan.window,
-        reason = %plan.reason,
-        "draining"
-    );
-    if !ids.is_empty() {
-        let step = plan.window / ids.len() as u32;
-        for (i, id) in ids.iter().enumerate() {
-            if i > 0 && !step.is_zero() {
-                tokio::time::sleep(step).await;
-            }
-            backend.conns.send(*id, Command::Close(plan.reason.clone()));
-        }
-    }
-    // Wait for the stragglers until the grace period ends, then close them hard.
-    let deadline = started + plan.grace.max(plan.window);
-    while !backend.conns.is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        // A connection that chose this backend just before it stopped taking new
-        // ones registers late: tell it too (already-told ones are left alone).
-        backend.conns.broadcast(Command::Close(plan.reason.clone()));
-    }
-    let left = backend.conns.len();
-    if left > 0 {
-        tracing::warn!(
-            backend = backend.name(),
-            connections = left,
-            "drain grace over, closing hard"
-        );
-        backend.conns.broadcast(Command::Hard);
-    } else {
-        tracing::info!(backend = backend.name(), "drained");
     }
 }
 

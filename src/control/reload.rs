@@ -35,7 +35,7 @@ use tokio::sync::Notify;
 
 use crate::balancer::{Backend, Mode, Policy};
 use crate::config::{Config, ConfigError};
-use crate::drain::{self, DrainPlan};
+use crate::control::drain::{self, DrainPlan};
 use crate::App;
 
 /// What asked for a reload (a metrics label).
@@ -214,7 +214,7 @@ pub async fn reload(app: &Arc<App>, trigger: Trigger) -> Result<Summary, ReloadE
             tracing::error!(file, trigger = trigger.as_str(), error = %e, "reload failed, the running config stays");
         }
     }
-    crate::metrics::reload(trigger.as_str(), result.is_ok());
+    crate::telemetry::metrics::reload(trigger.as_str(), result.is_ok());
     result
 }
 
@@ -231,7 +231,7 @@ async fn apply(app: &Arc<App>) -> Result<Summary, ReloadError> {
 
     // The fallible part: bind changed addresses before anything changes.
     let bind = |key: &'static str, addr: SocketAddr| async move {
-        crate::listener::bind(addr).map_err(|source| ReloadError::Bind {
+        crate::proxy::listener::bind(addr).map_err(|source| ReloadError::Bind {
             file: path.clone(),
             key,
             addr,
@@ -287,7 +287,7 @@ async fn apply(app: &Arc<App>) -> Result<Summary, ReloadError> {
         summary.needs_restart.push("log.format");
     }
     if new.log.level != old.log.level {
-        crate::logging::set_level(&new.log.level);
+        crate::telemetry::logging::set_level(&new.log.level);
     }
     let new = Arc::new(new);
     app.config.store(Arc::clone(&new));
@@ -339,12 +339,12 @@ fn swap_backends(app: &Arc<App>, cfg: &Config, summary: &mut Summary) {
     }
     let any_added = !added.is_empty();
     for b in added {
-        crate::metrics::backend_state(&b);
+        crate::telemetry::metrics::backend_state(&b);
         crate::health::spawn(Arc::clone(app), b);
     }
     if any_added {
         // Like a node that returns: existing clients can be moved onto it (if enabled).
-        crate::rebalance::trigger(app, "backends added by a reload");
+        crate::control::rebalance::trigger(app, "backends added by a reload");
     }
 }
 
@@ -352,7 +352,7 @@ fn swap_backends(app: &Arc<App>, cfg: &Config, summary: &mut Summary) {
 fn retire(app: &App, b: Arc<Backend>, cfg: &Config) {
     b.tasks.cancel();
     b.set_mode(Mode::Draining);
-    crate::metrics::drain_started(b.name(), "reload");
+    crate::telemetry::metrics::drain_started(b.name(), "reload");
     drain::start(
         Arc::clone(&b),
         DrainPlan {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::drain::Command;
+use crate::balancer::Command;
 use crate::App;
 
 /// Cancels `app.shutdown` on the first SIGTERM/SIGINT; exits on the second.

@@ -25,10 +25,12 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::buffer::try_read;
-use crate::bulk::{Bulk, Moved};
-use crate::direction::{joined, AtEof, Chunk, Dir, Direction, Next, Shared, Timer, DISCARD_PAUSE};
-use crate::drain::OrdersRx;
+use crate::balancer::OrdersRx;
+use crate::proxy::buffer::try_read;
+use crate::proxy::bulk::{Bulk, Moved};
+use crate::proxy::direction::{
+    joined, AtEof, Chunk, Dir, Direction, Next, Shared, Timer, DISCARD_PAUSE,
+};
 use crate::proxy::{End, Limits, Meters};
 
 /// Bytes moved per read; large enough for bulk transfers.
@@ -405,13 +407,13 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use crate::test_util::pair;
+    use crate::proxy::test_util::pair;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::task::JoinHandle;
 
     use super::*;
-    use crate::amqp;
-    use crate::drain::{Command, ConnRegistry};
+    use crate::balancer::{Command, ConnRegistry};
+    use crate::proxy::amqp;
 
     const HEARTBEAT: [u8; 8] = [8, 0, 0, 0, 0, 0, 0, 0xCE];
     const WITHIN: Duration = Duration::from_secs(5);
@@ -587,7 +589,7 @@ mod tests {
     #[tokio::test]
     async fn frames_read_on_past_a_bulk_payload_are_followed() {
         let (mut client, mut broker, _registry, pump) = rig(None).await;
-        let moved_before = crate::buffer::bytes_moved();
+        let moved_before = crate::proxy::buffer::bytes_moved();
         let mut stream = Vec::new();
         for _ in 0..3 {
             stream.extend(body_frame(300_000));
@@ -603,7 +605,7 @@ mod tests {
         assert!(read_n(&mut client, stream.len()).await == stream);
         let broker = writer.await.expect("writer");
         assert!(
-            crate::buffer::bytes_moved() - moved_before >= 3 * 300_000,
+            crate::proxy::buffer::bytes_moved() - moved_before >= 3 * 300_000,
             "the bodies did not take the bulk path"
         );
         drop(broker);

@@ -97,7 +97,7 @@ pub fn install() -> PrometheusHandle {
             // Another recorder may already be installed (embedding); then ours stays local.
             let _ = metrics::set_global_recorder(recorder);
             describe();
-            for trigger in crate::reload::Trigger::ALL {
+            for trigger in crate::control::reload::Trigger::ALL {
                 for result in ["success", "failure"] {
                     counter!(CONFIG_RELOADS, "result" => result, "trigger" => trigger.as_str())
                         .increment(0);

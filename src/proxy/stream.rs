@@ -25,11 +25,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::direction::{
+use crate::balancer::Command;
+use crate::balancer::OrdersRx;
+use crate::proxy::direction::{
     far_future, joined, Chunk, Dir, Direction, Next, Shared, Timer, DISCARD_PAUSE,
 };
-use crate::drain::Command;
-use crate::drain::OrdersRx;
 use crate::proxy::{End, Limits, Meters};
 
 const BUF_START: usize = 8 * 1024;

@@ -4,6 +4,9 @@
 //! lives in an `ArcSwap` and is swapped whole. Per-backend state (health verdict,
 //! operator mode, connection counts) is in atomics.
 
+mod orders;
+pub use orders::{Command, ConnRegistry, Orders, OrdersRx};
+
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,7 +16,6 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BackendConfig, Balance};
-use crate::drain::ConnRegistry;
 
 /// What the health checker last concluded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

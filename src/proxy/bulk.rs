@@ -25,9 +25,9 @@ use std::task::{ready, Context, Poll};
 
 use tokio::net::TcpStream;
 
-use crate::amqp::FrameTracker;
-use crate::buffer::{Buffer, ReadIn};
-use crate::direction::Direction;
+use crate::proxy::amqp::FrameTracker;
+use crate::proxy::buffer::{Buffer, ReadIn};
+use crate::proxy::direction::Direction;
 
 /// A payload at least this long (beyond what a read brought) takes the bulk path.
 pub const BULK_MIN: u64 = 16 * 1024;
@@ -205,7 +205,7 @@ mod tests {
     /// 8-byte protocol header, then the start of a body frame of `size` bytes.
     fn tracker_before_body(size: u32) -> FrameTracker {
         let mut t = FrameTracker::client_to_server();
-        let mut bytes = crate::amqp::PROTOCOL_HEADER.to_vec();
+        let mut bytes = crate::proxy::amqp::PROTOCOL_HEADER.to_vec();
         bytes.extend_from_slice(&[3, 0, 1]);
         bytes.extend_from_slice(&size.to_be_bytes());
         bytes.extend_from_slice(&[0; 100]);

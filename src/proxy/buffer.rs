@@ -174,7 +174,7 @@ impl Drop for Buffer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::pair;
+    use crate::proxy::test_util::pair;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]

@@ -12,8 +12,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
-use crate::amqp::{self, FrameTracker, Seen};
-use crate::drain::Command;
+use crate::balancer::Command;
+use crate::proxy::amqp::{self, FrameTracker, Seen};
 use crate::proxy::{End, Limits};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

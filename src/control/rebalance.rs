@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::balancer::Backend;
-use crate::drain::Command;
+use crate::balancer::Command;
 use crate::App;
 
 const MAX_ROUNDS: usize = 5;
@@ -87,7 +87,7 @@ async fn run(app: &App, reason: &str) {
                 tokio::time::sleep(step).await;
             }
             b.conns.send(*id, Command::Close(text.clone()));
-            crate::metrics::rebalance_close(b.name());
+            crate::telemetry::metrics::rebalance_close(b.name());
         }
         tokio::time::sleep(step + SETTLE).await;
     }

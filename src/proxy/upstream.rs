@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::balancer::Backend;
-use crate::stream::Stream;
+use crate::proxy::stream::Stream;
 use crate::App;
 
 /// Why a connected backend could not be made ready.
@@ -63,7 +63,7 @@ pub async fn prepare(
 ) -> Result<Stream, UpstreamError> {
     let deadline = tokio::time::Instant::now() + timeout;
     if let Some(version) = backend.config.send_proxy {
-        let header = crate::proxy_protocol::header(version, client.peer, client.local);
+        let header = crate::proxy::proxy_protocol::header(version, client.peer, client.local);
         match tokio::time::timeout_at(deadline, tcp.write_all(&header)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(UpstreamError::ProxyHeader(e)),

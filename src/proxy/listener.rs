@@ -202,8 +202,8 @@ enum Kind {
 impl Kind {
     fn label(self) -> &'static str {
         match self {
-            Kind::Plain => crate::metrics::LISTENER_PLAIN,
-            Kind::Tls => crate::metrics::LISTENER_TLS,
+            Kind::Plain => crate::telemetry::metrics::LISTENER_PLAIN,
+            Kind::Tls => crate::telemetry::metrics::LISTENER_TLS,
         }
     }
 }
@@ -271,7 +271,7 @@ async fn accept_loop(app: Arc<App>, kind: Kind) {
         let cap = app.config.load().max_connections;
         if stats.active.fetch_add(1, Ordering::Relaxed) >= cap {
             stats.active.fetch_sub(1, Ordering::Relaxed);
-            crate::metrics::listener_accept(kind.label(), false);
+            crate::telemetry::metrics::listener_accept(kind.label(), false);
             tracing::warn!(%peer, listener = kind.label(), "connection limit reached, refusing");
             drop(stream);
             continue;
@@ -279,7 +279,7 @@ async fn accept_loop(app: Arc<App>, kind: Kind) {
         if kind == Kind::Tls {
             stats.tls_active.fetch_add(1, Ordering::Relaxed);
         }
-        crate::metrics::listener_accept(kind.label(), true);
+        crate::telemetry::metrics::listener_accept(kind.label(), true);
         let id = app.next_conn_id.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(connection(
             ActiveSlot(Arc::clone(&app), kind),

@@ -962,7 +962,7 @@ impl Config {
                 "expected only one of `password`, `password_file`, `password_env`".into(),
             ));
         }
-        if let Err(e) = crate::logging::filter(&self.log.level) {
+        if let Err(e) = crate::telemetry::logging::filter(&self.log.level) {
             return Err(invalid(
                 "log.level".into(),
                 format!("expected a tracing filter such as `info` or `warren=debug`: {e}"),

@@ -13,9 +13,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hyper::{Method, StatusCode};
 use tokio::net::TcpStream;
 
+use crate::balancer::Command;
 use crate::balancer::{Backend, Health, Mode};
 use crate::config::{HealthConfig, OnAlarm};
-use crate::drain::{self, Command, DrainPlan};
+use crate::control::drain::{self, DrainPlan};
 use crate::mgmt::{self, Credentials, Endpoint};
 use crate::App;
 
@@ -56,7 +57,7 @@ async fn run(app: &Arc<App>, backend: &Arc<Backend>) {
         let started = tokio::time::Instant::now();
         let outcome = probe(backend, &cfg, creds.as_ref()).await;
         let took = started.elapsed();
-        crate::metrics::health_check(backend.name(), took, &outcome);
+        crate::telemetry::metrics::health_check(backend.name(), took, &outcome);
         record(app, backend, &outcome);
         // A reload may have changed the intervals: start over with the new ones.
         tokio::select! {
@@ -187,7 +188,7 @@ pub fn record(app: &Arc<App>, backend: &Arc<Backend>, outcome: &Outcome) {
                 Outcome::Pass => "",
             };
             tracing::warn!(backend = backend.name(), reason, "backend down");
-            crate::metrics::backend_state(backend);
+            crate::telemetry::metrics::backend_state(backend);
             if backend.mode() == Mode::Enabled {
                 // Its clients would otherwise hang until TCP or their heartbeat gives up.
                 let text: Arc<str> =
@@ -198,8 +199,8 @@ pub fn record(app: &Arc<App>, backend: &Arc<Backend>, outcome: &Outcome) {
         Some(Health::Up) => {
             backend.set_health(Health::Up);
             tracing::info!(backend = backend.name(), "backend up");
-            crate::metrics::backend_state(backend);
-            crate::rebalance::trigger(app, &format!("{} came back", backend.name()));
+            crate::telemetry::metrics::backend_state(backend);
+            crate::control::rebalance::trigger(app, &format!("{} came back", backend.name()));
         }
         None => {
             tracing::debug!(backend = backend.name(), ?outcome, "check");
@@ -215,7 +216,7 @@ fn set_alarm(app: &App, backend: &Arc<Backend>, alarm: Option<String>) {
             let cfg = app.config.load();
             tracing::warn!(backend = backend.name(), reason = reason.as_str(), on_alarm = ?cfg.health.on_alarm, "resource alarm");
             if cfg.health.on_alarm == OnAlarm::Drain && backend.mode() == Mode::Enabled {
-                crate::metrics::drain_started(backend.name(), "alarm");
+                crate::telemetry::metrics::drain_started(backend.name(), "alarm");
                 drain::start(
                     Arc::clone(backend),
                     DrainPlan {
@@ -230,12 +231,12 @@ fn set_alarm(app: &App, backend: &Arc<Backend>, alarm: Option<String>) {
                     &app.shutdown,
                 );
             }
-            crate::metrics::backend_state(backend);
+            crate::telemetry::metrics::backend_state(backend);
         }
         (None, true) => {
             tracing::info!(backend = backend.name(), "resource alarm cleared");
             backend.conns.cancel_drain();
-            crate::metrics::backend_state(backend);
+            crate::telemetry::metrics::backend_state(backend);
         }
         _ => {}
     }
