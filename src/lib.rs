@@ -1,9 +1,21 @@
 //! warren: an AMQP-aware TCP load balancer for RabbitMQ clusters.
 //!
-//! The path of a connection: `listener` accepts it, `balancer` picks a backend,
-//! `proxy` connects and carries bytes while following AMQP frames (`amqp`), so
-//! that `drain` (operator, alarm, shutdown) or `health` (node down) can close it
-//! the way a broker would. `admin` serves the HTTP API and `metrics`.
+//! # Layout
+//! One folder per concern; imports only go down this list (ARCHITECTURE.md has
+//! the table, `scripts/check-layers` enforces it):
+//! - `admin`: the HTTP API and `/metrics`; asks `control` to act.
+//! - `control`: the one place that acts on a backend (drain, disable, enable,
+//!   a health flip, retire on reload), the check loops, rebalance, reload, shutdown.
+//! - `proxy`: the data path (listeners, a connection's session, the pumps,
+//!   AMQP frames); reports to the rest only through its backends and metrics.
+//! - `health`: probes and the rise/fall state machine; returns verdict flips.
+//! - `bootstrap`: `warren bootstrap`, forming the RabbitMQ cluster.
+//! - `balancer`: backends, their state, the choice of one, each connection's orders.
+//! - `tls`, `mgmt`: rustls configs; the management API client.
+//! - `telemetry`, `config`: metric names and logging; the validated config (leaves).
+//!
+//! This file only wires them: [`Server::bind`] builds the shared state,
+//! [`Server::run`] starts the tasks.
 
 pub mod admin;
 pub mod balancer;
@@ -23,41 +35,20 @@ pub use control::{reload, shutdown};
 pub use proxy::{amqp, buffer};
 pub use telemetry::{logging, metrics};
 
+pub use control::App;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::balancer::{Backend, Balancer, Policy};
 use crate::config::Config;
-
-/// State shared by every task of a running warren.
-pub struct App {
-    pub config: ArcSwap<Config>,
-    pub config_path: PathBuf,
-    pub balancer: Balancer,
-    /// Cancelled when warren stops accepting (shutdown); every task watches it.
-    pub shutdown: CancellationToken,
-    pub next_conn_id: AtomicU64,
-    pub metrics: PrometheusHandle,
-    /// Certificates and rustls configs; [`tls::Tls::reload`] re-reads them.
-    pub tls: tls::Tls,
-    /// The rebalance in progress, if any.
-    pub rebalance: std::sync::Mutex<Option<CancellationToken>>,
-    /// The AMQP listening socket (absent without `listen`); a reload may rebind it.
-    pub amqp_listener: proxy::listener::Rebindable,
-    /// The TLS listening socket (absent without `tls`); a reload may rebind it.
-    pub tls_listener: proxy::listener::Rebindable,
-    /// The admin listening socket; a reload may rebind it.
-    pub admin_listener: proxy::listener::Rebindable,
-    pub listener_stats: proxy::listener::ListenerStats,
-    /// Serialises reloads and keeps their outcome for metrics.
-    pub reloader: control::reload::Reloader,
-}
+use crate::proxy::socket::{ListenerStats, Rebindable};
+use crate::proxy::Proxy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -89,7 +80,7 @@ impl Server {
     /// Binds the listeners and builds the shared state; nothing runs yet.
     pub async fn bind(config: Config, config_path: PathBuf) -> Result<Server, RunError> {
         let bind = |what: &'static str, addr: SocketAddr| async move {
-            proxy::listener::bind(addr).map_err(|source| RunError::Bind { what, addr, source })
+            proxy::socket::bind(addr).map_err(|source| RunError::Bind { what, addr, source })
         };
         // The recorder first: loading the certificates records their expiry.
         let metrics = telemetry::metrics::install();
@@ -98,13 +89,15 @@ impl Server {
             Some(addr) => Some((bind("amqp", addr).await?, addr)),
             None => None,
         };
-        let tls = match &config.tls {
+        let tls_socket = match &config.tls {
             Some(t) => Some((bind("amqps", t.listen).await?, t.listen)),
             None => None,
         };
         let admin = bind("admin", config.admin.listen).await?;
         let amqp_addr = amqp.as_ref().map(|(l, a)| l.local_addr().unwrap_or(*a));
-        let tls_addr = tls.as_ref().map(|(l, a)| l.local_addr().unwrap_or(*a));
+        let tls_addr = tls_socket
+            .as_ref()
+            .map(|(l, a)| l.local_addr().unwrap_or(*a));
         let admin_addr = admin.local_addr().unwrap_or(config.admin.listen);
         let backends: Vec<Arc<Backend>> = config
             .backends
@@ -116,20 +109,31 @@ impl Server {
             balance: config.balance,
             slowstart: config.health.slowstart.get(),
         };
-        let app = Arc::new(App {
-            balancer: Balancer::new(policy, backends),
-            config: ArcSwap::from_pointee(config),
-            config_path,
-            shutdown: CancellationToken::new(),
+        let config = Arc::new(ArcSwap::from_pointee(config));
+        let balancer = Arc::new(Balancer::new(policy, backends));
+        let tls = Arc::new(tls_state);
+        let shutdown = CancellationToken::new();
+        let proxy = Arc::new(Proxy {
+            config: Arc::clone(&config),
+            balancer: Arc::clone(&balancer),
+            tls: Arc::clone(&tls),
+            shutdown: shutdown.clone(),
             next_conn_id: AtomicU64::new(1),
+            amqp_listener: Rebindable::new("amqp", amqp.map(|(l, _)| l)),
+            tls_listener: Rebindable::new("amqps", tls_socket.map(|(l, _)| l)),
+            listener_stats: ListenerStats::default(),
+        });
+        let app = Arc::new(App {
+            config,
+            config_path,
+            balancer,
+            shutdown,
             metrics,
-            tls: tls_state,
-            rebalance: control::rebalance::slot(),
-            amqp_listener: proxy::listener::Rebindable::new("amqp", amqp.map(|(l, _)| l)),
-            tls_listener: proxy::listener::Rebindable::new("amqps", tls.map(|(l, _)| l)),
-            admin_listener: proxy::listener::Rebindable::new("admin", Some(admin)),
-            listener_stats: proxy::listener::ListenerStats::default(),
-            reloader: control::reload::Reloader::default(),
+            tls,
+            proxy,
+            rebalance: Mutex::new(None),
+            admin_listener: Rebindable::new("admin", Some(admin)),
+            reloader: control::Reloader::default(),
         });
         Ok(Server {
             app,
@@ -153,20 +157,20 @@ impl Server {
             "warren started"
         );
         for b in app.balancer.backends().iter() {
-            telemetry::metrics::backend_state(b);
-            health::spawn(Arc::clone(&app), Arc::clone(b));
+            b.record_state();
+            control::checks::spawn(Arc::clone(&app), Arc::clone(b));
         }
         let admin_task = tokio::spawn(admin::run(Arc::clone(&app)));
         control::reload::spawn_watcher(Arc::clone(&app));
         // On a worker thread, not this one (the runtime's `block_on` in main):
         // a connection's task is then spawned onto the accepting worker's own
         // queue instead of being handed across threads with a wake-up each.
-        if let Err(e) = tokio::spawn(proxy::listener::run(Arc::clone(&app))).await {
+        if let Err(e) = tokio::spawn(proxy::listener::run(Arc::clone(&app.proxy))).await {
             tracing::error!(error = %e, "the accept loops failed; shutting down");
         }
         // Stop accepting at once: new clients are refused, not left in the backlog.
-        app.amqp_listener.close();
-        app.tls_listener.close();
+        app.proxy.amqp_listener.close();
+        app.proxy.tls_listener.close();
         control::shutdown::close_connections(&app).await;
         admin_task.abort();
     }

@@ -77,7 +77,7 @@ reachable (nothing changed), 70 a change failed (no node left stopped), 77 Erlan
 management credentials rejected, 130 interrupted. See docs/bootstrap.md.";
 
 fn load(path: &Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|e| {
+    warren::control::reload::load(path).map_err(|e| {
         eprintln!("warren: config error: {e}");
         ExitCode::from(EXIT_CONFIG)
     })
@@ -132,7 +132,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            warren::logging::init(&config.log);
+            warren::telemetry::logging::init(&config.log);
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -148,8 +148,8 @@ fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 };
-                warren::shutdown::watch_signals(server.app.clone());
-                warren::reload::watch_sighup(server.app.clone());
+                warren::control::shutdown::watch_signals(server.app.clone());
+                warren::control::reload::watch_sighup(server.app.clone());
                 server.run().await;
                 tracing::info!("warren stopped");
                 ExitCode::SUCCESS

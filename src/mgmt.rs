@@ -5,7 +5,6 @@
 //! a deadline on the whole exchange and a cap on the body size, so a hostile or
 //! broken management API can never stall the caller or eat its memory.
 
-use std::fmt;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -16,6 +15,7 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+pub use crate::config::address::{Endpoint, EndpointError};
 use crate::config::Secret;
 
 /// Bodies larger than this are refused (health answers are tiny; overview is a few KiB).
@@ -23,14 +23,8 @@ pub const MAX_BODY: usize = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MgmtError {
-    /// The URL as given, its userinfo hidden by [`redact_userinfo`].
-    #[error("invalid management URL `{0}`: expected http://host:port[/prefix]")]
-    BadUrl(String),
-    #[error(
-        "management URL `{0}` carries credentials: set health.username and \
-         health.password_file (or password_env) instead"
-    )]
-    Credentials(String),
+    #[error(transparent)]
+    Url(#[from] EndpointError),
     #[error("connect to {addr}: {source}")]
     Connect {
         addr: String,
@@ -45,63 +39,6 @@ pub enum MgmtError {
     BodyTooLarge,
     #[error("bad request: {0}")]
     Request(String),
-}
-
-/// A parsed management base URL.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    /// `host:port`, as connected to.
-    pub authority: String,
-    /// Path prefix without trailing slash (usually empty).
-    pub prefix: String,
-}
-
-impl fmt::Debug for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}{}", self.authority, self.prefix)
-    }
-}
-
-impl Endpoint {
-    pub fn parse(url: &str) -> Result<Endpoint, MgmtError> {
-        let bad = || MgmtError::BadUrl(redact_userinfo(url));
-        let rest = url.strip_prefix("http://").ok_or_else(bad)?;
-        let (authority, prefix) = match rest.find('/') {
-            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
-            None => (rest, ""),
-        };
-        if authority.contains('@') {
-            // Credentials belong in health.username/password, never in a URL that gets logged.
-            return Err(MgmtError::Credentials(redact_userinfo(url)));
-        }
-        let authority = if crate::config::split_host_port(authority).is_some() {
-            authority.to_string()
-        } else if !authority.is_empty() && !authority.contains(':') {
-            format!("{authority}:80")
-        } else {
-            return Err(bad());
-        };
-        Ok(Endpoint {
-            authority,
-            prefix: prefix.to_string(),
-        })
-    }
-}
-
-/// `url` with any `user:password@` hidden (`http://user:***@host:15672`), fit for
-/// errors and logs. Everything up to the *last* `@` counts as userinfo, so a
-/// password holding `/` or `@` is hidden too; without a `:` it is all hidden
-/// (it may be a bare token).
-pub fn redact_userinfo(url: &str) -> String {
-    let start = url.find("://").map_or(0, |i| i + 3);
-    let Some(at) = url[start..].rfind('@').map(|i| start + i) else {
-        return url.to_string();
-    };
-    let user = match url[start..at].split_once(':') {
-        Some((user, _password)) => format!("{user}:"),
-        None => String::new(),
-    };
-    format!("{}{user}***{}", &url[..start], &url[at..])
 }
 
 /// Credentials for basic auth.
@@ -224,50 +161,6 @@ async fn request_inner(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_endpoints() {
-        let e = Endpoint::parse("http://127.0.0.1:15672").expect("valid");
-        assert_eq!(e.authority, "127.0.0.1:15672");
-        assert_eq!(e.prefix, "");
-        let e = Endpoint::parse("http://mq/rabbit/").expect("valid");
-        assert_eq!(e.authority, "mq:80");
-        assert_eq!(e.prefix, "/rabbit");
-        assert!(Endpoint::parse("https://x:1").is_err());
-        assert!(Endpoint::parse("http://u:p@x:1").is_err());
-        assert!(Endpoint::parse("http://").is_err());
-    }
-
-    #[test]
-    fn errors_never_show_the_password() {
-        for (url, shown) in [
-            (
-                "http://user:s3cret@host:15672",
-                "http://user:***@host:15672",
-            ),
-            (
-                "http://user:s3cret@host:15672/api",
-                "http://user:***@host:15672/api",
-            ),
-            // A `/` or `@` in the password: everything up to the last `@` is hidden.
-            (
-                "http://user:s3/cret@host:15672",
-                "http://user:***@host:15672",
-            ),
-            ("http://user:s3@cret@host", "http://user:***@host"),
-            (
-                "https://user:s3cret@host:15671",
-                "https://user:***@host:15671",
-            ),
-            ("user:s3cret@host:15672", "user:***@host:15672"),
-            // No `:`: the whole userinfo may be a token.
-            ("http://s3cret@host:15672", "http://***@host:15672"),
-        ] {
-            let e = Endpoint::parse(url).expect_err(url).to_string();
-            assert!(!e.contains("s3"), "{url}: {e}");
-            assert!(e.contains(shown), "{url}: {e}");
-        }
-    }
 
     #[test]
     fn encodes_vhost() {

@@ -419,11 +419,11 @@ impl Tls {
         };
         match result {
             Ok(s) => {
-                crate::telemetry::metrics::tls_handshake(Side::Client, "ok");
+                crate::telemetry::metrics::tls_handshake(Side::Client.as_str(), "ok");
                 Some(s)
             }
             Err(f) => {
-                crate::telemetry::metrics::tls_handshake(Side::Client, f.reason);
+                crate::telemetry::metrics::tls_handshake(Side::Client.as_str(), f.reason);
                 if f.is_certificate() {
                     tracing::warn!(%peer, reason = f.reason, error = %f.detail, "TLS handshake failed: client certificate rejected");
                 } else {
@@ -440,7 +440,14 @@ impl Tls {
         let now = now_unix();
         if let Ok(e) = self.expiry.lock() {
             for (label, not_after) in e.iter() {
-                crate::telemetry::metrics::tls_certificate_expiry(label, (not_after - now) as f64);
+                let backend = match label {
+                    ExpiryLabel::Listener => None,
+                    ExpiryLabel::Backend(name) => Some(name.as_str()),
+                };
+                crate::telemetry::metrics::tls_certificate_expiry(
+                    backend,
+                    (not_after - now) as f64,
+                );
             }
         }
     }
@@ -550,7 +557,7 @@ pub async fn connect(
         }),
     };
     crate::telemetry::metrics::tls_handshake(
-        Side::Backend,
+        Side::Backend.as_str(),
         match &result {
             Ok(_) => "ok",
             Err(f) => f.reason,

@@ -282,7 +282,7 @@ async fn changed_listen_rebinds_without_dropping_connections() {
     assert_eq!(admin_request(admin_now, "GET", "/healthz").await.0, 200);
     let fresh = amqp_connect(&format!("amqp://guest:guest@127.0.0.1:{p2}/%2f")).await;
     assert_eq!(
-        w.app.amqp_listener.local_addr(),
+        w.app.proxy.amqp_listener.local_addr(),
         Some(format!("127.0.0.1:{p2}").parse().expect("addr"))
     );
     // The connection made on the old address still carries messages.

@@ -690,7 +690,7 @@ async fn tls_client(
 /// Waits (bounded) until the TLS listener is bound to `addr`.
 async fn wait_tls_listener(w: &Warren, addr: SocketAddr) {
     let moved = tokio::time::timeout(Duration::from_secs(10), async {
-        while w.app.tls_listener.local_addr() != Some(addr) {
+        while w.app.proxy.tls_listener.local_addr() != Some(addr) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })

@@ -9,6 +9,8 @@
 //!   POST /api/backends/{name}/enable  back to health-driven
 //!   POST /api/reload                  reload the config file (200, 400 invalid, 500 failed)
 
+mod scrape;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -23,10 +25,9 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 
 use crate::balancer::{Backend, CheckStatus, Mode, State};
-use crate::control::drain::{self, DrainPlan};
 use crate::control::reload::{self, ReloadError, Trigger};
-use crate::proxy::listener::Acceptor;
-use crate::App;
+use crate::control::{act, Action, App};
+use crate::proxy::socket::Acceptor;
 
 type Body = Full<Bytes>;
 
@@ -119,9 +120,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
             }
         }),
         ["metrics"] => only_get(&method, || {
-            let mut r = Response::new(Full::new(Bytes::from(crate::telemetry::metrics::render(
-                app,
-            ))));
+            let mut r = Response::new(Full::new(Bytes::from(scrape::render(app))));
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -144,7 +143,12 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
             let Some(b) = app.balancer.get(name) else {
                 return not_found();
             };
-            operate(app, &b, action);
+            let action = match *action {
+                "drain" => Action::Drain,
+                "disable" => Action::Disable,
+                _ => Action::Enable,
+            };
+            act(app, &b, action);
             json(StatusCode::OK, &view(&b))
         }
         ["api", "reload"] => {
@@ -205,45 +209,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Applies an operator action.
-fn operate(app: &Arc<App>, b: &Arc<Backend>, action: &str) {
-    match action {
-        "drain" => {
-            let prev = b.set_mode(Mode::Draining);
-            tracing::info!(backend = b.name(), previous = ?prev, "operator: drain");
-            crate::telemetry::metrics::drain_started(b.name(), "operator");
-            let cfg = app.config.load();
-            drain::start(
-                Arc::clone(b),
-                DrainPlan {
-                    window: cfg.drain.window.get(),
-                    grace: cfg.drain.grace.get(),
-                    reason: format!(
-                        "warren: draining node {} (operator request), reconnect",
-                        b.name()
-                    )
-                    .into(),
-                },
-                &app.shutdown,
-            );
-        }
-        "disable" => {
-            let prev = b.set_mode(Mode::Disabled);
-            b.conns.cancel_drain();
-            tracing::info!(backend = b.name(), previous = ?prev, "operator: disable");
-        }
-        _ => {
-            let prev = b.set_mode(Mode::Enabled);
-            b.conns.cancel_drain();
-            tracing::info!(backend = b.name(), previous = ?prev, "operator: enable");
-            if prev != Mode::Enabled {
-                crate::control::rebalance::trigger(app, &format!("{} enabled", b.name()));
-            }
-        }
-    }
-    crate::telemetry::metrics::backend_state(b);
 }
 
 fn only_get(method: &Method, f: impl FnOnce() -> Response<Body>) -> Response<Body> {

@@ -7,7 +7,7 @@
 mod orders;
 pub use orders::{Command, ConnRegistry, Orders, OrdersRx};
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BackendConfig, Balance};
+use crate::telemetry::metrics;
 
 /// What the health checker last concluded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +95,17 @@ pub struct Backend {
     pub conns: ConnRegistry,
     /// Cancelled when the backend is removed: ends its health checker.
     pub tasks: CancellationToken,
+    /// Connect failures the data path saw, until the health checker takes them.
+    connect_failures: ConnectFailures,
+}
+
+/// Connect failures reported by the data path (an event for the checker: the
+/// data path never runs the health state machine itself).
+#[derive(Debug, Default)]
+struct ConnectFailures {
+    count: AtomicU32,
+    last: Mutex<Option<String>>,
+    reported: tokio::sync::Notify,
 }
 
 impl Backend {
@@ -114,7 +126,38 @@ impl Backend {
             check: Mutex::new(CheckStatus::default()),
             conns: ConnRegistry::default(),
             tasks: CancellationToken::new(),
+            connect_failures: ConnectFailures::default(),
         }
+    }
+
+    /// The data path could not connect (or prepare the socket): the backend's
+    /// health checker counts it as a failed probe.
+    pub fn report_connect_failure(&self, reason: &str) {
+        if let Ok(mut last) = self.connect_failures.last.lock() {
+            *last = Some(reason.to_string());
+        }
+        self.connect_failures.count.fetch_add(1, Ordering::AcqRel);
+        self.connect_failures.reported.notify_one();
+    }
+
+    /// Waits until a connect failure is reported (one reported before the call
+    /// ends the wait at once).
+    pub async fn connect_failure_reported(&self) {
+        self.connect_failures.reported.notified().await;
+    }
+
+    /// The connect failures reported since the last call: how many, and the
+    /// last one's reason.
+    pub fn take_connect_failures(&self) -> (u32, String) {
+        let n = self.connect_failures.count.swap(0, Ordering::AcqRel);
+        let last = self
+            .connect_failures
+            .last
+            .lock()
+            .ok()
+            .and_then(|mut l| l.take())
+            .unwrap_or_default();
+        (n, last)
     }
 
     pub fn name(&self) -> &str {
@@ -176,6 +219,16 @@ impl Backend {
     }
 
     /// May receive new connections.
+    /// Records the state gauges (on a change, and at each scrape).
+    pub fn record_state(&self) {
+        metrics::backend_state(
+            self.name(),
+            self.state().as_str(),
+            self.usable(),
+            self.alarm(),
+        );
+    }
+
     pub fn usable(&self) -> bool {
         self.state() == State::Up && !self.alarm()
     }

@@ -11,6 +11,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub mod address;
+pub use address::{split_host_port, Endpoint};
+pub mod log;
+
 /// Errors found while loading a config file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -874,7 +878,7 @@ impl Config {
                 ));
             }
             if let Some(m) = &b.management {
-                if let Err(e) = crate::mgmt::Endpoint::parse(m) {
+                if let Err(e) = Endpoint::parse(m) {
                     return Err(invalid(format!("backends[{i}].management"), e.to_string()));
                 }
             }
@@ -884,14 +888,6 @@ impl Config {
                 "admin.token_file".into(),
                 "expected only one of `token_file`, `token_env`".into(),
             ));
-        }
-        if let Err(e) = self.admin.resolve_token() {
-            let key = if self.admin.token_file.is_some() {
-                "admin.token_file"
-            } else {
-                "admin.token_env"
-            };
-            return Err(invalid(key.into(), e));
         }
         if self.timeouts.handshake.get().is_zero() {
             return Err(invalid(
@@ -962,7 +958,7 @@ impl Config {
                 "expected only one of `password`, `password_file`, `password_env`".into(),
             ));
         }
-        if let Err(e) = crate::telemetry::logging::filter(&self.log.level) {
+        if let Err(e) = log::filter(&self.log.level) {
             return Err(invalid(
                 "log.level".into(),
                 format!("expected a tracing filter such as `info` or `warren=debug`: {e}"),
@@ -976,9 +972,6 @@ impl Config {
         }
         if let Some(c) = &self.cluster {
             self.validate_cluster(c, file)?;
-        }
-        if let Err(e) = crate::tls::check(self) {
-            return Err(invalid(e.key().to_string(), e.to_string()));
         }
         Ok(())
     }
@@ -1080,23 +1073,13 @@ fn valid_node_name(s: &str) -> bool {
     ok(name) && ok(host)
 }
 
-/// Splits `host:port` (or `[v6]:port`) into its parts.
-pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
-    let (host, port) = s.rsplit_once(':')?;
-    let port: u16 = port.parse().ok()?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if host.is_empty() || port == 0 {
-        return None;
-    }
-    Some((host, port))
-}
+#[cfg(test)]
+pub(crate) mod test_util;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::test_util::TempFile;
 
     fn parse(s: &str) -> Result<Config, ConfigError> {
         Config::from_yaml(s, Path::new("test.yaml"))
@@ -1159,51 +1142,6 @@ mod tests {
     }
 
     /// A file of `len` bytes of `x` in the temp directory, removed on drop.
-    struct TempFile(PathBuf);
-
-    impl TempFile {
-        fn new(tag: &str, len: usize) -> TempFile {
-            let p = std::env::temp_dir().join(format!(
-                "warren-config-unit-{tag}-{}-{:?}",
-                std::process::id(),
-                std::thread::current().id()
-            ));
-            std::fs::write(&p, "x".repeat(len)).expect("write temp file");
-            TempFile(p)
-        }
-    }
-
-    impl Drop for TempFile {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-
-    #[test]
-    fn an_oversized_token_file_is_refused_by_name() {
-        let f = TempFile::new("token", MAX_SECRET_FILE as usize + 1);
-        let e = parse(&format!(
-            "listen: 127.0.0.1:5672\nadmin: {{token_file: '{}'}}\nbackends:\n  - {{name: a, address: 'h:1'}}\n",
-            f.0.display()
-        ))
-        .expect_err("a token file over the limit");
-        let text = e.to_string();
-        assert!(
-            text.contains("key `admin.token_file`")
-                && text.contains(&f.0.display().to_string())
-                && text.contains("larger than"),
-            "{text}"
-        );
-        assert!(!text.contains("xxxx"), "{text}");
-        // At the limit it is still read.
-        let f = TempFile::new("token-at-limit", MAX_SECRET_FILE as usize);
-        let admin = AdminConfig {
-            token_file: Some(f.0.clone()),
-            ..AdminConfig::default()
-        };
-        assert!(admin.resolve_token().is_ok());
-    }
-
     #[test]
     fn an_oversized_password_file_is_refused_by_name() {
         let f = TempFile::new("password", MAX_SECRET_FILE as usize + 1);
@@ -1424,19 +1362,6 @@ cluster:
     fn a_listener_is_required() {
         let e = parse("backends:\n  - {name: a, address: 'h:5672'}\n").expect_err("no listener");
         assert!(e.to_string().contains("`listen`"), "{e}");
-    }
-
-    #[test]
-    fn tls_files_are_checked_and_named() {
-        let e = parse(
-            "listen: 127.0.0.1:5672\ntls:\n  listen: 127.0.0.1:5671\n  cert: /nonexistent/c.pem\n  key: /nonexistent/k.pem\nbackends:\n  - {name: a, address: 'h:5672'}\n",
-        )
-        .expect_err("missing certificate");
-        let text = e.to_string();
-        assert!(
-            text.starts_with("test.yaml: key `tls.cert`: /nonexistent/c.pem"),
-            "{text}"
-        );
     }
 
     #[test]

@@ -14,11 +14,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
 use crate::balancer::Backend;
 use crate::balancer::Command;
-use crate::App;
+use crate::control::app::App;
 
 const MAX_ROUNDS: usize = 5;
 /// Time for closed clients to reconnect before the spread is measured again.
@@ -125,11 +123,6 @@ pub fn plan(counts: &[usize], tolerance: f64, max_fraction: f64) -> Vec<usize> {
         }
     }
     plan
-}
-
-/// A cancelled token slot for `App`.
-pub fn slot() -> std::sync::Mutex<Option<CancellationToken>> {
-    std::sync::Mutex::new(None)
 }
 
 #[cfg(test)]

@@ -26,17 +26,17 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::Notify;
 
-use crate::balancer::{Backend, Mode, Policy};
+use crate::balancer::{Backend, Policy};
 use crate::config::{Config, ConfigError};
-use crate::control::drain::{self, DrainPlan};
-use crate::App;
+use crate::control::act::{act, Action};
+use crate::control::app::{unix_now, App};
+use crate::control::checks;
 
 /// What asked for a reload (a metrics label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,8 +50,7 @@ pub enum Trigger {
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 3] = [Trigger::Signal, Trigger::Api, Trigger::Watch];
-
+    /// One of `metrics::RELOAD_TRIGGERS`.
     pub fn as_str(self) -> &'static str {
         match self {
             Trigger::Signal => "signal",
@@ -111,57 +110,32 @@ pub struct Summary {
     pub needs_restart: Vec<&'static str>,
 }
 
-/// Reload bookkeeping of one running warren.
-#[derive(Debug)]
-pub struct Reloader {
-    /// One reload at a time (signal, API and watcher may coincide).
-    lock: tokio::sync::Mutex<()>,
-    last_ok: AtomicBool,
-    /// Unix time of the last successful load, as f64 bits.
-    last_success: AtomicU64,
-    /// Fingerprint of the file content last read by a reload or the watcher.
-    seen: Mutex<Option<u64>>,
-    /// Woken after every successful reload, for tasks sleeping on config timings.
-    pub changed: Notify,
+/// Reads the config at `path`, validates it and checks the files it names:
+/// what `warren check` and start-up run.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let config = Config::load(path)?;
+    check_files(&config, path)?;
+    Ok(config)
 }
 
-impl Default for Reloader {
-    fn default() -> Self {
-        Reloader {
-            lock: tokio::sync::Mutex::new(()),
-            last_ok: AtomicBool::new(true),
-            last_success: AtomicU64::new(unix_now().to_bits()),
-            seen: Mutex::new(None),
-            changed: Notify::new(),
-        }
+/// The checks that read the files a config names (the admin token, TLS
+/// certificates, keys and CA files), once the config itself is valid: run by
+/// `warren check`, at start-up and by every reload.
+pub fn check_files(config: &Config, file: &Path) -> Result<(), ConfigError> {
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        file: file.to_path_buf(),
+        key: key.to_string(),
+        message,
+    };
+    if let Err(e) = config.admin.resolve_token() {
+        let key = if config.admin.token_file.is_some() {
+            "admin.token_file"
+        } else {
+            "admin.token_env"
+        };
+        return Err(invalid(key, e));
     }
-}
-
-impl Reloader {
-    /// (last reload succeeded, unix time of the last successful load).
-    pub fn last(&self) -> (bool, f64) {
-        (
-            self.last_ok.load(Ordering::Relaxed),
-            f64::from_bits(self.last_success.load(Ordering::Relaxed)),
-        )
-    }
-
-    fn set_seen(&self, fp: u64) {
-        if let Ok(mut s) = self.seen.lock() {
-            *s = Some(fp);
-        }
-    }
-
-    fn seen(&self) -> Option<u64> {
-        self.seen.lock().ok().and_then(|s| *s)
-    }
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    crate::tls::check(config).map_err(|e| invalid(e.key(), e.to_string()))
 }
 
 /// Fingerprint of the file as it is now; an unreadable file has one too, so the
@@ -227,11 +201,12 @@ async fn apply(app: &Arc<App>) -> Result<Summary, ReloadError> {
         source,
     })?;
     let new = Config::from_yaml(&text, path)?;
+    check_files(&new, path)?;
     let old = app.config.load_full();
 
     // The fallible part: bind changed addresses before anything changes.
     let bind = |key: &'static str, addr: SocketAddr| async move {
-        crate::proxy::listener::bind(addr).map_err(|source| ReloadError::Bind {
+        crate::proxy::socket::bind(addr).map_err(|source| ReloadError::Bind {
             file: path.clone(),
             key,
             addr,
@@ -267,16 +242,16 @@ async fn apply(app: &Arc<App>) -> Result<Summary, ReloadError> {
     };
     if let Some(l) = amqp {
         summary.listen = l.local_addr().ok();
-        app.amqp_listener.install(l);
+        app.proxy.amqp_listener.install(l);
     } else if new.listen.is_none() && old.listen.is_some() {
-        app.amqp_listener.remove();
+        app.proxy.amqp_listener.remove();
         summary.closed_listeners.push("listen");
     }
     if let Some(l) = tls {
         summary.tls_listen = l.local_addr().ok();
-        app.tls_listener.install(l);
+        app.proxy.tls_listener.install(l);
     } else if new_tls_listen.is_none() && tls_listen_changed {
-        app.tls_listener.remove();
+        app.proxy.tls_listener.remove();
         summary.closed_listeners.push("tls.listen");
     }
     if let Some(l) = admin {
@@ -335,38 +310,17 @@ fn swap_backends(app: &Arc<App>, cfg: &Config, summary: &mut Summary) {
     // New connections see the new set from here on.
     app.balancer.replace(policy, next);
     for b in gone {
-        retire(app, b, cfg);
+        act(app, &b, Action::Retire);
     }
     let any_added = !added.is_empty();
     for b in added {
-        crate::telemetry::metrics::backend_state(&b);
-        crate::health::spawn(Arc::clone(app), b);
+        b.record_state();
+        checks::spawn(Arc::clone(app), b);
     }
     if any_added {
         // Like a node that returns: existing clients can be moved onto it (if enabled).
         crate::control::rebalance::trigger(app, "backends added by a reload");
     }
-}
-
-/// Takes a removed backend out: stop its checker, drain its connections.
-fn retire(app: &App, b: Arc<Backend>, cfg: &Config) {
-    b.tasks.cancel();
-    b.set_mode(Mode::Draining);
-    crate::telemetry::metrics::drain_started(b.name(), "reload");
-    drain::start(
-        Arc::clone(&b),
-        DrainPlan {
-            window: cfg.drain.window.get(),
-            grace: cfg.drain.grace.get(),
-            reason: format!(
-                "warren: node {} was removed from the configuration, reconnect",
-                b.name()
-            )
-            .into(),
-        },
-        &app.shutdown,
-    );
-    app.balancer.retire(b);
 }
 
 /// Reloads on SIGHUP until shutdown.
@@ -421,4 +375,57 @@ pub fn spawn_watcher(app: Arc<App>) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::test_util::TempFile;
+    use crate::config::{AdminConfig, MAX_SECRET_FILE};
+
+    /// Parses and validates `s`, then checks the files it names.
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        let file = Path::new("test.yaml");
+        let config = Config::from_yaml(s, file)?;
+        check_files(&config, file)?;
+        Ok(config)
+    }
+
+    #[test]
+    fn tls_files_are_checked_and_named() {
+        let e = parse(
+            "listen: 127.0.0.1:5672\ntls:\n  listen: 127.0.0.1:5671\n  cert: /nonexistent/c.pem\n  key: /nonexistent/k.pem\nbackends:\n  - {name: a, address: 'h:5672'}\n",
+        )
+        .expect_err("missing certificate");
+        let text = e.to_string();
+        assert!(
+            text.starts_with("test.yaml: key `tls.cert`: /nonexistent/c.pem"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_oversized_token_file_is_refused_by_name() {
+        let f = TempFile::new("token", MAX_SECRET_FILE as usize + 1);
+        let e = parse(&format!(
+            "listen: 127.0.0.1:5672\nadmin: {{token_file: '{}'}}\nbackends:\n  - {{name: a, address: 'h:1'}}\n",
+            f.0.display()
+        ))
+        .expect_err("a token file over the limit");
+        let text = e.to_string();
+        assert!(
+            text.contains("key `admin.token_file`")
+                && text.contains(&f.0.display().to_string())
+                && text.contains("larger than"),
+            "{text}"
+        );
+        assert!(!text.contains("xxxx"), "{text}");
+        // At the limit it is still read.
+        let f = TempFile::new("token-at-limit", MAX_SECRET_FILE as usize);
+        let admin = AdminConfig {
+            token_file: Some(f.0.clone()),
+            ..AdminConfig::default()
+        };
+        assert!(admin.resolve_token().is_ok());
+    }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::balancer::Command;
-use crate::App;
+use crate::control::app::App;
 
 /// Cancels `app.shutdown` on the first SIGTERM/SIGINT; exits on the second.
 pub fn watch_signals(app: Arc<App>) {

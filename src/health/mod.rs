@@ -7,18 +7,14 @@
 //! connects from the proxy count as failures too (passive detection). A verdict
 //! flip is logged once; probes that agree with the current verdict log at debug.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper::{Method, StatusCode};
 use tokio::net::TcpStream;
 
-use crate::balancer::Command;
-use crate::balancer::{Backend, Health, Mode};
+use crate::balancer::{Backend, Health};
 use crate::config::{HealthConfig, OnAlarm};
-use crate::control::drain::{self, DrainPlan};
 use crate::mgmt::{self, Credentials, Endpoint};
-use crate::App;
 
 /// The result of one probe.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,46 +25,8 @@ pub enum Outcome {
     Fail(String),
 }
 
-/// Runs the checks of `backend` until it is removed or warren shuts down.
-pub fn spawn(app: Arc<App>, backend: Arc<Backend>) {
-    tokio::spawn(async move {
-        let stop = backend.tasks.clone();
-        tokio::select! {
-            _ = stop.cancelled() => {}
-            _ = app.shutdown.cancelled() => {}
-            _ = run(&app, &backend) => {}
-        }
-    });
-}
-
-async fn run(app: &Arc<App>, backend: &Arc<Backend>) {
-    loop {
-        let cfg = app.config.load().health.clone();
-        let creds = match cfg.resolve_password() {
-            Ok(password) => Some(Credentials {
-                username: cfg.username.clone(),
-                password,
-            }),
-            Err(e) => {
-                tracing::error!(backend = backend.name(), error = %e, "no management password; management checks skipped");
-                None
-            }
-        };
-        let started = tokio::time::Instant::now();
-        let outcome = probe(backend, &cfg, creds.as_ref()).await;
-        let took = started.elapsed();
-        crate::telemetry::metrics::health_check(backend.name(), took, &outcome);
-        record(app, backend, &outcome);
-        // A reload may have changed the intervals: start over with the new ones.
-        tokio::select! {
-            _ = tokio::time::sleep(next_interval(backend, &cfg)) => {}
-            _ = app.reloader.changed.notified() => {}
-        }
-    }
-}
-
 /// Fast while the verdict is changing, slow while down, normal otherwise.
-fn next_interval(backend: &Backend, cfg: &HealthConfig) -> Duration {
+pub fn next_interval(backend: &Backend, cfg: &HealthConfig) -> Duration {
     let (succ, fail) = backend
         .check
         .lock()
@@ -139,15 +97,19 @@ async fn probe_inner(
     }
 }
 
-/// A connect failure seen by the proxy counts like a failed probe.
-pub fn passive_failure(app: &Arc<App>, backend: &Arc<Backend>, reason: &str) {
-    record(app, backend, &Outcome::Fail(format!("connect: {reason}")));
+/// What one outcome changed; the control plane acts on it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// The verdict flipped to this health.
+    pub flip: Option<Health>,
+    /// The node's alarm appeared (with its reason) or cleared, as warren
+    /// counts alarms (`health.on_alarm: ignore` never raises one).
+    pub alarm: Option<Option<String>>,
 }
 
-/// Applies one outcome to the rise/fall counters and acts on a verdict flip.
-pub fn record(app: &Arc<App>, backend: &Arc<Backend>, outcome: &Outcome) {
-    let cfg = app.config.load();
-    let hc = &cfg.health;
+/// Applies one outcome to the backend's rise/fall counters (`backend.check`)
+/// and says whether the verdict or the alarm changed. Changes nothing else.
+pub fn observe(backend: &Backend, hc: &HealthConfig, outcome: &Outcome) -> Verdict {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -158,86 +120,35 @@ pub fn record(app: &Arc<App>, backend: &Arc<Backend>, outcome: &Outcome) {
         _ => None,
     };
     let passed = matches!(outcome, Outcome::Pass | Outcome::Alarm(_));
-    let flip = {
-        let Ok(mut st) = backend.check.lock() else {
-            return;
-        };
-        st.last_check = Some(now);
-        if passed {
-            st.consecutive_successes = st.consecutive_successes.saturating_add(1);
-            st.consecutive_failures = 0;
-        } else {
-            st.consecutive_failures = st.consecutive_failures.saturating_add(1);
-            st.consecutive_successes = 0;
-        }
-        if let Outcome::Fail(r) | Outcome::Alarm(r) = outcome {
-            st.last_failure = Some(r.clone());
-        }
-        match backend.health() {
-            Health::Up if st.consecutive_failures >= hc.fall => Some(Health::Down),
-            Health::Down if st.consecutive_successes >= hc.rise => Some(Health::Up),
-            _ => None,
-        }
+    let Ok(mut st) = backend.check.lock() else {
+        return Verdict::default();
     };
-    set_alarm(app, backend, alarm);
-    match flip {
-        Some(Health::Down) => {
-            backend.set_health(Health::Down);
-            let reason = match outcome {
-                Outcome::Fail(r) | Outcome::Alarm(r) => r.as_str(),
-                Outcome::Pass => "",
-            };
-            tracing::warn!(backend = backend.name(), reason, "backend down");
-            crate::telemetry::metrics::backend_state(backend);
-            if backend.mode() == Mode::Enabled {
-                // Its clients would otherwise hang until TCP or their heartbeat gives up.
-                let text: Arc<str> =
-                    format!("warren: node {} is down, reconnect", backend.name()).into();
-                backend.conns.broadcast(Command::Close(text));
-            }
-        }
-        Some(Health::Up) => {
-            backend.set_health(Health::Up);
-            tracing::info!(backend = backend.name(), "backend up");
-            crate::telemetry::metrics::backend_state(backend);
-            crate::control::rebalance::trigger(app, &format!("{} came back", backend.name()));
-        }
-        None => {
-            tracing::debug!(backend = backend.name(), ?outcome, "check");
-        }
+    st.last_check = Some(now);
+    if passed {
+        st.consecutive_successes = st.consecutive_successes.saturating_add(1);
+        st.consecutive_failures = 0;
+    } else {
+        st.consecutive_failures = st.consecutive_failures.saturating_add(1);
+        st.consecutive_successes = 0;
     }
+    if let Outcome::Fail(r) | Outcome::Alarm(r) = outcome {
+        st.last_failure = Some(r.clone());
+    }
+    let flip = match backend.health() {
+        Health::Up if st.consecutive_failures >= hc.fall => Some(Health::Down),
+        Health::Down if st.consecutive_successes >= hc.rise => Some(Health::Up),
+        _ => None,
+    };
+    let alarm = (alarm.is_some() != backend.alarm()).then_some(alarm);
+    Verdict { flip, alarm }
 }
 
-/// Acts on an alarm appearing or clearing (only on the change).
-fn set_alarm(app: &App, backend: &Arc<Backend>, alarm: Option<String>) {
-    let was = backend.set_alarm(alarm.is_some());
-    match (&alarm, was) {
-        (Some(reason), false) => {
-            let cfg = app.config.load();
-            tracing::warn!(backend = backend.name(), reason = reason.as_str(), on_alarm = ?cfg.health.on_alarm, "resource alarm");
-            if cfg.health.on_alarm == OnAlarm::Drain && backend.mode() == Mode::Enabled {
-                crate::telemetry::metrics::drain_started(backend.name(), "alarm");
-                drain::start(
-                    Arc::clone(backend),
-                    DrainPlan {
-                        window: cfg.drain.window.get(),
-                        grace: cfg.drain.grace.get(),
-                        reason: format!(
-                            "warren: node {} has a resource alarm, reconnect",
-                            backend.name()
-                        )
-                        .into(),
-                    },
-                    &app.shutdown,
-                );
-            }
-            crate::telemetry::metrics::backend_state(backend);
+impl Outcome {
+    /// The reason of a failed or alarmed probe.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Outcome::Pass => None,
+            Outcome::Fail(r) | Outcome::Alarm(r) => Some(r),
         }
-        (None, true) => {
-            tracing::info!(backend = backend.name(), "resource alarm cleared");
-            backend.conns.cancel_drain();
-            crate::telemetry::metrics::backend_state(backend);
-        }
-        _ => {}
     }
 }

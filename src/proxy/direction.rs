@@ -14,7 +14,6 @@ use tokio::time::{Instant, Sleep};
 
 use crate::balancer::Command;
 use crate::proxy::amqp::{self, FrameTracker, Seen};
-use crate::proxy::{End, Limits};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Dir {
@@ -474,6 +473,38 @@ impl Drop for Direction<'_> {
     fn drop(&mut self) {
         self.finish();
     }
+}
+
+/// How a connection ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    /// Both sides closed.
+    Closed,
+    /// Closed with `connection.close` after a drain command.
+    Graceful,
+    /// Closed hard (command, or the graceful close timed out).
+    Hard,
+}
+
+/// Time limits of one connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// How long a graceful close may take before it turns hard.
+    pub close: Duration,
+    /// Close when neither direction carried a byte for this long.
+    pub idle: Option<Duration>,
+    /// Follow AMQP frames (false for `protocol: tcp`: a close is a hard close).
+    pub amqp: bool,
+}
+
+/// Where a connection counts the bytes it forwards: one relaxed add per read, on
+/// counters of its backend that the metrics read at scrape time.
+#[derive(Clone, Copy, Debug)]
+pub struct Meters<'a> {
+    /// Client to broker.
+    pub up: &'a AtomicU64,
+    /// Broker to client.
+    pub down: &'a AtomicU64,
 }
 
 #[cfg(test)]

@@ -1,9 +1,17 @@
-//! One client connection: choose a backend, connect (trying the next one on
-//! failure), then carry bytes both ways until either side is done, following AMQP
-//! frame boundaries so the connection can be closed the way a broker closes it.
+//! The data path: everything a client connection goes through, from the
+//! listening socket to the bytes both ways.
 //!
-//! Plain TCP on both sides is carried by `pump::Pump`; TLS on either side by
-//! `stream::pump`.
+//! `listener` accepts (on the sockets of `socket`) and spawns a task per
+//! connection that runs `session`: the protocol-header check, connecting a
+//! backend (`upstream`: PROXY header, TLS), then a pump: `pump` when both sides
+//! are plain TCP, `stream` when either is TLS. Both pumps ask `direction` what to
+//! do with each read, following AMQP frames (`amqp`) so that a close ordered by
+//! the control plane is sent the way a broker sends it; `bulk` and `buffer` move
+//! long payloads.
+//!
+//! What the data path shares across connections is a [`Proxy`]. It reports to
+//! the rest of warren only through its backends (counters, connect failures) and
+//! metrics; it never calls the control plane.
 
 pub mod amqp;
 pub mod buffer;
@@ -12,305 +20,37 @@ mod direction;
 pub mod listener;
 pub mod proxy_protocol;
 mod pump;
+pub mod session;
+pub mod socket;
 pub mod stream;
 #[cfg(test)]
 mod test_util;
 pub mod upstream;
 
-use std::future::Future;
-use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Duration;
 
-use std::io::Read as _;
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
 
-use socket2::{SockRef, TcpKeepalive};
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
-use tokio::time::Instant;
-use tracing::Instrument;
+use crate::balancer::Balancer;
+use crate::config::Config;
+use crate::proxy::socket::{ListenerStats, Rebindable};
+use crate::tls::Tls;
 
-use crate::balancer::Backend;
-use crate::config::Protocol;
-use crate::proxy::direction::Shared;
-use crate::proxy::pump::Pump;
-use crate::proxy::stream::Stream;
-use crate::proxy::upstream::ClientAddrs;
-use crate::App;
-
-/// Serves one accepted client connection to its end. (Not an `async fn`: one
-/// would hold its arguments beside the inner future's copies of them.)
-pub fn serve(
-    app: Arc<App>,
-    client: TcpStream,
-    peer: SocketAddr,
-    id: u64,
-) -> impl Future<Output = ()> {
-    let span = tracing::info_span!("conn", id, %peer, backend = tracing::field::Empty);
-    async move {
-        let (handshake, protocol) = {
-            let c = app.config.load();
-            (c.timeouts.handshake.get(), c.protocol)
-        };
-        if protocol == Protocol::Tcp {
-            return carry(&app, Stream::Plain(client), Vec::new(), peer, id).await;
-        }
-        let mut client = client;
-        match read_protocol_header(&mut client, handshake).await {
-            Ok(head) => carry(&app, Stream::Plain(client), head, peer, id).await,
-            Err(why) => rejected(why),
-        }
-    }
-    .instrument(span)
-}
-
-/// Serves one connection accepted on the TLS listener: the TLS handshake and the
-/// AMQP protocol header, both within `timeouts.handshake`, then the same as [`serve`].
-pub async fn serve_tls(app: Arc<App>, client: TcpStream, peer: SocketAddr, id: u64) {
-    let span = tracing::info_span!("conn", id, %peer, tls = true, backend = tracing::field::Empty);
-    async move {
-        let handshake = app.config.load().timeouts.handshake.get();
-        let deadline = Instant::now() + handshake;
-        let Some(mut client) = app.tls.accept(client, peer, handshake).await else {
-            return;
-        };
-        if app.config.load().protocol == Protocol::Tcp {
-            return carry(&app, Stream::from(client), Vec::new(), peer, id).await;
-        }
-        let mut head = [0u8; 8];
-        let read = tokio::time::timeout_at(deadline, client.read(&mut head)).await;
-        let head = match read {
-            Err(_) => Err("timeout"),
-            Ok(Err(_)) => Err("closed"),
-            Ok(Ok(n)) => header_check(&head[..n]),
-        };
-        match head {
-            Ok(head) => carry(&app, Stream::from(client), head, peer, id).await,
-            Err(why) => rejected(why),
-        }
-    }
-    .instrument(span)
-    .await
-}
-
-/// AMQP clients speak first: reads (bounded) the client's first bytes and
-/// checks they can start the protocol header, so silent or non-AMQP clients are
-/// turned away without costing a backend connection. What was read is sent
-/// upstream ahead of the rest.
-async fn read_protocol_header(
-    client: &mut TcpStream,
-    within: Duration,
-) -> Result<Vec<u8>, &'static str> {
-    let mut head = [0u8; 8];
-    // Most clients send it with their connect, so it is usually here already:
-    // read straight from the socket, without waiting for tokio to learn that it
-    // is readable (a trip through the event loop) and without arming a timer.
-    let n = match (&*SockRef::from(&*client)).read(&mut head) {
-        Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-            match tokio::time::timeout(within, client.read(&mut head)).await {
-                Err(_) => return Err("timeout"),
-                Ok(Err(_)) => return Err("closed"),
-                Ok(Ok(n)) => n,
-            }
-        }
-        Err(_) => return Err("closed"),
-    };
-    header_check(&head[..n])
-}
-
-/// The first bytes a client sent, if they can start the AMQP protocol header.
-fn header_check(head: &[u8]) -> Result<Vec<u8>, &'static str> {
-    let k = head.len().min(4);
-    match head.len() {
-        0 => Err("closed"),
-        _ if head[..k] == amqp::PROTOCOL_HEADER[..k] => Ok(head.to_vec()),
-        _ => Err("not_amqp"),
-    }
-}
-
-fn rejected(why: &'static str) {
-    tracing::debug!(reason = why, "client rejected before connecting upstream");
-    crate::telemetry::metrics::handshake_rejected(why);
-}
-
-/// Connects a backend and carries the connection to its end: plain TCP on both
-/// sides takes [`Pump`]; TLS on either side takes [`crate::proxy::stream::pump`].
-/// `head`: client bytes already read (the start of the protocol header), to be
-/// sent upstream first.
-async fn carry(app: &Arc<App>, client: Stream, head: Vec<u8>, peer: SocketAddr, id: u64) {
-    // Boxed, like the TLS pump below: a future is as large as its largest await
-    // point, and connecting (TLS handshake included) is over before the pump
-    // starts; inline it would grow every idle connection by its size.
-    let Some((backend, server)) = Box::pin(connect(app, client.tcp(), peer)).await else {
-        tracing::warn!("no backend reachable, closing client");
-        return;
-    };
-    tracing::Span::current().record("backend", backend.name());
-    tracing::debug!("connected");
-    let _active = backend.connection_guard();
-    let orders = backend.conns.register(id);
-    let limits = {
-        let c = app.config.load();
-        Limits {
-            close: c.drain.close_timeout.get(),
-            idle: c.timeouts.idle.map(|d| d.get()),
-            amqp: c.protocol == Protocol::Amqp,
-        }
-    };
-    let meters = Meters {
-        up: &backend.bytes_in,
-        down: &backend.bytes_out,
-    };
-    let result = match (&client, &server) {
-        (Stream::Plain(client), Stream::Plain(server)) => {
-            let shared = Shared::new();
-            Pump::new(client, server, head, &shared, orders, limits, meters).await
-        }
-        _ => {
-            Box::pin(crate::proxy::stream::pump(
-                client, server, &head, orders, limits, meters,
-            ))
-            .await
-        }
-    };
-    // Only closes warren asked for count as graceful or forced (not idle timeouts).
-    if backend.conns.unregister(id).is_some_and(|o| o.told()) {
-        match &result {
-            Ok(End::Graceful) => crate::telemetry::metrics::close_ended(backend.name(), true),
-            Ok(End::Hard) => crate::telemetry::metrics::close_ended(backend.name(), false),
-            _ => {}
-        }
-    }
-    match result {
-        Ok(end) => tracing::debug!(?end, "closed"),
-        Err(e) => tracing::debug!(error = %e, "closed with error"),
-    }
-}
-
-/// Connects to the first reachable candidate backend (bounded by `retries`),
-/// sending the PROXY header and running TLS where the backend asks for them.
-async fn connect(
-    app: &Arc<App>,
-    client: &TcpStream,
-    peer: SocketAddr,
-) -> Option<(Arc<Backend>, Stream)> {
-    let config = app.config.load();
-    let timeout = config.timeouts.connect.get();
-    for backend in app.balancer.candidates(config.retries + 1) {
-        let addr = backend.config.address.as_str();
-        let err = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(server)) => {
-                set_socket_options(SockRef::from(&server));
-                if !crate::proxy::upstream::needs_preparing(&backend) {
-                    return Some((backend, Stream::Plain(server)));
-                }
-                // The address the client connected to, for the PROXY header; asked
-                // for only here, to spare the plain path a syscall.
-                let local = match client.local_addr() {
-                    Ok(local) => local,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "client socket gone");
-                        return None;
-                    }
-                };
-                let addrs = ClientAddrs { peer, local };
-                match crate::proxy::upstream::prepare(app, &backend, server, addrs, timeout).await {
-                    Ok(server) => return Some((backend, server)),
-                    Err(e) => {
-                        crate::telemetry::metrics::connect_error(backend.name(), e.kind());
-                        e.to_string()
-                    }
-                }
-            }
-            Ok(Err(e)) => {
-                crate::telemetry::metrics::connect_error(backend.name(), error_kind(&e));
-                if !blames_backend(&e) {
-                    // Out of file descriptors or ports here: not the node's fault,
-                    // and no other node would do better.
-                    tracing::warn!(backend = backend.name(), error = %e, "cannot connect: local resource exhausted");
-                    return None;
-                }
-                e.to_string()
-            }
-            Err(_) => {
-                crate::telemetry::metrics::connect_error(backend.name(), "timeout");
-                format!("connect timed out after {timeout:?}")
-            }
-        };
-        tracing::warn!(backend = backend.name(), error = %err, "backend connect failed, trying the next");
-        crate::health::passive_failure(app, &backend, &err);
-    }
-    None
-}
-
-/// Connect errors that say something about the backend (as opposed to this host).
-fn blames_backend(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::TimedOut
-            | io::ErrorKind::HostUnreachable
-            | io::ErrorKind::NetworkUnreachable
-            | io::ErrorKind::NotFound
-    ) || e.raw_os_error().is_none()
-}
-
-fn error_kind(e: &io::Error) -> &'static str {
-    match e.kind() {
-        io::ErrorKind::ConnectionRefused => "refused",
-        io::ErrorKind::ConnectionReset => "reset",
-        io::ErrorKind::TimedOut => "timeout",
-        _ => "other",
-    }
-}
-
-/// The options of every proxied socket: `TCP_NODELAY` (AMQP is latency
-/// sensitive), and TCP keepalive, which finds peers that vanished without a FIN
-/// long before the OS default of two hours (AMQP heartbeats remain the primary
-/// liveness check). Set on the listening sockets, whose accepted sockets
-/// inherit them (Linux copies them over), and on each backend socket.
-pub(crate) fn set_socket_options(s: SockRef<'_>) {
-    let ka = TcpKeepalive::new()
-        .with_time(Duration::from_secs(60))
-        .with_interval(Duration::from_secs(10))
-        .with_retries(6);
-    let _ = s.set_tcp_nodelay(true);
-    let _ = s.set_tcp_keepalive(&ka);
-}
-
-/// How a connection ended.
-#[derive(Debug, PartialEq, Eq)]
-pub enum End {
-    /// Both sides closed.
-    Closed,
-    /// Closed with `connection.close` after a drain command.
-    Graceful,
-    /// Closed hard (command, or the graceful close timed out).
-    Hard,
-}
-
-/// Time limits of one connection.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    /// How long a graceful close may take before it turns hard.
-    pub close: Duration,
-    /// Close when neither direction carried a byte for this long.
-    pub idle: Option<Duration>,
-    /// Follow AMQP frames (false for `protocol: tcp`: a close is a hard close).
-    pub amqp: bool,
-}
-
-/// Where a connection counts the bytes it forwards: one relaxed add per read, on
-/// counters of its backend that the metrics read at scrape time.
-#[derive(Clone, Copy, Debug)]
-pub struct Meters<'a> {
-    /// Client to broker.
-    pub up: &'a AtomicU64,
-    /// Broker to client.
-    pub down: &'a AtomicU64,
+/// What the data path shares across connections. The config, backends and TLS
+/// are the same objects the control plane swaps; the listening sockets are the
+/// ones a reload rebinds.
+pub struct Proxy {
+    pub config: Arc<ArcSwap<Config>>,
+    pub balancer: Arc<Balancer>,
+    pub tls: Arc<Tls>,
+    /// Cancelled when warren stops accepting (shutdown).
+    pub shutdown: CancellationToken,
+    pub next_conn_id: AtomicU64,
+    /// The AMQP listening socket (absent without `listen`).
+    pub amqp_listener: Rebindable,
+    /// The TLS listening socket (absent without `tls`).
+    pub tls_listener: Rebindable,
+    pub listener_stats: ListenerStats,
 }

@@ -29,9 +29,8 @@ use crate::balancer::OrdersRx;
 use crate::proxy::buffer::try_read;
 use crate::proxy::bulk::{Bulk, Moved};
 use crate::proxy::direction::{
-    joined, AtEof, Chunk, Dir, Direction, Next, Shared, Timer, DISCARD_PAUSE,
+    joined, AtEof, Chunk, Dir, Direction, End, Limits, Meters, Next, Shared, Timer, DISCARD_PAUSE,
 };
-use crate::proxy::{End, Limits, Meters};
 
 /// Bytes moved per read; large enough for bulk transfers.
 const SCRATCH_SIZE: usize = 64 * 1024;

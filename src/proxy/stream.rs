@@ -28,9 +28,9 @@ use tokio::time::Instant;
 use crate::balancer::Command;
 use crate::balancer::OrdersRx;
 use crate::proxy::direction::{
-    far_future, joined, Chunk, Dir, Direction, Next, Shared, Timer, DISCARD_PAUSE,
+    far_future, joined, Chunk, Dir, Direction, End, Limits, Meters, Next, Shared, Timer,
+    DISCARD_PAUSE,
 };
-use crate::proxy::{End, Limits, Meters};
 
 const BUF_START: usize = 8 * 1024;
 const BUF_MAX: usize = 64 * 1024;

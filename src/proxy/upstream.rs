@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 
 use crate::balancer::Backend;
 use crate::proxy::stream::Stream;
-use crate::App;
+use crate::proxy::Proxy;
 
 /// Why a connected backend could not be made ready.
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +55,7 @@ pub fn needs_preparing(backend: &Backend) -> bool {
 /// Sends the PROXY header and runs the TLS handshake on a fresh connection to
 /// `backend`, within `timeout`.
 pub async fn prepare(
-    app: &App,
+    proxy: &Proxy,
     backend: &Backend,
     mut tcp: TcpStream,
     client: ClientAddrs,
@@ -74,7 +74,7 @@ pub async fn prepare(
         return Ok(Stream::Plain(tcp));
     }
     // Never fall back to plain TCP for a backend configured for TLS.
-    let Some(origin) = app.tls.origin(backend.name()) else {
+    let Some(origin) = proxy.tls.origin(backend.name()) else {
         return Err(UpstreamError::Tls {
             reason: "not_loaded",
             detail: "no TLS settings loaded for this backend".into(),

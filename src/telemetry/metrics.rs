@@ -14,7 +14,6 @@
 //! Labels are bounded: backend names come from the config, every other label
 //! value is one of a fixed set. Client addresses are never labels.
 
-use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -22,10 +21,6 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 use metrics::{Unit, Unit::Bytes, Unit::Count, Unit::Seconds};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
-
-use crate::balancer::{Backend, State};
-use crate::health::Outcome;
-use crate::App;
 
 pub const BUILD_INFO: &str = "warren_build_info";
 pub const BACKEND_UP: &str = "warren_backend_up";
@@ -65,6 +60,10 @@ pub const CONNECT_ERROR_KINDS: [&str; 6] = [
 pub const FAILURE_REASONS: [&str; 5] = ["timeout", "tcp", "unauthorized", "http_status", "other"];
 /// Label values of [`BACKEND_DRAINS`].
 pub const DRAIN_TRIGGERS: [&str; 3] = ["operator", "alarm", "reload"];
+/// Label values of [`BACKEND_STATE`].
+pub const BACKEND_STATES: [&str; 4] = ["up", "down", "draining", "disabled"];
+/// Label values of [`CONFIG_RELOADS`]' trigger: SIGHUP, `POST /api/reload`, the watched file.
+pub const RELOAD_TRIGGERS: [&str; 3] = ["signal", "api", "watch"];
 /// The plain AMQP listener's label value.
 pub const LISTENER_PLAIN: &str = "amqp";
 /// The TLS listener's label value.
@@ -97,10 +96,9 @@ pub fn install() -> PrometheusHandle {
             // Another recorder may already be installed (embedding); then ours stays local.
             let _ = metrics::set_global_recorder(recorder);
             describe();
-            for trigger in crate::control::reload::Trigger::ALL {
+            for trigger in RELOAD_TRIGGERS {
                 for result in ["success", "failure"] {
-                    counter!(CONFIG_RELOADS, "result" => result, "trigger" => trigger.as_str())
-                        .increment(0);
+                    counter!(CONFIG_RELOADS, "result" => result, "trigger" => trigger).increment(0);
                 }
             }
             for listener in LISTENERS {
@@ -233,59 +231,8 @@ fn describe() {
     );
 }
 
-/// Refreshes the gauges and byte counters from the live state and renders the
-/// Prometheus text format.
-pub fn render(app: &App) -> String {
-    refresh(app);
-    app.metrics.render()
-}
-
-fn refresh(app: &App) {
-    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    let all = app.listener_stats.active.load(Ordering::Relaxed);
-    let tls = app.listener_stats.tls_active.load(Ordering::Relaxed);
-    gauge!(LISTENER_ACTIVE, "listener" => LISTENER_PLAIN).set(all.saturating_sub(tls) as f64);
-    gauge!(LISTENER_ACTIVE, "listener" => LISTENER_TLS).set(tls as f64);
-    // Seconds-until-expiry of the certificates, computed at scrape time.
-    app.tls.record_expiry();
-    let (ok, at) = app.reloader.last();
-    gauge!(CONFIG_LAST_RELOAD_OK).set(if ok { 1.0 } else { 0.0 });
-    gauge!(CONFIG_LAST_RELOAD_TIME).set(at);
-    // Removed backends still draining are shown too, unless a current backend
-    // has their name (a changed backend): then the current one's state wins and
-    // connections and bytes add up.
-    let current = app.balancer.backends();
-    for b in current.iter() {
-        backend_state(b);
-        ensure_counters(b.name());
-    }
-    let mut active: Vec<(String, usize)> = current
-        .iter()
-        .map(|b| (b.name().to_string(), b.active_connections()))
-        .collect();
-    for b in app.balancer.retired() {
-        match active.iter_mut().find(|(n, _)| n == b.name()) {
-            Some((_, n)) => *n += b.active_connections(),
-            None => {
-                backend_state(&b);
-                active.push((b.name().to_string(), b.active_connections()));
-            }
-        }
-        flush_traffic(&b);
-    }
-    for (name, n) in active {
-        gauge!(BACKEND_ACTIVE, "backend" => name).set(n as f64);
-    }
-    for b in current.iter() {
-        flush_traffic(b);
-    }
-    for b in app.balancer.prune_retired() {
-        flush_traffic(&b);
-    }
-}
-
 /// Series that exist from the start at 0, so `rate()` and alerts see the first event.
-fn ensure_counters(backend: &str) {
+pub fn ensure_backend_counters(backend: &str) {
     let name = || backend.to_string();
     counter!(BACKEND_CONNECTIONS, "backend" => name()).increment(0);
     counter!(BACKEND_SENT_BYTES, "backend" => name()).increment(0);
@@ -304,26 +251,39 @@ fn ensure_counters(backend: &str) {
     }
 }
 
-/// Moves the connections and bytes counted by the data path since the last
-/// flush into the counters.
-fn flush_traffic(b: &Backend) {
-    let connections = b.take_unreported_connections();
+/// Adds connections and bytes counted by the data path since the last flush.
+pub fn backend_traffic(backend: &str, connections: u64, sent: u64, received: u64) {
     if connections > 0 {
-        counter!(BACKEND_CONNECTIONS, "backend" => b.name().to_string()).increment(connections);
+        counter!(BACKEND_CONNECTIONS, "backend" => backend.to_string()).increment(connections);
     }
-    let (sent, received) = b.take_unreported_bytes();
     if sent > 0 {
-        counter!(BACKEND_SENT_BYTES, "backend" => b.name().to_string()).increment(sent);
+        counter!(BACKEND_SENT_BYTES, "backend" => backend.to_string()).increment(sent);
     }
     if received > 0 {
-        counter!(BACKEND_RECEIVED_BYTES, "backend" => b.name().to_string()).increment(received);
+        counter!(BACKEND_RECEIVED_BYTES, "backend" => backend.to_string()).increment(received);
     }
 }
 
-/// One probe finished.
-pub fn health_check(backend: &str, took: Duration, outcome: &Outcome) {
+/// Open connections of `backend`.
+pub fn backend_active(backend: &str, n: usize) {
+    gauge!(BACKEND_ACTIVE, "backend" => backend.to_string()).set(n as f64);
+}
+
+/// The gauges that hold no backend: build info, open connections per listener,
+/// the last reload.
+pub fn process_gauges(plain_active: u64, tls_active: u64, last_reload: (bool, f64)) {
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    gauge!(LISTENER_ACTIVE, "listener" => LISTENER_PLAIN).set(plain_active as f64);
+    gauge!(LISTENER_ACTIVE, "listener" => LISTENER_TLS).set(tls_active as f64);
+    let (ok, at) = last_reload;
+    gauge!(CONFIG_LAST_RELOAD_OK).set(if ok { 1.0 } else { 0.0 });
+    gauge!(CONFIG_LAST_RELOAD_TIME).set(at);
+}
+
+/// One probe finished; `failure` is its reason when it failed.
+pub fn health_check(backend: &str, took: Duration, failure: Option<&str>) {
     histogram!(HEALTH_CHECK_DURATION, "backend" => backend.to_string()).record(took.as_secs_f64());
-    if let Outcome::Fail(reason) = outcome {
+    if let Some(reason) = failure {
         counter!(HEALTH_CHECK_FAILURES, "backend" => backend.to_string(), "reason" => failure_kind(reason))
             .increment(1);
     }
@@ -344,15 +304,18 @@ fn failure_kind(reason: &str) -> &'static str {
     }
 }
 
-/// The backend's state changed (or was first seen, or a scrape refreshes it).
-pub fn backend_state(b: &Backend) {
-    let state = b.state();
-    let name = b.name().to_string();
-    gauge!(BACKEND_UP, "backend" => name.clone()).set(if b.usable() { 1.0 } else { 0.0 });
-    gauge!(BACKEND_ALARM, "backend" => name.clone()).set(if b.alarm() { 1.0 } else { 0.0 });
-    for s in [State::Up, State::Down, State::Draining, State::Disabled] {
-        gauge!(BACKEND_STATE, "backend" => name.clone(), "state" => s.as_str())
-            .set(if s == state { 1.0 } else { 0.0 });
+/// The backend's state changed (or was first seen, or a scrape refreshes it);
+/// `state` is one of [`BACKEND_STATES`].
+pub fn backend_state(backend: &str, state: &str, usable: bool, alarm: bool) {
+    let name = backend.to_string();
+    gauge!(BACKEND_UP, "backend" => name.clone()).set(if usable { 1.0 } else { 0.0 });
+    gauge!(BACKEND_ALARM, "backend" => name.clone()).set(if alarm { 1.0 } else { 0.0 });
+    for s in BACKEND_STATES {
+        gauge!(BACKEND_STATE, "backend" => name.clone(), "state" => s).set(if s == state {
+            1.0
+        } else {
+            0.0
+        });
     }
 }
 
@@ -406,20 +369,20 @@ pub fn reload(trigger: &'static str, ok: bool) {
 
 /// A TLS handshake ended: `result` is `ok` or a bounded failure reason
 /// (see `tls::classify`).
-pub fn tls_handshake(side: crate::tls::Side, result: &'static str) {
-    counter!(TLS_HANDSHAKES, "side" => side.as_str(), "result" => result).increment(1);
+/// `side` is `client` (on the TLS listener) or `backend` (to a node).
+pub fn tls_handshake(side: &'static str, result: &'static str) {
+    counter!(TLS_HANDSHAKES, "side" => side, "result" => result).increment(1);
 }
 
-/// Seconds until a certificate's notAfter (negative once expired).
-pub fn tls_certificate_expiry(label: &crate::tls::ExpiryLabel, seconds: f64) {
-    match label {
-        crate::tls::ExpiryLabel::Listener => {
-            gauge!(TLS_CERTIFICATE_EXPIRY, "certificate" => "listener").set(seconds)
-        }
-        crate::tls::ExpiryLabel::Backend(name) => gauge!(
+/// Seconds until a certificate's notAfter (negative once expired): the TLS
+/// listener's (`backend` None) or the client certificate warren shows `backend`.
+pub fn tls_certificate_expiry(backend: Option<&str>, seconds: f64) {
+    match backend {
+        None => gauge!(TLS_CERTIFICATE_EXPIRY, "certificate" => "listener").set(seconds),
+        Some(name) => gauge!(
             TLS_CERTIFICATE_EXPIRY,
             "certificate" => "backend_client",
-            "backend" => name.clone()
+            "backend" => name.to_string()
         )
         .set(seconds),
     }

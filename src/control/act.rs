@@ -1,0 +1,111 @@
+//! The one place that acts on a backend.
+
+use std::sync::Arc;
+
+use crate::balancer::{Backend, Command, Health, Mode};
+use crate::config::OnAlarm;
+use crate::control::app::App;
+use crate::control::drain::{self, DrainPlan};
+use crate::control::rebalance;
+use crate::telemetry::metrics;
+
+/// What can be done to a backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Operator: no new connections; the open ones are closed, paced over
+    /// `drain.window`.
+    Drain,
+    /// Operator: no new connections; the open ones stay.
+    Disable,
+    /// Operator: back in rotation (a drain in progress stops).
+    Enable,
+    /// The checks found the node down (reason): its clients are told to
+    /// reconnect at once, unless an operator already took it out.
+    Down(String),
+    /// The checks found the node up again.
+    Up,
+    /// The node reported a resource alarm (reason); `health.on_alarm` says
+    /// what follows.
+    Alarm(String),
+    /// The node's alarm cleared.
+    AlarmCleared,
+    /// A reload removed the backend: its checker stops and its connections
+    /// are drained.
+    Retire,
+}
+
+/// Applies `action` to `b`, with all that follows from it.
+pub fn act(app: &Arc<App>, b: &Arc<Backend>, action: Action) {
+    let name = b.name();
+    match action {
+        Action::Drain => {
+            let prev = b.set_mode(Mode::Draining);
+            tracing::info!(backend = name, previous = ?prev, "operator: drain");
+            let reason = format!("warren: draining node {name} (operator request), reconnect");
+            start_drain(app, b, "operator", reason);
+        }
+        Action::Disable => {
+            let prev = b.set_mode(Mode::Disabled);
+            b.conns.cancel_drain();
+            tracing::info!(backend = name, previous = ?prev, "operator: disable");
+        }
+        Action::Enable => {
+            let prev = b.set_mode(Mode::Enabled);
+            b.conns.cancel_drain();
+            tracing::info!(backend = name, previous = ?prev, "operator: enable");
+            if prev != Mode::Enabled {
+                rebalance::trigger(app, &format!("{name} enabled"));
+            }
+        }
+        Action::Down(reason) => {
+            b.set_health(Health::Down);
+            tracing::warn!(backend = name, reason, "backend down");
+            if b.mode() == Mode::Enabled {
+                // Its clients would otherwise hang until TCP or their heartbeat gives up.
+                let text = format!("warren: node {name} is down, reconnect");
+                b.conns.broadcast(Command::Close(text.into()));
+            }
+        }
+        Action::Up => {
+            b.set_health(Health::Up);
+            tracing::info!(backend = name, "backend up");
+            rebalance::trigger(app, &format!("{name} came back"));
+        }
+        Action::Alarm(reason) => {
+            b.set_alarm(true);
+            let on_alarm = app.config.load().health.on_alarm;
+            tracing::warn!(backend = name, reason, ?on_alarm, "resource alarm");
+            if on_alarm == OnAlarm::Drain && b.mode() == Mode::Enabled {
+                let reason = format!("warren: node {name} has a resource alarm, reconnect");
+                start_drain(app, b, "alarm", reason);
+            }
+        }
+        Action::AlarmCleared => {
+            b.set_alarm(false);
+            tracing::info!(backend = name, "resource alarm cleared");
+            b.conns.cancel_drain();
+        }
+        Action::Retire => {
+            b.tasks.cancel();
+            b.set_mode(Mode::Draining);
+            let reason =
+                format!("warren: node {name} was removed from the configuration, reconnect");
+            start_drain(app, b, "reload", reason);
+            app.balancer.retire(Arc::clone(b));
+        }
+    }
+    b.record_state();
+}
+
+/// Counts and starts a paced drain of `b`; `reason` is the reply-text of the
+/// clients' `connection.close`.
+fn start_drain(app: &App, b: &Arc<Backend>, trigger: &'static str, reason: String) {
+    metrics::drain_started(b.name(), trigger);
+    let cfg = app.config.load();
+    let plan = DrainPlan {
+        window: cfg.drain.window.get(),
+        grace: cfg.drain.grace.get(),
+        reason: reason.into(),
+    };
+    drain::start(Arc::clone(b), plan, &app.shutdown);
+}

@@ -1,0 +1,91 @@
+//! The state every task of a running warren shares.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::balancer::Balancer;
+use crate::config::Config;
+use crate::proxy::socket::Rebindable;
+use crate::proxy::Proxy;
+use crate::tls::Tls;
+
+/// State shared by every task of a running warren.
+pub struct App {
+    pub config: Arc<ArcSwap<Config>>,
+    pub config_path: PathBuf,
+    pub balancer: Arc<Balancer>,
+    /// Cancelled when warren stops accepting (shutdown); every task watches it.
+    pub shutdown: CancellationToken,
+    pub metrics: PrometheusHandle,
+    /// Certificates and rustls configs; [`Tls::reload`] re-reads them.
+    pub tls: Arc<Tls>,
+    /// The data path's shared state (the same config, backends and TLS), with
+    /// its listening sockets, which a reload may rebind.
+    pub proxy: Arc<Proxy>,
+    /// The rebalance in progress, if any.
+    pub rebalance: Mutex<Option<CancellationToken>>,
+    /// The admin listening socket; a reload may rebind it.
+    pub admin_listener: Rebindable,
+    /// Serialises reloads and keeps their outcome for metrics.
+    pub reloader: Reloader,
+}
+
+/// Reload bookkeeping of one running warren.
+#[derive(Debug)]
+pub struct Reloader {
+    /// One reload at a time (signal, API and watcher may coincide).
+    pub(super) lock: tokio::sync::Mutex<()>,
+    pub(super) last_ok: AtomicBool,
+    /// Unix time of the last successful load, as f64 bits.
+    pub(super) last_success: AtomicU64,
+    /// Fingerprint of the file content last read by a reload or the watcher.
+    seen: Mutex<Option<u64>>,
+    /// Woken after every successful reload, for tasks sleeping on config timings.
+    pub changed: Notify,
+}
+
+impl Default for Reloader {
+    fn default() -> Self {
+        Reloader {
+            lock: tokio::sync::Mutex::new(()),
+            last_ok: AtomicBool::new(true),
+            last_success: AtomicU64::new(unix_now().to_bits()),
+            seen: Mutex::new(None),
+            changed: Notify::new(),
+        }
+    }
+}
+
+impl Reloader {
+    /// (last reload succeeded, unix time of the last successful load).
+    pub fn last(&self) -> (bool, f64) {
+        (
+            self.last_ok.load(Ordering::Relaxed),
+            f64::from_bits(self.last_success.load(Ordering::Relaxed)),
+        )
+    }
+
+    pub(super) fn set_seen(&self, fp: u64) {
+        if let Ok(mut s) = self.seen.lock() {
+            *s = Some(fp);
+        }
+    }
+
+    pub(super) fn seen(&self) -> Option<u64> {
+        self.seen.lock().ok().and_then(|s| *s)
+    }
+}
+
+pub(super) fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}

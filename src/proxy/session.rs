@@ -1,0 +1,258 @@
+//! One client connection: check its first bytes, choose a backend, connect
+//! (trying the next one on failure, reporting the failure to the backend's
+//! checker), then hand both sockets to a pump: [`Pump`] when both sides are
+//! plain TCP, [`crate::proxy::stream::pump`] when either side is TLS.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use std::io::Read as _;
+
+use socket2::SockRef;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::balancer::Backend;
+use crate::config::Protocol;
+use crate::proxy::amqp;
+use crate::proxy::direction::{End, Limits, Meters, Shared};
+use crate::proxy::pump::Pump;
+use crate::proxy::socket::set_socket_options;
+use crate::proxy::stream::Stream;
+use crate::proxy::upstream::ClientAddrs;
+use crate::proxy::Proxy;
+
+/// Serves one accepted client connection to its end. (Not an `async fn`: one
+/// would hold its arguments beside the inner future's copies of them.)
+pub fn serve(
+    proxy: Arc<Proxy>,
+    client: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+) -> impl Future<Output = ()> {
+    let span = tracing::info_span!("conn", id, %peer, backend = tracing::field::Empty);
+    async move {
+        let (handshake, protocol) = {
+            let c = proxy.config.load();
+            (c.timeouts.handshake.get(), c.protocol)
+        };
+        if protocol == Protocol::Tcp {
+            return carry(&proxy, Stream::Plain(client), Vec::new(), peer, id).await;
+        }
+        let mut client = client;
+        match read_protocol_header(&mut client, handshake).await {
+            Ok(head) => carry(&proxy, Stream::Plain(client), head, peer, id).await,
+            Err(why) => rejected(why),
+        }
+    }
+    .instrument(span)
+}
+
+/// Serves one connection accepted on the TLS listener: the TLS handshake and the
+/// AMQP protocol header, both within `timeouts.handshake`, then the same as [`serve`].
+pub async fn serve_tls(proxy: Arc<Proxy>, client: TcpStream, peer: SocketAddr, id: u64) {
+    let span = tracing::info_span!("conn", id, %peer, tls = true, backend = tracing::field::Empty);
+    async move {
+        let handshake = proxy.config.load().timeouts.handshake.get();
+        let deadline = Instant::now() + handshake;
+        let Some(mut client) = proxy.tls.accept(client, peer, handshake).await else {
+            return;
+        };
+        if proxy.config.load().protocol == Protocol::Tcp {
+            return carry(&proxy, Stream::from(client), Vec::new(), peer, id).await;
+        }
+        let mut head = [0u8; 8];
+        let read = tokio::time::timeout_at(deadline, client.read(&mut head)).await;
+        let head = match read {
+            Err(_) => Err("timeout"),
+            Ok(Err(_)) => Err("closed"),
+            Ok(Ok(n)) => header_check(&head[..n]),
+        };
+        match head {
+            Ok(head) => carry(&proxy, Stream::from(client), head, peer, id).await,
+            Err(why) => rejected(why),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// AMQP clients speak first: reads (bounded) the client's first bytes and
+/// checks they can start the protocol header, so silent or non-AMQP clients are
+/// turned away without costing a backend connection. What was read is sent
+/// upstream ahead of the rest.
+async fn read_protocol_header(
+    client: &mut TcpStream,
+    within: Duration,
+) -> Result<Vec<u8>, &'static str> {
+    let mut head = [0u8; 8];
+    // Most clients send it with their connect, so it is usually here already:
+    // read straight from the socket, without waiting for tokio to learn that it
+    // is readable (a trip through the event loop) and without arming a timer.
+    let n = match (&*SockRef::from(&*client)).read(&mut head) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            match tokio::time::timeout(within, client.read(&mut head)).await {
+                Err(_) => return Err("timeout"),
+                Ok(Err(_)) => return Err("closed"),
+                Ok(Ok(n)) => n,
+            }
+        }
+        Err(_) => return Err("closed"),
+    };
+    header_check(&head[..n])
+}
+
+/// The first bytes a client sent, if they can start the AMQP protocol header.
+fn header_check(head: &[u8]) -> Result<Vec<u8>, &'static str> {
+    let k = head.len().min(4);
+    match head.len() {
+        0 => Err("closed"),
+        _ if head[..k] == amqp::PROTOCOL_HEADER[..k] => Ok(head.to_vec()),
+        _ => Err("not_amqp"),
+    }
+}
+
+fn rejected(why: &'static str) {
+    tracing::debug!(reason = why, "client rejected before connecting upstream");
+    crate::telemetry::metrics::handshake_rejected(why);
+}
+
+/// Connects a backend and carries the connection to its end: plain TCP on both
+/// sides takes [`Pump`]; TLS on either side takes [`crate::proxy::stream::pump`].
+/// `head`: client bytes already read (the start of the protocol header), to be
+/// sent upstream first.
+async fn carry(proxy: &Arc<Proxy>, client: Stream, head: Vec<u8>, peer: SocketAddr, id: u64) {
+    // Boxed, like the TLS pump below: a future is as large as its largest await
+    // point, and connecting (TLS handshake included) is over before the pump
+    // starts; inline it would grow every idle connection by its size.
+    let Some((backend, server)) = Box::pin(connect(proxy, client.tcp(), peer)).await else {
+        tracing::warn!("no backend reachable, closing client");
+        return;
+    };
+    tracing::Span::current().record("backend", backend.name());
+    tracing::debug!("connected");
+    let _active = backend.connection_guard();
+    let orders = backend.conns.register(id);
+    let limits = {
+        let c = proxy.config.load();
+        Limits {
+            close: c.drain.close_timeout.get(),
+            idle: c.timeouts.idle.map(|d| d.get()),
+            amqp: c.protocol == Protocol::Amqp,
+        }
+    };
+    let meters = Meters {
+        up: &backend.bytes_in,
+        down: &backend.bytes_out,
+    };
+    let result = match (&client, &server) {
+        (Stream::Plain(client), Stream::Plain(server)) => {
+            let shared = Shared::new();
+            Pump::new(client, server, head, &shared, orders, limits, meters).await
+        }
+        _ => {
+            Box::pin(crate::proxy::stream::pump(
+                client, server, &head, orders, limits, meters,
+            ))
+            .await
+        }
+    };
+    // Only closes warren asked for count as graceful or forced (not idle timeouts).
+    if backend.conns.unregister(id).is_some_and(|o| o.told()) {
+        match &result {
+            Ok(End::Graceful) => crate::telemetry::metrics::close_ended(backend.name(), true),
+            Ok(End::Hard) => crate::telemetry::metrics::close_ended(backend.name(), false),
+            _ => {}
+        }
+    }
+    match result {
+        Ok(end) => tracing::debug!(?end, "closed"),
+        Err(e) => tracing::debug!(error = %e, "closed with error"),
+    }
+}
+
+/// Connects to the first reachable candidate backend (bounded by `retries`),
+/// sending the PROXY header and running TLS where the backend asks for them.
+async fn connect(
+    proxy: &Arc<Proxy>,
+    client: &TcpStream,
+    peer: SocketAddr,
+) -> Option<(Arc<Backend>, Stream)> {
+    let config = proxy.config.load();
+    let timeout = config.timeouts.connect.get();
+    for backend in proxy.balancer.candidates(config.retries + 1) {
+        let addr = backend.config.address.as_str();
+        let err = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(server)) => {
+                set_socket_options(SockRef::from(&server));
+                if !crate::proxy::upstream::needs_preparing(&backend) {
+                    return Some((backend, Stream::Plain(server)));
+                }
+                // The address the client connected to, for the PROXY header; asked
+                // for only here, to spare the plain path a syscall.
+                let local = match client.local_addr() {
+                    Ok(local) => local,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "client socket gone");
+                        return None;
+                    }
+                };
+                let addrs = ClientAddrs { peer, local };
+                match crate::proxy::upstream::prepare(proxy, &backend, server, addrs, timeout).await
+                {
+                    Ok(server) => return Some((backend, server)),
+                    Err(e) => {
+                        crate::telemetry::metrics::connect_error(backend.name(), e.kind());
+                        e.to_string()
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                crate::telemetry::metrics::connect_error(backend.name(), error_kind(&e));
+                if !blames_backend(&e) {
+                    // Out of file descriptors or ports here: not the node's fault,
+                    // and no other node would do better.
+                    tracing::warn!(backend = backend.name(), error = %e, "cannot connect: local resource exhausted");
+                    return None;
+                }
+                e.to_string()
+            }
+            Err(_) => {
+                crate::telemetry::metrics::connect_error(backend.name(), "timeout");
+                format!("connect timed out after {timeout:?}")
+            }
+        };
+        tracing::warn!(backend = backend.name(), error = %err, "backend connect failed, trying the next");
+        backend.report_connect_failure(&err);
+    }
+    None
+}
+
+/// Connect errors that say something about the backend (as opposed to this host).
+fn blames_backend(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::TimedOut
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+            | io::ErrorKind::NotFound
+    ) || e.raw_os_error().is_none()
+}
+
+fn error_kind(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => "refused",
+        io::ErrorKind::ConnectionReset => "reset",
+        io::ErrorKind::TimedOut => "timeout",
+        _ => "other",
+    }
+}
