@@ -48,7 +48,7 @@ fn invalid_configs_fail_with_their_error() {
         let expected = std::fs::read_to_string(f.with_extension("err"))
             .unwrap_or_else(|_| panic!("{} needs a .err file", f.display()));
         let expected = expected.trim();
-        match Config::load(&f) {
+        match warren::control::reload::load(&f) {
             Ok(_) => panic!("{} should be invalid", f.display()),
             Err(e) => {
                 let msg = e.to_string();

@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -75,6 +76,50 @@ impl fmt::Display for HumanDuration {
     }
 }
 
+/// A [`HumanDuration`] greater than zero (an interval or a timeout that zero
+/// would make spin or fail at once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct PositiveDuration(HumanDuration);
+
+impl PositiveDuration {
+    /// `s` seconds; 0 is taken as 1 ms (only constants call this).
+    pub const fn secs(s: u64) -> Self {
+        PositiveDuration::millis(s.saturating_mul(1000))
+    }
+    /// `ms` milliseconds; 0 is taken as 1.
+    pub const fn millis(ms: u64) -> Self {
+        PositiveDuration(HumanDuration::millis(if ms == 0 { 1 } else { ms }))
+    }
+    pub fn get(self) -> Duration {
+        self.0.get()
+    }
+}
+
+impl<'de> Deserialize<'de> for PositiveDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let h = HumanDuration::deserialize(d)?;
+        if h.get().is_zero() {
+            return Err(serde::de::Error::custom(
+                "expected a duration greater than 0",
+            ));
+        }
+        Ok(PositiveDuration(h))
+    }
+}
+
+impl fmt::Display for PositiveDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A count greater than zero, with an error that says so.
+fn non_zero<'de, D: Deserializer<'de>>(d: D) -> Result<NonZeroU32, D::Error> {
+    let n = u32::deserialize(d)?;
+    NonZeroU32::new(n).ok_or_else(|| serde::de::Error::custom("expected a number greater than 0"))
+}
+
 /// `ip:port`, with an error that says so.
 fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
     let s = String::deserialize(d)?;
@@ -92,69 +137,73 @@ fn opt_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>
 
 /// The whole file.
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Where AMQP clients connect (plain TCP). Optional when `tls` has a listener.
     #[serde(
-        default,
         deserialize_with = "opt_socket_addr",
         skip_serializing_if = "Option::is_none"
     )]
     pub listen: Option<SocketAddr>,
     /// Where AMQPS clients connect: TLS termination.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsListenConfig>,
-    #[serde(default)]
     pub admin: AdminConfig,
-    #[serde(default)]
     pub balance: Balance,
     /// What clients speak: `amqp` (checked before a backend is chosen) or `tcp`.
-    #[serde(default)]
     pub protocol: Protocol,
     /// Cap on concurrent client connections; beyond it new ones are refused at once.
-    #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// How many other backends to try when connecting to one fails.
-    #[serde(default = "default_retries")]
     pub retries: usize,
-    #[serde(default)]
     pub timeouts: Timeouts,
     pub backends: Vec<BackendConfig>,
-    #[serde(default)]
     pub health: HealthConfig,
-    #[serde(default)]
     pub drain: DrainConfig,
-    #[serde(default)]
     pub rebalance: RebalanceConfig,
-    #[serde(default)]
     pub shutdown: ShutdownConfig,
-    #[serde(default)]
     pub log: LogConfig,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterConfig>,
-    #[serde(default)]
     pub reload: ReloadConfig,
 }
 
-fn default_max_connections() -> usize {
-    10_000
-}
-fn default_retries() -> usize {
-    2
+impl Default for Config {
+    /// Every default; no listener and no backend (which validation requires).
+    fn default() -> Self {
+        Config {
+            listen: None,
+            tls: None,
+            admin: AdminConfig::default(),
+            balance: Balance::default(),
+            protocol: Protocol::default(),
+            max_connections: 10_000,
+            retries: 2,
+            timeouts: Timeouts::default(),
+            backends: Vec::new(),
+            health: HealthConfig::default(),
+            drain: DrainConfig::default(),
+            rebalance: RebalanceConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            log: LogConfig::default(),
+            cluster: None,
+            reload: ReloadConfig::default(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     /// Admin HTTP listener: /healthz /readyz /metrics /api/...
-    #[serde(default = "default_admin_listen", deserialize_with = "socket_addr")]
+    #[serde(deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
     /// When set, every mutating request (POST) must carry
     /// `Authorization: Bearer <token>`; the token is read from this file...
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
     /// ...or from this environment variable.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub token_env: Option<String>,
 }
 
@@ -178,14 +227,10 @@ impl AdminConfig {
     }
 }
 
-fn default_admin_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 8404))
-}
-
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
-            listen: default_admin_listen(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8404)),
             token_file: None,
             token_env: None,
         }
@@ -215,37 +260,27 @@ pub enum Protocol {
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Timeouts {
     /// Connecting to one backend (HAProxy `timeout connect`).
-    #[serde(default = "default_connect_timeout")]
     pub connect: HumanDuration,
     /// Idle time after which a client connection is closed; off by default because
     /// AMQP heartbeats already detect dead peers and an idle timeout shorter than the
     /// heartbeat kills healthy connections (HAProxy `timeout client`/`timeout server`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub idle: Option<HumanDuration>,
     /// A client must send its first bytes (the AMQP protocol header) within this
     /// time, or it is closed before any backend is involved (RabbitMQ's own
     /// `handshake_timeout` is 10 s).
-    #[serde(default = "default_handshake_timeout")]
-    pub handshake: HumanDuration,
-}
-
-fn default_handshake_timeout() -> HumanDuration {
-    HumanDuration::secs(10)
-}
-
-fn default_connect_timeout() -> HumanDuration {
-    HumanDuration::secs(5)
+    pub handshake: PositiveDuration,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
-            connect: default_connect_timeout(),
+            connect: HumanDuration::secs(5),
             idle: None,
-            handshake: default_handshake_timeout(),
+            handshake: PositiveDuration::secs(10),
         }
     }
 }
@@ -258,14 +293,14 @@ pub struct BackendConfig {
     /// The node's AMQP port, `host:port`.
     pub address: String,
     /// The node's management API base URL, e.g. `http://127.0.0.1:15672`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub management: Option<String>,
     /// Connect to the node with TLS (for nodes that listen only on AMQPS).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<BackendTlsConfig>,
     /// Send a PROXY protocol header first, so the node (with `proxy_protocol = true`)
     /// sees the client's address instead of warren's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub send_proxy: Option<ProxyVersion>,
 }
 
@@ -282,35 +317,42 @@ pub struct TlsListenConfig {
     pub key: PathBuf,
     /// CA certificates, PEM: when set, clients must present a certificate that
     /// chains to one of them (mutual TLS).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_ca: Option<PathBuf>,
 }
 
 /// TLS origination: how warren connects to a node over TLS.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct BackendTlsConfig {
     /// CA certificates, PEM, that the node's certificate must chain to.
     /// Required while `verify` is on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ca: Option<PathBuf>,
     /// The name the node's certificate must carry; defaults to the host part of
     /// `address`. Also sent as SNI (unless it is an IP address).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
     /// Verify the node's certificate against `ca` and `server_name`.
-    #[serde(default = "default_true")]
     pub verify: bool,
     /// A client certificate chain, PEM, for nodes that require one
     /// (`ssl_options.fail_if_no_peer_cert = true`); `key` must come with it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cert: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<PathBuf>,
 }
 
-fn default_true() -> bool {
-    true
+impl Default for BackendTlsConfig {
+    fn default() -> Self {
+        BackendTlsConfig {
+            ca: None,
+            server_name: None,
+            verify: true,
+            cert: None,
+            key: None,
+        }
+    }
 }
 
 /// PROXY protocol version: `v1` (text) or `v2` (binary).
@@ -322,49 +364,41 @@ pub enum ProxyVersion {
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct HealthConfig {
     /// Time between two checks of a backend (HAProxy `inter`).
-    #[serde(default = "default_health_interval")]
-    pub interval: HumanDuration,
+    pub interval: PositiveDuration,
     /// Time one check may take (HAProxy `timeout check`).
-    #[serde(default = "default_health_timeout")]
-    pub timeout: HumanDuration,
+    pub timeout: PositiveDuration,
     /// Consecutive successes that bring a down backend up (HAProxy `rise`).
-    #[serde(default = "default_rise")]
-    pub rise: u32,
+    #[serde(deserialize_with = "non_zero")]
+    pub rise: NonZeroU32,
     /// Consecutive failures that take an up backend down (HAProxy `fall`).
-    #[serde(default = "default_fall")]
-    pub fall: u32,
+    #[serde(deserialize_with = "non_zero")]
+    pub fall: NonZeroU32,
     /// Management API user for health checks.
-    #[serde(default = "default_username")]
     pub username: String,
     /// Management API password. Prefer `password_file` or `password_env`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub password: Option<Secret>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
     /// Management API checks, each `GET /api/health/checks/<name>`. Per-node checks
     /// only: the cluster-wide `alarms` check fails on every node when one node has
     /// an alarm, so it would take the whole cluster out.
-    #[serde(default = "default_checks")]
     pub checks: Vec<String>,
     /// What a memory or disk alarm on a node (the `local-alarms` check) does:
     /// `stop-new` (no new connections, existing ones kept so consumers keep
     /// draining it), `drain` (also close existing ones, paced), `ignore`.
-    #[serde(default)]
     pub on_alarm: OnAlarm,
     /// Probe interval while a backend's state is changing (HAProxy `fastinter`).
-    #[serde(default = "default_fast_interval")]
-    pub fast_interval: HumanDuration,
+    pub fast_interval: PositiveDuration,
     /// Probe interval while a backend is down (HAProxy `downinter`).
-    #[serde(default = "default_down_interval")]
-    pub down_interval: HumanDuration,
+    pub down_interval: PositiveDuration,
     /// A backend that comes back receives new connections gradually over this
     /// time (HAProxy `slowstart`); `0s` turns it off.
-    #[serde(default = "default_slowstart")]
     pub slowstart: HumanDuration,
 }
 
@@ -377,55 +411,26 @@ pub enum OnAlarm {
     Ignore,
 }
 
-fn default_checks() -> Vec<String> {
-    vec![
-        "local-alarms".to_string(),
-        "protocol-listener/amqp".to_string(),
-        "virtual-hosts".to_string(),
-    ]
-}
-fn default_fast_interval() -> HumanDuration {
-    HumanDuration::millis(500)
-}
-fn default_down_interval() -> HumanDuration {
-    HumanDuration::secs(5)
-}
-fn default_slowstart() -> HumanDuration {
-    HumanDuration::secs(10)
-}
-
-fn default_health_interval() -> HumanDuration {
-    HumanDuration::secs(2)
-}
-fn default_health_timeout() -> HumanDuration {
-    HumanDuration::secs(1)
-}
-fn default_rise() -> u32 {
-    2
-}
-fn default_fall() -> u32 {
-    3
-}
-fn default_username() -> String {
-    "guest".to_string()
-}
-
 impl Default for HealthConfig {
     fn default() -> Self {
         HealthConfig {
-            interval: default_health_interval(),
-            timeout: default_health_timeout(),
-            rise: default_rise(),
-            fall: default_fall(),
-            username: default_username(),
+            interval: PositiveDuration::secs(2),
+            timeout: PositiveDuration::secs(1),
+            rise: NonZeroU32::MIN.saturating_add(1),
+            fall: NonZeroU32::MIN.saturating_add(2),
+            username: "guest".to_string(),
             password: None,
             password_file: None,
             password_env: None,
-            checks: default_checks(),
+            checks: vec![
+                "local-alarms".to_string(),
+                "protocol-listener/amqp".to_string(),
+                "virtual-hosts".to_string(),
+            ],
             on_alarm: OnAlarm::default(),
-            fast_interval: default_fast_interval(),
-            down_interval: default_down_interval(),
-            slowstart: default_slowstart(),
+            fast_interval: PositiveDuration::millis(500),
+            down_interval: PositiveDuration::secs(5),
+            slowstart: HumanDuration::secs(10),
         }
     }
 }
@@ -504,119 +509,81 @@ impl Serialize for Secret {
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct DrainConfig {
     /// Graceful closes of a drained backend's connections are spread over this window.
-    #[serde(default = "default_drain_window")]
     pub window: HumanDuration,
     /// After this, connections still open on a drained backend are closed hard.
-    #[serde(default = "default_drain_grace")]
     pub grace: HumanDuration,
     /// How long one connection may take to answer `connection.close` with `close-ok`.
-    #[serde(default = "default_close_timeout")]
     pub close_timeout: HumanDuration,
-}
-
-fn default_drain_window() -> HumanDuration {
-    HumanDuration::secs(10)
-}
-fn default_drain_grace() -> HumanDuration {
-    HumanDuration::secs(30)
-}
-fn default_close_timeout() -> HumanDuration {
-    HumanDuration::secs(5)
 }
 
 impl Default for DrainConfig {
     fn default() -> Self {
         DrainConfig {
-            window: default_drain_window(),
-            grace: default_drain_grace(),
-            close_timeout: default_close_timeout(),
+            window: HumanDuration::secs(10),
+            grace: HumanDuration::secs(30),
+            close_timeout: HumanDuration::secs(5),
         }
     }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RebalanceConfig {
     /// Move connections onto a node that returns (closing them, paced, on the
     /// most loaded nodes). Off by default: only clients that reconnect after a
     /// broker close can take it.
-    #[serde(default)]
     pub enabled: bool,
     /// Accepted spread: max - min <= tolerance x mean connections per node.
-    #[serde(default = "default_tolerance")]
     pub tolerance: f64,
     /// Closes of one round are spread over this window.
-    #[serde(default = "default_rebalance_window")]
     pub window: HumanDuration,
     /// At most this share of all connections is closed per round.
-    #[serde(default = "default_max_fraction")]
     pub max_fraction: f64,
-}
-
-fn default_tolerance() -> f64 {
-    0.2
-}
-fn default_rebalance_window() -> HumanDuration {
-    HumanDuration::secs(30)
-}
-fn default_max_fraction() -> f64 {
-    0.25
 }
 
 impl Default for RebalanceConfig {
     fn default() -> Self {
         RebalanceConfig {
             enabled: false,
-            tolerance: default_tolerance(),
-            window: default_rebalance_window(),
-            max_fraction: default_max_fraction(),
+            tolerance: 0.2,
+            window: HumanDuration::secs(30),
+            max_fraction: 0.25,
         }
     }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ShutdownConfig {
     /// On SIGTERM, open connections get `connection.close` and this long to finish.
-    #[serde(default = "default_shutdown_grace")]
     pub grace: HumanDuration,
-}
-
-fn default_shutdown_grace() -> HumanDuration {
-    HumanDuration::secs(10)
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig {
-            grace: default_shutdown_grace(),
+            grace: HumanDuration::secs(10),
         }
     }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// `text` (human-readable) or `json`.
-    #[serde(default)]
     pub format: LogFormat,
     /// A `tracing` filter (`info`, `warren=debug`); `RUST_LOG` overrides it.
-    #[serde(default = "default_log_level")]
     pub level: String,
-}
-
-fn default_log_level() -> String {
-    "info".to_string()
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             format: LogFormat::default(),
-            level: default_log_level(),
+            level: "info".to_string(),
         }
     }
 }
@@ -631,25 +598,19 @@ pub enum LogFormat {
 
 /// Hot reload (SIGHUP and `POST /api/reload` always work; this adds a file watch).
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ReloadConfig {
     /// Reload when the config file's content changes (checked by polling).
-    #[serde(default)]
     pub watch: bool,
     /// How often the watched file is read and compared.
-    #[serde(default = "default_watch_interval")]
-    pub watch_interval: HumanDuration,
-}
-
-fn default_watch_interval() -> HumanDuration {
-    HumanDuration::secs(2)
+    pub watch_interval: PositiveDuration,
 }
 
 impl Default for ReloadConfig {
     fn default() -> Self {
         ReloadConfig {
             watch: false,
-            watch_interval: default_watch_interval(),
+            watch_interval: PositiveDuration::secs(2),
         }
     }
 }
@@ -791,22 +752,39 @@ impl Config {
                 message: format!("the file is larger than {MAX_CONFIG_FILE} bytes"),
             });
         }
-        let config: Config =
-            serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| {
-                ConfigError::Parse {
+        // The key a value was refused at, for the error (the parser's message
+        // ends with the line and column).
+        let mut key = None;
+        let parsed =
+            serde_saphyr::with_deserializer_from_str_with_options(text, yaml_options(), |de| {
+                serde_path_to_error::deserialize(de).map_err(|e| {
+                    key = Some(e.path().to_string());
+                    e.into_inner()
+                })
+            });
+        let config: Config = parsed.map_err(|e| {
+            let message = if over_yaml_limits(&e) {
+                format!(
+                    "{e} (a config file may hold at most {YAML_MAX_NODES} YAML nodes, \
+                     nested at most {YAML_MAX_DEPTH} deep, {YAML_MAX_ALIASES} anchors \
+                     and {YAML_MAX_ALIASES} aliases, and its aliases may repeat at most \
+                     {YAML_MAX_REPLAYED} YAML events in all)"
+                )
+            } else {
+                e.to_string()
+            };
+            match key.filter(|k| k != ".") {
+                Some(key) => ConfigError::Invalid {
                     file: path.to_path_buf(),
-                    message: if over_yaml_limits(&e) {
-                        format!(
-                            "{e} (a config file may hold at most {YAML_MAX_NODES} YAML nodes, \
-                             nested at most {YAML_MAX_DEPTH} deep, {YAML_MAX_ALIASES} anchors \
-                             and {YAML_MAX_ALIASES} aliases, and its aliases may repeat at most \
-                             {YAML_MAX_REPLAYED} YAML events in all)"
-                        )
-                    } else {
-                        e.to_string()
-                    },
-                }
-            })?;
+                    key,
+                    message,
+                },
+                None => ConfigError::Parse {
+                    file: path.to_path_buf(),
+                    message,
+                },
+            }
+        })?;
         config.validate(path)?;
         Ok(config)
     }
@@ -889,37 +867,7 @@ impl Config {
                 "expected only one of `token_file`, `token_env`".into(),
             ));
         }
-        if self.timeouts.handshake.get().is_zero() {
-            return Err(invalid(
-                "timeouts.handshake".into(),
-                "expected a duration greater than 0".into(),
-            ));
-        }
         let h = &self.health;
-        if h.interval.get().is_zero() {
-            return Err(invalid(
-                "health.interval".into(),
-                "expected a duration greater than 0".into(),
-            ));
-        }
-        if h.timeout.get().is_zero() {
-            return Err(invalid(
-                "health.timeout".into(),
-                "expected a duration greater than 0".into(),
-            ));
-        }
-        if h.rise == 0 {
-            return Err(invalid(
-                "health.rise".into(),
-                "expected a number greater than 0".into(),
-            ));
-        }
-        if h.fall == 0 {
-            return Err(invalid(
-                "health.fall".into(),
-                "expected a number greater than 0".into(),
-            ));
-        }
         for (i, c) in h.checks.iter().enumerate() {
             if c.is_empty() || c.starts_with('/') || c.contains("..") || c.contains('?') {
                 return Err(invalid(
@@ -927,12 +875,6 @@ impl Config {
                     format!("expected a check name such as `local-alarms`, got `{c}`"),
                 ));
             }
-        }
-        if h.fast_interval.get().is_zero() || h.down_interval.get().is_zero() {
-            return Err(invalid(
-                "health.fast_interval".into(),
-                "expected durations greater than 0 for fast_interval and down_interval".into(),
-            ));
         }
         let r = &self.rebalance;
         if !(r.tolerance >= 0.0 && r.tolerance.is_finite()) {
@@ -962,12 +904,6 @@ impl Config {
             return Err(invalid(
                 "log.level".into(),
                 format!("expected a tracing filter such as `info` or `warren=debug`: {e}"),
-            ));
-        }
-        if self.reload.watch_interval.get().is_zero() {
-            return Err(invalid(
-                "reload.watch_interval".into(),
-                "expected a duration greater than 0".into(),
             ));
         }
         if let Some(c) = &self.cluster {
@@ -1091,7 +1027,7 @@ mod tests {
             .expect("valid");
         assert_eq!(c.balance, Balance::RoundRobin);
         assert_eq!(c.timeouts.connect.get(), Duration::from_secs(5));
-        assert_eq!(c.health.fall, 3);
+        assert_eq!(c.health.fall.get(), 3);
         assert_eq!(c.admin.listen.port(), 8404);
     }
 
@@ -1350,12 +1286,17 @@ cluster:
                 other => panic!("{cluster}: expected an error for {key}, got {other:?}"),
             }
         }
-        assert!(matches!(
-            parse(&format!(
-                "{base}cluster: {{nodes: [{{backend: a, node: r@h, typ: disc}}]}}\n"
-            )),
-            Err(ConfigError::Parse { .. })
-        ));
+        // An unknown key is refused by the parser, which names where it is.
+        match parse(&format!(
+            "{base}cluster: {{nodes: [{{backend: a, node: r@h, typ: disc}}]}}\n"
+        )) {
+            Err(ConfigError::Invalid { key, message, .. }) => {
+                assert_eq!(key, "cluster.nodes[0].typ");
+                assert!(message.contains("unknown field `typ`"), "{message}");
+                assert!(message.contains("at line 4, column"), "{message}");
+            }
+            other => panic!("expected an error naming the key, got {other:?}"),
+        }
     }
 
     #[test]

@@ -135,8 +135,8 @@ pub fn observe(backend: &Backend, hc: &HealthConfig, outcome: &Outcome) -> Verdi
         st.last_failure = Some(r.clone());
     }
     let flip = match backend.health() {
-        Health::Up if st.consecutive_failures >= hc.fall => Some(Health::Down),
-        Health::Down if st.consecutive_successes >= hc.rise => Some(Health::Up),
+        Health::Up if st.consecutive_failures >= hc.fall.get() => Some(Health::Down),
+        Health::Down if st.consecutive_successes >= hc.rise.get() => Some(Health::Up),
         _ => None,
     };
     let alarm = (alarm.is_some() != backend.alarm()).then_some(alarm);
@@ -150,5 +150,79 @@ impl Outcome {
             Outcome::Pass => None,
             Outcome::Fail(r) | Outcome::Alarm(r) => Some(r),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BackendConfig;
+
+    fn backend() -> Backend {
+        Backend::new(BackendConfig {
+            name: "n1".into(),
+            address: "127.0.0.1:1".into(),
+            management: None,
+            tls: None,
+            send_proxy: None,
+        })
+    }
+
+    fn fail() -> Outcome {
+        Outcome::Fail("amqp port: refused".into())
+    }
+
+    #[test]
+    fn fall_failures_flip_down_and_rise_passes_flip_up() {
+        let b = backend();
+        let hc = HealthConfig::default();
+        for _ in 1..hc.fall.get() {
+            assert_eq!(observe(&b, &hc, &fail()), Verdict::default());
+        }
+        let v = observe(&b, &hc, &fail());
+        assert_eq!(v.flip, Some(Health::Down));
+        // The flip is the control plane's to apply; until then it is repeated.
+        b.set_health(Health::Down);
+        assert_eq!(observe(&b, &hc, &fail()).flip, None);
+        for _ in 1..hc.rise.get() {
+            assert_eq!(observe(&b, &hc, &Outcome::Pass).flip, None);
+        }
+        assert_eq!(observe(&b, &hc, &Outcome::Pass).flip, Some(Health::Up));
+        let st = b.check.lock().expect("check state");
+        assert_eq!(st.consecutive_successes, hc.rise.get());
+        assert_eq!(st.last_failure.as_deref(), Some("amqp port: refused"));
+    }
+
+    #[test]
+    fn a_pass_between_failures_starts_the_count_over() {
+        let b = backend();
+        let hc = HealthConfig::default();
+        for _ in 0..hc.fall.get() * 3 {
+            for _ in 1..hc.fall.get() {
+                assert_eq!(observe(&b, &hc, &fail()).flip, None);
+            }
+            assert_eq!(observe(&b, &hc, &Outcome::Pass).flip, None);
+        }
+    }
+
+    #[test]
+    fn an_alarm_is_reported_on_its_changes_only_and_counts_as_reachable() {
+        let b = backend();
+        let hc = HealthConfig::default();
+        let alarm = Outcome::Alarm("local-alarms: HTTP 503: memory".into());
+        let v = observe(&b, &hc, &alarm);
+        assert_eq!(v.flip, None);
+        assert_eq!(v.alarm, Some(Some("local-alarms: HTTP 503: memory".into())));
+        b.set_alarm(true);
+        assert_eq!(observe(&b, &hc, &alarm), Verdict::default());
+        assert_eq!(observe(&b, &hc, &Outcome::Pass).alarm, Some(None));
+        // `on_alarm: ignore`: an alarm raised before is cleared, none is raised.
+        let ignore = HealthConfig {
+            on_alarm: OnAlarm::Ignore,
+            ..HealthConfig::default()
+        };
+        assert_eq!(observe(&b, &ignore, &alarm).alarm, Some(None));
+        b.set_alarm(false);
+        assert_eq!(observe(&b, &ignore, &alarm).alarm, None);
     }
 }
