@@ -1,6 +1,7 @@
 //! The chaos suite: publishers with publisher confirms and consumers with manual
-//! acks, all through warren, on the real cluster with a mirrored queue
-//! (`ha-mode: all`), while each node in turn is killed (`kill -9`), stopped
+//! acks, all through warren, on the real cluster with a replicated queue (a classic
+//! mirrored queue with `ha-mode: all` on RabbitMQ 3.x, a quorum queue on 4.x, where
+//! classic mirroring is gone), while each node in turn is killed (`kill -9`), stopped
 //! (`stop_app`), frozen (SIGSTOP: it stops answering without sending a reset)
 //! and drained by the operator. It counts lost confirmed messages (must be 0),
 //! reconnect times, and the longest time a client was without a connection.
@@ -203,16 +204,19 @@ async fn settle(w: &Warren, node: &Node) {
     }
 }
 
-/// Waits until the queue has `n` synchronised mirrors (after a node came back).
+/// Waits until the queue has `n` synchronised mirrors (after a node came back); for
+/// a quorum queue, until `n` members besides the leader are online.
 async fn wait_synchronised(via: &Node, queue: &str, n: usize) {
     let start = Instant::now();
     loop {
         if let Ok(q) = mgmt_get(via, &format!("/api/queues/%2F/{queue}")).await {
-            if q["synchronised_slave_nodes"]
-                .as_array()
-                .map_or(0, |a| a.len())
-                >= n
-            {
+            let count = |key: &str| q[key].as_array().map_or(0, |a| a.len());
+            let replicas = if q["type"] == "quorum" {
+                count("online").saturating_sub(1)
+            } else {
+                count("synchronised_slave_nodes")
+            };
+            if replicas >= n {
                 return;
             }
         }
@@ -258,12 +262,24 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Declares the durable queue on `nodes[0]` directly, so that its master is there,
-/// and waits until both other nodes hold synchronised mirrors.
-async fn declare_mirrored(nodes: &[Node], queue: &str) {
+/// Declares the durable queue on `nodes[0]` directly, so that its master (or, for a
+/// quorum queue, its leader) is there, and waits until both other nodes hold
+/// synchronised mirrors (members).
+async fn declare_mirrored(nodes: &[Node], queue: &str, quorum: bool) {
     let direct = amqp_connect(&nodes[0].url()).await;
     let ch = direct.create_channel().await.expect("channel");
-    declare_queue(&ch, queue, durable()).await;
+    if quorum {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString("quorum".into()),
+        );
+        ch.queue_declare(queue.into(), durable(), args)
+            .await
+            .expect("declare quorum queue");
+    } else {
+        declare_queue(&ch, queue, durable()).await;
+    }
     let _ = direct.close(200, "bye".into()).await;
     wait_synchronised(&nodes[1], queue, 2).await;
 }
@@ -398,24 +414,37 @@ async fn no_confirmed_message_is_lost_when_nodes_fail() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1)
         .clamp(1, 3);
-    // The mirroring policy, as `warren bootstrap` applies it (for this test's queues).
-    let ep = warren::mgmt::Endpoint::parse(&nodes[0].mgmt_url()).expect("url");
-    let policy = serde_json::json!({"pattern": "^chaos\\.", "definition": {"ha-mode": "all", "ha-sync-mode": "automatic"}, "priority": 1, "apply-to": "queues"});
-    let r = warren::mgmt::request(
-        &ep,
-        &guest(),
-        hyper::Method::PUT,
-        "/api/policies/%2F/chaos-ha",
-        Some(policy),
-        Duration::from_secs(10),
-    )
-    .await
-    .expect("policy");
-    assert!(r.status.is_success(), "policy: {}", r.status);
+    let overview = mgmt_get(&nodes[0], "/api/overview")
+        .await
+        .expect("overview");
+    let running = overview["rabbitmq_version"].as_str().unwrap_or_default();
+    assert!(
+        running.starts_with(&format!("{}.", rabbitmq_version())),
+        "the nodes run RabbitMQ {running}, WARREN_RABBITMQ says {}",
+        rabbitmq_version()
+    );
+    // The mirroring policy, as `warren bootstrap` applies it (for this test's queues);
+    // on 4.x the queue is declared as a quorum queue instead.
+    let quorum = !classic_mirroring();
+    if !quorum {
+        let ep = warren::mgmt::Endpoint::parse(&nodes[0].mgmt_url()).expect("url");
+        let policy = serde_json::json!({"pattern": "^chaos\\.", "definition": {"ha-mode": "all", "ha-sync-mode": "automatic"}, "priority": 1, "apply-to": "queues"});
+        let r = warren::mgmt::request(
+            &ep,
+            &guest(),
+            hyper::Method::PUT,
+            "/api/policies/%2F/chaos-ha",
+            Some(policy),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("policy");
+        assert!(r.status.is_success(), "policy: {}", r.status);
+    }
 
-    // The queue's master on n1 (declared there directly), mirrored on n2 and n3.
+    // The queue's master (leader) on n1 (declared there directly), replicated on n2 and n3.
     let queue = unique("chaos.q").replace('-', "_");
-    declare_mirrored(&nodes, &queue).await;
+    declare_mirrored(&nodes, &queue, quorum).await;
     let load = Workload::start(&nodes, &queue).await;
     let w = &load.w;
 
@@ -519,7 +548,7 @@ async fn no_confirmed_message_is_lost_when_node_links_are_cut() {
     let nodes = netns_cluster_exclusive().await;
     // Mirrored by the cluster's own ha-allqueue policy; master on c1.
     let queue = unique("chaos.netns").replace('-', "_");
-    declare_mirrored(&nodes, &queue).await;
+    declare_mirrored(&nodes, &queue, false).await;
     let load = Workload::start(&nodes, &queue).await;
     let w = &load.w;
 

@@ -1070,3 +1070,15 @@ pub async fn connections_on(
     }
     conns
 }
+
+/// The RabbitMQ version the nodes run, as `scripts/local-cluster` was given it
+/// (`WARREN_RABBITMQ`: 3.10, 4.0 or 4.3; 3.10 when unset).
+pub fn rabbitmq_version() -> String {
+    std::env::var("WARREN_RABBITMQ").unwrap_or_else(|_| "3.10".into())
+}
+
+/// Whether the nodes have classic mirrored queues (`ha-mode` policies): 3.x only,
+/// removed in 4.0 (quorum queues replace them).
+pub fn classic_mirroring() -> bool {
+    rabbitmq_version().starts_with("3.")
+}
