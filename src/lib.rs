@@ -17,18 +17,24 @@
 //! This file only wires them: [`Server::bind`] builds the shared state,
 //! [`Server::run`] starts the tasks.
 
-pub mod admin;
+// Only what main, the tests, benches and fuzz targets use is `pub`; the rest
+// is `pub(crate)`.
+#![warn(unreachable_pub)]
+
+mod admin;
 pub mod balancer;
 pub mod bootstrap;
 pub mod config;
 pub mod control;
 #[doc(hidden)]
 pub mod fuzz_checks;
-pub mod health;
+mod health;
 pub mod mgmt;
 pub mod proxy;
 pub mod telemetry;
-pub mod tls;
+mod tls;
+
+pub use admin::healthcheck;
 
 // Old paths kept while the tests move to the new ones.
 pub use control::{reload, shutdown};
@@ -158,7 +164,7 @@ impl Server {
         );
         for b in app.balancer.backends().iter() {
             b.record_state();
-            control::checks::spawn(Arc::clone(&app), Arc::clone(b));
+            control::spawn_checks(Arc::clone(&app), Arc::clone(b));
         }
         let admin_task = tokio::spawn(admin::run(Arc::clone(&app)));
         control::reload::spawn_watcher(Arc::clone(&app));

@@ -99,7 +99,7 @@ fn main() -> ExitCode {
                     Err(code) => return code,
                 },
             };
-            match warren::admin::healthcheck(addr, &path, timeout) {
+            match warren::healthcheck(addr, &path, timeout) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("warren: unhealthy: {e}");

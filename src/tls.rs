@@ -61,7 +61,7 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// PEM files (certificate chains, CA bundles, keys) larger than this are refused.
-pub const MAX_PEM_FILE: u64 = 1024 * 1024;
+pub(crate) const MAX_PEM_FILE: u64 = 1024 * 1024;
 
 fn read(key: &str, file: &Path) -> Result<Vec<u8>, TlsError> {
     crate::config::read_limited(file, MAX_PEM_FILE).map_err(|source| TlsError::Read {
@@ -80,7 +80,7 @@ fn bad(key: &str, file: &Path, message: impl Into<String>) -> TlsError {
 }
 
 /// Every certificate in a PEM file, in order; at least one.
-pub fn load_certs(key: &str, file: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn load_certs(key: &str, file: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(key, file)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
@@ -101,7 +101,7 @@ pub fn load_certs(key: &str, file: &Path) -> Result<Vec<CertificateDer<'static>>
 }
 
 /// The first private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
-pub fn load_key(key: &str, file: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn load_key(key: &str, file: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read(key, file)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => bad(
@@ -124,7 +124,7 @@ fn load_roots(key: &str, file: &Path) -> Result<RootCertStore, TlsError> {
 }
 
 /// Seconds since the Unix epoch at which a DER certificate stops being valid.
-pub fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
+pub(crate) fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
     x509_parser::parse_x509_certificate(cert)
         .ok()
         .map(|(_, c)| c.validity().not_after.timestamp())
@@ -138,7 +138,7 @@ fn now_unix() -> i64 {
 }
 
 /// Builds the listener's rustls config from its files.
-pub fn server_config(t: &TlsListenConfig) -> Result<(ServerConfig, Option<i64>), TlsError> {
+pub(crate) fn server_config(t: &TlsListenConfig) -> Result<(ServerConfig, Option<i64>), TlsError> {
     let certs = load_certs("tls.cert", &t.cert)?;
     let key = load_key("tls.key", &t.key)?;
     let expiry = not_after(&certs[0]);
@@ -167,13 +167,13 @@ pub fn server_config(t: &TlsListenConfig) -> Result<(ServerConfig, Option<i64>),
 }
 
 /// How warren reaches one backend over TLS.
-pub struct Origin {
+pub(crate) struct Origin {
     pub connector: tokio_rustls::TlsConnector,
     pub server_name: ServerName<'static>,
 }
 
 /// Builds a backend's TLS client config. `i` is its index in `backends`.
-pub fn origin(
+pub(crate) fn origin(
     i: usize,
     b: &BackendConfig,
     t: &BackendTlsConfig,
@@ -295,7 +295,7 @@ impl ServerCertVerifier for NoVerification {
 
 /// Everything TLS a running warren holds: the listener's config (if it has a TLS
 /// listener) and one client config per backend with `tls`.
-pub struct Tls {
+pub(crate) struct Tls {
     /// `None` without a TLS listener; a reload may add or remove it.
     server: ArcSwapOption<Listener>,
     origins: ArcSwap<HashMap<String, Arc<Origin>>>,
@@ -305,7 +305,7 @@ pub struct Tls {
 
 /// Which certificate an expiry figure is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ExpiryLabel {
+pub(crate) enum ExpiryLabel {
     /// The TLS listener's server certificate.
     Listener,
     /// The client certificate warren presents to a backend.
@@ -355,13 +355,13 @@ fn build(config: &Config) -> Result<Built, TlsError> {
 }
 
 /// Checks every TLS file a config names, without keeping anything (for validation).
-pub fn check(config: &Config) -> Result<(), TlsError> {
+pub(crate) fn check(config: &Config) -> Result<(), TlsError> {
     build(config).map(|_| ())
 }
 
 impl Tls {
     /// Reads every certificate and key `config` names.
-    pub fn load(config: &Config) -> Result<Tls, TlsError> {
+    pub(crate) fn load(config: &Config) -> Result<Tls, TlsError> {
         let b = build(config)?;
         let tls = Tls {
             server: ArcSwapOption::from_pointee(b.server),
@@ -377,7 +377,7 @@ impl Tls {
     /// the backends'). Open connections keep the config they started with. On an
     /// error nothing changes. Adding or removing `tls` adds or removes the
     /// listener's config here; the listening socket itself is `reload`'s business.
-    pub fn reload(&self, config: &Config) -> Result<(), TlsError> {
+    pub(crate) fn reload(&self, config: &Config) -> Result<(), TlsError> {
         let b = build(config)?;
         self.server.store(b.server.map(Arc::new));
         self.origins.store(Arc::new(b.origins));
@@ -390,19 +390,14 @@ impl Tls {
         Ok(())
     }
 
-    /// True when warren has a TLS listener.
-    pub fn terminates(&self) -> bool {
-        self.server.load().is_some()
-    }
-
     /// The TLS client config for `backend`, if it is reached over TLS.
-    pub fn origin(&self, backend: &str) -> Option<Arc<Origin>> {
+    pub(crate) fn origin(&self, backend: &str) -> Option<Arc<Origin>> {
         self.origins.load().get(backend).cloned()
     }
 
     /// Runs the server side of a handshake on an accepted connection, bounded by
     /// `timeout`; counts and logs the outcome.
-    pub async fn accept(
+    pub(crate) async fn accept(
         &self,
         tcp: TcpStream,
         peer: SocketAddr,
@@ -436,7 +431,7 @@ impl Tls {
 
     /// Sets the expiry gauges to the seconds left until each certificate's notAfter
     /// (negative once expired). Called on load, reload and every /metrics scrape.
-    pub fn record_expiry(&self) {
+    pub(crate) fn record_expiry(&self) {
         let now = now_unix();
         if let Ok(e) = self.expiry.lock() {
             for (label, not_after) in e.iter() {
@@ -466,7 +461,7 @@ impl Tls {
 
 /// Which side of warren a handshake was with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
+pub(crate) enum Side {
     /// A client on the TLS listener.
     Client,
     /// A backend warren connected to.
@@ -474,7 +469,7 @@ pub enum Side {
 }
 
 impl Side {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Side::Client => "client",
             Side::Backend => "backend",
@@ -484,14 +479,14 @@ impl Side {
 
 /// A failed handshake: a bounded reason for metrics and the full text for logs.
 #[derive(Debug)]
-pub struct Failure {
+pub(crate) struct Failure {
     pub reason: &'static str,
     pub detail: String,
 }
 
 impl Failure {
     /// A certificate was missing or refused (by us or by the peer).
-    pub fn is_certificate(&self) -> bool {
+    pub(crate) fn is_certificate(&self) -> bool {
         matches!(
             self.reason,
             "no_certificate" | "bad_certificate" | "peer_rejected_certificate"
@@ -500,7 +495,7 @@ impl Failure {
 }
 
 /// Sorts a handshake error into a bounded set of reasons.
-pub fn classify(e: &io::Error) -> Failure {
+pub(crate) fn classify(e: &io::Error) -> Failure {
     use rustls::Error as E;
     let detail = e.to_string();
     let tls = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
@@ -539,7 +534,7 @@ pub fn classify(e: &io::Error) -> Failure {
 }
 
 /// The client side of a handshake with a backend, bounded by `timeout`; counted.
-pub async fn connect(
+pub(crate) async fn connect(
     origin: &Origin,
     tcp: TcpStream,
     timeout: Duration,

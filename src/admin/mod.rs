@@ -34,7 +34,7 @@ type Body = Full<Bytes>;
 /// Serves the admin API. It keeps serving during a graceful shutdown (`/readyz`
 /// answers 503 then, `/metrics` still shows the connections closing); the server
 /// stops it when the connections are gone.
-pub async fn run(app: Arc<App>) {
+pub(crate) async fn run(app: Arc<App>) {
     let mut acceptor = Acceptor::new(&app.admin_listener);
     loop {
         let (stream, _) = match acceptor.accept().await {

@@ -15,7 +15,7 @@ use crate::telemetry::metrics;
 
 /// Refreshes the gauges and byte counters from the live state and renders the
 /// Prometheus text format.
-pub fn render(app: &App) -> String {
+pub(crate) fn render(app: &App) -> String {
     refresh(app);
     app.metrics.render()
 }

@@ -11,7 +11,7 @@ use crate::telemetry::metrics;
 
 /// What can be done to a backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Operator: no new connections; the open ones are closed, paced over
     /// `drain.window`.
     Drain,
@@ -35,7 +35,7 @@ pub enum Action {
 }
 
 /// Applies `action` to `b`, with all that follows from it.
-pub fn act(app: &Arc<App>, b: &Arc<Backend>, action: Action) {
+pub(crate) fn act(app: &Arc<App>, b: &Arc<Backend>, action: Action) {
     let name = b.name();
     match action {
         Action::Drain => {

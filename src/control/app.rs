@@ -18,28 +18,28 @@ use crate::tls::Tls;
 
 /// State shared by every task of a running warren.
 pub struct App {
-    pub config: Arc<ArcSwap<Config>>,
-    pub config_path: PathBuf,
+    pub(crate) config: Arc<ArcSwap<Config>>,
+    pub(crate) config_path: PathBuf,
     pub balancer: Arc<Balancer>,
     /// Cancelled when warren stops accepting (shutdown); every task watches it.
     pub shutdown: CancellationToken,
-    pub metrics: PrometheusHandle,
+    pub(crate) metrics: PrometheusHandle,
     /// Certificates and rustls configs; [`Tls::reload`] re-reads them.
-    pub tls: Arc<Tls>,
+    pub(crate) tls: Arc<Tls>,
     /// The data path's shared state (the same config, backends and TLS), with
     /// its listening sockets, which a reload may rebind.
     pub proxy: Arc<Proxy>,
     /// The rebalance in progress, if any.
-    pub rebalance: Mutex<Option<CancellationToken>>,
+    pub(crate) rebalance: Mutex<Option<CancellationToken>>,
     /// The admin listening socket; a reload may rebind it.
-    pub admin_listener: Rebindable,
+    pub(crate) admin_listener: Rebindable,
     /// Serialises reloads and keeps their outcome for metrics.
-    pub reloader: Reloader,
+    pub(crate) reloader: Reloader,
 }
 
 /// Reload bookkeeping of one running warren.
 #[derive(Debug)]
-pub struct Reloader {
+pub(crate) struct Reloader {
     /// One reload at a time (signal, API and watcher may coincide).
     pub(super) lock: tokio::sync::Mutex<()>,
     pub(super) last_ok: AtomicBool,
@@ -65,7 +65,7 @@ impl Default for Reloader {
 
 impl Reloader {
     /// (last reload succeeded, unix time of the last successful load).
-    pub fn last(&self) -> (bool, f64) {
+    pub(crate) fn last(&self) -> (bool, f64) {
         (
             self.last_ok.load(Ordering::Relaxed),
             f64::from_bits(self.last_success.load(Ordering::Relaxed)),

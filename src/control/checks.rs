@@ -13,7 +13,7 @@ use crate::mgmt::Credentials;
 use crate::telemetry::metrics;
 
 /// Runs the checks of `backend` until it is removed or warren shuts down.
-pub fn spawn(app: Arc<App>, backend: Arc<Backend>) {
+pub(crate) fn spawn(app: Arc<App>, backend: Arc<Backend>) {
     tokio::spawn(async move {
         let stop = backend.tasks.clone();
         tokio::select! {

@@ -15,7 +15,7 @@ use crate::balancer::{Backend, Command};
 
 /// Pacing of one drain.
 #[derive(Clone, Debug)]
-pub struct DrainPlan {
+pub(crate) struct DrainPlan {
     pub window: Duration,
     pub grace: Duration,
     pub reason: Arc<str>,
@@ -24,7 +24,7 @@ pub struct DrainPlan {
 /// Starts draining `backend` in the background: paced graceful closes over the
 /// window, hard closes after the grace. A drain already running is replaced.
 /// The task ends by itself, on `shutdown`, or when the drain is cancelled.
-pub fn start(backend: Arc<Backend>, plan: DrainPlan, shutdown: &CancellationToken) {
+pub(crate) fn start(backend: Arc<Backend>, plan: DrainPlan, shutdown: &CancellationToken) {
     let token = shutdown.child_token();
     backend.conns.replace_drain(token.clone());
     tokio::spawn(async move {

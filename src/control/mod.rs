@@ -9,11 +9,13 @@
 
 mod act;
 mod app;
-pub mod checks;
-pub mod drain;
-pub mod rebalance;
+mod checks;
+mod drain;
+mod rebalance;
 pub mod reload;
 pub mod shutdown;
 
-pub use act::{act, Action};
-pub use app::{App, Reloader};
+pub(crate) use act::{act, Action};
+pub use app::App;
+pub(crate) use app::Reloader;
+pub(crate) use checks::spawn as spawn_checks;

@@ -23,7 +23,7 @@ const MAX_ROUNDS: usize = 5;
 const SETTLE: Duration = Duration::from_secs(2);
 
 /// Starts a rebalance (replacing one in progress) if the config enables it.
-pub fn trigger(app: &Arc<App>, reason: &str) {
+pub(crate) fn trigger(app: &Arc<App>, reason: &str) {
     let cfg = app.config.load();
     if !cfg.rebalance.enabled {
         return;
@@ -95,7 +95,7 @@ async fn run(app: &App, reason: &str) {
 /// How many connections to close on each backend this round: the surplus above
 /// the mean of the loaded ones, only when the spread exceeds the tolerance, and
 /// at most `max_fraction` of all connections in total.
-pub fn plan(counts: &[usize], tolerance: f64, max_fraction: f64) -> Vec<usize> {
+pub(crate) fn plan(counts: &[usize], tolerance: f64, max_fraction: f64) -> Vec<usize> {
     let n = counts.len();
     let total: usize = counts.iter().sum();
     if n < 2 || total == 0 {

@@ -18,7 +18,7 @@ use crate::mgmt::{self, Credentials, Endpoint};
 
 /// The result of one probe.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Pass,
     /// The node is reachable and serving, but has a resource alarm.
     Alarm(String),
@@ -26,7 +26,7 @@ pub enum Outcome {
 }
 
 /// Fast while the verdict is changing, slow while down, normal otherwise.
-pub fn next_interval(backend: &Backend, cfg: &HealthConfig) -> Duration {
+pub(crate) fn next_interval(backend: &Backend, cfg: &HealthConfig) -> Duration {
     let (succ, fail) = backend
         .check
         .lock()
@@ -41,7 +41,11 @@ pub fn next_interval(backend: &Backend, cfg: &HealthConfig) -> Duration {
 }
 
 /// One probe, bounded by `health.timeout`.
-pub async fn probe(backend: &Backend, cfg: &HealthConfig, creds: Option<&Credentials>) -> Outcome {
+pub(crate) async fn probe(
+    backend: &Backend,
+    cfg: &HealthConfig,
+    creds: Option<&Credentials>,
+) -> Outcome {
     let timeout = cfg.timeout.get();
     match tokio::time::timeout(timeout, probe_inner(backend, cfg, creds, timeout)).await {
         Ok(o) => o,
@@ -99,7 +103,7 @@ async fn probe_inner(
 
 /// What one outcome changed; the control plane acts on it.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     /// The verdict flipped to this health.
     pub flip: Option<Health>,
     /// The node's alarm appeared (with its reason) or cleared, as warren
@@ -109,7 +113,7 @@ pub struct Verdict {
 
 /// Applies one outcome to the backend's rise/fall counters (`backend.check`)
 /// and says whether the verdict or the alarm changed. Changes nothing else.
-pub fn observe(backend: &Backend, hc: &HealthConfig, outcome: &Outcome) -> Verdict {
+pub(crate) fn observe(backend: &Backend, hc: &HealthConfig, outcome: &Outcome) -> Verdict {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -145,7 +149,7 @@ pub fn observe(backend: &Backend, hc: &HealthConfig, outcome: &Outcome) -> Verdi
 
 impl Outcome {
     /// The reason of a failed or alarmed probe.
-    pub fn reason(&self) -> Option<&str> {
+    pub(crate) fn reason(&self) -> Option<&str> {
         match self {
             Outcome::Pass => None,
             Outcome::Fail(r) | Outcome::Alarm(r) => Some(r),

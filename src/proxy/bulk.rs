@@ -30,14 +30,14 @@ use crate::proxy::buffer::{Buffer, ReadIn};
 use crate::proxy::direction::Direction;
 
 /// A payload at least this long (beyond what a read brought) takes the bulk path.
-pub const BULK_MIN: u64 = 16 * 1024;
+pub(crate) const BULK_MIN: u64 = 16 * 1024;
 /// Read size right after a bulk payload: room for a frame-end, the small frames that
 /// sit between two bodies (method, content header) and the next frame header.
-pub const BULK_READ: usize = 1024;
+pub(crate) const BULK_READ: usize = 1024;
 
 /// Bulk state of one direction.
 #[derive(Default)]
-pub struct Bulk {
+pub(crate) struct Bulk {
     /// Holds bytes on their way to the destination; `None` while nothing moves.
     buf: Option<Buffer>,
     /// Payload bytes still to read from the source (the tracker is advanced as
@@ -51,7 +51,7 @@ pub struct Bulk {
 
 /// What one [`Bulk::step`] did.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Moved {
+pub(crate) enum Moved {
     Some,
     /// The source ended and everything read from it has been passed on.
     Eof,
@@ -67,17 +67,17 @@ impl Bulk {
     /// True while a bulk payload is under way or the buffer holds bytes (read
     /// on past a payload, or not yet taken by the destination): the caller must
     /// not read or write itself until it ends.
-    pub fn active(&self) -> bool {
+    pub(crate) fn active(&self) -> bool {
         self.left > 0 || self.eof || self.buf.as_ref().is_some_and(|b| !b.is_empty())
     }
 
     /// Reads on the frame path go back to full size (no bulk payload follows).
-    pub fn read_full(&mut self) {
+    pub(crate) fn read_full(&mut self) {
         self.recent = false;
     }
 
     /// How much the next read should take, `full` being the buffer's size.
-    pub fn read_size(&self, full: usize) -> usize {
+    pub(crate) fn read_size(&self, full: usize) -> usize {
         if self.recent {
             BULK_READ.min(full)
         } else {
@@ -90,7 +90,7 @@ impl Bulk {
     /// bulk buffer and arms the bulk path; returns how many trailing bytes of
     /// `read` did not fit (to be written once the buffer is flushed). `None`: no
     /// bulk path, the caller writes `read` itself.
-    pub fn start(&mut self, tracker: &FrameTracker, read: &[u8]) -> Option<usize> {
+    pub(crate) fn start(&mut self, tracker: &FrameTracker, read: &[u8]) -> Option<usize> {
         let left = tracker.payload_left();
         self.recent = false;
         if left < BULK_MIN {
@@ -185,7 +185,11 @@ impl Bulk {
     }
 
     /// Writes out whatever the buffer holds, waiting for the destination as needed.
-    pub fn poll_flush(&mut self, dst: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    pub(crate) fn poll_flush(
+        &mut self,
+        dst: &TcpStream,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
         while let Some(buf) = self.buf.as_mut().filter(|b| !b.is_empty()) {
             ready!(dst.poll_write_ready(cx))?;
             match buf.write_to(dst) {

@@ -477,7 +477,7 @@ impl Drop for Direction<'_> {
 
 /// How a connection ended.
 #[derive(Debug, PartialEq, Eq)]
-pub enum End {
+pub(crate) enum End {
     /// Both sides closed.
     Closed,
     /// Closed with `connection.close` after a drain command.
@@ -488,7 +488,7 @@ pub enum End {
 
 /// Time limits of one connection.
 #[derive(Clone, Copy, Debug)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// How long a graceful close may take before it turns hard.
     pub close: Duration,
     /// Close when neither direction carried a byte for this long.
@@ -500,7 +500,7 @@ pub struct Limits {
 /// Where a connection counts the bytes it forwards: one relaxed add per read, on
 /// counters of its backend that the metrics read at scrape time.
 #[derive(Clone, Copy, Debug)]
-pub struct Meters<'a> {
+pub(crate) struct Meters<'a> {
     /// Client to broker.
     pub up: &'a AtomicU64,
     /// Broker to client.

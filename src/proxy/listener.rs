@@ -45,7 +45,7 @@ impl Drop for ActiveSlot {
 
 /// Accepts on the plain and the TLS listener (either may be absent, and a reload
 /// may add, move or remove either) until shutdown.
-pub async fn run(proxy: Arc<Proxy>) {
+pub(crate) async fn run(proxy: Arc<Proxy>) {
     tokio::join!(
         accept_loop(Arc::clone(&proxy), Kind::Plain),
         accept_loop(Arc::clone(&proxy), Kind::Tls)

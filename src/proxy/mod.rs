@@ -17,15 +17,15 @@ pub mod amqp;
 pub mod buffer;
 mod bulk;
 mod direction;
-pub mod listener;
-pub mod proxy_protocol;
+pub(crate) mod listener;
+mod proxy_protocol;
 mod pump;
-pub mod session;
+mod session;
 pub mod socket;
-pub mod stream;
+mod stream;
 #[cfg(test)]
 mod test_util;
-pub mod upstream;
+mod upstream;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -42,15 +42,15 @@ use crate::tls::Tls;
 /// are the same objects the control plane swaps; the listening sockets are the
 /// ones a reload rebinds.
 pub struct Proxy {
-    pub config: Arc<ArcSwap<Config>>,
-    pub balancer: Arc<Balancer>,
-    pub tls: Arc<Tls>,
+    pub(crate) config: Arc<ArcSwap<Config>>,
+    pub(crate) balancer: Arc<Balancer>,
+    pub(crate) tls: Arc<Tls>,
     /// Cancelled when warren stops accepting (shutdown).
-    pub shutdown: CancellationToken,
-    pub next_conn_id: AtomicU64,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) next_conn_id: AtomicU64,
     /// The AMQP listening socket (absent without `listen`).
     pub amqp_listener: Rebindable,
     /// The TLS listening socket (absent without `tls`).
     pub tls_listener: Rebindable,
-    pub listener_stats: ListenerStats,
+    pub(crate) listener_stats: ListenerStats,
 }

@@ -11,11 +11,11 @@ use std::net::{IpAddr, SocketAddr};
 use crate::config::ProxyVersion;
 
 /// The 12-byte signature that starts every v2 header.
-pub const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\x00\r\nQUIT\n";
+pub(crate) const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\x00\r\nQUIT\n";
 
 /// The header for a TCP connection from `src` (the client) to `dst` (the address
 /// the client connected to, on warren).
-pub fn header(version: ProxyVersion, src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+pub(crate) fn header(version: ProxyVersion, src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
     let (src, dst) = same_family(src, dst);
     match version {
         ProxyVersion::V1 => v1(src, dst),

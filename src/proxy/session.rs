@@ -29,7 +29,7 @@ use crate::proxy::Proxy;
 
 /// Serves one accepted client connection to its end. (Not an `async fn`: one
 /// would hold its arguments beside the inner future's copies of them.)
-pub fn serve(
+pub(crate) fn serve(
     proxy: Arc<Proxy>,
     client: TcpStream,
     peer: SocketAddr,
@@ -55,7 +55,7 @@ pub fn serve(
 
 /// Serves one connection accepted on the TLS listener: the TLS handshake and the
 /// AMQP protocol header, both within `timeouts.handshake`, then the same as [`serve`].
-pub async fn serve_tls(proxy: Arc<Proxy>, client: TcpStream, peer: SocketAddr, id: u64) {
+pub(crate) async fn serve_tls(proxy: Arc<Proxy>, client: TcpStream, peer: SocketAddr, id: u64) {
     let span = tracing::info_span!("conn", id, %peer, tls = true, backend = tracing::field::Empty);
     async move {
         let handshake = proxy.config.load().timeouts.handshake.get();

@@ -36,14 +36,14 @@ const BUF_START: usize = 8 * 1024;
 const BUF_MAX: usize = 64 * 1024;
 
 /// One side of a proxied connection: plain TCP or TLS over TCP.
-pub enum Stream {
+pub(crate) enum Stream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
 }
 
 impl Stream {
     /// The TCP socket underneath.
-    pub fn tcp(&self) -> &TcpStream {
+    pub(crate) fn tcp(&self) -> &TcpStream {
         match self {
             Stream::Plain(s) => s,
             Stream::Tls(s) => s.get_ref().0,
@@ -108,7 +108,7 @@ impl AsyncWrite for Stream {
 /// header), sent to the broker first. Forwarded AMQP bytes (plaintext, not TLS
 /// records; warren's own close frames excluded) are added to `meters`, as on the
 /// plain path.
-pub async fn pump(
+pub(crate) async fn pump(
     client: Stream,
     server: Stream,
     head: &[u8],

@@ -15,7 +15,7 @@ use crate::proxy::Proxy;
 
 /// Why a connected backend could not be made ready.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     #[error("sending the PROXY header: {0}")]
     ProxyHeader(std::io::Error),
     #[error("TLS handshake ({reason}): {detail}")]
@@ -29,7 +29,7 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     /// Bounded label for the connect-error metric.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             UpstreamError::ProxyHeader(_) => "proxy_header",
             UpstreamError::Tls { .. } => "tls",
@@ -40,7 +40,7 @@ impl UpstreamError {
 
 /// The addresses of a client connection, as the PROXY header reports them.
 #[derive(Clone, Copy, Debug)]
-pub struct ClientAddrs {
+pub(crate) struct ClientAddrs {
     /// The client.
     pub peer: SocketAddr,
     /// The address the client connected to, on warren.
@@ -48,13 +48,13 @@ pub struct ClientAddrs {
 }
 
 /// True when `backend` needs more than a TCP connect.
-pub fn needs_preparing(backend: &Backend) -> bool {
+pub(crate) fn needs_preparing(backend: &Backend) -> bool {
     backend.config.send_proxy.is_some() || backend.config.tls.is_some()
 }
 
 /// Sends the PROXY header and runs the TLS handshake on a fresh connection to
 /// `backend`, within `timeout`.
-pub async fn prepare(
+pub(crate) async fn prepare(
     proxy: &Proxy,
     backend: &Backend,
     mut tcp: TcpStream,
