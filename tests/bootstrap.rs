@@ -8,6 +8,9 @@
 //! empty nodes itself. The tests without nodes (config errors, RabbitMQ 4.x and
 //! 3.13 answers from a fake management API) run everywhere.
 
+// The helpers of tests/it (this binary uses a few of them).
+#[allow(dead_code, unused_imports)]
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::collections::BTreeSet;
@@ -89,52 +92,8 @@ fn own_nodes() -> Vec<Node> {
 
 /// `scripts/local-cluster ARGS` with this process's environment plus `env`.
 fn script(args: &[&str], env: &[(&str, &str)]) {
-    let out = Command::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/scripts/local-cluster"
-    ))
-    .args(args)
-    .envs(env.iter().copied())
-    .output()
-    .expect("scripts/local-cluster runs");
-    assert!(
-        out.status.success(),
-        "scripts/local-cluster {args:?} {env:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// `rabbitmqctl -n NODE -q ARGS`: stdout, or the error output. Retried when the
-/// CLI could not start its own Erlang distribution (a busy machine).
-fn ctl(node: &Node, args: &[&str]) -> Result<String, String> {
-    let mut result = ctl_once(node, args);
-    for _ in 0..2 {
-        match &result {
-            Err(e) if e.contains("nodistribution") => {
-                std::thread::sleep(Duration::from_secs(1));
-                result = ctl_once(node, args);
-            }
-            _ => break,
-        }
-    }
-    result
-}
-
-fn ctl_once(node: &Node, args: &[&str]) -> Result<String, String> {
-    let out = Command::new("rabbitmqctl")
-        .args(["-n", &node.name, "-q"])
-        .args(args)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
+    if let Err(e) = common::script("local-cluster", args, env) {
+        panic!("scripts/local-cluster {args:?} {env:?} failed: {e}");
     }
 }
 
@@ -713,62 +672,56 @@ fn config_errors_exit_64() {
 /// accepts policy PUTs (201) but never has the policy (404): an edge case a real
 /// node does not produce.
 async fn fake_management(node: &str, version: &str) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let overview = serde_json::json!({
         "node": node, "rabbitmq_version": version, "erlang_version": "26.2"
     })
     .to_string();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let overview = overview.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let head_end = loop {
-                    let n = s.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break i + 4;
-                    }
-                };
-                let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                while buf.len() < head_end + length {
-                    let n = s.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        break;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
+    tcp_server(move |mut s| {
+        let overview = overview.clone();
+        async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let head_end = loop {
+                let n = s.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    return;
                 }
-                let (status, body) = if head.starts_with("get /api/overview ") {
-                    ("200 OK", overview)
-                } else if head.starts_with("put /api/policies/") {
-                    ("201 Created", String::new())
-                } else {
-                    (
-                        "404 Not Found",
-                        r#"{"error":"Object Not Found","reason":"Not Found"}"#.into(),
-                    )
-                };
-                let resp = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = s.write_all(resp.as_bytes()).await;
-            });
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            while buf.len() < head_end + length {
+                let n = s.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let (status, body) = if head.starts_with("get /api/overview ") {
+                ("200 OK", overview)
+            } else if head.starts_with("put /api/policies/") {
+                ("201 Created", String::new())
+            } else {
+                (
+                    "404 Not Found",
+                    r#"{"error":"Object Not Found","reason":"Not Found"}"#.into(),
+                )
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// A config for one fake node whose rabbitmqctl (the second file) always

@@ -3,9 +3,14 @@
 //! and it passes `promtool check metrics` throughout.
 //!
 //! Every test names its backends uniquely (the metrics registry is global to the
-//! process) and holds `serial()`, because the listener and reload series have no
-//! backend label.
+//! process) and runs alone (`cluster_exclusive`), because the listener and reload
+//! series have no backend label.
 
+// The helpers of tests/it (this binary uses some of them). A binary of its own:
+// its `promtool` checks read the process's whole registry, which must hold only
+// the series of these tests.
+#[allow(dead_code, unused_imports)]
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::time::Duration;
@@ -46,10 +51,35 @@ fn b(name: &str) -> [(&'static str, &str); 1] {
     [("backend", name)]
 }
 
+/// Runs `promtool check metrics` on an exposition; panics with its output on failure.
+pub fn promtool_check(text: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs (Debian package `prometheus`; scripts/test installs it)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool ends");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed ({}): {}{}\n--- metrics ---\n{text}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_follow_an_amqp_session_and_pass_promtool() {
-    let _s = serial().lock().await;
-    let nodes = cluster().await;
+    let nodes = cluster_exclusive().await;
     let tag = unique("ms");
     let (yaml, names) = yaml_named(&nodes, &tag, "health:\n  password: guest\n");
     let w = Warren::start(&yaml).await;
@@ -153,7 +183,6 @@ async fn metrics_follow_an_amqp_session_and_pass_promtool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_up_drops_to_zero_after_stop_app() {
-    let _s = serial().lock().await;
     let nodes = cluster_exclusive().await;
     let tag = unique("mu");
     let (yaml, names) = yaml_named(
@@ -206,8 +235,7 @@ async fn backend_up_drops_to_zero_after_stop_app() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_cap_are_counted_as_rejected() {
-    let _s = serial().lock().await;
-    let nodes = cluster().await;
+    let nodes = cluster_exclusive().await;
     let tag = unique("mc");
     let (yaml, _) = yaml_named(&nodes, &tag, "max_connections: 1\n");
     let w = Warren::start(&yaml).await;
@@ -237,8 +265,7 @@ async fn connections_over_the_cap_are_counted_as_rejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_counts_graceful_and_forced_closes() {
-    let _s = serial().lock().await;
-    let nodes = cluster().await;
+    let nodes = cluster_exclusive().await;
     let tag = unique("md");
     let (yaml, names) = yaml_named(
         &nodes[..1],
@@ -290,8 +317,7 @@ async fn drain_counts_graceful_and_forced_closes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_errors_are_counted_by_kind() {
-    let _s = serial().lock().await;
-    let nodes = cluster().await;
+    let nodes = cluster_exclusive().await;
     let tag = unique("me");
     // Nothing listens on port 1: connects are refused. Round robin tries it first.
     let yaml = format!(

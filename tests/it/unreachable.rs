@@ -3,25 +3,14 @@
 //! packets are silently dropped. warren must notice within the health bound and
 //! close that node's clients itself, the AMQP way, instead of letting them hang.
 
-mod common;
-
-use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn netns_node(action: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/netns-node");
-    let out = Command::new(script)
-        .arg(action)
-        .output()
-        .expect("scripts/netns-node runs");
-    assert!(
-        out.status.success(),
-        "scripts/netns-node {action} failed (needs root and iproute2): {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if let Err(e) = script("netns-node", &[action], &[]) {
+        panic!("scripts/netns-node {action} failed (needs root and iproute2): {e}");
+    }
 }
 
 /// Takes the node's link down; brings it back on drop.
@@ -36,9 +25,7 @@ impl Cut {
 
 impl Drop for Cut {
     fn drop(&mut self) {
-        let _ = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/netns-node"))
-            .arg("restore")
-            .output();
+        let _ = script("netns-node", &["restore"], &[]);
     }
 }
 

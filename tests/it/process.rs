@@ -2,139 +2,15 @@
 //! a second signal, SIGHUP, the `healthcheck` command, JSON logs and their levels,
 //! and secrets that never reach a log line.
 
-mod common;
-
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use base64::Engine as _;
-use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_warren");
-
-/// A `warren run` child process with its JSON log in a file.
-struct Proc {
-    child: Child,
-    dir: PathBuf,
-    log: PathBuf,
-    amqp: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Proc {
-    /// Writes `yaml` to a fresh directory and runs warren on it; waits for the
-    /// "warren started" line (which carries the bound ports).
-    fn start(yaml: &str, env: &[(&str, &str)]) -> Proc {
-        let dir = fresh_dir("warren-proc");
-        let config = dir.join("warren.yaml");
-        std::fs::write(&config, yaml).expect("config written");
-        let log = dir.join("warren.log");
-        let mut cmd = Command::new(BIN);
-        cmd.args(["run", "--config"])
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"));
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("warren starts");
-        let mut p = Proc {
-            child,
-            dir,
-            log,
-            amqp: "127.0.0.1:0".parse().expect("addr"),
-            admin: "127.0.0.1:0".parse().expect("addr"),
-        };
-        let start = Instant::now();
-        loop {
-            if let Some(l) = p.lines().iter().find(|l| l["message"] == "warren started") {
-                p.amqp = l["listen"].as_str().expect("listen").parse().expect("addr");
-                p.admin = l["admin"].as_str().expect("admin").parse().expect("addr");
-                return p;
-            }
-            if let Ok(Some(status)) = p.child.try_wait() {
-                panic!("warren exited at start ({status}): {}", p.text());
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "no start line: {}",
-                p.text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn config(&self) -> PathBuf {
-        self.dir.join("warren.yaml")
-    }
-
-    fn text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Every log line, each of which must be a JSON object.
-    fn lines(&self) -> Vec<serde_json::Value> {
-        self.text()
-            .lines()
-            .map(|l| {
-                serde_json::from_str(l)
-                    .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}"))
-            })
-            .collect()
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill runs")
-            .success();
-        assert!(ok, "kill -{sig} failed");
-    }
-
-    /// Waits for the process to exit, up to `within`.
-    fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
-        let start = Instant::now();
-        while start.elapsed() < within {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-
-    async fn wait_log(&self, message: &str, within: Duration) {
-        let start = Instant::now();
-        while !self.lines().iter().any(|l| l["message"] == message) {
-            assert!(
-                start.elapsed() < within,
-                "no `{message}` in the log: {}",
-                self.text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("amqp://guest:guest@{}/%2f", self.amqp)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // Our own child only, by its handle.
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 fn healthcheck(args: &[&str]) -> Option<i32> {
     Command::new(BIN)
@@ -158,7 +34,7 @@ fn base_yaml(nodes: &[Node], extra: &str) -> String {
 async fn sigterm_closes_amqp_clients_with_320_and_exits_0_within_the_grace() {
     let nodes = cluster().await;
     let grace = Duration::from_secs(5);
-    let mut p = Proc::start(&base_yaml(&nodes, "shutdown:\n  grace: 5s\n"), &[]);
+    let mut p = WarrenProcess::start_logged(&base_yaml(&nodes, "shutdown:\n  grace: 5s\n"), &[]);
     let mut conns = Vec::new();
     for i in 0..3 {
         conns.push(amqp_connect_named(&p.url(), &format!("{}-{i}", unique("term"))).await);
@@ -168,7 +44,7 @@ async fn sigterm_closes_amqp_clients_with_320_and_exits_0_within_the_grace() {
     let sent = Instant::now();
     p.signal("TERM");
     let status = tokio::task::block_in_place(|| p.wait_exit(grace + Duration::from_secs(5)))
-        .unwrap_or_else(|| panic!("warren still running: {}", p.text()));
+        .unwrap_or_else(|| panic!("warren still running: {}", p.logs()));
     let took = sent.elapsed();
     for w in watchers {
         let closed = tokio::time::timeout(Duration::from_secs(5), w)
@@ -178,13 +54,13 @@ async fn sigterm_closes_amqp_clients_with_320_and_exits_0_within_the_grace() {
             .expect("every client is told to close");
         assert_eq!(closed.code, Some(320), "{closed:?}");
     }
-    assert_eq!(status.code(), Some(0), "{}", p.text());
+    assert_eq!(status.code(), Some(0), "{}", p.logs());
     assert!(took < grace, "exit took {took:?}, grace is {grace:?}");
     let log = p.lines();
     let closing = log
         .iter()
         .find(|l| l["message"] == "closing client connections")
-        .unwrap_or_else(|| panic!("{}", p.text()));
+        .unwrap_or_else(|| panic!("{}", p.logs()));
     assert_eq!(closing["connections"], 3);
     assert!(log.iter().any(|l| l["message"] == "warren stopped"));
     eprintln!("SIGTERM to exit with 3 AMQP clients: {took:?}");
@@ -193,7 +69,7 @@ async fn sigterm_closes_amqp_clients_with_320_and_exits_0_within_the_grace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once() {
     let nodes = cluster().await;
-    let mut p = Proc::start(
+    let mut p = WarrenProcess::start_logged(
         &base_yaml(
             &nodes,
             "shutdown:\n  grace: 60s\ndrain:\n  close_timeout: 60s\n",
@@ -218,7 +94,7 @@ async fn a_second_signal_exits_at_once() {
     let sent = Instant::now();
     p.signal("TERM");
     let status = tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(5)))
-        .unwrap_or_else(|| panic!("a second signal must exit at once: {}", p.text()));
+        .unwrap_or_else(|| panic!("a second signal must exit at once: {}", p.logs()));
     assert_eq!(status.code(), Some(1));
     eprintln!("second SIGTERM to exit: {:?}", sent.elapsed());
 }
@@ -243,7 +119,7 @@ async fn sighup_reloads_and_healthcheck_follows_the_admin_api() {
         }
         y
     };
-    let mut p = Proc::start(&yaml(&[&nodes[0]]), &[]);
+    let mut p = WarrenProcess::start_logged(&yaml(&[&nodes[0]]), &[]);
     let config = p.config();
     let config_arg = config.to_str().expect("utf-8 path");
     assert_eq!(healthcheck(&["-c", config_arg]), Some(0));
@@ -265,7 +141,7 @@ async fn sighup_reloads_and_healthcheck_follows_the_admin_api() {
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "SIGHUP did not reload: {}",
-            p.text()
+            p.logs()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -330,7 +206,7 @@ async fn json_logs_never_show_passwords() {
         )
     };
     // RUST_LOG=trace: the most any dependency would ever say.
-    let mut p = Proc::start(&with_password(&secret), &[("RUST_LOG", "trace")]);
+    let mut p = WarrenProcess::start_logged(&with_password(&secret), &[("RUST_LOG", "trace")]);
     let config = p.config();
     // The password travels through warren in connection.start-ok.
     let url = format!("amqp://{user}:{secret}@{}/%2f", p.amqp);
@@ -363,7 +239,7 @@ async fn json_logs_never_show_passwords() {
         tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(15))).expect("exits");
     assert_eq!(status.code(), Some(0));
 
-    let text = p.text();
+    let text = p.logs();
     let lines = p.lines();
     assert!(lines.len() > 20, "trace logging is busy: {text}");
     for l in &lines {
@@ -407,7 +283,7 @@ async fn log_level_comes_from_the_config_and_rust_log_overrides_it() {
         "log:\n  format: json\n",
         "log:\n  format: json\n  level: debug\n",
     );
-    let mut p = Proc::start(&debug, &[]);
+    let mut p = WarrenProcess::start_logged(&debug, &[]);
     p.wait_log("check", Duration::from_secs(10)).await;
     assert!(p.lines().iter().any(|l| l["level"] == "DEBUG"));
     p.signal("TERM");

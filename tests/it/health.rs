@@ -1,14 +1,10 @@
 //! Health checks against the real nodes: stop_app, a memory alarm, a frozen node;
 //! and a fake management API for what a real node cannot do on demand.
 
-mod common;
-
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use lapin::types::FieldTable;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// interval 1s, timeout 1s, fall 2, rise 2: down within fall x interval + timeout = 3 s.
 const FAST_CHECKS: &str = "health:\n  interval: 1s\n  timeout: 1s\n  fall: 2\n  rise: 2\n  slowstart: 0s\n  password: guest\n";
@@ -85,9 +81,7 @@ impl MemoryAlarm {
 
 impl Drop for MemoryAlarm {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl")
-            .args(["-n", &self.0.name, "set_vm_memory_high_watermark", "0.4"])
-            .output();
+        let _ = ctl(&self.0, &["set_vm_memory_high_watermark", "0.4"]);
     }
 }
 
@@ -189,14 +183,7 @@ struct Frozen(u32);
 
 impl Frozen {
     fn freeze(node: &Node) -> Frozen {
-        let dir = std::env::var("WARREN_CLUSTER_DIR")
-            .unwrap_or_else(|_| "/var/tmp/warren-cluster".into());
-        let short = node.name.split('@').next().expect("node name");
-        let pid: u32 = std::fs::read_to_string(format!("{dir}/{short}/pid"))
-            .expect("node pid file")
-            .trim()
-            .parse()
-            .expect("pid");
+        let pid = node.pid();
         let ok = std::process::Command::new("kill")
             .args(["-STOP", &pid.to_string()])
             .status()
@@ -260,32 +247,6 @@ async fn frozen_node_is_detected_and_its_clients_closed_by_warren() {
     w.stop().await;
 }
 
-/// A fake management API answering every request the same way.
-async fn fake_management(answer: &'static str) -> SocketAddr {
-    tcp_server(move |mut s| async move {
-        let mut buf = [0u8; 4096];
-        let _ = s.read(&mut buf).await;
-        match answer {
-            "hang" => tokio::time::sleep(Duration::from_secs(3600)).await,
-            "huge" => {
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 104857600\r\n\r\n")
-                    .await;
-                let chunk = vec![b' '; 65536];
-                for _ in 0..1600 {
-                    if s.write_all(&chunk).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            other => {
-                let _ = s.write_all(other.as_bytes()).await;
-            }
-        }
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_management_apis_fail_checks_with_reasons_without_stalling_others() {
     let nodes = cluster().await;
@@ -306,7 +267,7 @@ async fn broken_management_apis_fail_checks_with_reasons_without_stalling_others
     ));
     for (name, answer, _) in &cases {
         let amqp = sink_backend().await;
-        let mgmt = fake_management(answer).await;
+        let mgmt = fake_management_answering(answer).await;
         yaml.push_str(&format!(
             "  - name: {name}\n    address: {amqp}\n    management: http://{mgmt}\n"
         ));

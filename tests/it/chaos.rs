@@ -15,14 +15,12 @@
 //! taken down for a few seconds (packets dropped, no reset: the way a dead host
 //! or a pulled cable looks) and brought back.
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
@@ -228,31 +226,10 @@ async fn wait_synchronised(via: &Node, queue: &str, n: usize) {
     }
 }
 
-fn run_script(script: &str, arg: &str) {
-    let path = format!("{}/scripts/{script}", env!("CARGO_MANIFEST_DIR"));
-    let out = std::process::Command::new(path)
-        .arg(arg)
-        .output()
-        .expect("script runs");
-    assert!(
-        out.status.success(),
-        "{script} {arg}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn pid_of(node: &Node) -> String {
-    let dir =
-        std::env::var("WARREN_CLUSTER_DIR").unwrap_or_else(|_| "/var/tmp/warren-cluster".into());
-    let short = node.name.split('@').next().expect("node name");
-    std::fs::read_to_string(format!("{dir}/{short}/pid"))
-        .expect("pid file")
-        .trim()
-        .to_string()
-}
-
-fn signal(pid: &str, sig: &str) {
-    let _ = std::process::Command::new("kill").args([sig, pid]).status();
+fn signal(pid: u32, sig: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status();
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -451,9 +428,11 @@ async fn no_confirmed_message_is_lost_when_nodes_fail() {
     let started = Instant::now();
     for node in nodes.iter().take(rounds) {
         eprintln!("chaos: kill -9 {}", node.name);
-        signal(&pid_of(node), "-KILL");
+        signal(node.pid(), "-KILL");
         tokio::time::sleep(Duration::from_secs(5)).await;
-        run_script("local-cluster", "start");
+        if let Err(e) = script("local-cluster", &["start"], &[]) {
+            panic!("local-cluster start: {e}");
+        }
         wait_synchronised(&nodes[(node.index) % 3], &queue, 2).await;
         settle(w, node).await;
 
@@ -465,10 +444,10 @@ async fn no_confirmed_message_is_lost_when_nodes_fail() {
         settle(w, node).await;
 
         eprintln!("chaos: freeze {}", node.name);
-        let pid = pid_of(node);
-        signal(&pid, "-STOP");
+        let pid = node.pid();
+        signal(pid, "-STOP");
         tokio::time::sleep(Duration::from_secs(5)).await;
-        signal(&pid, "-CONT");
+        signal(pid, "-CONT");
         settle(w, node).await;
 
         eprintln!("chaos: operator drain {}", node.name);
@@ -492,20 +471,13 @@ const CUT: Duration = Duration::from_secs(6);
 /// `scripts/netns-cluster ARGS`, without blocking the runtime; its stderr (where it
 /// says, for instance, that it healed a partition), as the error on failure.
 async fn netns_cluster(args: &[&str]) -> Result<String, String> {
-    let out = tokio::process::Command::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/scripts/netns-cluster"
-    ))
-    .args(args)
-    .output()
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        script("netns-cluster", &args, &[])
+    })
     .await
-    .map_err(|e| e.to_string())?;
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    if out.status.success() {
-        Ok(stderr)
-    } else {
-        Err(stderr)
-    }
+    .map_err(|e| e.to_string())?
 }
 
 /// A node's link taken down; brought back on drop if the test fails meanwhile.
@@ -533,12 +505,7 @@ impl LinkCut {
 impl Drop for LinkCut {
     fn drop(&mut self) {
         if let Some(n) = self.0 {
-            let _ = std::process::Command::new(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/scripts/netns-cluster"
-            ))
-            .args(["restore", &n.to_string()])
-            .output();
+            let _ = script("netns-cluster", &["restore", &n.to_string()], &[]);
         }
     }
 }

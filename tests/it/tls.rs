@@ -10,14 +10,15 @@
 //! (`$WARREN_TLS_CLUSTER_DIR/pki/ca.pem`); every certificate warren itself
 //! presents is made here with rcgen.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::{admin_request, env_u16, free_port, next_error, reply_code, unique, Warren};
+use crate::common::{
+    self, admin_request, env_u16, free_port, log_text, next_error, reply_code, sharing, unique,
+    Turn, Warren,
+};
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
@@ -65,8 +66,10 @@ fn node_ca() -> PathBuf {
     cluster_dir().join("pki/ca.pem")
 }
 
-/// The three nodes, after checking that they answer; fails (never skips) otherwise.
-async fn tls_nodes() -> Vec<TlsNode> {
+/// The three nodes, after checking that they answer, with a shared turn (see
+/// `common::cluster`); fails (never skips) when they do not.
+async fn tls_nodes() -> (Turn, Vec<TlsNode>) {
+    let turn = sharing().await;
     let prefix = std::env::var("WARREN_TLS_NODE_PREFIX").unwrap_or_else(|_| "tls".into());
     let amqp = env_u16("WARREN_TLS_AMQP_BASE", 5740);
     let mgmt = env_u16("WARREN_TLS_MGMT_BASE", 15740);
@@ -92,7 +95,7 @@ async fn tls_nodes() -> Vec<TlsNode> {
             node_ca().display()
         );
     }
-    nodes
+    (turn, nodes)
 }
 
 // ------------------------------------------------------- certificates (rcgen)
@@ -168,50 +171,6 @@ fn jan1(year: i32) -> i64 {
 }
 
 // ------------------------------------------------------------------ helpers
-
-/// Captures warren's log lines (warn and above) for assertions. Installed before
-/// any warren starts in this test binary, so `common`'s own subscriber stays out.
-fn logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&buf);
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-            )
-            .with_ansi(false)
-            .with_writer(move || Capture(Arc::clone(&sink)))
-            .try_init();
-        buf
-    })
-    .clone()
-}
-
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        eprint!("{}", String::from_utf8_lossy(b));
-        if let Ok(mut v) = self.0.lock() {
-            v.extend_from_slice(b);
-        }
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn log_text() -> String {
-    String::from_utf8_lossy(&logs().lock().expect("log buffer")).into_owned()
-}
-
-async fn start(yaml: &str) -> Warren {
-    logs();
-    Warren::start(yaml).await
-}
 
 /// A warren config: `listeners` (YAML for `listen`/`tls`), then `backends` lines.
 fn yaml(listeners: &str, extra: &str, backends: &[String]) -> String {
@@ -305,22 +264,10 @@ async fn publish_and_consume(conn: &Connection, n: u32) {
     assert_eq!(got, n);
 }
 
-/// One series' value from warren's /metrics; 0 when absent.
+/// The sum of the series `name` carrying `labels` in warren's /metrics; 0 when
+/// absent.
 async fn metric(w: &Warren, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let (status, body) = w.admin_get("/metrics").await;
-    assert_eq!(status, 200);
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter(|(series, _)| {
-            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-            n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|(_, v)| v.parse::<f64>().ok())
-        .sum()
+    w.metrics().await.sum(name, labels)
 }
 
 /// Broker connections named `name`, as the node's management API lists them.
@@ -373,11 +320,11 @@ fn client_ports_to(server: SocketAddr) -> Vec<u16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_client_publishes_and_consumes_through_warren() {
-    let nodes = tls_nodes().await;
+    let (_turn, nodes) = tls_nodes().await;
     let pki = Pki::new("term");
     let (cert, key) = pki.write_server("server", 2031);
     // TLS only: no plain listener at all.
-    let w = start(&yaml(
+    let w = Warren::start(&yaml(
         &tls_listener(&cert, &key, None),
         NO_PROBES,
         &[backend(&nodes[2], nodes[2].amqp, "")],
@@ -429,11 +376,11 @@ fn common_now() -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_rejects_clients_without_a_valid_certificate() {
-    let nodes = tls_nodes().await;
+    let (_turn, nodes) = tls_nodes().await;
     let pki = Pki::new("mtls");
     let other = Pki::new("stranger");
     let (cert, key) = pki.write_server("server", 2031);
-    let w = start(&yaml(
+    let w = Warren::start(&yaml(
         &tls_listener(&cert, &key, Some(&pki.path("ca.pem"))),
         NO_PROBES,
         &[backend(&nodes[2], nodes[2].amqp, "")],
@@ -483,10 +430,10 @@ async fn mtls_rejects_clients_without_a_valid_certificate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_origination_to_an_amqps_node() {
-    let nodes = tls_nodes().await;
+    let (_turn, nodes) = tls_nodes().await;
     let n2 = &nodes[1];
     let tls = format!("    tls:\n      ca: {}\n", node_ca().display());
-    let w = start(&yaml(
+    let w = Warren::start(&yaml(
         "listen: 127.0.0.1:0",
         NO_PROBES,
         &[backend(n2, n2.amqps, &tls)],
@@ -512,11 +459,11 @@ async fn tls_origination_to_an_amqps_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_origination_refuses_a_node_it_cannot_verify() {
-    let nodes = tls_nodes().await;
+    let (_turn, nodes) = tls_nodes().await;
     let n2 = &nodes[1];
     let wrong = Pki::new("wrong-ca");
     let tls = format!("    tls:\n      ca: {}\n", wrong.path("ca.pem").display());
-    let w = start(&yaml(
+    let w = Warren::start(&yaml(
         "listen: 127.0.0.1:0",
         NO_PROBES,
         &[backend(n2, n2.amqps, &tls)],
@@ -547,10 +494,10 @@ async fn tls_origination_refuses_a_node_it_cannot_verify() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_proxy_shows_the_real_client_address_to_the_broker() {
-    let nodes = tls_nodes().await;
+    let (_turn, nodes) = tls_nodes().await;
     let n1 = &nodes[0];
     for version in ["v1", "v2"] {
-        let w = start(&yaml(
+        let w = Warren::start(&yaml(
             "listen: 127.0.0.1:0",
             NO_PROBES,
             &[backend(
@@ -576,7 +523,7 @@ async fn send_proxy_shows_the_real_client_address_to_the_broker() {
     // Control: without the header the broker sees warren's own port, so the
     // assertion above does tell the two apart.
     let n3 = &nodes[2];
-    let w = start(&yaml(
+    let w = Warren::start(&yaml(
         "listen: 127.0.0.1:0",
         NO_PROBES,
         &[backend(n3, n3.amqp, "")],
@@ -593,7 +540,7 @@ async fn send_proxy_shows_the_real_client_address_to_the_broker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_proxy_with_tls_end_to_end() {
-    let nodes = tls_nodes().await;
+    let (_turn, nodes) = tls_nodes().await;
     let n1 = &nodes[0];
     let pki = Pki::new("both");
     let (cert, key) = pki.write_server("server", 2031);
@@ -602,7 +549,7 @@ async fn send_proxy_with_tls_end_to_end() {
         "    send_proxy: v2\n    tls:\n      ca: {}\n      server_name: localhost\n",
         node_ca().display()
     );
-    let w = start(&yaml(
+    let w = Warren::start(&yaml(
         &tls_listener(&cert, &key, None),
         NO_PROBES,
         &[backend(n1, n1.amqps, &extra)],
@@ -630,12 +577,12 @@ async fn send_proxy_with_tls_end_to_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_probes_leave_a_proxy_protocol_listener_alone() {
-    let nodes = tls_nodes().await;
+    let (_turn, nodes) = tls_nodes().await;
     let n1 = &nodes[0];
     let log_before = std::fs::read_to_string(&n1.log)
         .map(|s| s.len())
         .unwrap_or(0);
-    let w = start(&yaml(
+    let w = Warren::start(&yaml(
         "listen: 127.0.0.1:0",
         "health:\n  interval: 100ms\n  fast_interval: 100ms\n  password: guest",
         &[backend(n1, n1.amqp, "    send_proxy: v1\n")],
@@ -703,7 +650,7 @@ async fn wait_tls_listener(w: &Warren, addr: SocketAddr) {
 /// changed `tls.listen` is rebound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_reload_keeps_open_connections() {
-    let nodes = tls_nodes().await;
+    let (_turn, nodes) = tls_nodes().await;
     let old = Pki::new("reload-old");
     let new = Pki::new("reload-new");
     let (cert, key) = old.write_server("server", 2031);
@@ -718,7 +665,6 @@ async fn certificate_reload_keeps_open_connections() {
         path
     };
     let path = write_config(&tls_listener(&cert, &key, None));
-    logs();
     let w = Warren::start_file(&path).await;
     let port = w.tls.expect("TLS listener").port();
     let open = amqps(port, &unique("reload-open"), &old.ca_pem, None)
@@ -814,11 +760,11 @@ async fn certificate_reload_keeps_open_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_closes_a_tls_client_with_320() {
-    let nodes = tls_nodes().await;
+    let (_turn, nodes) = tls_nodes().await;
     let pki = Pki::new("drain");
     let (cert, key) = pki.write_server("server", 2031);
     let n3 = &nodes[2];
-    let w = start(&yaml(
+    let w = Warren::start(&yaml(
         &tls_listener(&cert, &key, None),
         &format!("{NO_PROBES}\ndrain:\n  window: 0s\n  grace: 10s"),
         &[backend(n3, n3.amqp, "")],
@@ -847,10 +793,11 @@ async fn drain_closes_a_tls_client_with_320() {
 /// small TCP backend that answers only after the client has finished sending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_is_propagated_over_tls() {
+    let _turn = sharing().await;
     let baddr = common::counting_backend().await;
     let pki = Pki::new("halfclose");
     let (cert, key) = pki.write_server("server", 2031);
-    let w = start(&format!(
+    let w = Warren::start(&format!(
         "admin:\n  listen: 127.0.0.1:0\n{}health:\n  interval: 1h\nbackends:\n  - name: echo\n    address: {baddr}\n",
         tls_listener(&cert, &key, None)
     ))
@@ -865,12 +812,13 @@ async fn half_close_is_propagated_over_tls() {
 /// does not speak TLS and a TLS client that does not speak AMQP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_listener_turns_away_non_tls_and_non_amqp_clients() {
+    let _turn = sharing().await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // Accepts and at once drops whatever reaches it.
     let baddr = common::tcp_server(|_| async {}).await;
     let pki = Pki::new("turnaway");
     let (cert, key) = pki.write_server("server", 2031);
-    let w = start(&format!(
+    let w = Warren::start(&format!(
         "admin:\n  listen: 127.0.0.1:0\n{}health:\n  interval: 1h\nbackends:\n  - name: sink\n    address: {baddr}\n",
         tls_listener(&cert, &key, None)
     ))

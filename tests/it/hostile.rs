@@ -1,12 +1,10 @@
 //! Hostile traffic and a hostile network: nothing a client or a backend sends may
 //! take warren down, stall it, or make it spin.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -118,6 +116,7 @@ async fn clients_vanishing_mid_stream_are_cleaned_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_resetting_mid_stream_closes_only_that_client() {
+    let _turn = sharing().await;
     // A backend that answers part of a frame and then resets the connection.
     let addr = tcp_server(|mut s| async move {
         let mut head = [0u8; 8];
@@ -227,6 +226,7 @@ impl Drop for PySink {
 /// the accepted connections plus one batch open.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_thousand_connections_stay_bounded_and_admin_answers() {
+    let _turn = sharing().await;
     let sink = PySink::start().await;
     let cap = 8_000;
     let p = WarrenProcess::start(

@@ -2,11 +2,9 @@
 //! under a drain: the client must still get whole frames, then
 //! `connection.close` 320 exactly at a frame boundary.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
@@ -70,6 +68,7 @@ async fn streaming_backend(l: TcpListener) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_during_bulk_body_frames_closes_at_a_boundary() {
+    let _turn = sharing().await;
     let backend = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let baddr = backend.local_addr().expect("addr");
     tokio::spawn(streaming_backend(backend));

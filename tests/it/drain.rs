@@ -2,11 +2,9 @@
 //! AMQP connection.close 320 at a frame boundary, spread over the window; the
 //! clients reconnect onto the other nodes; enable brings the node back.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::BasicProperties;

@@ -1,16 +1,14 @@
 //! Hot reload end to end, against the real nodes: backends added and removed with
 //! an open AMQP connection untouched, an invalid file that changes nothing, a
 //! changed listen address, and the file watch. The reload series are global to
-//! the process: every test holds `serial()`.
-
-mod common;
+//! the process: every test runs alone (`cluster_exclusive`).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use lapin::options::*;
 use lapin::BasicProperties;
 use tokio::io::AsyncReadExt;
@@ -56,8 +54,7 @@ fn names(v: &serde_json::Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_adds_and_removes_backends_with_an_open_connection_untouched() {
-    let _s = serial().lock().await;
-    let nodes = cluster().await;
+    let nodes = cluster_exclusive().await;
     let tag = unique("ra");
     let (a, b, c) = (format!("{tag}-a"), format!("{tag}-b"), format!("{tag}-c"));
     let head = "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n\
@@ -173,8 +170,7 @@ async fn reload_adds_and_removes_backends_with_an_open_connection_untouched() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_reload_keeps_the_running_config_and_is_counted() {
-    let _s = serial().lock().await;
-    let nodes = cluster().await;
+    let nodes = cluster_exclusive().await;
     let tag = unique("ri");
     let a = format!("{tag}-a");
     let good = format!(
@@ -239,8 +235,7 @@ async fn invalid_reload_keeps_the_running_config_and_is_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changed_listen_rebinds_without_dropping_connections() {
-    let _s = serial().lock().await;
-    let nodes = cluster().await;
+    let nodes = cluster_exclusive().await;
     let tag = unique("rl");
     let (p1, p2, admin1, admin2) = (free_port(), free_port(), free_port(), free_port());
     let yaml = |amqp: u16, admin: u16| {
@@ -297,8 +292,7 @@ async fn changed_listen_rebinds_without_dropping_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watched_file_reloads_on_change_and_reports_a_bad_file_once() {
-    let _s = serial().lock().await;
-    let nodes = cluster().await;
+    let nodes = cluster_exclusive().await;
     let tag = unique("rw");
     let head = "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n\
                 reload:\n  watch: true\n  watch_interval: 100ms\nbackends:\n";

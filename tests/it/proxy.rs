@@ -1,11 +1,9 @@
 //! End to end: clients with a real AMQP library, through warren, to the three real
 //! RabbitMQ nodes.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
@@ -164,6 +162,7 @@ async fn least_connections_picks_the_least_loaded_node() {
 /// only after the client has finished sending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_is_propagated() {
+    let _turn = sharing().await;
     let baddr = counting_backend().await;
     let yaml = format!(
         "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nhealth:\n  interval: 1h\nbackends:\n  - name: echo\n    address: {baddr}\n"
