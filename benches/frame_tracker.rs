@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use warren::amqp::FrameTracker;
+use warren::proxy::amqp::FrameTracker;
 
 /// One frame: type, channel, size, payload, frame-end.
 fn frame(kind: u8, channel: u16, payload: &[u8], out: &mut Vec<u8>) {

@@ -36,11 +36,6 @@ mod tls;
 
 pub use admin::healthcheck;
 
-// Old paths kept while the tests move to the new ones.
-pub use control::{reload, shutdown};
-pub use proxy::{amqp, buffer};
-pub use telemetry::{logging, metrics};
-
 pub use control::App;
 
 use std::net::SocketAddr;

@@ -18,7 +18,7 @@ use std::time::Duration;
 use common::*;
 use lapin::options::*;
 use tokio::io::AsyncReadExt;
-use warren::metrics as m;
+use warren::telemetry::metrics as m;
 
 /// A config for `nodes` whose backends are named `{tag}-{i}`; returns the names too.
 fn yaml_named(nodes: &[Node], tag: &str, extra: &str) -> (String, Vec<String>) {

@@ -220,6 +220,11 @@ fn describe() {
         "Unix time of the last successful config load (start or reload).",
     );
     c(
+        HANDSHAKE_REJECTED,
+        Count,
+        "Clients turned away before reaching a backend, by reason (timeout, closed, not_amqp).",
+    );
+    c(
         TLS_HANDSHAKES,
         Count,
         "TLS handshakes, by side (client: on the TLS listener, backend: to a node) and result.",

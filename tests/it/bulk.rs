@@ -10,7 +10,7 @@ use lapin::options::*;
 use lapin::types::FieldTable;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use warren::amqp::{self, FrameTracker, Seen};
+use warren::proxy::amqp::{self, FrameTracker, Seen};
 
 const BODY: usize = 1024 * 1024;
 
@@ -77,7 +77,7 @@ async fn drain_during_bulk_body_frames_closes_at_a_boundary() {
          drain:\n  window: 0s\nbackends:\n  - name: stream\n    address: {baddr}\n"
     );
     let w = Warren::start(&yaml).await;
-    let bulk_before = warren::buffer::bytes_moved();
+    let bulk_before = warren::proxy::buffer::bytes_moved();
     let mut c = TcpStream::connect(w.amqp).await.expect("connect");
     c.write_all(amqp::PROTOCOL_HEADER).await.expect("header");
     let mut bodies = 0u32;
@@ -114,7 +114,7 @@ async fn drain_during_bulk_body_frames_closes_at_a_boundary() {
     assert!(bodies >= 8);
     // The bodies took the bulk path, not the frame-by-frame one.
     assert!(
-        warren::buffer::bytes_moved() - bulk_before >= 4 * BODY as u64,
+        warren::proxy::buffer::bytes_moved() - bulk_before >= 4 * BODY as u64,
         "the body frames did not take the bulk path"
     );
     c.write_all(&amqp::connection_close_ok())

@@ -77,7 +77,7 @@ async fn clients_vanishing_mid_stream_are_cleaned_up() {
     let w = Warren::start(&config_yaml(&nodes, "")).await;
     for _ in 0..20 {
         let mut s = TcpStream::connect(w.amqp).await.expect("connect");
-        s.write_all(warren::amqp::PROTOCOL_HEADER)
+        s.write_all(warren::proxy::amqp::PROTOCOL_HEADER)
             .await
             .expect("header");
         // Half a frame, then a reset.
@@ -132,7 +132,7 @@ async fn backend_resetting_mid_stream_closes_only_that_client() {
     let w = Warren::start(&yaml).await;
     for _ in 0..10 {
         let mut s = TcpStream::connect(w.amqp).await.expect("connect");
-        s.write_all(warren::amqp::PROTOCOL_HEADER)
+        s.write_all(warren::proxy::amqp::PROTOCOL_HEADER)
             .await
             .expect("header");
         time_to_close(&mut s, Duration::from_secs(5))
@@ -245,7 +245,7 @@ async fn twenty_thousand_connections_stay_bounded_and_admin_answers() {
         let mut fresh = Vec::with_capacity(1000);
         for _ in 0..1000 {
             if let Ok(mut s) = TcpStream::connect(p.amqp).await {
-                let _ = s.write_all(warren::amqp::PROTOCOL_HEADER).await;
+                let _ = s.write_all(warren::proxy::amqp::PROTOCOL_HEADER).await;
                 fresh.push(s);
             } else {
                 refused += 1;
@@ -300,7 +300,7 @@ async fn file_descriptor_exhaustion_backs_off_instead_of_spinning() {
     let mut held = Vec::new();
     for _ in 0..80 {
         if let Ok(mut s) = TcpStream::connect(p.amqp).await {
-            let _ = s.write_all(warren::amqp::PROTOCOL_HEADER).await;
+            let _ = s.write_all(warren::proxy::amqp::PROTOCOL_HEADER).await;
             held.push(s);
         }
     }
@@ -323,7 +323,7 @@ async fn file_descriptor_exhaustion_backs_off_instead_of_spinning() {
     drop(held);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut s = TcpStream::connect(p.amqp).await.expect("connect");
-    s.write_all(warren::amqp::PROTOCOL_HEADER)
+    s.write_all(warren::proxy::amqp::PROTOCOL_HEADER)
         .await
         .expect("header");
     assert!(

@@ -229,7 +229,7 @@ async fn idle_timeout_spares_heartbeating_amqp_connections() {
     let mut raw = tokio::net::TcpStream::connect(w.amqp)
         .await
         .expect("connect");
-    raw.write_all(warren::amqp::PROTOCOL_HEADER)
+    raw.write_all(warren::proxy::amqp::PROTOCOL_HEADER)
         .await
         .expect("header");
     let started = tokio::time::Instant::now();

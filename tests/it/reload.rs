@@ -12,7 +12,7 @@ use crate::common::*;
 use lapin::options::*;
 use lapin::BasicProperties;
 use tokio::io::AsyncReadExt;
-use warren::metrics as m;
+use warren::telemetry::metrics as m;
 
 /// Replaces the file the way editors and config managers do (write, rename).
 fn write_config(path: &Path, yaml: &str) {

@@ -733,7 +733,7 @@ async fn certificate_reload_keeps_open_connections() {
     let moved: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let listeners = tls_listener(&cert, &key, None).replace("127.0.0.1:0", &moved.to_string());
     write_config(&listeners);
-    warren::reload::watch_sighup(w.app.clone());
+    warren::control::reload::watch_sighup(w.app.clone());
     let hup = std::process::Command::new("kill")
         .args(["-HUP", &std::process::id().to_string()])
         .status()

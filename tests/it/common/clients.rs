@@ -241,7 +241,7 @@ pub async fn read_frame(s: &mut tokio::net::TcpStream) -> (u8, u16, Vec<u8>) {
     s.read_exact(&mut payload).await.expect("frame payload");
     assert_eq!(
         payload.pop(),
-        Some(warren::amqp::FRAME_END),
+        Some(warren::proxy::amqp::FRAME_END),
         "frame-end octet"
     );
     (head[0], u16::from_be_bytes([head[1], head[2]]), payload)
@@ -253,7 +253,7 @@ pub async fn read_frame(s: &mut tokio::net::TcpStream) -> (u8, u16, Vec<u8>) {
 pub async fn silent_client(addr: SocketAddr) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(warren::amqp::PROTOCOL_HEADER)
+    s.write_all(warren::proxy::amqp::PROTOCOL_HEADER)
         .await
         .expect("header");
     read_frame(&mut s).await;
@@ -268,7 +268,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    s.write_all(warren::amqp::PROTOCOL_HEADER)
+    s.write_all(warren::proxy::amqp::PROTOCOL_HEADER)
         .await
         .expect("header");
     s.write_all(&vec![7u8; filler]).await.expect("write");

@@ -425,8 +425,6 @@ pub fn per_node(nodes: &[Node], nodes_list: &[String]) -> Vec<usize> {
         .map(|n| nodes_list.iter().filter(|x| **x == n.name).count())
         .collect()
 }
-    conns
-}
 
 /// The RabbitMQ version the nodes run, as `scripts/local-cluster` was given it
 /// (`WARREN_RABBITMQ`: 3.10, 4.0 or 4.3; 3.10 when unset).
