@@ -1169,7 +1169,11 @@ impl<'a> Run<'a> {
                 }
             }
         }
-        // Existing queues keep their type: say which stay unreplicated.
+        if was == vhost::QUORUM {
+            return Ok(());
+        }
+        // Existing queues keep their type: say which stay unreplicated (once, when
+        // the default changes; later classic queues were asked for).
         match api.classic_queues(vhost).await {
             Ok(q) if q.is_empty() => {}
             Ok(q) => {
@@ -1179,10 +1183,12 @@ impl<'a> Run<'a> {
                     Tag::Warn,
                     &subject,
                     &format!(
-                        "{} classic queue(s) ({}{more}) keep their type and are not replicated: \
-                         a queue's type is fixed when it is declared. Delete and declare them \
-                         again (without x-queue-type they become quorum queues) once drained, \
-                         or move their messages with a shovel",
+                        "{} classic queue(s) ({}{more}) keep their type and are not replicated \
+                         (a queue's type is fixed when it is declared), and a client declaring \
+                         one again without x-queue-type gets an inequivalent-argument error (406) \
+                         once the default is quorum: once drained, delete them for the application to declare them \
+                         again as quorum queues, move their messages with a shovel, or declare \
+                         them with x-queue-type: classic (see docs/bootstrap.md)",
                         q.len(),
                         shown.join(", ")
                     ),
