@@ -1185,10 +1185,11 @@ impl<'a> Run<'a> {
                     &format!(
                         "{} classic queue(s) ({}{more}) keep their type and are not replicated \
                          (a queue's type is fixed when it is declared), and a client declaring \
-                         one again without x-queue-type gets an inequivalent-argument error (406) \
-                         once the default is quorum: once drained, delete them for the application to declare them \
-                         again as quorum queues, move their messages with a shovel, or declare \
-                         them with x-queue-type: classic (see docs/bootstrap.md)",
+                         one again without x-queue-type gets an inequivalent-argument error \
+                         (406) once the default is quorum: after draining them, delete them for \
+                         the application to declare them again as quorum queues, move their \
+                         messages with a shovel, or declare them with x-queue-type: classic \
+                         (see docs/bootstrap.md)",
                         q.len(),
                         shown.join(", ")
                     ),
