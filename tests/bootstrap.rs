@@ -1034,9 +1034,29 @@ async fn replication_is_applied_the_versions_way() {
     assert!(r.lines("change").is_empty(), "{r}");
     assert_replication_untouched(&nodes).await;
 
+    // A durable queue on the seed from before: classic, whatever the version.
+    let before = unique("q-before");
+    assert_eq!(
+        mgmt_put(
+            &nodes[0],
+            &format!("/api/queues/%2F/{before}"),
+            serde_json::json!({"durable": true})
+        )
+        .await,
+        201
+    );
+
     // The real run.
     let r = bootstrap(&cfg, &[]);
     assert_eq!(r.code, 0, "{r}");
+    // 4.x: the queue from before stays classic, and the run says so.
+    assert_eq!(
+        r.lines("warning").join("\n").contains(&format!(
+            "vhost /: 1 classic queue(s) ({before}) keep their type"
+        )),
+        v4,
+        "{r}"
+    );
     let changes = r.lines("change").join("\n");
     for c in [
         format!("{n2}: join_cluster {n1}"),
@@ -1139,18 +1159,7 @@ async fn replication_is_applied_the_versions_way() {
     // Drift: --check fails naming it, a run puts it back.
     if v4 {
         let body = serde_json::json!({"description": "Default virtual host", "default_queue_type": "classic"});
-        let ep = warren::mgmt::Endpoint::parse(&nodes[1].mgmt_url()).expect("endpoint");
-        let put = warren::mgmt::request(
-            &ep,
-            &guest(),
-            hyper::Method::PUT,
-            "/api/vhosts/%2F",
-            Some(body),
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("PUT vhost");
-        assert!(put.status.is_success(), "{}", put.status);
+        assert_eq!(mgmt_put(&nodes[1], "/api/vhosts/%2F", body).await, 204);
         let r = bootstrap(&cfg, &["--check"]);
         assert_eq!(r.code, 1, "{r}");
         assert_eq!(
@@ -1195,7 +1204,6 @@ async fn ha_policies_and_ram_nodes_are_judged_by_the_nodes_version() {
     let n3 = &nodes[2].name;
     // The mirroring policy of 3.x configs and a RAM node.
     let cfg = replication_config(&nodes, &["disc", "disc", "ram"], HA_POLICY);
-    let r = bootstrap(&cfg, &[]);
     if major < 4 {
         // Both are fine on 3.x (the RAM node with a warning from 3.13).
         let r = bootstrap(&cfg, &["--dry-run"]);
@@ -1207,6 +1215,7 @@ async fn ha_policies_and_ram_nodes_are_judged_by_the_nodes_version() {
         return;
     }
     // 4.x: refused before any change, naming the key and the 4.x equivalent.
+    let r = bootstrap(&cfg, &[]);
     assert_eq!(r.code, 65, "{r}");
     let errors = r.lines("error").join("\n");
     assert!(
@@ -1279,4 +1288,21 @@ async fn a_4_3_node_is_reachable_and_a_ram_node_is_refused_by_key() {
     );
     assert!(errors.contains("`type: disc`"), "{r}");
     assert!(r.lines("plan").is_empty(), "{r}");
+}
+
+/// PUT on a node's management API as guest; the HTTP status.
+async fn mgmt_put(node: &Node, path: &str, body: serde_json::Value) -> u16 {
+    let ep = warren::mgmt::Endpoint::parse(&node.mgmt_url()).expect("endpoint");
+    warren::mgmt::request(
+        &ep,
+        &guest(),
+        hyper::Method::PUT,
+        path,
+        Some(body),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("management API answers")
+    .status
+    .as_u16()
 }
