@@ -7,6 +7,11 @@
 //! docs/bootstrap.md). Each test first resets the three nodes to standalone,
 //! empty nodes itself. The tests without nodes (config errors, RabbitMQ 4.x and
 //! 3.13 answers from a fake management API) run everywhere.
+//!
+//! The nodes' RabbitMQ version is given by `WARREN_RABBITMQ` (`3.10` when unset,
+//! `4.0`, `4.3`), and the CLI of that version by `WARREN_RABBITMQCTL` (a command
+//! split on whitespace, `rabbitmqctl` when unset; for nodes run from a chroot
+//! tree, a wrapper script); each test asserts that version's outcome.
 
 // The helpers of tests/it (this binary uses a few of them).
 #[allow(dead_code, unused_imports)]
@@ -132,9 +137,19 @@ fn on_all(nodes: &[Node], args: &'static [&'static str]) -> bool {
 async fn standalone_nodes() -> Vec<Node> {
     let nodes = own_nodes();
     let fast = nodes.iter().all(|n| ctl(n, &["ping"]).is_ok())
-        && on_all(&nodes, &["stop_app"])
-        && on_all(&nodes, &["force_reset"])
-        && on_all(&nodes, &["start_app"]);
+        && if rabbitmq_4x() {
+            // Khepri has no force_reset: `reset` one node at a time, the last one
+            // alone (about 25 s on 4.3).
+            nodes.iter().rev().all(|n| {
+                ctl(n, &["stop_app"]).is_ok()
+                    && ctl(n, &["reset"]).is_ok()
+                    && ctl(n, &["start_app"]).is_ok()
+            })
+        } else {
+            on_all(&nodes, &["stop_app"])
+                && on_all(&nodes, &["force_reset"])
+                && on_all(&nodes, &["start_app"])
+        };
     if !fast {
         script(&["wipe"], &[]);
         script(&["start"], &[]);
@@ -235,6 +250,9 @@ async fn assert_untouched(nodes: &[Node]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "resets its nodes: run by scripts/test on the b-node set"]
 async fn forms_the_cluster_mirrors_queues_and_a_second_run_changes_nothing() {
+    if only_3x("forms_the_cluster_mirrors_queues_and_a_second_run_changes_nothing") {
+        return;
+    }
     let _g = exclusive().await;
     let nodes = standalone_nodes().await;
     let (b1, b2, b3) = (&nodes[0].name, &nodes[1].name, &nodes[2].name);
@@ -410,6 +428,9 @@ async fn forms_the_cluster_mirrors_queues_and_a_second_run_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "resets its nodes: run by scripts/test on the b-node set"]
 async fn a_node_that_is_down_stops_bootstrap_before_anything_changes() {
+    if only_3x("a_node_that_is_down_stops_bootstrap_before_anything_changes") {
+        return;
+    }
     let _g = exclusive().await;
     let nodes = standalone_nodes().await;
     let cfg = config_file(&nodes, "");
@@ -454,6 +475,9 @@ async fn a_node_that_is_down_stops_bootstrap_before_anything_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "resets its nodes: run by scripts/test on the b-node set"]
 async fn a_node_with_another_cookie_gives_the_cookie_error() {
+    if only_3x("a_node_with_another_cookie_gives_the_cookie_error") {
+        return;
+    }
     let _g = exclusive().await;
     let nodes = standalone_nodes().await;
 
@@ -509,6 +533,9 @@ async fn a_node_with_another_cookie_gives_the_cookie_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "resets its nodes: run by scripts/test on the b-node set"]
 async fn a_node_in_another_cluster_is_refused_unless_force_reset() {
+    if only_3x("a_node_in_another_cluster_is_refused_unless_force_reset") {
+        return;
+    }
     let _g = exclusive().await;
     let nodes = standalone_nodes().await;
     let (b1, b2, b3) = (&nodes[0].name, &nodes[1].name, &nodes[2].name);
@@ -598,6 +625,9 @@ async fn a_node_in_another_cluster_is_refused_unless_force_reset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "resets its nodes: run by scripts/test on the b-node set"]
 async fn a_failed_join_starts_the_app_again() {
+    if only_3x("a_failed_join_starts_the_app_again") {
+        return;
+    }
     let _g = exclusive().await;
     let nodes = standalone_nodes().await;
     // cluster.rabbitmqctl pointing at a wrapper whose join_cluster fails; every
@@ -789,4 +819,437 @@ async fn on_3_13_mirroring_warns_and_a_policy_not_read_back_is_not_reported_appl
         "{r}"
     );
     assert!(r.lines("change").is_empty(), "{r}");
+}
+
+// ---- RabbitMQ 3.x and 4.x: the version under test decides ---------------------
+
+/// The nodes' RabbitMQ version, `major.minor`, from `WARREN_RABBITMQ` (3.10 when unset).
+fn rabbitmq() -> (u32, u32) {
+    let v = std::env::var("WARREN_RABBITMQ").unwrap_or_else(|_| "3.10".into());
+    let mut parts = v.trim().split('.').map(|p| p.parse::<u32>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor),
+        _ => panic!("WARREN_RABBITMQ={v}: expected a version such as 3.10 or 4.3"),
+    }
+}
+
+fn rabbitmq_4x() -> bool {
+    rabbitmq().0 >= 4
+}
+
+/// True (and says so) when the test is one of 3.x's only (RAM nodes, ha-* policies,
+/// `force_reset`, the rabbitmq user's cookie) and the nodes run 4.x.
+fn only_3x(test: &str) -> bool {
+    if rabbitmq_4x() {
+        eprintln!(
+            "{test}: written for RabbitMQ 3.x, not run on RabbitMQ {:?}",
+            rabbitmq()
+        );
+        return true;
+    }
+    false
+}
+
+/// Fails the test when the nodes do not run the version `WARREN_RABBITMQ` says.
+async fn assert_version(nodes: &[Node]) {
+    let (major, minor) = rabbitmq();
+    for n in nodes {
+        let o = mgmt_get(n, "/api/overview")
+            .await
+            .expect("GET /api/overview");
+        let v = o["rabbitmq_version"].as_str().unwrap_or("");
+        assert!(
+            v.starts_with(&format!("{major}.{minor}.")),
+            "{} runs RabbitMQ {v}, WARREN_RABBITMQ says {major}.{minor}",
+            n.name
+        );
+    }
+}
+
+/// A config for the three nodes, all disc, with `cluster.replication` and the
+/// CLI of the nodes' version; `extra` goes at the end of the `cluster:` section.
+fn replication_config(nodes: &[Node], types: &[&str], extra: &str) -> TempFile {
+    let mut y = config_yaml(nodes, "");
+    y.push_str(&format!(
+        "cluster:\n  rabbitmqctl: {}\n  nodes:\n",
+        rabbitmq_cli()
+    ));
+    for (n, t) in nodes.iter().zip(types) {
+        y.push_str(&format!(
+            "    - {{backend: {}, node: {}, type: {t}}}\n",
+            n.backend, n.name
+        ));
+    }
+    y.push_str(
+        "  replication:\n    vhosts: [/]\n    quorum_policy: {queue-leader-locator: balanced, delivery-limit: 20}\n",
+    );
+    y.push_str(extra);
+    write_temp("yaml", &y)
+}
+
+/// `default_queue_type` of vhost `/` as the node's management API shows it.
+async fn default_queue_type(node: &Node) -> String {
+    let v = mgmt_get(node, "/api/vhosts/%2F").await.expect("GET vhost");
+    let t = [
+        &v["default_queue_type"],
+        &v["metadata"]["default_queue_type"],
+    ]
+    .into_iter()
+    .filter_map(|t| t.as_str())
+    .find(|t| *t != "undefined")
+    .unwrap_or("classic")
+    .to_string();
+    t
+}
+
+/// A list of node names in a queue's JSON, as a set.
+fn names(q: &serde_json::Value, key: &str) -> BTreeSet<String> {
+    q[key]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Standalone nodes unchanged: each alone; on 4.x classic as the default queue
+/// type; no `warren-replication` policy.
+async fn assert_replication_untouched(nodes: &[Node]) {
+    for n in nodes {
+        assert_eq!(status(n).members(), set(&[&n.name]), "{} changed", n.name);
+        assert!(
+            mgmt_get(n, "/api/policies/%2F/warren-replication")
+                .await
+                .is_err(),
+            "{} has the policy",
+            n.name
+        );
+        if rabbitmq_4x() {
+            assert_eq!(default_queue_type(n).await, "classic", "{}", n.name);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "resets its nodes: run by scripts/test on the b-node set"]
+async fn replication_is_applied_the_versions_way() {
+    let _g = exclusive().await;
+    let nodes = standalone_nodes().await;
+    assert_version(&nodes).await;
+    let v4 = rabbitmq_4x();
+    let (n1, n2, n3) = (&nodes[0].name, &nodes[1].name, &nodes[2].name);
+    let cfg = replication_config(&nodes, &["disc", "disc", "disc"], "");
+
+    // --check on standalone nodes: the differences, exit 1, nothing changed.
+    let r = bootstrap(&cfg, &["--check"]);
+    assert_eq!(r.code, 1, "{r}");
+    let differs = r.lines("differs").join("\n");
+    assert!(
+        differs.contains(&format!("{n2}: not in the cluster of {n1}")),
+        "{r}"
+    );
+    if v4 {
+        assert!(
+            differs.contains(
+                "vhost /: default queue type is classic, the config (cluster.replication) wants quorum"
+            ),
+            "{r}"
+        );
+    }
+    assert!(
+        differs.contains("policy warren-replication (vhost /): absent"),
+        "{r}"
+    );
+    assert!(r.lines("change").is_empty(), "{r}");
+
+    // --dry-run: the plan, nothing changed.
+    let r = bootstrap(&cfg, &["--dry-run"]);
+    assert_eq!(r.code, 0, "{r}");
+    let plan = r.lines("plan").join("\n");
+    assert!(
+        plan.contains(&format!("{n3}: join {n1} as a disc node")),
+        "{r}"
+    );
+    assert!(!plan.contains("--ram"), "{r}");
+    assert_eq!(plan.contains("PUT /api/vhosts/%2F"), v4, "{r}");
+    assert!(
+        plan.contains("PUT /api/policies/%2F/warren-replication"),
+        "{r}"
+    );
+    assert!(r.lines("change").is_empty(), "{r}");
+    assert_replication_untouched(&nodes).await;
+
+    // A durable queue on the seed from before: classic, whatever the version.
+    let before = unique("q-before");
+    assert_eq!(
+        mgmt_put(
+            &nodes[0],
+            &format!("/api/queues/%2F/{before}"),
+            serde_json::json!({"durable": true})
+        )
+        .await,
+        201
+    );
+
+    // The real run.
+    let r = bootstrap(&cfg, &[]);
+    assert_eq!(r.code, 0, "{r}");
+    // 4.x: the queue from before stays classic, and the run says so.
+    assert_eq!(
+        r.lines("warning").join("\n").contains(&format!(
+            "vhost /: 1 classic queue(s) ({before}) keep their type"
+        )),
+        v4,
+        "{r}"
+    );
+    let changes = r.lines("change").join("\n");
+    for c in [
+        format!("{n2}: join_cluster {n1}"),
+        format!("{n3}: join_cluster {n1}"),
+        "policy warren-replication (vhost /): created".to_string(),
+    ] {
+        assert!(changes.contains(&c), "missing `{c}`: {r}");
+    }
+    assert_eq!(
+        changes.contains("vhost /: default queue type classic -> quorum"),
+        v4,
+        "{r}"
+    );
+    let warnings = r.lines("warning").join("\n");
+    assert_eq!(
+        warnings.contains("cluster.replication.quorum_policy`: not applied before RabbitMQ 4.0"),
+        !v4,
+        "{r}"
+    );
+    let s = status(&nodes[0]);
+    assert_eq!(s.running, set(&[n1, n2, n3]));
+    assert_eq!(s.disc, set(&[n1, n2, n3]));
+    assert!(s.ram.is_empty());
+
+    let p = mgmt_get(&nodes[1], "/api/policies/%2F/warren-replication")
+        .await
+        .expect("policy visible on every node");
+    let want = if v4 {
+        serde_json::json!({"queue-leader-locator": "balanced", "delivery-limit": 20})
+    } else {
+        serde_json::json!({"ha-mode": "all", "ha-sync-mode": "automatic"})
+    };
+    assert_eq!(p["definition"], want, "{p}");
+    if v4 {
+        for n in &nodes {
+            assert_eq!(default_queue_type(n).await, "quorum", "{}", n.name);
+        }
+    }
+
+    // A queue a client declares afterwards without x-queue-type is replicated
+    // to all three nodes: a quorum queue with three members on 4.x, a mirrored
+    // classic queue on 3.x.
+    let queue = unique("q-replicated");
+    let conn = amqp_connect(&nodes[0].url()).await;
+    let ch = conn.create_channel().await.expect("channel");
+    declare_queue(&ch, &queue, durable()).await;
+    let path = format!("/api/queues/%2F/{queue}");
+    let all = set(&[n1, n2, n3]);
+    let mirrors = set(&[n2, n3]);
+    let replicated = |q: &serde_json::Value| {
+        q["policy"] == "warren-replication"
+            && if v4 {
+                q["type"] == "quorum" && names(q, "members") == all
+            } else {
+                names(q, "slave_nodes") == mirrors
+                    && names(q, "synchronised_slave_nodes") == mirrors
+            }
+    };
+    let mut q = serde_json::Value::Null;
+    // The management API's queue stats refresh every few seconds.
+    for _ in 0..60 {
+        q = mgmt_get(&nodes[0], &path).await.expect("GET the queue");
+        if replicated(&q) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        replicated(&q),
+        "{queue} not replicated as RabbitMQ {:?} does: {q}",
+        rabbitmq()
+    );
+    if v4 {
+        assert_eq!(q["type"], "quorum", "{q}");
+        // The client sent no x-queue-type: the broker records the vhost's default.
+        assert_eq!(q["arguments"]["x-queue-type"], "quorum", "{q}");
+        assert_eq!(
+            q["effective_policy_definition"]["delivery-limit"], 20,
+            "{q}"
+        );
+    }
+    let _ = conn.close(200, "bye".into()).await;
+
+    // A second run changes nothing, and says so; --check passes.
+    let r = bootstrap(&cfg, &[]);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(r.lines("change").is_empty(), "{r}");
+    assert!(r.lines("plan").is_empty(), "{r}");
+    assert!(r.stdout.contains("no change"), "{r}");
+    if v4 {
+        assert!(
+            r.stdout
+                .contains("ok       vhost /: default queue type is already quorum"),
+            "{r}"
+        );
+    }
+    let r = bootstrap(&cfg, &["--check"]);
+    assert_eq!(r.code, 0, "{r}");
+
+    // Drift: --check fails naming it, a run puts it back.
+    if v4 {
+        let body = serde_json::json!({"description": "Default virtual host", "default_queue_type": "classic"});
+        assert_eq!(mgmt_put(&nodes[1], "/api/vhosts/%2F", body).await, 204);
+        let r = bootstrap(&cfg, &["--check"]);
+        assert_eq!(r.code, 1, "{r}");
+        assert_eq!(
+            r.lines("differs"),
+            vec!["differs  vhost /: default queue type is classic, the config (cluster.replication) wants quorum"],
+            "{r}"
+        );
+        let r = bootstrap(&cfg, &["--dry-run"]);
+        assert_eq!(r.code, 0, "{r}");
+        assert_eq!(default_queue_type(&nodes[0]).await, "classic");
+    } else {
+        assert_eq!(
+            mgmt(
+                &nodes[0],
+                hyper::Method::DELETE,
+                "/api/policies/%2F/warren-replication"
+            )
+            .await,
+            204
+        );
+        let r = bootstrap(&cfg, &["--check"]);
+        assert_eq!(r.code, 1, "{r}");
+        assert_eq!(
+            r.lines("differs"),
+            vec!["differs  policy warren-replication (vhost /): absent"],
+            "{r}"
+        );
+    }
+    let r = bootstrap(&cfg, &[]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(r.lines("change").len(), 1, "{r}");
+    assert_eq!(bootstrap(&cfg, &["--check"]).code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "resets its nodes: run by scripts/test on the b-node set"]
+async fn ha_policies_and_ram_nodes_are_judged_by_the_nodes_version() {
+    let _g = exclusive().await;
+    let nodes = standalone_nodes().await;
+    assert_version(&nodes).await;
+    let (major, minor) = rabbitmq();
+    let n3 = &nodes[2].name;
+    // The mirroring policy of 3.x configs and a RAM node.
+    let cfg = replication_config(&nodes, &["disc", "disc", "ram"], HA_POLICY);
+    if major < 4 {
+        // Both are fine on 3.x (the RAM node with a warning from 3.13).
+        let r = bootstrap(&cfg, &["--dry-run"]);
+        assert_eq!(r.code, 0, "{r}");
+        let plan = r.lines("plan").join("\n");
+        assert!(plan.contains(&format!("{n3}: join")), "{r}");
+        assert!(plan.contains("join_cluster --ram"), "{r}");
+        assert!(plan.contains("PUT /api/policies/%2F/ha-allqueue"), "{r}");
+        return;
+    }
+    // 4.x: refused before any change, naming the key and the 4.x equivalent.
+    let r = bootstrap(&cfg, &[]);
+    assert_eq!(r.code, 65, "{r}");
+    let errors = r.lines("error").join("\n");
+    assert!(
+        errors.contains(
+            "policy ha-allqueue (vhost /): refused: key `cluster.policies[0].definition.ha-mode`"
+        ),
+        "{r}"
+    );
+    assert!(errors.contains("cluster.replication.vhosts"), "{r}");
+    assert!(errors.contains("x-queue-type: quorum"), "{r}");
+    // 4.0 (Mnesia) still has RAM nodes; 4.3 (Khepri) has none.
+    let ram_refused = errors.contains("key `cluster.nodes[2].type`: `ram`");
+    assert_eq!(ram_refused, (major, minor) >= (4, 3), "{r}");
+    if ram_refused {
+        assert!(errors.contains("The 4.x equivalent is `type: disc`"), "{r}");
+    }
+    assert!(r.stderr.contains("nothing was changed"), "{r}");
+    assert!(r.lines("change").is_empty(), "{r}");
+    let r = bootstrap(&cfg, &["--dry-run"]);
+    assert_eq!(r.code, 65, "{r}");
+    assert!(r.lines("plan").is_empty(), "{r}");
+    let r = bootstrap(&cfg, &["--check"]);
+    assert_eq!(r.code, 65, "{r}");
+    assert_replication_untouched(&nodes).await;
+}
+
+/// A fake 4.3.6 node: its management API and a rabbitmqctl that answers
+/// `version` and a 4.3-style `cluster_status` (no `ram_nodes` key).
+async fn fake_43_node(name: &str) -> (std::net::SocketAddr, TempFile) {
+    let addr = fake_management(name, "4.3.6").await;
+    let ctl = write_temp(
+        "sh",
+        "#!/bin/sh\nnode=\nwhile [ $# -gt 0 ]; do\n  case \"$1\" in -n) node=$2; shift 2 ;; version) echo 4.3.6; exit 0 ;; *) shift ;; esac\ndone\n\
+         printf '{\"running_nodes\":[\"%s\"],\"disk_nodes\":[\"%s\"],\"maintenance_status\":{\"%s\":\"not under maintenance\"},\"feature_flags\":[{\"name\":\"khepri_db\",\"state\":\"enabled\"}]}\\n' \"$node\" \"$node\" \"$node\"\n",
+    );
+    std::fs::set_permissions(&ctl, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    (addr, ctl)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_4_3_node_is_reachable_and_a_ram_node_is_refused_by_key() {
+    let (a1, ctl) = fake_43_node("x1@fake").await;
+    let (a2, _ctl2) = fake_43_node("x2@fake").await;
+    let cfg = write_temp(
+        "yaml",
+        &format!(
+            "listen: 127.0.0.1:0\nbackends:\n  - {{name: x1, address: '127.0.0.1:1', management: 'http://{a1}'}}\n  \
+             - {{name: x2, address: '127.0.0.1:2', management: 'http://{a2}'}}\n\
+             cluster:\n  rabbitmqctl: {}\n  nodes:\n    - {{backend: x1, node: x1@fake}}\n    - {{backend: x2, node: x2@fake, type: ram}}\n",
+            ctl.display()
+        ),
+    );
+    let r = tokio::task::spawn_blocking(move || bootstrap(&cfg, &["--dry-run"]))
+        .await
+        .expect("runs");
+    assert_eq!(r.code, 65, "{r}");
+    assert!(!r.stdout.contains("not reachable"), "{r}");
+    assert!(
+        r.stdout
+            .contains("x2@fake: rabbitmqctl reaches it (cookie accepted)"),
+        "{r}"
+    );
+    let errors = r.lines("error").join("\n");
+    assert!(
+        errors.contains(
+            "x2@fake: refused: key `cluster.nodes[1].type`: `ram`, but x2@fake runs RabbitMQ 4.3.6"
+        ),
+        "{r}"
+    );
+    assert!(errors.contains("`type: disc`"), "{r}");
+    assert!(r.lines("plan").is_empty(), "{r}");
+}
+
+/// PUT on a node's management API as guest; the HTTP status.
+async fn mgmt_put(node: &Node, path: &str, body: serde_json::Value) -> u16 {
+    let ep = warren::mgmt::Endpoint::parse(&node.mgmt_url()).expect("endpoint");
+    warren::mgmt::request(
+        &ep,
+        &guest(),
+        hyper::Method::PUT,
+        path,
+        Some(body),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("management API answers")
+    .status
+    .as_u16()
 }

@@ -7,26 +7,50 @@ use std::collections::BTreeSet;
 use crate::config::NodeType;
 
 /// The parts of `rabbitmqctl cluster_status --formatter json` bootstrap uses.
+///
+/// The JSON differs per version (captured from real nodes in `testdata/`): 3.10
+/// and 4.0 (Mnesia) list `ram_nodes`; 4.3 (Khepri, the only metadata store) has
+/// no such key, since it has no RAM nodes, and adds `maintenance_status`,
+/// `cpu_cores` and `feature_flags`. A missing `ram_nodes` means none.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClusterStatus {
     pub running: BTreeSet<String>,
     pub disc: BTreeSet<String>,
     pub ram: BTreeSet<String>,
+    /// Whether the node can have RAM nodes in its cluster: its answer lists
+    /// `ram_nodes` and its metadata store is not Khepri (feature flag `khepri_db`
+    /// not enabled).
+    pub ram_nodes_supported: bool,
 }
 
 impl ClusterStatus {
+    /// `None` when `running_nodes` or `disk_nodes` is missing or not a list of
+    /// names, or `ram_nodes` is there but not a list of names.
     pub fn from_json(v: &serde_json::Value) -> Option<ClusterStatus> {
-        let set = |key: &str| -> Option<BTreeSet<String>> {
-            v.get(key)?
-                .as_array()?
+        let set = |key: &str| -> Option<Option<BTreeSet<String>>> {
+            let Some(list) = v.get(key) else {
+                return Some(None);
+            };
+            list.as_array()?
                 .iter()
                 .map(|n| n.as_str().map(str::to_string))
-                .collect()
+                .collect::<Option<BTreeSet<String>>>()
+                .map(Some)
         };
+        let ram = set("ram_nodes")?;
+        let khepri = v
+            .get("feature_flags")
+            .and_then(serde_json::Value::as_array)
+            .is_some_and(|flags| {
+                flags
+                    .iter()
+                    .any(|f| f["name"] == "khepri_db" && f["state"] == "enabled")
+            });
         Some(ClusterStatus {
-            running: set("running_nodes")?,
-            disc: set("disk_nodes")?,
-            ram: set("ram_nodes")?,
+            running: set("running_nodes")??,
+            disc: set("disk_nodes")??,
+            ram_nodes_supported: ram.is_some() && !khepri,
+            ram: ram.unwrap_or_default(),
         })
     }
 
@@ -156,6 +180,7 @@ mod tests {
             running: set(running),
             disc: set(disc),
             ram: set(ram),
+            ram_nodes_supported: true,
         }
     }
 
@@ -188,6 +213,62 @@ mod tests {
         assert!(ClusterStatus::from_json(&serde_json::json!({"running_nodes": []})).is_none());
         assert!(ClusterStatus::from_json(&serde_json::json!({
             "running_nodes": [1], "disk_nodes": [], "ram_nodes": []
+        }))
+        .is_none());
+    }
+
+    fn captured(json: &str) -> ClusterStatus {
+        let v: serde_json::Value = serde_json::from_str(json).expect("captured JSON");
+        ClusterStatus::from_json(&v).expect("captured cluster_status parses")
+    }
+
+    /// `rabbitmqctl cluster_status --formatter json` as real nodes answered it
+    /// (testdata/, captured with each version's own CLI).
+    #[test]
+    fn parses_cluster_status_of_each_version() {
+        // 3.10.8: b2 a disc node, b3 joined with --ram.
+        let s = captured(include_str!("testdata/cluster_status-3.10.8-ram.json"));
+        assert_eq!(
+            s,
+            ClusterStatus {
+                running: set(&["b1@vm", "b2@vm", "b3@vm"]),
+                disc: set(&["b1@vm", "b2@vm"]),
+                ram: set(&["b3@vm"]),
+                ram_nodes_supported: true,
+            }
+        );
+        // 4.0.5 (Mnesia): still lists ram_nodes.
+        let s = captured(include_str!("testdata/cluster_status-4.0.5.json"));
+        assert!(s.ram_nodes_supported, "{s:?}");
+        assert_eq!(s.members(), set(&["c1@vm", "c2@vm", "c3@vm"]));
+        assert_eq!(s.type_of("c3@vm"), Some(NodeType::Ram));
+        // 4.3.6 (Khepri): no ram_nodes key, which means none; every member is disc.
+        let s = captured(include_str!("testdata/cluster_status-4.3.6.json"));
+        assert_eq!(
+            s,
+            ClusterStatus {
+                running: set(&["c1@vm", "c2@vm", "c3@vm"]),
+                disc: set(&["c1@vm", "c2@vm", "c3@vm"]),
+                ram: BTreeSet::new(),
+                ram_nodes_supported: false,
+            }
+        );
+        let s = captured(include_str!(
+            "testdata/cluster_status-4.3.6-standalone.json"
+        ));
+        assert_eq!(s.members(), set(&["c1@vm"]));
+        assert_eq!(s.running, set(&["c1@vm"]));
+        assert!(!s.ram_nodes_supported);
+        // Khepri enabled with a ram_nodes key still means no RAM nodes.
+        let v = serde_json::json!({
+            "running_nodes": ["a@h"], "disk_nodes": ["a@h"], "ram_nodes": [],
+            "feature_flags": [{"name": "khepri_db", "state": "enabled"}]
+        });
+        let s = ClusterStatus::from_json(&v).expect("parses");
+        assert!(!s.ram_nodes_supported);
+        // ram_nodes present but not a list of names is refused, as before.
+        assert!(ClusterStatus::from_json(&serde_json::json!({
+            "running_nodes": [], "disk_nodes": [], "ram_nodes": "b3@h"
         }))
         .is_none());
     }

@@ -9,7 +9,10 @@
 //! 2. Membership: per node, join / change type / (with `--force-reset`) reset,
 //!    each between `stop_app` and a `start_app` that runs whatever happened.
 //! 3. Verify `cluster_status` on the seed against the config.
-//! 4. Policies through the seed's management API: compare, `PUT`, read back.
+//! 4. Replication (`cluster.replication`), the way of the nodes' version: a
+//!    mirroring policy before 4.0; quorum as the vhosts' default queue type
+//!    (`PUT /api/vhosts/{vhost}`) and the quorum policy keys from 4.0.
+//! 5. Policies through the seed's management API: compare, `PUT`, read back.
 //!
 //! `--dry-run` and `--check` run the read-only parts only. The library prints
 //! nothing itself: every step goes to a [`Report`].
@@ -18,6 +21,7 @@ pub mod cluster;
 pub mod policy;
 pub mod rabbitmqctl;
 pub mod version;
+pub mod vhost;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -26,12 +30,14 @@ use std::time::Duration;
 use hyper::{Method, StatusCode};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ClusterConfig, ClusterNode, Config, NodeType, PolicyConfig};
+use crate::config::{
+    ApplyTo, ClusterConfig, ClusterNode, Config, NodeType, PolicyConfig, REPLICATION_POLICY,
+};
 use crate::mgmt::{Credentials, Endpoint};
 use cluster::{ClusterStatus, Decision, Wanted};
 use policy::Api;
 use rabbitmqctl::{CtlError, Rabbitmqctl};
-use version::{Verdict, Version};
+use version::{Replication, Verdict, Version};
 
 /// Exit codes of `warren bootstrap` (documented in docs/bootstrap.md).
 pub mod exit {
@@ -51,6 +57,9 @@ pub mod exit {
     /// A change failed (join, type change, reset, policy not read back equal, or
     /// the cluster did not match after the changes); every node's app was started again.
     pub const FAILED: u8 = 70;
+    /// A node answered rabbitmqctl with something bootstrap cannot read (for
+    /// instance a CLI of another RabbitMQ version); nothing changed.
+    pub const PROTOCOL: u8 = 76;
     /// Authentication: a node rejected rabbitmqctl's Erlang cookie, runs with
     /// another cookie than `cluster.erlang_cookie_file`, or the management API
     /// refused `health.username`.
@@ -137,6 +146,8 @@ pub enum BootstrapError {
     Config(String),
     #[error("{node} is not reachable: {detail}")]
     Unreachable { node: String, detail: String },
+    #[error("{node}: rabbitmqctl answered, but not as expected: {detail}")]
+    Protocol { node: String, detail: String },
     #[error("{node}: Erlang cookie mismatch: {detail}")]
     Cookie { node: String, detail: String },
     #[error("{node}: the management API refused user `{user}` (HTTP 401): check health.username and the password settings")]
@@ -154,6 +165,7 @@ impl BootstrapError {
         match self {
             BootstrapError::Config(_) => exit::CONFIG,
             BootstrapError::Unreachable { .. } => exit::UNREACHABLE,
+            BootstrapError::Protocol { .. } => exit::PROTOCOL,
             BootstrapError::Cookie { .. } | BootstrapError::Credentials { .. } => exit::AUTH,
             BootstrapError::Refused { .. } => exit::REFUSED,
             BootstrapError::Failed { .. } => exit::FAILED,
@@ -221,6 +233,15 @@ impl<'a> Node<'a> {
 struct Seen {
     version: Option<Version>,
     status: ClusterStatus,
+}
+
+/// What one node's probe found: its version when its management API answered,
+/// its cluster_status when the CLI reached it, and the problems.
+struct Probed {
+    steps: Vec<(Tag, String)>,
+    version: Option<Version>,
+    status: Option<ClusterStatus>,
+    errors: Vec<BootstrapError>,
 }
 
 struct Run<'a> {
@@ -343,6 +364,7 @@ impl<'a> Run<'a> {
         let decisions = self.plan(&seen)?;
         self.converge(decisions).await?;
         self.verify().await?;
+        self.replication(&seen).await?;
         self.policies().await
     }
 
@@ -370,32 +392,139 @@ impl<'a> Run<'a> {
                 tokio::spawn(probe.run(cookie.clone()))
             })
             .collect();
-        let mut seen = Vec::with_capacity(self.nodes.len());
-        let mut first: Option<BootstrapError> = None;
+        // The CLI's own version (`rabbitmqctl version` does not contact the node).
+        let cli = {
+            let ctl = self.ctl.clone();
+            let seed = self.seed_name().to_string();
+            tokio::spawn(async move { ctl.run(&seed, &["version"]).await })
+        };
+        let mut probed = Vec::with_capacity(self.nodes.len());
         for (i, probe) in probes.into_iter().enumerate() {
             let name = self.nodes[i].name();
-            let (steps, result) = probe.await.map_err(|e| BootstrapError::Failed {
+            let p = probe.await.map_err(|e| BootstrapError::Failed {
                 subject: name.to_string(),
                 detail: format!("probe task failed: {e}"),
             })?;
-            for (tag, message) in steps {
+            probed.push(p);
+        }
+        let cli = cli.await.map_err(|e| BootstrapError::Failed {
+            subject: "rabbitmqctl".into(),
+            detail: format!("version task failed: {e}"),
+        })?;
+        let mut first: Option<BootstrapError> = self.judge_cli(cli, &probed);
+        let mut seen = Vec::with_capacity(self.nodes.len());
+        for (i, p) in probed.into_iter().enumerate() {
+            let name = self.nodes[i].name();
+            for (tag, message) in p.steps {
                 self.step(tag, name, &message);
             }
-            match result {
-                Ok(s) => seen.push(s),
-                Err(errors) => {
-                    for e in errors {
-                        self.step(Tag::Error, name, &problem_text(&e));
-                        first.get_or_insert(e);
-                    }
-                }
+            for e in p.errors {
+                self.step(Tag::Error, name, &problem_text(&e));
+                first.get_or_insert(e);
+            }
+            if let Some(status) = p.status {
+                seen.push(Seen {
+                    version: p.version,
+                    status,
+                });
             }
         }
         if let Some(e) = first {
             return Err(e);
         }
         self.judge_versions(&seen)?;
+        self.check_vhosts().await?;
         Ok(seen)
+    }
+
+    /// The CLI's version against the nodes' versions: a refusal when it is of
+    /// another major version (it then fails on the nodes in ways that look like
+    /// anything but the version).
+    fn judge_cli(
+        &mut self,
+        cli: Result<String, CtlError>,
+        probed: &[Probed],
+    ) -> Option<BootstrapError> {
+        let command = self.cluster.rabbitmqctl.clone();
+        let cli = match cli {
+            Ok(out) => Version::parse(out.trim()),
+            Err(e) => {
+                // Spawn failures show in every node's cluster_status too.
+                self.step(
+                    Tag::Warn,
+                    "rabbitmqctl",
+                    &format!("`{command} version` failed: {e}"),
+                );
+                return None;
+            }
+        };
+        let versions: BTreeSet<Version> = probed.iter().filter_map(|p| p.version).collect();
+        let mut verdicts: Vec<Verdict> = versions
+            .iter()
+            .map(|v| version::cli_verdict(cli, *v, &command))
+            .collect();
+        verdicts.dedup();
+        if verdicts.iter().all(|v| *v == Verdict::Apply) {
+            if let Some(c) = cli {
+                self.step(
+                    Tag::Check,
+                    "rabbitmqctl",
+                    &format!("`{command}` is the RabbitMQ {c} CLI, of the nodes' release series"),
+                );
+            }
+            return None;
+        }
+        let mut refused = None;
+        for v in verdicts {
+            match v {
+                Verdict::Apply => {}
+                Verdict::Warn(w) => self.step(Tag::Warn, "rabbitmqctl", &w),
+                Verdict::Refuse(reason) => {
+                    self.step(Tag::Error, "rabbitmqctl", &format!("refused: {reason}"));
+                    refused.get_or_insert(BootstrapError::Refused {
+                        subject: "rabbitmqctl".into(),
+                        reason,
+                    });
+                }
+            }
+        }
+        refused
+    }
+
+    /// Every vhost of `cluster.replication` exists on the seed (bootstrap does
+    /// not create vhosts).
+    async fn check_vhosts(&mut self) -> Result<(), BootstrapError> {
+        let Some(r) = &self.cluster.replication else {
+            return Ok(());
+        };
+        let api = self.nodes[self.seed].api.clone();
+        let seed = self.seed_name();
+        let mut first = None;
+        for (i, v) in r.vhosts.iter().enumerate() {
+            let subject = format!("vhost {v}");
+            match api.get_vhost(v).await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    let reason = format!(
+                        "key `cluster.replication.vhosts[{i}]`: vhost `{v}` does not exist on \
+                         {seed}; bootstrap does not create vhosts: create it with \
+                         `rabbitmqctl add_vhost {v}` (on 4.x with `--default-queue-type \
+                         quorum`)"
+                    );
+                    self.step(Tag::Error, &subject, &format!("refused: {reason}"));
+                    first.get_or_insert(BootstrapError::Refused { subject, reason });
+                }
+                Err(e) => {
+                    let e = BootstrapError::Unreachable {
+                        node: seed.to_string(),
+                        detail: format!("management API: {e}"),
+                    };
+                    self.step(Tag::Error, &subject, &problem_text(&e));
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
     }
 
     /// Reads `cluster.erlang_cookie_file` when set: its content, never printed.
@@ -452,21 +581,94 @@ impl<'a> Run<'a> {
             );
         }
         let newest = versions.iter().next_back().copied();
-        if self
-            .cluster
-            .nodes
-            .iter()
-            .any(|n| n.node_type == NodeType::Ram)
-        {
+        let mut first = None;
+        let cluster: &'a ClusterConfig = self.cluster;
+        // A RAM node needs RAM nodes on its own version and on the seed's (the
+        // cluster it joins).
+        let seed_ram = seen[self.seed].status.ram_nodes_supported;
+        let mut ram_ok = false;
+        for (i, n) in cluster.nodes.iter().enumerate() {
+            if n.node_type != NodeType::Ram {
+                continue;
+            }
+            let lacking = if !seen[i].status.ram_nodes_supported {
+                Some(i)
+            } else if !seed_ram {
+                Some(self.seed)
+            } else {
+                None
+            };
+            match lacking {
+                None => ram_ok = true,
+                Some(j) => {
+                    let reason =
+                        version::ram_node_refusal(i, self.nodes[j].name(), seen[j].version);
+                    self.step(Tag::Error, &n.node, &format!("refused: {reason}"));
+                    first.get_or_insert(BootstrapError::Refused {
+                        subject: n.node.clone(),
+                        reason,
+                    });
+                }
+            }
+        }
+        if ram_ok {
             if let Some(w) = version::ram_node_warning(newest) {
                 self.step(Tag::Warn, "cluster", &w);
             }
         }
-        let mut first = None;
-        let cluster: &'a ClusterConfig = self.cluster;
-        for p in &cluster.policies {
+        if let Some(r) = &cluster.replication {
+            match version::replication_way(newest) {
+                Ok((way, warning)) => {
+                    if let Some(w) = warning {
+                        self.step(Tag::Warn, "replication", &w);
+                    }
+                    if way == Replication::Mirroring && !r.quorum_policy.is_empty() {
+                        self.step(
+                            Tag::Warn,
+                            "replication",
+                            "key `cluster.replication.quorum_policy`: not applied before \
+                             RabbitMQ 4.0, where queues are replicated by mirroring (one policy \
+                             per queue applies, and it is the mirroring one)",
+                        );
+                    }
+                    let how = match way {
+                        Replication::Mirroring => format!(
+                            "classic queue mirroring, policy `{REPLICATION_POLICY}` \
+                             {{ha-mode: all, ha-sync-mode: automatic}}"
+                        ),
+                        Replication::Quorum => {
+                            format!(
+                                "quorum queues as the default queue type{}",
+                                if r.quorum_policy.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(", policy `{REPLICATION_POLICY}` with the quorum_policy keys")
+                                }
+                            )
+                        }
+                    };
+                    let on = newest.map(|v| v.to_string()).unwrap_or_default();
+                    self.step(
+                        Tag::Check,
+                        "replication",
+                        &format!(
+                            "RabbitMQ {on}: vhosts {} replicated by {how}",
+                            r.vhosts.join(", ")
+                        ),
+                    );
+                }
+                Err(reason) => {
+                    self.step(Tag::Error, "replication", &format!("refused: {reason}"));
+                    first.get_or_insert(BootstrapError::Refused {
+                        subject: "replication".into(),
+                        reason,
+                    });
+                }
+            }
+        }
+        for (i, p) in cluster.policies.iter().enumerate() {
             let subject = policy_subject(p);
-            match version::policy_verdict(p, newest) {
+            match version::policy_verdict(p, i, newest) {
                 Verdict::Apply => {}
                 Verdict::Warn(w) => self.step(Tag::Warn, &subject, &w),
                 Verdict::Refuse(reason) => {
@@ -763,14 +965,18 @@ impl<'a> Run<'a> {
                 .map_err(|e| cli_error(seed, e, true))?;
             let diffs = cluster::differences(&wanted, &status);
             if diffs.is_empty() {
+                let ram = if status.ram_nodes_supported {
+                    format!(", ram_nodes {}", cluster::list(&status.ram))
+                } else {
+                    String::new()
+                };
                 self.step(
                     Tag::Check,
                     "cluster",
                     &format!(
-                        "cluster_status on {seed}: running_nodes {}, disk_nodes {}, ram_nodes {}: as the config wants",
+                        "cluster_status on {seed}: running_nodes {}, disk_nodes {}{ram}: as the config wants",
                         cluster::list(&status.running),
                         cluster::list(&status.disc),
-                        cluster::list(&status.ram)
                     ),
                 );
                 break;
@@ -844,33 +1050,75 @@ impl<'a> Run<'a> {
         }
     }
 
-    // ---- 4. policies --------------------------------------------------------
+    // ---- 4. replication ------------------------------------------------------
 
-    async fn policies(&mut self) -> Result<(), BootstrapError> {
-        let api = self.nodes[self.seed].api.clone();
+    async fn replication(&mut self, seen: &[Seen]) -> Result<(), BootstrapError> {
         let cluster: &'a ClusterConfig = self.cluster;
-        for p in &cluster.policies {
+        let Some(r) = &cluster.replication else {
+            return Ok(());
+        };
+        let newest = seen.iter().filter_map(|s| s.version).max();
+        // Preflight refused an unknown version.
+        let Ok((way, _)) = version::replication_way(newest) else {
+            return Ok(());
+        };
+        for v in &r.vhosts {
             self.check_interrupt()?;
-            let subject = policy_subject(p);
-            let failed = |detail: String| BootstrapError::Failed {
-                subject: subject.clone(),
-                detail,
+            let policy = |definition| PolicyConfig {
+                name: REPLICATION_POLICY.into(),
+                vhost: v.clone(),
+                pattern: "^".into(),
+                apply_to: ApplyTo::Queues,
+                priority: 0,
+                definition,
             };
-            let actual = api.get_policy(p).await.map_err(|e| failed(e.to_string()))?;
-            let diffs = match &actual {
-                None => vec!["absent".to_string()],
-                Some(a) => policy::differences(p, a),
-            };
-            if diffs.is_empty() {
-                self.step(Tag::Same, &subject, "already set as the config wants");
-                continue;
+            match way {
+                Replication::Mirroring => {
+                    self.ensure_policy(&policy(version::mirroring_definition()))
+                        .await?
+                }
+                Replication::Quorum => {
+                    self.ensure_quorum_default(v).await?;
+                    if !r.quorum_policy.is_empty() {
+                        self.ensure_policy(&policy(r.quorum_policy.clone())).await?;
+                    }
+                }
             }
+        }
+        Ok(())
+    }
+
+    /// Quorum as the default queue type of `vhost`: compare, `PUT`, read back;
+    /// then a warning for the classic queues that stay as they are.
+    async fn ensure_quorum_default(&mut self, vhost: &str) -> Result<(), BootstrapError> {
+        let api = self.nodes[self.seed].api.clone();
+        let subject = format!("vhost {vhost}");
+        let failed = |detail: String| BootstrapError::Failed {
+            subject: subject.clone(),
+            detail,
+        };
+        let path = vhost::path(vhost);
+        let current = api
+            .get_vhost(vhost)
+            .await
+            .map_err(|e| failed(e.to_string()))?
+            .ok_or_else(|| failed(format!("GET {path}: the vhost does not exist (any more)")))?;
+        let was = vhost::default_queue_type(&current).to_string();
+        if was == vhost::QUORUM {
+            self.step(
+                Tag::Same,
+                &subject,
+                "default queue type is already quorum: queues declared without x-queue-type \
+                 are quorum queues",
+            );
+        } else {
+            let diff = format!(
+                "default queue type is {was}, the config (cluster.replication) wants quorum"
+            );
             match self.opts.mode {
                 Mode::Check => {
-                    for d in &diffs {
-                        self.outcome.differences += 1;
-                        self.step(Tag::Differ, &subject, d);
-                    }
+                    self.outcome.differences += 1;
+                    self.step(Tag::Differ, &subject, &diff);
                 }
                 Mode::DryRun => {
                     self.outcome.planned += 1;
@@ -878,53 +1126,171 @@ impl<'a> Run<'a> {
                         Tag::Plan,
                         &subject,
                         &format!(
-                            "PUT {} ({}), then read it back",
-                            policy::path(p),
-                            diffs.join("; ")
+                            "{diff}: PUT {path} {{\"default_queue_type\":\"quorum\"}} (keeping \
+                             its description and tags), then read it back"
                         ),
                     );
                 }
                 Mode::Apply => {
-                    let status = match api.put_policy(p).await {
+                    let status = match api
+                        .put_vhost(vhost, vhost::put_body(&current, vhost::QUORUM))
+                        .await
+                    {
                         Ok(s) => s,
                         Err(e) => {
-                            let detail = format!("not applied: {e}");
+                            let detail = format!("default queue type not set: {e}");
                             self.step(Tag::Error, &subject, &detail);
                             return Err(failed(detail));
                         }
                     };
-                    let back = api.get_policy(p).await.map_err(|e| {
+                    let back = api.get_vhost(vhost).await.map_err(|e| {
                         failed(format!(
                             "PUT answered {status} but reading it back failed: {e}"
                         ))
                     })?;
-                    let left = match &back {
-                        None => vec!["absent".to_string()],
-                        Some(b) => policy::differences(p, b),
-                    };
-                    if !left.is_empty() {
+                    let now = back.as_ref().map_or("absent", vhost::default_queue_type);
+                    if now != vhost::QUORUM {
                         let detail = format!(
-                            "not applied: PUT answered {status}, but reading it back shows: {}",
-                            left.join("; ")
+                            "default queue type not set: PUT {path} answered {status}, but \
+                             reading it back shows {now}"
                         );
                         self.step(Tag::Error, &subject, &detail);
                         return Err(failed(detail));
                     }
-                    let was = if actual.is_none() {
-                        "created"
-                    } else {
-                        "updated"
-                    };
                     self.outcome.changes += 1;
                     self.step(
                         Tag::Change,
                         &subject,
                         &format!(
-                            "{was} (PUT {}: HTTP {status}), read back equal",
-                            policy::path(p)
+                            "default queue type {was} -> quorum (PUT {path}: HTTP {status}), read \
+                             back equal: queues declared without x-queue-type are quorum queues"
                         ),
                     );
                 }
+            }
+        }
+        if was == vhost::QUORUM {
+            return Ok(());
+        }
+        // Existing queues keep their type: say which stay unreplicated (once, when
+        // the default changes; later classic queues were asked for).
+        match api.classic_queues(vhost).await {
+            Ok(q) if q.is_empty() => {}
+            Ok(q) => {
+                let shown: Vec<&str> = q.iter().take(5).map(String::as_str).collect();
+                let more = if q.len() > shown.len() { ", ..." } else { "" };
+                self.step(
+                    Tag::Warn,
+                    &subject,
+                    &format!(
+                        "{} classic queue(s) ({}{more}) keep their type and are not replicated \
+                         (a queue's type is fixed when it is declared), and a client declaring \
+                         one again without x-queue-type gets an inequivalent-argument error \
+                         (406) once the default is quorum: after draining them, delete them for \
+                         the application to declare them again as quorum queues, move their \
+                         messages with a shovel, or declare them with x-queue-type: classic \
+                         (see docs/bootstrap.md)",
+                        q.len(),
+                        shown.join(", ")
+                    ),
+                );
+            }
+            Err(e) => self.step(
+                Tag::Warn,
+                &subject,
+                &format!("cannot list its queues to find classic ones: {e}"),
+            ),
+        }
+        Ok(())
+    }
+
+    // ---- 5. policies --------------------------------------------------------
+
+    async fn policies(&mut self) -> Result<(), BootstrapError> {
+        let cluster: &'a ClusterConfig = self.cluster;
+        for p in &cluster.policies {
+            self.check_interrupt()?;
+            self.ensure_policy(p).await?;
+        }
+        Ok(())
+    }
+
+    /// One policy through the seed's management API: compare, `PUT`, read back.
+    async fn ensure_policy(&mut self, p: &PolicyConfig) -> Result<(), BootstrapError> {
+        let api = self.nodes[self.seed].api.clone();
+        let subject = policy_subject(p);
+        let failed = |detail: String| BootstrapError::Failed {
+            subject: subject.clone(),
+            detail,
+        };
+        let actual = api.get_policy(p).await.map_err(|e| failed(e.to_string()))?;
+        let diffs = match &actual {
+            None => vec!["absent".to_string()],
+            Some(a) => policy::differences(p, a),
+        };
+        if diffs.is_empty() {
+            self.step(Tag::Same, &subject, "already set as the config wants");
+            return Ok(());
+        }
+        match self.opts.mode {
+            Mode::Check => {
+                for d in &diffs {
+                    self.outcome.differences += 1;
+                    self.step(Tag::Differ, &subject, d);
+                }
+            }
+            Mode::DryRun => {
+                self.outcome.planned += 1;
+                self.step(
+                    Tag::Plan,
+                    &subject,
+                    &format!(
+                        "PUT {} ({}), then read it back",
+                        policy::path(p),
+                        diffs.join("; ")
+                    ),
+                );
+            }
+            Mode::Apply => {
+                let status = match api.put_policy(p).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let detail = format!("not applied: {e}");
+                        self.step(Tag::Error, &subject, &detail);
+                        return Err(failed(detail));
+                    }
+                };
+                let back = api.get_policy(p).await.map_err(|e| {
+                    failed(format!(
+                        "PUT answered {status} but reading it back failed: {e}"
+                    ))
+                })?;
+                let left = match &back {
+                    None => vec!["absent".to_string()],
+                    Some(b) => policy::differences(p, b),
+                };
+                if !left.is_empty() {
+                    let detail = format!(
+                        "not applied: PUT answered {status}, but reading it back shows: {}",
+                        left.join("; ")
+                    );
+                    self.step(Tag::Error, &subject, &detail);
+                    return Err(failed(detail));
+                }
+                let was = if actual.is_none() {
+                    "created"
+                } else {
+                    "updated"
+                };
+                self.outcome.changes += 1;
+                self.step(
+                    Tag::Change,
+                    &subject,
+                    &format!(
+                        "{was} (PUT {}: HTTP {status}), read back equal",
+                        policy::path(p)
+                    ),
+                );
             }
         }
         Ok(())
@@ -949,17 +1315,30 @@ impl Probe {
         self.steps.push((tag, message));
     }
 
-    async fn run(
-        mut self,
-        cookie: Option<(String, String)>,
-    ) -> (Vec<(Tag, String)>, Result<Seen, Vec<BootstrapError>>) {
+    async fn run(mut self, cookie: Option<(String, String)>) -> Probed {
         let mgmt = self.check_management().await;
         let cli = self.check_cli(mgmt.is_ok(), cookie.as_ref()).await;
-        let result = match (mgmt, cli) {
-            (Ok(version), Ok(status)) => Ok(Seen { version, status }),
-            (mgmt, cli) => Err([mgmt.err(), cli.err()].into_iter().flatten().collect()),
+        let mut errors = Vec::new();
+        let version = match mgmt {
+            Ok(v) => v,
+            Err(e) => {
+                errors.push(e);
+                None
+            }
         };
-        (self.steps, result)
+        let status = match cli {
+            Ok(s) => Some(s),
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        };
+        Probed {
+            steps: self.steps,
+            version,
+            status,
+            errors,
+        }
     }
 
     /// `GET /api/overview`: reachable, the right node, its version.
@@ -1080,6 +1459,9 @@ fn problem_text(e: &BootstrapError) -> String {
     match e {
         BootstrapError::Unreachable { detail, .. } => format!("not reachable: {detail}"),
         BootstrapError::Cookie { detail, .. } => format!("Erlang cookie mismatch: {detail}"),
+        BootstrapError::Protocol { detail, .. } => {
+            format!("rabbitmqctl answered, but not as expected: {detail}")
+        }
         BootstrapError::Refused { reason, .. } => format!("refused: {reason}"),
         other => other.to_string(),
     }
@@ -1102,6 +1484,12 @@ fn cli_error(node: &str, e: CtlError, management_ok: bool) -> BootstrapError {
                 node,
             }
         }
+        // The node answered: what it said is not what bootstrap expects (a CLI of
+        // another version, output it cannot parse). Not "unreachable".
+        e @ (CtlError::Failed { .. } | CtlError::Output { .. }) => BootstrapError::Protocol {
+            detail: format!("rabbitmqctl: {e}"),
+            node,
+        },
         e => BootstrapError::Unreachable {
             detail: format!("rabbitmqctl: {e}"),
             node,

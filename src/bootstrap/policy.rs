@@ -147,7 +147,7 @@ impl Api {
 }
 
 /// An error body for a message: RabbitMQ's `reason` when it gives one.
-fn body_text(b: &[u8]) -> String {
+pub(super) fn body_text(b: &[u8]) -> String {
     if let Ok(v) = serde_json::from_slice::<Value>(b) {
         if let Some(r) = v.get("reason").and_then(Value::as_str) {
             return r.to_string();

@@ -153,7 +153,7 @@ impl Rabbitmqctl {
         let v: serde_json::Value =
             serde_json::from_str(out.trim()).map_err(|e| bad(format!("not JSON: {e}")))?;
         ClusterStatus::from_json(&v)
-            .ok_or_else(|| bad("no running_nodes/disk_nodes/ram_nodes lists".into()))
+            .ok_or_else(|| bad("no running_nodes/disk_nodes lists of node names".into()))
     }
 
     pub async fn stop_app(&self, node: &str) -> Result<(), CtlError> {
@@ -243,10 +243,18 @@ fn classify(node: &str, command: String, status: String, text: &str) -> CtlError
     if text.contains("requires the 'rabbit' app to be running") {
         return CtlError::AppStopped { node };
     }
+    let mut output = trim_output(text);
+    if text.contains(":undef") {
+        // Seen with the 3.10 CLI against 4.3 nodes: `{:undef, [{:rabbit_mnesia, :status, ...`.
+        output.push_str(
+            " (a function the CLI calls does not exist on the node: is cluster.rabbitmqctl the \
+             CLI of the nodes' RabbitMQ version?)",
+        );
+    }
     CtlError::Failed {
         command,
         status,
-        output: trim_output(text),
+        output,
     }
 }
 
@@ -381,6 +389,23 @@ Current node details:
         ) {
             CtlError::Failed { output, .. } => {
                 assert_eq!(output, "Error: | {:inconsistent_cluster, 'x'}")
+            }
+            other => panic!("expected a plain failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_cli_of_another_version_is_named() {
+        // The 3.10.8 CLI's cluster_status against a 4.3.6 node.
+        match classify(
+            "c1@vm",
+            "rabbitmqctl -n c1@vm cluster_status".into(),
+            "exit 0".into(),
+            "Error:\n{:undef, [{:rabbit_mnesia, :status, [], []}]}\n",
+        ) {
+            CtlError::Failed { output, .. } => {
+                assert!(output.contains("rabbit_mnesia"), "{output}");
+                assert!(output.contains("cluster.rabbitmqctl"), "{output}");
             }
             other => panic!("expected a plain failure, got {other:?}"),
         }

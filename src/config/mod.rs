@@ -615,6 +615,9 @@ impl Default for ReloadConfig {
     }
 }
 
+/// The name of the policy `cluster.replication` manages in each of its vhosts.
+pub const REPLICATION_POLICY: &str = "warren-replication";
+
 /// The RabbitMQ cluster `warren bootstrap` builds.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -629,6 +632,26 @@ pub struct ClusterConfig {
     pub nodes: Vec<ClusterNode>,
     #[serde(default)]
     pub policies: Vec<PolicyConfig>,
+    /// Replicated queues, as an intent: bootstrap applies each version's way
+    /// (a mirroring policy before 4.0, quorum queues as the vhost's default from 4.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<ReplicationConfig>,
+}
+
+/// `cluster.replication`: every queue of these vhosts replicated to all nodes.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationConfig {
+    #[serde(default = "default_replicated_vhosts")]
+    pub vhosts: Vec<String>,
+    /// RabbitMQ 4.x only: policy keys for the quorum queues (`delivery-limit`,
+    /// `queue-leader-locator`, ...), applied as the policy `warren-replication`.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub quorum_policy: serde_json::Map<String, serde_json::Value>,
+}
+
+fn default_replicated_vhosts() -> Vec<String> {
+    vec![default_vhost()]
 }
 
 fn default_rabbitmqctl() -> String {
@@ -984,6 +1007,44 @@ impl Config {
                 ));
             }
         }
+        if let Some(r) = &c.replication {
+            if r.vhosts.is_empty() {
+                return Err(invalid(
+                    "cluster.replication.vhosts".into(),
+                    "expected at least one vhost (the default is [/])".into(),
+                ));
+            }
+            let mut seen = std::collections::HashSet::new();
+            for (i, v) in r.vhosts.iter().enumerate() {
+                if v.is_empty() || !seen.insert(v.as_str()) {
+                    return Err(invalid(
+                        format!("cluster.replication.vhosts[{i}]"),
+                        format!("expected a vhost name listed once, got `{v}`"),
+                    ));
+                }
+            }
+            if let Some(k) = r.quorum_policy.keys().find(|k| k.starts_with("ha-")) {
+                return Err(invalid(
+                    format!("cluster.replication.quorum_policy.{k}"),
+                    "expected quorum queue policy keys (delivery-limit, queue-leader-locator, \
+                     ...): ha-* keys are classic mirroring, which cluster.replication already \
+                     applies on RabbitMQ 3.x by itself"
+                        .into(),
+                ));
+            }
+            for (i, p) in c.policies.iter().enumerate() {
+                if p.name == REPLICATION_POLICY && r.vhosts.contains(&p.vhost) {
+                    return Err(invalid(
+                        format!("cluster.policies[{i}].name"),
+                        format!(
+                            "`{REPLICATION_POLICY}` is the policy cluster.replication manages \
+                             in vhost `{}`: choose another name",
+                            p.vhost
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -1297,6 +1358,44 @@ cluster:
             }
             other => panic!("expected an error naming the key, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn cluster_replication_states_the_intent() {
+        let base = "listen: 127.0.0.1:5672\nbackends:\n  - {name: a, address: 'h:1'}\n\
+                    cluster:\n  nodes: [{backend: a, node: r@h}]\n";
+        let c = parse(&format!("{base}  replication: {{}}\n")).expect("valid");
+        let r = c.cluster.and_then(|c| c.replication).expect("replication");
+        assert_eq!(r.vhosts, ["/"]);
+        assert!(r.quorum_policy.is_empty());
+        let c = parse(&format!(
+            "{base}  replication:\n    vhosts: [/, orders]\n    quorum_policy: {{queue-leader-locator: balanced, delivery-limit: 20}}\n"
+        ))
+        .expect("valid");
+        let r = c.cluster.and_then(|c| c.replication).expect("replication");
+        assert_eq!(r.vhosts, ["/", "orders"]);
+        assert_eq!(r.quorum_policy["delivery-limit"], 20);
+        for (extra, key) in [
+            ("  replication: {vhosts: []}\n", "cluster.replication.vhosts"),
+            ("  replication: {vhosts: [/, /]}\n", "cluster.replication.vhosts[1]"),
+            (
+                "  replication: {quorum_policy: {ha-mode: all}}\n",
+                "cluster.replication.quorum_policy.ha-mode",
+            ),
+            (
+                "  replication: {}\n  policies: [{name: warren-replication, pattern: x, definition: {max-length: 1}}]\n",
+                "cluster.policies[0].name",
+            ),
+        ] {
+            match parse(&format!("{base}{extra}")) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{extra}"),
+                other => panic!("{extra}: expected an error for {key}, got {other:?}"),
+            }
+        }
+        assert!(matches!(
+            parse(&format!("{base}  replication: {{mode: all}}\n")),
+            Err(ConfigError::Parse { .. })
+        ));
     }
 
     #[test]

@@ -324,8 +324,17 @@ pub fn ctl(node: &Node, args: &[&str]) -> Result<String, String> {
     result
 }
 
+/// The CLI for the nodes under test: `WARREN_RABBITMQCTL` (split on spaces),
+/// else `rabbitmqctl` from PATH (`scripts/test` puts the version's first).
+pub fn rabbitmq_cli() -> String {
+    std::env::var("WARREN_RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into())
+}
+
 fn ctl_once(node: &Node, args: &[&str]) -> Result<String, String> {
-    let out = std::process::Command::new("rabbitmqctl")
+    let cli = rabbitmq_cli();
+    let mut argv = cli.split_whitespace();
+    let out = std::process::Command::new(argv.next().unwrap_or("rabbitmqctl"))
+        .args(argv)
         .args(["-n", &node.name, "-q"])
         .args(args)
         .output()
