@@ -1392,10 +1392,11 @@ cluster:
                 other => panic!("{extra}: expected an error for {key}, got {other:?}"),
             }
         }
-        assert!(matches!(
-            parse(&format!("{base}  replication: {{mode: all}}\n")),
-            Err(ConfigError::Parse { .. })
-        ));
+        // An unknown key is refused by the parser, naming it.
+        match parse(&format!("{base}  replication: {{mode: all}}\n")) {
+            Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "cluster.replication.mode"),
+            other => panic!("expected an error naming the key, got {other:?}"),
+        }
     }
 
     #[test]
