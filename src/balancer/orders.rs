@@ -3,7 +3,7 @@
 //! are sent.
 //!
 //! A connection's task polls its [`OrdersRx`]; on [`Command::Close`] it injects
-//! `connection.close` 320 at the next frame boundary (see `proxy`). Who sends the
+//! `connection.close` 320 at the next frame boundary (see `proxy::direction`). Who sends the
 //! orders (a paced drain, a node going down, shutdown) is the control plane's
 //! business.
 
@@ -35,7 +35,7 @@ const HARD: u8 = 2;
 
 /// What warren has told one connection, and the waker of the task that serves
 /// it. Every open connection holds one, idle ones included, so it is kept
-/// small (about 70 bytes; a `watch` channel took about 450): a level that only
+/// small (about 70 bytes): a level that only
 /// rises (run, close, hard: a hard close is never turned back into a graceful
 /// one), the reply-text of the first close, one waker (both directions of a
 /// connection are driven by one task).

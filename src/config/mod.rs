@@ -4,17 +4,27 @@
 //! `config/warren.yaml`), and every error names the file, the key and what was
 //! expected, so `warren check` can exit 64 with a useful message.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 pub mod address;
-pub use address::{split_host_port, Endpoint};
+pub mod cluster;
 pub mod log;
+pub mod values;
+
+pub use address::{split_host_port, Endpoint};
+pub use cluster::{
+    ApplyTo, ClusterConfig, ClusterNode, NodeType, PolicyConfig, ReplicationConfig,
+    REPLICATION_POLICY,
+};
+use values::{non_zero, opt_socket_addr, socket_addr};
+pub use values::{
+    read_limited, read_limited_to_string, HumanDuration, PositiveDuration, Secret, MAX_CONFIG_FILE,
+    MAX_SECRET_FILE,
+};
 
 /// Errors found while loading a config file.
 #[derive(Debug, thiserror::Error)]
@@ -33,106 +43,6 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
-}
-
-/// A duration written the human way in YAML (`2s`, `500ms`, `1m`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct HumanDuration(pub Duration);
-
-impl HumanDuration {
-    pub const fn secs(s: u64) -> Self {
-        HumanDuration(Duration::from_secs(s))
-    }
-    pub const fn millis(ms: u64) -> Self {
-        HumanDuration(Duration::from_millis(ms))
-    }
-    pub fn get(self) -> Duration {
-        self.0
-    }
-}
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim())
-            .map(HumanDuration)
-            .map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "expected a duration such as `2s` or `500ms`, got `{s}` ({e})"
-                ))
-            })
-    }
-}
-
-impl Serialize for HumanDuration {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(self.0).to_string())
-    }
-}
-
-impl fmt::Display for HumanDuration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_duration(self.0))
-    }
-}
-
-/// A [`HumanDuration`] greater than zero (an interval or a timeout that zero
-/// would make spin or fail at once).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct PositiveDuration(HumanDuration);
-
-impl PositiveDuration {
-    /// `s` seconds; 0 is taken as 1 ms (only constants call this).
-    pub const fn secs(s: u64) -> Self {
-        PositiveDuration::millis(s.saturating_mul(1000))
-    }
-    /// `ms` milliseconds; 0 is taken as 1.
-    pub const fn millis(ms: u64) -> Self {
-        PositiveDuration(HumanDuration::millis(if ms == 0 { 1 } else { ms }))
-    }
-    pub fn get(self) -> Duration {
-        self.0.get()
-    }
-}
-
-impl<'de> Deserialize<'de> for PositiveDuration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let h = HumanDuration::deserialize(d)?;
-        if h.get().is_zero() {
-            return Err(serde::de::Error::custom(
-                "expected a duration greater than 0",
-            ));
-        }
-        Ok(PositiveDuration(h))
-    }
-}
-
-impl fmt::Display for PositiveDuration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// A count greater than zero, with an error that says so.
-fn non_zero<'de, D: Deserializer<'de>>(d: D) -> Result<NonZeroU32, D::Error> {
-    let n = u32::deserialize(d)?;
-    NonZeroU32::new(n).ok_or_else(|| serde::de::Error::custom("expected a number greater than 0"))
-}
-
-/// `ip:port`, with an error that says so.
-fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
-    let s = String::deserialize(d)?;
-    s.trim().parse().map_err(|_| {
-        serde::de::Error::custom(format!(
-            "expected an `ip:port` address such as 127.0.0.1:5672, got `{s}`"
-        ))
-    })
-}
-
-/// An optional `ip:port` (absent key: `None`).
-fn opt_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
-    socket_addr(d).map(Some)
 }
 
 /// The whole file.
@@ -456,58 +366,6 @@ impl HealthConfig {
     }
 }
 
-/// Config files larger than this are refused before they are parsed.
-pub const MAX_CONFIG_FILE: u64 = 1024 * 1024;
-
-/// Files that hold one secret (`admin.token_file`, `health.password_file`,
-/// `cluster.erlang_cookie_file`) are read up to this size; a larger one is refused.
-pub const MAX_SECRET_FILE: u64 = 64 * 1024;
-
-/// Reads `path` whole if it holds at most `limit` bytes. A larger file, or an
-/// endless one such as `/dev/zero`, is an error that says so (reading stops
-/// after `limit + 1` bytes); no error quotes the content.
-pub fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::Read as _;
-    let mut data = Vec::new();
-    std::fs::File::open(path)?
-        .take(limit.saturating_add(1))
-        .read_to_end(&mut data)?;
-    if data.len() as u64 > limit {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::FileTooLarge,
-            format!("the file is larger than {limit} bytes"),
-        ));
-    }
-    Ok(data)
-}
-
-/// [`read_limited`] for text files.
-pub fn read_limited_to_string(path: &Path, limit: u64) -> std::io::Result<String> {
-    String::from_utf8(read_limited(path, limit)?).map_err(|_| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "the file is not UTF-8 text",
-        )
-    })
-}
-
-/// A string that never shows in logs, `Debug` output or `warren check`.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"<redacted>\"")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("<redacted>")
-    }
-}
-
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DrainConfig {
@@ -616,94 +474,6 @@ impl Default for ReloadConfig {
 }
 
 /// The name of the policy `cluster.replication` manages in each of its vhosts.
-pub const REPLICATION_POLICY: &str = "warren-replication";
-
-/// The RabbitMQ cluster `warren bootstrap` builds.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClusterConfig {
-    /// Local Erlang cookie, used to check the nodes share it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub erlang_cookie_file: Option<PathBuf>,
-    /// The `rabbitmqctl` command (distributions wrap it differently).
-    #[serde(default = "default_rabbitmqctl")]
-    pub rabbitmqctl: String,
-    /// The first disc node is the seed the others join.
-    pub nodes: Vec<ClusterNode>,
-    #[serde(default)]
-    pub policies: Vec<PolicyConfig>,
-    /// Replicated queues, as an intent: bootstrap applies each version's way
-    /// (a mirroring policy before 4.0, quorum queues as the vhost's default from 4.0).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replication: Option<ReplicationConfig>,
-}
-
-/// `cluster.replication`: every queue of these vhosts replicated to all nodes.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReplicationConfig {
-    #[serde(default = "default_replicated_vhosts")]
-    pub vhosts: Vec<String>,
-    /// RabbitMQ 4.x only: policy keys for the quorum queues (`delivery-limit`,
-    /// `queue-leader-locator`, ...), applied as the policy `warren-replication`.
-    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
-    pub quorum_policy: serde_json::Map<String, serde_json::Value>,
-}
-
-fn default_replicated_vhosts() -> Vec<String> {
-    vec![default_vhost()]
-}
-
-fn default_rabbitmqctl() -> String {
-    "rabbitmqctl".to_string()
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClusterNode {
-    /// The `backends` entry this node is.
-    pub backend: String,
-    /// Its Erlang node name, `name@host`.
-    pub node: String,
-    #[serde(rename = "type", default)]
-    pub node_type: NodeType,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NodeType {
-    #[default]
-    Disc,
-    Ram,
-}
-
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyConfig {
-    pub name: String,
-    #[serde(default = "default_vhost")]
-    pub vhost: String,
-    pub pattern: String,
-    #[serde(default)]
-    pub apply_to: ApplyTo,
-    #[serde(default)]
-    pub priority: i64,
-    pub definition: serde_json::Map<String, serde_json::Value>,
-}
-
-fn default_vhost() -> String {
-    "/".to_string()
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ApplyTo {
-    #[default]
-    Queues,
-    Exchanges,
-    All,
-}
-
 /// How the YAML parser reads a config file.
 ///
 /// No source snippet in errors: the lines around a mistake may hold a password,
@@ -930,120 +700,9 @@ impl Config {
             ));
         }
         if let Some(c) = &self.cluster {
-            self.validate_cluster(c, file)?;
-        }
-        Ok(())
-    }
-
-    fn validate_cluster(&self, c: &ClusterConfig, file: &Path) -> Result<(), ConfigError> {
-        let invalid = |key: String, message: String| ConfigError::Invalid {
-            file: file.to_path_buf(),
-            key,
-            message,
-        };
-        if c.nodes.is_empty() {
-            return Err(invalid(
-                "cluster.nodes".into(),
-                "expected at least one node".into(),
-            ));
-        }
-        if !c.nodes.iter().any(|n| n.node_type == NodeType::Disc) {
-            return Err(invalid(
-                "cluster.nodes".into(),
-                "expected at least one node of type `disc` (a cluster must keep one)".into(),
-            ));
-        }
-        if c.rabbitmqctl.split_whitespace().next().is_none() {
-            return Err(invalid(
-                "cluster.rabbitmqctl".into(),
-                "expected a command such as `rabbitmqctl` or `sudo -u rabbitmq rabbitmqctl`".into(),
-            ));
-        }
-        let mut seen_nodes = std::collections::HashSet::new();
-        let mut seen_backends = std::collections::HashSet::new();
-        for (i, n) in c.nodes.iter().enumerate() {
-            if !self.backends.iter().any(|b| b.name == n.backend) {
-                return Err(invalid(
-                    format!("cluster.nodes[{i}].backend"),
-                    format!(
-                        "expected the name of a `backends` entry, got `{}`",
-                        n.backend
-                    ),
-                ));
-            }
-            if !seen_backends.insert(n.backend.as_str()) {
-                return Err(invalid(
-                    format!("cluster.nodes[{i}].backend"),
-                    format!("backend `{}` is listed twice", n.backend),
-                ));
-            }
-            if !valid_node_name(&n.node) {
-                return Err(invalid(
-                    format!("cluster.nodes[{i}].node"),
-                    format!(
-                        "expected an Erlang node name such as `rabbit@node1`, got `{}`",
-                        n.node
-                    ),
-                ));
-            }
-            if !seen_nodes.insert(n.node.as_str()) {
-                return Err(invalid(
-                    format!("cluster.nodes[{i}].node"),
-                    format!("node `{}` is listed twice", n.node),
-                ));
-            }
-        }
-        for (i, p) in c.policies.iter().enumerate() {
-            if p.name.is_empty() {
-                return Err(invalid(
-                    format!("cluster.policies[{i}].name"),
-                    "expected a non-empty policy name".into(),
-                ));
-            }
-            if p.definition.is_empty() {
-                return Err(invalid(
-                    format!("cluster.policies[{i}].definition"),
-                    "expected at least one key".into(),
-                ));
-            }
-        }
-        if let Some(r) = &c.replication {
-            if r.vhosts.is_empty() {
-                return Err(invalid(
-                    "cluster.replication.vhosts".into(),
-                    "expected at least one vhost (the default is [/])".into(),
-                ));
-            }
-            let mut seen = std::collections::HashSet::new();
-            for (i, v) in r.vhosts.iter().enumerate() {
-                if v.is_empty() || !seen.insert(v.as_str()) {
-                    return Err(invalid(
-                        format!("cluster.replication.vhosts[{i}]"),
-                        format!("expected a vhost name listed once, got `{v}`"),
-                    ));
-                }
-            }
-            if let Some(k) = r.quorum_policy.keys().find(|k| k.starts_with("ha-")) {
-                return Err(invalid(
-                    format!("cluster.replication.quorum_policy.{k}"),
-                    "expected quorum queue policy keys (delivery-limit, queue-leader-locator, \
-                     ...): ha-* keys are classic mirroring, which cluster.replication already \
-                     applies on RabbitMQ 3.x by itself"
-                        .into(),
-                ));
-            }
-            for (i, p) in c.policies.iter().enumerate() {
-                if p.name == REPLICATION_POLICY && r.vhosts.contains(&p.vhost) {
-                    return Err(invalid(
-                        format!("cluster.policies[{i}].name"),
-                        format!(
-                            "`{REPLICATION_POLICY}` is the policy cluster.replication manages \
-                             in vhost `{}`: choose another name",
-                            p.vhost
-                        ),
-                    ));
-                }
-            }
+            let backends: Vec<&str> = self.backends.iter().map(|b| b.name.as_str()).collect();
+            c.validate(&backends)
+                .map_err(|(key, message)| invalid(key, message))?;
         }
         Ok(())
     }
@@ -1056,20 +715,6 @@ fn valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-/// `name@host`: both parts non-empty, no spaces, one `@`.
-fn valid_node_name(s: &str) -> bool {
-    let mut parts = s.split('@');
-    let (Some(name), Some(host), None) = (parts.next(), parts.next(), parts.next()) else {
-        return false;
-    };
-    let ok = |p: &str| {
-        !p.is_empty()
-            && p.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    };
-    ok(name) && ok(host)
-}
-
 #[cfg(test)]
 pub(crate) mod test_util;
 
@@ -1077,6 +722,7 @@ pub(crate) mod test_util;
 mod tests {
     use super::*;
     use crate::config::test_util::TempFile;
+    use std::time::Duration;
 
     fn parse(s: &str) -> Result<Config, ConfigError> {
         Config::from_yaml(s, Path::new("test.yaml"))
@@ -1428,13 +1074,5 @@ cluster:
         )
         .expect("valid");
         assert_eq!(c.log.level, "info, é=debug");
-    }
-
-    #[test]
-    fn node_names() {
-        assert!(valid_node_name("rabbit@node1"));
-        assert!(!valid_node_name("rabbit"));
-        assert!(!valid_node_name("a@b@c"));
-        assert!(!valid_node_name("@b"));
     }
 }

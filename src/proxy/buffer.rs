@@ -2,10 +2,7 @@
 //!
 //! A buffer is taken when a connection starts moving a long payload and goes
 //! back as soon as it is empty, so idle connections hold none. It is a plain
-//! user-space buffer: on this machine's kernel, copying through 256 KiB beat
-//! splice(2) through a pooled pipe for throughput and for the proxy's CPU per
-//! GB alike, and the receiving end spent less too (docs/performance.md has the
-//! side-by-side run).
+//! user-space buffer (why not splice(2): docs/performance.md).
 
 use std::cell::RefCell;
 use std::io::{self, Read};
@@ -16,7 +13,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 /// Bytes a buffer holds: large enough that a bulk transfer moves in few system
-/// calls (128 KiB lost a few percent of throughput, 512 KiB gained nothing).
+/// calls (the size was measured: docs/performance.md).
 pub const BUFFER_SIZE: usize = 256 * 1024;
 /// Empty buffers kept per thread (at most 2 MiB).
 const POOL_MAX: usize = 8;

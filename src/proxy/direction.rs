@@ -1,6 +1,7 @@
 //! One direction of a proxied connection, as both data paths follow it: the
-//! plain TCP pump (`proxy`) and the TLS pump (`stream`) do their own I/O and
-//! share the AMQP close rules kept here.
+//! plain TCP pump (`pump`) and the TLS pump (`stream`) do their own I/O and
+//! share what is kept here: the AMQP close rules, how a connection ends
+//! ([`End`], [`joined`]), its time limits and byte meters.
 
 use std::future::Future;
 use std::pin::Pin;

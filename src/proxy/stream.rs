@@ -185,7 +185,7 @@ async fn both(
     .await
 }
 
-/// One direction, by the same rules as `proxy`'s (see [`Direction`]), over
+/// One direction, by the same rules as `pump`'s (see [`Direction`]), over
 /// `AsyncRead`/`AsyncWrite`.
 async fn forward<R, W>(
     mut d: Direction<'_>,

@@ -5,11 +5,7 @@
 //! - events (a connection opened, a connect failed, a probe finished, a reload)
 //!   are counted or observed where they happen;
 //! - gauges (state, active connections) and byte counts are taken from the live
-//!   state at every scrape ([`render`]). The data path only adds to two relaxed
-//!   atomics of its backend per read; a scrape moves the difference into the
-//!   counters. A removed backend's gauges disappear once its last connection is
-//!   gone (they are no longer refreshed and expire); counters keep their final
-//!   value, as counters do.
+//!   state at every scrape (`admin::scrape`), through the recorders here.
 //!
 //! Labels are bounded: backend names come from the config, every other label
 //! value is one of a fixed set. Client addresses are never labels.
