@@ -403,26 +403,25 @@ async fn forms_the_cluster_mirrors_queues_and_a_second_run_changes_nothing() {
     assert!(r.stdout.contains("check: the cluster matches"), "{r}");
 
     // ...and fails, naming it, when the policy is gone; a run puts it back.
-    assert_eq!(
-        mgmt(
-            &nodes[0],
-            hyper::Method::DELETE,
-            "/api/policies/%2F/ha-allqueue"
-        )
-        .await,
-        204
-    );
-    let r = bootstrap(&cfg, &["--check"]);
+    policy_drift_is_found_and_fixed(&cfg, &nodes[0], "ha-allqueue").await;
+    assert!(ha_policy(&nodes[0]).await.is_some());
+}
+
+/// Deletes policy `name` (vhost /) behind bootstrap's back: `--check` exits 1
+/// naming it, and a run puts it back with one change.
+async fn policy_drift_is_found_and_fixed(cfg: &PathBuf, node: &Node, name: &str) {
+    let path = format!("/api/policies/%2F/{name}");
+    assert_eq!(mgmt(node, hyper::Method::DELETE, &path).await, 204);
+    let r = bootstrap(cfg, &["--check"]);
     assert_eq!(r.code, 1, "{r}");
     assert_eq!(
         r.lines("differs"),
-        vec!["differs  policy ha-allqueue (vhost /): absent"],
+        vec![format!("differs  policy {name} (vhost /): absent")],
         "{r}"
     );
-    let r = bootstrap(&cfg, &[]);
+    let r = bootstrap(cfg, &[]);
     assert_eq!(r.code, 0, "{r}");
     assert_eq!(r.lines("change").len(), 1, "{r}");
-    assert!(ha_policy(&nodes[0]).await.is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1117,27 +1116,12 @@ async fn replication_is_applied_the_versions_way() {
         let r = bootstrap(&cfg, &["--dry-run"]);
         assert_eq!(r.code, 0, "{r}");
         assert_eq!(default_queue_type(&nodes[0]).await, "classic");
+        let r = bootstrap(&cfg, &[]);
+        assert_eq!(r.code, 0, "{r}");
+        assert_eq!(r.lines("change").len(), 1, "{r}");
     } else {
-        assert_eq!(
-            mgmt(
-                &nodes[0],
-                hyper::Method::DELETE,
-                "/api/policies/%2F/warren-replication"
-            )
-            .await,
-            204
-        );
-        let r = bootstrap(&cfg, &["--check"]);
-        assert_eq!(r.code, 1, "{r}");
-        assert_eq!(
-            r.lines("differs"),
-            vec!["differs  policy warren-replication (vhost /): absent"],
-            "{r}"
-        );
+        policy_drift_is_found_and_fixed(&cfg, &nodes[0], "warren-replication").await;
     }
-    let r = bootstrap(&cfg, &[]);
-    assert_eq!(r.code, 0, "{r}");
-    assert_eq!(r.lines("change").len(), 1, "{r}");
     assert_eq!(bootstrap(&cfg, &["--check"]).code, 0);
 }
 

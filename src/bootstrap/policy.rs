@@ -112,7 +112,11 @@ impl Api {
 
     /// The policy as RabbitMQ has it, `None` when there is none.
     pub async fn get_policy(&self, p: &PolicyConfig) -> Result<Option<Value>, PolicyError> {
-        let path = path(p);
+        self.get_object(path(p)).await
+    }
+
+    /// The JSON object at `path`, `None` on 404.
+    pub async fn get_object(&self, path: String) -> Result<Option<Value>, PolicyError> {
         let r = self.request(Method::GET, &path, None).await?;
         match r.status {
             StatusCode::NOT_FOUND => Ok(None),

@@ -50,21 +50,7 @@ pub fn put_body(current: &Value, queue_type: &str) -> Value {
 impl Api {
     /// The vhost as RabbitMQ shows it, `None` when it does not exist.
     pub async fn get_vhost(&self, vhost: &str) -> Result<Option<Value>, PolicyError> {
-        let path = path(vhost);
-        let r = self.request(Method::GET, &path, None).await?;
-        match r.status {
-            StatusCode::NOT_FOUND => Ok(None),
-            StatusCode::OK => match r.json() {
-                Some(v @ Value::Object(_)) => Ok(Some(v)),
-                _ => Err(PolicyError::NotJson(path)),
-            },
-            status => Err(PolicyError::Status {
-                method: "GET",
-                path,
-                status,
-                body: body_text(&r.body),
-            }),
-        }
+        self.get_object(path(vhost)).await
     }
 
     /// `PUT`s the vhost with `body`; the HTTP status on success (204).
