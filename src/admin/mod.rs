@@ -68,6 +68,7 @@ struct BackendView<'a> {
     state: State,
     mode: Mode,
     alarm: bool,
+    maintenance: bool,
     active_connections: usize,
     total_connections: u64,
     #[serde(flatten)]
@@ -81,6 +82,7 @@ fn view(b: &Backend) -> BackendView<'_> {
         state: b.state(),
         mode: b.mode(),
         alarm: b.alarm(),
+        maintenance: b.maintenance(),
         active_connections: b.active_connections(),
         total_connections: b.total_connections(),
         check: b.check.lock().map(|c| c.clone()).unwrap_or_default(),

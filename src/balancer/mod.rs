@@ -47,6 +47,8 @@ pub enum State {
     Down,
     Draining,
     Disabled,
+    /// The node itself is in maintenance mode (`rabbitmq-upgrade drain`).
+    Maintenance,
 }
 
 impl State {
@@ -56,6 +58,7 @@ impl State {
             State::Down => "down",
             State::Draining => "draining",
             State::Disabled => "disabled",
+            State::Maintenance => "maintenance",
         }
     }
 }
@@ -68,6 +71,12 @@ pub struct CheckStatus {
     pub consecutive_successes: u32,
     pub consecutive_failures: u32,
     pub last_failure: Option<String>,
+    /// The node's RabbitMQ version, once read (`GET /api/overview`).
+    pub rabbitmq_version: Option<String>,
+    /// The management checks of the last probe (`health.checks`, `auto` resolved).
+    pub checks: Vec<String>,
+    /// Checks of that list the node does not know (HTTP 404), skipped.
+    pub skipped_checks: Vec<String>,
 }
 
 /// One RabbitMQ node as warren sees it.
@@ -78,6 +87,8 @@ pub struct Backend {
     mode: AtomicU8,
     /// A resource alarm (memory/disk) on the node, per `health.on_alarm`.
     alarm: AtomicBool,
+    /// The node is in maintenance mode (`rabbitmq-upgrade drain`).
+    maintenance: AtomicBool,
     /// Bytes forwarded from clients to this backend (added per read, relaxed).
     pub bytes_in: AtomicU64,
     /// Bytes forwarded from this backend to clients.
@@ -115,6 +126,7 @@ impl Backend {
             health: AtomicU8::new(Health::Up as u8),
             mode: AtomicU8::new(Mode::Enabled as u8),
             alarm: AtomicBool::new(false),
+            maintenance: AtomicBool::new(false),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             reported_in: AtomicU64::new(0),
@@ -187,6 +199,14 @@ impl Backend {
         }
     }
 
+    /// Starts slow start over, as for a backend that just came up (a node back
+    /// from maintenance).
+    pub fn restart_slowstart(&self) {
+        if let Ok(mut s) = self.up_since.lock() {
+            *s = Some(Instant::now());
+        }
+    }
+
     /// When the backend last came back up, if it ever went down.
     pub fn up_since(&self) -> Option<Instant> {
         self.up_since.lock().ok().and_then(|s| *s)
@@ -213,6 +233,7 @@ impl Backend {
         match (self.mode(), self.health()) {
             (Mode::Disabled, _) => State::Disabled,
             (Mode::Draining, _) => State::Draining,
+            (Mode::Enabled, _) if self.maintenance() => State::Maintenance,
             (Mode::Enabled, Health::Down) => State::Down,
             (Mode::Enabled, Health::Up) => State::Up,
         }
@@ -235,6 +256,15 @@ impl Backend {
 
     pub fn alarm(&self) -> bool {
         self.alarm.load(Ordering::Acquire)
+    }
+
+    pub fn maintenance(&self) -> bool {
+        self.maintenance.load(Ordering::Acquire)
+    }
+
+    /// Sets the maintenance flag; returns the previous value.
+    pub fn set_maintenance(&self, on: bool) -> bool {
+        self.maintenance.swap(on, Ordering::AcqRel)
     }
 
     /// Sets the alarm flag; returns the previous value.
@@ -538,5 +568,15 @@ mod tests {
         assert_eq!(a.state(), State::Draining);
         a.set_mode(Mode::Disabled);
         assert_eq!(a.state(), State::Disabled);
+        // Maintenance shows under an operator mode, over a health verdict.
+        a.set_maintenance(true);
+        assert_eq!(a.state(), State::Disabled);
+        a.set_mode(Mode::Enabled);
+        assert_eq!(a.state(), State::Maintenance);
+        a.set_health(Health::Up);
+        assert_eq!(a.state(), State::Maintenance);
+        assert!(!a.usable());
+        a.set_maintenance(false);
+        assert!(a.usable());
     }
 }

@@ -295,10 +295,12 @@ pub struct HealthConfig {
     pub password_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
-    /// Management API checks, each `GET /api/health/checks/<name>`. Per-node checks
-    /// only: the cluster-wide `alarms` check fails on every node when one node has
-    /// an alarm, so it would take the whole cluster out.
-    pub checks: Vec<String>,
+    /// Management API checks, each `GET /api/health/checks/<name>`: `auto` (the
+    /// list that fits each node's RabbitMQ version, docs/health-checks.md) or a
+    /// list, honoured as written. Per-node checks only: the cluster-wide `alarms`
+    /// check fails on every node when one node has an alarm, so it would take the
+    /// whole cluster out.
+    pub checks: Checks,
     /// What a memory or disk alarm on a node (the `local-alarms` check) does:
     /// `stop-new` (no new connections, existing ones kept so consumers keep
     /// draining it), `drain` (also close existing ones, paced), `ignore`.
@@ -310,6 +312,45 @@ pub struct HealthConfig {
     /// A backend that comes back receives new connections gradually over this
     /// time (HAProxy `slowstart`); `0s` turns it off.
     pub slowstart: HumanDuration,
+}
+
+/// `health.checks`: chosen per node from its version, or the operator's list.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Checks {
+    /// The list that fits each node's RabbitMQ version (`health::plan`).
+    #[default]
+    Auto,
+    /// These checks on every node, in this order.
+    List(Vec<String>),
+}
+
+impl Serialize for Checks {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Checks::Auto => s.serialize_str("auto"),
+            Checks::List(l) => l.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Checks {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Word(String),
+            List(Vec<String>),
+        }
+        match Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected `auto` or a list of check names"))?
+        {
+            Raw::Word(w) if w == "auto" => Ok(Checks::Auto),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "expected `auto` or a list of check names, got `{w}`"
+            ))),
+            Raw::List(l) => Ok(Checks::List(l)),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -332,11 +373,7 @@ impl Default for HealthConfig {
             password: None,
             password_file: None,
             password_env: None,
-            checks: vec![
-                "local-alarms".to_string(),
-                "protocol-listener/amqp".to_string(),
-                "virtual-hosts".to_string(),
-            ],
+            checks: Checks::Auto,
             on_alarm: OnAlarm::default(),
             fast_interval: PositiveDuration::millis(500),
             down_interval: PositiveDuration::secs(5),
@@ -661,7 +698,11 @@ impl Config {
             ));
         }
         let h = &self.health;
-        for (i, c) in h.checks.iter().enumerate() {
+        let listed: &[String] = match &h.checks {
+            Checks::Auto => &[],
+            Checks::List(l) => l,
+        };
+        for (i, c) in listed.iter().enumerate() {
             if c.is_empty() || c.starts_with('/') || c.contains("..") || c.contains('?') {
                 return Err(invalid(
                     format!("health.checks[{i}]"),
@@ -726,6 +767,35 @@ mod tests {
 
     fn parse(s: &str) -> Result<Config, ConfigError> {
         Config::from_yaml(s, Path::new("test.yaml"))
+    }
+
+    #[test]
+    fn health_checks_are_auto_or_a_list() {
+        let parse = |checks: &str| {
+            Config::from_yaml(
+                &format!("listen: 127.0.0.1:5672\nhealth: {{checks: {checks}}}\nbackends:\n  - {{name: a, address: 'h:1'}}\n"),
+                Path::new("t.yaml"),
+            )
+        };
+        assert_eq!(HealthConfig::default().checks, Checks::Auto);
+        assert_eq!(parse("auto").expect("auto").health.checks, Checks::Auto);
+        assert_eq!(
+            parse("[is-in-service]").expect("list").health.checks,
+            Checks::List(vec!["is-in-service".into()])
+        );
+        assert_eq!(
+            parse("[]").expect("empty").health.checks,
+            Checks::List(vec![])
+        );
+        let e = parse("sometimes")
+            .expect_err("a word other than auto")
+            .to_string();
+        assert!(e.contains("health.checks") && e.contains("`auto`"), "{e}");
+        let e = parse("['../x']").expect_err("a path").to_string();
+        assert!(e.contains("health.checks[0]"), "{e}");
+        // The default shows as `auto` (warren check prints the config).
+        let shown = serde_json::to_value(HealthConfig::default()).expect("json");
+        assert_eq!(shown["checks"], "auto");
     }
 
     #[test]

@@ -29,6 +29,11 @@ pub(crate) enum Action {
     Alarm(String),
     /// The node's alarm cleared.
     AlarmCleared,
+    /// The node is in maintenance mode (reason): out of rotation, its
+    /// connections drained paced (the broker may close them first).
+    Maintenance(String),
+    /// The node left maintenance mode: back in rotation if it is up.
+    MaintenanceOver,
     /// A reload removed the backend: its checker stops and its connections
     /// are drained.
     Retire,
@@ -83,7 +88,33 @@ pub(crate) fn act(app: &Arc<App>, b: &Arc<Backend>, action: Action) {
         Action::AlarmCleared => {
             b.set_alarm(false);
             tracing::info!(backend = name, "resource alarm cleared");
-            b.conns.cancel_drain();
+            if !b.maintenance() {
+                b.conns.cancel_drain();
+            }
+        }
+        Action::Maintenance(reason) => {
+            b.set_maintenance(true);
+            tracing::warn!(
+                backend = name,
+                reason,
+                "node in maintenance, out of rotation"
+            );
+            if b.mode() == Mode::Enabled {
+                let reason = format!("warren: node {name} is in maintenance, reconnect");
+                start_drain(app, b, "maintenance", reason);
+            }
+        }
+        Action::MaintenanceOver => {
+            b.set_maintenance(false);
+            tracing::info!(backend = name, "node out of maintenance");
+            let alarm_drains = b.alarm() && app.config.load().health.on_alarm == OnAlarm::Drain;
+            if b.mode() == Mode::Enabled && !alarm_drains {
+                b.conns.cancel_drain();
+            }
+            if b.health() == Health::Up {
+                b.restart_slowstart();
+                rebalance::trigger(app, &format!("{name} back from maintenance"));
+            }
         }
         Action::Retire => {
             b.tasks.cancel();

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use crate::balancer::{Backend, Health};
 use crate::control::act::{act, Action};
 use crate::control::app::App;
-use crate::health::{self, Outcome};
-use crate::mgmt::Credentials;
+use crate::health::{self, NodeCache, Outcome};
+use crate::mgmt::{Credentials, Endpoint};
 use crate::telemetry::metrics;
 
 /// Runs the checks of `backend` until it is removed or warren shuts down.
@@ -25,6 +25,7 @@ pub(crate) fn spawn(app: Arc<App>, backend: Arc<Backend>) {
 }
 
 async fn run(app: &Arc<App>, backend: &Arc<Backend>) {
+    let mut node = NodeCache::default();
     loop {
         let cfg = app.config.load().health.clone();
         let creds = match cfg.resolve_password() {
@@ -37,21 +38,75 @@ async fn run(app: &Arc<App>, backend: &Arc<Backend>) {
                 None
             }
         };
+        let plan = health::plan(&cfg.checks, node.version());
+        let peers = peers(app, backend);
+        let node_name = node.info().and_then(|i| i.node.clone());
+        let ctx = health::Context {
+            plan: &plan,
+            node: node_name.as_deref(),
+            peers: &peers,
+        };
+        let read_due = node.due(tokio::time::Instant::now());
         let started = tokio::time::Instant::now();
-        let probe = health::probe(backend, &cfg, creds.as_ref());
-        tokio::pin!(probe);
-        let outcome = loop {
-            tokio::select! {
-                outcome = &mut probe => break outcome,
-                _ = backend.connect_failure_reported() => connect_failures(app, backend),
+        // The version is read beside the probe, never inside it: the read may
+        // wait on a frozen member of the cluster, the probe must not.
+        let mgmt = management(backend).zip(creds.as_ref());
+        let read = async {
+            match mgmt {
+                Some((ep, creds)) if read_due => {
+                    Some(health::read_node(&ep, creds, cfg.timeout.get()).await)
+                }
+                _ => None,
             }
         };
+        let probe = async {
+            let probe = async {
+                let report = health::probe(backend, &cfg, creds.as_ref(), ctx).await;
+                (report, started.elapsed())
+            };
+            tokio::join!(probe, read)
+        };
+        let ((report, took), read) = {
+            tokio::pin!(probe);
+            loop {
+                tokio::select! {
+                    done = &mut probe => break done,
+                    _ = backend.connect_failure_reported() => connect_failures(app, backend),
+                }
+            }
+        };
+        if let Some(read) = read {
+            learn(backend, &mut node, read);
+        }
+        let outcome = report.outcome;
         let failure = match &outcome {
             Outcome::Fail(reason) => Some(reason.as_str()),
             _ => None,
         };
-        metrics::health_check(backend.name(), started.elapsed(), failure);
-        apply(app, backend, &outcome);
+        metrics::health_check(backend.name(), took, failure);
+        if let Ok(mut st) = backend.check.lock() {
+            for name in report
+                .skipped
+                .iter()
+                .filter(|n| !st.skipped_checks.contains(n))
+            {
+                tracing::warn!(
+                    backend = backend.name(),
+                    check = %name,
+                    version = ?node.info().map(|i| &i.version),
+                    "health check unknown to this node (HTTP 404), skipped"
+                );
+            }
+            st.skipped_checks = report.skipped;
+            st.checks = plan.checks.clone();
+            st.rabbitmq_version = node.info().map(|i| i.version.clone());
+        }
+        if failure.is_some() {
+            node.mark_stale();
+        }
+        if apply(app, backend, &outcome) == Some(Health::Up) {
+            node.mark_stale();
+        }
         // A reload may have changed the intervals: start over with the new ones.
         let next = tokio::time::Instant::now() + health::next_interval(backend, &cfg);
         loop {
@@ -64,17 +119,60 @@ async fn run(app: &Arc<App>, backend: &Arc<Backend>) {
     }
 }
 
-/// Counts each connect failure the data path reported as a failed probe.
+fn management(backend: &Backend) -> Option<Endpoint> {
+    Endpoint::parse(backend.config.management.as_deref()?).ok()
+}
+
+/// The management APIs of the other backends.
+fn peers(app: &App, backend: &Arc<Backend>) -> Vec<Endpoint> {
+    app.balancer
+        .backends()
+        .iter()
+        .filter(|b| !Arc::ptr_eq(b, backend))
+        .filter_map(|b| management(b))
+        .collect()
+}
+
+/// Keeps what a version read found; logs a version learned or changed.
+fn learn(backend: &Backend, node: &mut NodeCache, read: Result<health::NodeInfo, String>) {
+    let now = tokio::time::Instant::now();
+    match read {
+        Ok(info) => {
+            let version = info.version.clone();
+            if node.record(Ok(info), now) {
+                let plan = health::plan(&crate::config::Checks::Auto, node.version());
+                tracing::info!(
+                    backend = backend.name(),
+                    version,
+                    auto_checks = ?plan.checks,
+                    maintenance_mode = plan.maintenance,
+                    "RabbitMQ version"
+                );
+            }
+        }
+        Err(e) => {
+            tracing::debug!(backend = backend.name(), error = %e, retry = ?NodeCache::RETRY, "version not read");
+            node.record(Err(e), now);
+        }
+    }
+}
+
+/// Counts each connect failure the data path reported as a failed probe. A
+/// node in maintenance refuses connections on purpose: not counted then.
 fn connect_failures(app: &Arc<App>, backend: &Arc<Backend>) {
     let (n, reason) = backend.take_connect_failures();
+    if backend.maintenance() {
+        return;
+    }
     let outcome = Outcome::Fail(format!("connect: {reason}"));
     for _ in 0..n {
         apply(app, backend, &outcome);
     }
 }
 
-/// Applies one outcome to the verdict and acts on what flipped.
-fn apply(app: &Arc<App>, backend: &Arc<Backend>, outcome: &Outcome) {
+/// Applies one outcome to the verdict and acts on what changed; returns the
+/// health flip, if any.
+fn apply(app: &Arc<App>, backend: &Arc<Backend>, outcome: &Outcome) -> Option<Health> {
     let cfg = app.config.load();
     let verdict = health::observe(backend, &cfg.health, outcome);
     match verdict.alarm {
@@ -90,4 +188,10 @@ fn apply(app: &Arc<App>, backend: &Arc<Backend>, outcome: &Outcome) {
         Some(Health::Up) => act(app, backend, Action::Up),
         None => tracing::debug!(backend = backend.name(), ?outcome, "check"),
     }
+    match verdict.maintenance {
+        Some(Some(reason)) => act(app, backend, Action::Maintenance(reason)),
+        Some(None) => act(app, backend, Action::MaintenanceOver),
+        None => {}
+    }
+    verdict.flip
 }

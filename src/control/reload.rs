@@ -157,14 +157,10 @@ fn read_config_file(path: &Path) -> std::io::Result<String> {
 /// Reads the config file again and applies it. On failure nothing changes.
 pub async fn reload(app: &Arc<App>, trigger: Trigger) -> Result<Summary, ReloadError> {
     let _one_at_a_time = app.reloader.lock.lock().await;
-    let result = apply(app).await;
+    let result = apply(app, trigger).await;
     let file = app.config_path.display().to_string();
     match &result {
         Ok(s) => {
-            app.reloader.last_ok.store(true, Ordering::Relaxed);
-            app.reloader
-                .last_success
-                .store(unix_now().to_bits(), Ordering::Relaxed);
             tracing::info!(
                 file,
                 trigger = trigger.as_str(),
@@ -188,11 +184,16 @@ pub async fn reload(app: &Arc<App>, trigger: Trigger) -> Result<Summary, ReloadE
             tracing::error!(file, trigger = trigger.as_str(), error = %e, "reload failed, the running config stays");
         }
     }
-    crate::telemetry::metrics::reload(trigger.as_str(), result.is_ok());
+    if result.is_err() {
+        crate::telemetry::metrics::reload(trigger.as_str(), false);
+    }
     result
 }
 
-async fn apply(app: &Arc<App>) -> Result<Summary, ReloadError> {
+/// Reads, checks and commits the new config. A success is counted before the
+/// new config becomes visible, so whoever sees it (a new backend in the API)
+/// also sees the reload counted.
+async fn apply(app: &Arc<App>, trigger: Trigger) -> Result<Summary, ReloadError> {
     let path = &app.config_path;
     let read = read_config_file(path);
     app.reloader.set_seen(fingerprint(&read));
@@ -235,6 +236,11 @@ async fn apply(app: &Arc<App>) -> Result<Summary, ReloadError> {
     })?;
 
     // From here on nothing fails.
+    crate::telemetry::metrics::reload(trigger.as_str(), true);
+    app.reloader.last_ok.store(true, Ordering::Relaxed);
+    app.reloader
+        .last_success
+        .store(unix_now().to_bits(), Ordering::Relaxed);
     let mut summary = Summary {
         file: path.display().to_string(),
         tls_reloaded: new.tls.is_some() || new.backends.iter().any(|b| b.tls.is_some()),

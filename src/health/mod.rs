@@ -1,19 +1,21 @@
-//! Active and passive health checking.
+//! Active and passive health checking: probes and the rise/fall state machine.
 //!
-//! One task per backend (a hung node never delays the others' checks). A probe is a
-//! TCP connect to the AMQP port plus the node's own management API checks
-//! (`GET /api/health/checks/<name>`), the whole probe bounded by `health.timeout`.
-//! Consecutive results move the verdict with HAProxy's rise/fall semantics; failed
-//! connects from the proxy count as failures too (passive detection). A verdict
-//! flip is logged once; probes that agree with the current verdict log at debug.
+//! A probe is a TCP connect to the AMQP port plus the node's own management API
+//! checks (`GET /api/health/checks/<name>`), the whole probe bounded by
+//! `health.timeout`. Which checks run on a node follows its RabbitMQ version
+//! ([`plan`]), read from `GET /api/overview` ([`read_node`]) and kept in a
+//! [`NodeCache`]. Consecutive results move the verdict with HAProxy's rise/fall
+//! semantics ([`observe`]); a node in maintenance (`rabbitmq-upgrade drain`) is a
+//! distinct outcome, not a failure. Nothing here acts: `control` does.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper::{Method, StatusCode};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::balancer::{Backend, Health};
-use crate::config::{HealthConfig, OnAlarm};
+use crate::config::{Checks, HealthConfig, OnAlarm};
 use crate::mgmt::{self, Credentials, Endpoint};
 
 /// The result of one probe.
@@ -22,7 +24,207 @@ pub(crate) enum Outcome {
     Pass,
     /// The node is reachable and serving, but has a resource alarm.
     Alarm(String),
+    /// The node is in maintenance mode (`rabbitmq-upgrade drain`): out of
+    /// rotation until it is revived. Not a failure.
+    Maintenance(String),
     Fail(String),
+}
+
+/// A RabbitMQ version, as `rabbitmq_version` in `GET /api/overview` spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+impl Version {
+    pub const fn new(major: u32, minor: u32, patch: u32) -> Version {
+        Version {
+            major,
+            minor,
+            patch,
+        }
+    }
+
+    /// `4.3.6`, `3.10.8`, `4.1.0-rc.1`, `4.2.0+deb`: the leading numbers; a
+    /// missing patch is 0. `None` when it does not start with `major.minor`.
+    pub fn parse(s: &str) -> Option<Version> {
+        let core = s.split(['-', '+', ' ']).next()?;
+        let mut parts = core.split('.');
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next()?.parse().ok()?;
+        let patch = match parts.next() {
+            Some(p) => p.parse().ok()?,
+            None => 0,
+        };
+        Some(Version::new(major, minor, patch))
+    }
+}
+
+/// `is-in-service` and `ready-to-serve-clients` exist from here on (404 before,
+/// measured on 3.10.8 and 4.0.5), and with them a visible maintenance mode.
+pub const MAINTENANCE_CHECKS_SINCE: Version = Version::new(4, 1, 1);
+/// The first 4.x: `protocol-listener/amqp` hangs on 4.0.5 while another member
+/// of the cluster is frozen, so `auto` leaves it out from here on.
+const V4: Version = Version::new(4, 0, 0);
+
+/// The checks that work on every version from 3.8.10 on, per node and without
+/// waiting on other members: what `auto` uses while a node's version is unknown.
+const COMMON: [&str; 2] = ["local-alarms", "virtual-hosts"];
+
+/// What to probe on one node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// Management checks, in order.
+    pub checks: Vec<String>,
+    /// The node's version has a maintenance mode warren can see: a drained node
+    /// is `Outcome::Maintenance`, not a failure.
+    pub maintenance: bool,
+}
+
+/// The checks for a node of `version` (`None`: not known yet) under `checks`.
+/// `auto`:
+/// - 3.x: `local-alarms`, `protocol-listener/amqp`, `virtual-hosts` (as always);
+/// - 4.0.0 up to 4.1.0: `local-alarms`, `virtual-hosts`;
+/// - 4.1.1 on: `local-alarms`, `is-in-service`, `ready-to-serve-clients`,
+///   `virtual-hosts`;
+/// - unknown: `local-alarms`, `virtual-hosts` (they work everywhere).
+///
+/// A list is used as written, whatever the version.
+pub fn plan(checks: &Checks, version: Option<Version>) -> Plan {
+    let maintenance = version.is_some_and(|v| v >= MAINTENANCE_CHECKS_SINCE);
+    let names: Vec<&str> = match (checks, version) {
+        (Checks::List(l), _) => {
+            return Plan {
+                checks: l.clone(),
+                maintenance,
+            }
+        }
+        (Checks::Auto, None) => COMMON.to_vec(),
+        (Checks::Auto, Some(v)) if v < V4 => {
+            vec!["local-alarms", "protocol-listener/amqp", "virtual-hosts"]
+        }
+        (Checks::Auto, Some(v)) if v < MAINTENANCE_CHECKS_SINCE => COMMON.to_vec(),
+        (Checks::Auto, Some(_)) => vec![
+            "local-alarms",
+            "is-in-service",
+            "ready-to-serve-clients",
+            "virtual-hosts",
+        ],
+    };
+    Plan {
+        checks: names.into_iter().map(str::to_string).collect(),
+        maintenance,
+    }
+}
+
+/// What `GET /api/overview` says about the node that answers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// `rabbitmq_version` as the node reports it.
+    pub version: String,
+    /// Its Erlang node name (`node`), to ask other members about it.
+    pub node: Option<String>,
+}
+
+impl NodeInfo {
+    pub fn parsed(&self) -> Option<Version> {
+        Version::parse(&self.version)
+    }
+}
+
+/// Reads the node's version and name. `GET /api/overview` waits on every
+/// member of the cluster (it hangs while one is frozen, on 4.0 and 4.3), so it
+/// is never part of a verdict: the caller runs it beside the probe.
+pub async fn read_node(
+    ep: &Endpoint,
+    creds: &Credentials,
+    timeout: Duration,
+) -> Result<NodeInfo, String> {
+    let path = "/api/overview?columns=rabbitmq_version,node";
+    let resp = mgmt::request(ep, creds, Method::GET, path, None, timeout)
+        .await
+        .map_err(|e| format!("GET /api/overview: {e}"))?;
+    if resp.status != StatusCode::OK {
+        return Err(format!("GET /api/overview: HTTP {}", resp.status.as_u16()));
+    }
+    let json = resp
+        .json()
+        .ok_or_else(|| "GET /api/overview: not JSON".to_string())?;
+    let version = json
+        .get("rabbitmq_version")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| "GET /api/overview: no rabbitmq_version".to_string())?;
+    Ok(NodeInfo {
+        version: version.to_string(),
+        node: json
+            .get("node")
+            .and_then(|n| n.as_str())
+            .map(str::to_string),
+    })
+}
+
+/// A node's version as last read, and when to read it again: after a failed
+/// probe and when the node comes back (it may have been upgraded meanwhile),
+/// at most every [`NodeCache::RETRY`] while reads fail. The last value read is
+/// kept meanwhile.
+#[derive(Clone, Debug)]
+pub struct NodeCache {
+    info: Option<NodeInfo>,
+    stale: bool,
+    next_read: Option<Instant>,
+}
+
+impl Default for NodeCache {
+    fn default() -> Self {
+        NodeCache {
+            info: None,
+            stale: true,
+            next_read: None,
+        }
+    }
+}
+
+impl NodeCache {
+    /// Time between two reads that fail.
+    pub const RETRY: Duration = Duration::from_secs(30);
+
+    pub fn info(&self) -> Option<&NodeInfo> {
+        self.info.as_ref()
+    }
+
+    pub fn version(&self) -> Option<Version> {
+        self.info.as_ref().and_then(NodeInfo::parsed)
+    }
+
+    /// Whether a read is due at `now`.
+    pub fn due(&self, now: Instant) -> bool {
+        self.stale && self.next_read.is_none_or(|t| now >= t)
+    }
+
+    /// Takes the result of a read; true when the version changed (or was
+    /// learned).
+    pub fn record(&mut self, read: Result<NodeInfo, String>, now: Instant) -> bool {
+        match read {
+            Ok(info) => {
+                let changed = self.info.as_ref().map(|i| &i.version) != Some(&info.version);
+                self.info = Some(info);
+                self.stale = false;
+                self.next_read = None;
+                changed
+            }
+            Err(_) => {
+                self.next_read = Some(now + Self::RETRY);
+                false
+            }
+        }
+    }
+
+    /// The node failed or came back: read its version again when next due.
+    pub fn mark_stale(&mut self) {
+        self.stale = true;
+    }
 }
 
 /// Fast while the verdict is changing, slow while down, normal otherwise.
@@ -40,44 +242,94 @@ pub(crate) fn next_interval(backend: &Backend, cfg: &HealthConfig) -> Duration {
     }
 }
 
+/// What one probe needs besides the backend and the config.
+#[derive(Clone, Copy, Debug)]
+pub struct Context<'a> {
+    pub plan: &'a Plan,
+    /// The node's Erlang name, when known.
+    pub node: Option<&'a str>,
+    /// The other backends' management APIs: asked whether the node is being
+    /// drained when its own listeners are closed.
+    pub peers: &'a [Endpoint],
+}
+
+/// The outcome of one probe, and the listed checks the node does not know
+/// (HTTP 404: they came with a later version).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub outcome: Outcome,
+    pub skipped: Vec<String>,
+}
+
 /// One probe, bounded by `health.timeout`.
 pub(crate) async fn probe(
     backend: &Backend,
     cfg: &HealthConfig,
     creds: Option<&Credentials>,
-) -> Outcome {
+    ctx: Context<'_>,
+) -> Report {
     let timeout = cfg.timeout.get();
-    match tokio::time::timeout(timeout, probe_inner(backend, cfg, creds, timeout)).await {
-        Ok(o) => o,
-        Err(_) => Outcome::Fail(format!("check timed out after {timeout:?}")),
+    match tokio::time::timeout(timeout, probe_inner(backend, creds, ctx, timeout)).await {
+        Ok(r) => r,
+        Err(_) => Report {
+            outcome: Outcome::Fail(format!("check timed out after {timeout:?}")),
+            skipped: Vec::new(),
+        },
     }
 }
 
 async fn probe_inner(
     backend: &Backend,
-    cfg: &HealthConfig,
     creds: Option<&Credentials>,
+    ctx: Context<'_>,
     timeout: Duration,
-) -> Outcome {
+) -> Report {
+    let report = |outcome| Report {
+        outcome,
+        skipped: Vec::new(),
+    };
     // The AMQP port: a connect and an immediate close. It sends no bytes, so a
-    // listener expecting a PROXY header is not disturbed (RabbitMQ 3.10.8 logs
-    // nothing for it), and it runs no TLS handshake on AMQPS ports (a handshake
-    // then a close makes RabbitMQ log a warning per probe). See docs/tls.md.
+    // listener expecting a PROXY header is not disturbed (RabbitMQ logs nothing
+    // for it, where a protocol header then a close logs a warning per probe on
+    // 3.10, 4.0 and 4.3), and it runs no TLS handshake on AMQPS ports (a
+    // handshake then a close makes RabbitMQ log a warning per probe). See docs/tls.md.
     if let Err(e) = TcpStream::connect(&backend.config.address).await {
-        return Outcome::Fail(format!("amqp port {}: {e}", backend.config.address));
+        let refused = e.kind() == std::io::ErrorKind::ConnectionRefused;
+        if let (true, true, Some(node), Some(creds)) =
+            (refused, ctx.plan.maintenance, ctx.node, creds)
+        {
+            // A drained node suspends its AMQP and HTTP listeners (4.3.6): only
+            // the other members can tell maintenance from a failure.
+            if let Some(peer) = drained_per_peers(ctx.peers, creds, node, timeout).await {
+                return report(Outcome::Maintenance(format!(
+                    "amqp port {}: {e}; {peer} reports node {node} in maintenance (being drained)",
+                    backend.config.address
+                )));
+            }
+        }
+        return report(Outcome::Fail(format!(
+            "amqp port {}: {e}",
+            backend.config.address
+        )));
     }
     let (Some(url), Some(creds)) = (&backend.config.management, creds) else {
-        return Outcome::Pass;
+        return report(Outcome::Pass);
     };
     let ep = match Endpoint::parse(url) {
         Ok(ep) => ep,
-        Err(e) => return Outcome::Fail(e.to_string()),
+        Err(e) => return report(Outcome::Fail(e.to_string())),
     };
     let mut alarm = None;
-    for check in &cfg.checks {
+    let mut skipped = Vec::new();
+    for check in &ctx.plan.checks {
         let path = format!("/api/health/checks/{check}");
-        match mgmt::request(&ep, creds, Method::GET, &path, None, timeout).await {
-            Ok(resp) if resp.status == StatusCode::OK => {}
+        let outcome = match mgmt::request(&ep, creds, Method::GET, &path, None, timeout).await {
+            Ok(resp) if resp.status == StatusCode::OK => continue,
+            Ok(resp) if resp.status == StatusCode::NOT_FOUND => {
+                // Not in this version: the others still decide.
+                skipped.push(check.clone());
+                continue;
+            }
             Ok(resp) => {
                 let reason = resp
                     .json()
@@ -86,19 +338,64 @@ async fn probe_inner(
                         String::from_utf8_lossy(&resp.body[..resp.body.len().min(200)]).into_owned()
                     });
                 let text = format!("{check}: HTTP {}: {reason}", resp.status.as_u16());
-                if check == "local-alarms" && resp.status == StatusCode::SERVICE_UNAVAILABLE {
-                    alarm = Some(text);
-                } else {
-                    return Outcome::Fail(text);
+                let unavailable = resp.status == StatusCode::SERVICE_UNAVAILABLE;
+                match check.as_str() {
+                    "local-alarms" if unavailable => {
+                        alarm = Some(text);
+                        continue;
+                    }
+                    "is-in-service" if unavailable => Outcome::Maintenance(text),
+                    _ => Outcome::Fail(text),
                 }
             }
-            Err(e) => return Outcome::Fail(format!("{check}: {e}")),
+            Err(e) => Outcome::Fail(format!("{check}: {e}")),
+        };
+        return Report { outcome, skipped };
+    }
+    let outcome = if !skipped.is_empty() && skipped.len() == ctx.plan.checks.len() {
+        // Never pass on nothing: a wrong management URL answers 404 everywhere too.
+        Outcome::Fail(format!(
+            "none of the health checks exists on this node (HTTP 404): {}",
+            skipped.join(", ")
+        ))
+    } else if let Some(a) = alarm {
+        Outcome::Alarm(a)
+    } else {
+        Outcome::Pass
+    };
+    Report { outcome, skipped }
+}
+
+/// Asks the other members, one after another, whether `node` is being
+/// drained: the answering peer when one says yes; `None` when one says no or
+/// none answers.
+async fn drained_per_peers(
+    peers: &[Endpoint],
+    creds: &Credentials,
+    node: &str,
+    timeout: Duration,
+) -> Option<String> {
+    let path = format!(
+        "/api/nodes/{}?columns=name,being_drained",
+        mgmt::encode_segment(node)
+    );
+    for peer in peers {
+        let Ok(resp) = mgmt::request(peer, creds, Method::GET, &path, None, timeout).await else {
+            continue;
+        };
+        if resp.status != StatusCode::OK {
+            continue;
+        }
+        let drained = resp
+            .json()
+            .and_then(|v| v.get("being_drained").and_then(|d| d.as_bool()));
+        match drained {
+            Some(true) => return Some(peer.authority.clone()),
+            Some(false) => return None,
+            None => continue,
         }
     }
-    match alarm {
-        Some(a) => Outcome::Alarm(a),
-        None => Outcome::Pass,
-    }
+    None
 }
 
 /// What one outcome changed; the control plane acts on it.
@@ -109,25 +406,41 @@ pub(crate) struct Verdict {
     /// The node's alarm appeared (with its reason) or cleared, as warren
     /// counts alarms (`health.on_alarm: ignore` never raises one).
     pub alarm: Option<Option<String>>,
+    /// The node entered (with the reason) or left maintenance mode.
+    pub maintenance: Option<Option<String>>,
 }
 
 /// Applies one outcome to the backend's rise/fall counters (`backend.check`)
-/// and says whether the verdict or the alarm changed. Changes nothing else.
+/// and says whether the verdict, the alarm or maintenance changed. Changes
+/// nothing else.
+///
+/// Maintenance is the node's own statement, so it counts at once (no `fall`)
+/// and leaves the counters alone; any other answer ends it. A pass puts the
+/// node back as it was; a failure ends it down, so the node must pass `rise`
+/// probes first.
 pub(crate) fn observe(backend: &Backend, hc: &HealthConfig, outcome: &Outcome) -> Verdict {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
+    let Ok(mut st) = backend.check.lock() else {
+        return Verdict::default();
+    };
+    st.last_check = Some(now);
+    if let Outcome::Maintenance(r) = outcome {
+        st.last_failure = Some(r.clone());
+        return Verdict {
+            maintenance: (!backend.maintenance()).then(|| Some(r.clone())),
+            ..Verdict::default()
+        };
+    }
+    let maintenance = backend.maintenance().then_some(None);
     // Alarm handling: an alarmed node is reachable; what it means is configured.
     let alarm = match outcome {
         Outcome::Alarm(a) if hc.on_alarm != OnAlarm::Ignore => Some(a.clone()),
         _ => None,
     };
     let passed = matches!(outcome, Outcome::Pass | Outcome::Alarm(_));
-    let Ok(mut st) = backend.check.lock() else {
-        return Verdict::default();
-    };
-    st.last_check = Some(now);
     if passed {
         st.consecutive_successes = st.consecutive_successes.saturating_add(1);
         st.consecutive_failures = 0;
@@ -139,12 +452,17 @@ pub(crate) fn observe(backend: &Backend, hc: &HealthConfig, outcome: &Outcome) -
         st.last_failure = Some(r.clone());
     }
     let flip = match backend.health() {
+        Health::Up if !passed && maintenance.is_some() => Some(Health::Down),
         Health::Up if st.consecutive_failures >= hc.fall.get() => Some(Health::Down),
         Health::Down if st.consecutive_successes >= hc.rise.get() => Some(Health::Up),
         _ => None,
     };
     let alarm = (alarm.is_some() != backend.alarm()).then_some(alarm);
-    Verdict { flip, alarm }
+    Verdict {
+        flip,
+        alarm,
+        maintenance,
+    }
 }
 
 impl Outcome {
@@ -152,7 +470,7 @@ impl Outcome {
     pub(crate) fn reason(&self) -> Option<&str> {
         match self {
             Outcome::Pass => None,
-            Outcome::Fail(r) | Outcome::Alarm(r) => Some(r),
+            Outcome::Fail(r) | Outcome::Alarm(r) | Outcome::Maintenance(r) => Some(r),
         }
     }
 }
@@ -160,7 +478,7 @@ impl Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::BackendConfig;
+    use crate::config::{BackendConfig, Checks};
 
     fn backend() -> Backend {
         Backend::new(BackendConfig {
@@ -228,5 +546,116 @@ mod tests {
         assert_eq!(observe(&b, &ignore, &alarm).alarm, Some(None));
         b.set_alarm(false);
         assert_eq!(observe(&b, &ignore, &alarm).alarm, None);
+    }
+
+    fn v(s: &str) -> Option<Version> {
+        Version::parse(s)
+    }
+
+    #[test]
+    fn versions_parse_from_what_overview_reports() {
+        assert_eq!(v("3.10.8"), Some(Version::new(3, 10, 8)));
+        assert_eq!(v("4.3.6"), Some(Version::new(4, 3, 6)));
+        assert_eq!(v("4.1.0-rc.1"), Some(Version::new(4, 1, 0)));
+        assert_eq!(v("4.2"), Some(Version::new(4, 2, 0)));
+        assert_eq!(v("4.0.5+deb13u2"), Some(Version::new(4, 0, 5)));
+        assert_eq!(v(""), None);
+        assert_eq!(v("four"), None);
+        assert!(Version::new(3, 10, 8) < Version::new(4, 0, 0));
+        assert!(Version::new(4, 1, 0) < MAINTENANCE_CHECKS_SINCE);
+    }
+
+    #[test]
+    fn auto_checks_follow_the_version() {
+        let names = |version: &str| plan(&Checks::Auto, v(version)).checks;
+        let three = ["local-alarms", "protocol-listener/amqp", "virtual-hosts"];
+        let four_zero = ["local-alarms", "virtual-hosts"];
+        let later = [
+            "local-alarms",
+            "is-in-service",
+            "ready-to-serve-clients",
+            "virtual-hosts",
+        ];
+        for version in ["3.8.10", "3.10.8", "3.13.7"] {
+            assert_eq!(names(version), three, "{version}");
+            assert!(!plan(&Checks::Auto, v(version)).maintenance);
+        }
+        // protocol-listener/amqp hangs on 4.0.5 while a member is frozen;
+        // is-in-service and ready-to-serve-clients answer 404 there.
+        for version in ["4.0.0", "4.0.5", "4.1.0"] {
+            assert_eq!(names(version), four_zero, "{version}");
+            assert!(!plan(&Checks::Auto, v(version)).maintenance);
+        }
+        for version in ["4.1.1", "4.2.0", "4.3.6", "5.0.0"] {
+            assert_eq!(names(version), later, "{version}");
+            assert!(plan(&Checks::Auto, v(version)).maintenance);
+        }
+        // Unknown: what works everywhere, never nothing.
+        assert_eq!(plan(&Checks::Auto, None).checks, four_zero);
+        assert!(!plan(&Checks::Auto, None).maintenance);
+    }
+
+    #[test]
+    fn a_list_is_used_as_written_on_every_version() {
+        let list = Checks::List(vec!["is-in-service".into(), "virtual-hosts".into()]);
+        for version in [None, v("3.10.8"), v("4.0.5"), v("4.3.6")] {
+            assert_eq!(
+                plan(&list, version).checks,
+                ["is-in-service", "virtual-hosts"]
+            );
+        }
+        assert!(plan(&list, v("4.3.6")).maintenance);
+        assert!(!plan(&list, v("3.10.8")).maintenance);
+        assert!(plan(&Checks::List(vec![]), v("4.3.6")).checks.is_empty());
+    }
+
+    #[test]
+    fn the_version_is_read_again_after_a_failure_and_retried_slowly() {
+        let info = |version: &str| NodeInfo {
+            version: version.into(),
+            node: Some("n1@h".into()),
+        };
+        let t0 = Instant::now();
+        let mut c = NodeCache::default();
+        assert!(c.due(t0));
+        assert!(!c.record(Err("timed out".into()), t0));
+        assert!(!c.due(t0 + Duration::from_secs(1)));
+        assert!(c.due(t0 + NodeCache::RETRY));
+        assert!(c.record(Ok(info("4.0.5")), t0));
+        assert!(!c.due(t0 + NodeCache::RETRY * 10));
+        assert_eq!(c.version(), v("4.0.5"));
+        // A failed probe: read again at once; the last value is kept meanwhile.
+        c.mark_stale();
+        assert!(c.due(t0));
+        assert!(!c.record(Err("refused".into()), t0));
+        assert_eq!(c.version(), v("4.0.5"));
+        assert!(!c.due(t0));
+        // Upgraded while down.
+        c.mark_stale();
+        assert!(c.record(Ok(info("4.3.6")), t0 + NodeCache::RETRY));
+        assert_eq!(c.version(), v("4.3.6"));
+        assert!(!c.record(Ok(info("4.3.6")), t0 + NodeCache::RETRY));
+    }
+
+    #[test]
+    fn maintenance_is_at_once_leaves_the_counters_and_a_failure_ends_it_down() {
+        let b = backend();
+        let hc = HealthConfig::default();
+        observe(&b, &hc, &Outcome::Pass);
+        let m = Outcome::Maintenance("is-in-service: HTTP 503".into());
+        let v = observe(&b, &hc, &m);
+        assert_eq!(v.maintenance, Some(Some("is-in-service: HTTP 503".into())));
+        assert_eq!(v.flip, None);
+        b.set_maintenance(true);
+        assert_eq!(observe(&b, &hc, &m), Verdict::default());
+        assert_eq!(b.check.lock().expect("check").consecutive_successes, 1);
+        // Revived: back as it was, at once.
+        let v = observe(&b, &hc, &Outcome::Pass);
+        assert_eq!((v.maintenance, v.flip), (Some(None), None));
+        b.set_maintenance(false);
+        // Left maintenance failing: down, so `rise` passes must follow.
+        b.set_maintenance(true);
+        let v = observe(&b, &hc, &fail());
+        assert_eq!((v.maintenance, v.flip), (Some(None), Some(Health::Down)));
     }
 }

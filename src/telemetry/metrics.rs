@@ -55,9 +55,9 @@ pub const CONNECT_ERROR_KINDS: [&str; 6] = [
 /// Label values of [`HEALTH_CHECK_FAILURES`].
 pub const FAILURE_REASONS: [&str; 5] = ["timeout", "tcp", "unauthorized", "http_status", "other"];
 /// Label values of [`BACKEND_DRAINS`].
-pub const DRAIN_TRIGGERS: [&str; 3] = ["operator", "alarm", "reload"];
+pub const DRAIN_TRIGGERS: [&str; 4] = ["operator", "alarm", "reload", "maintenance"];
 /// Label values of [`BACKEND_STATE`].
-pub const BACKEND_STATES: [&str; 4] = ["up", "down", "draining", "disabled"];
+pub const BACKEND_STATES: [&str; 5] = ["up", "down", "draining", "disabled", "maintenance"];
 /// Label values of [`CONFIG_RELOADS`]' trigger: SIGHUP, `POST /api/reload`, the watched file.
 pub const RELOAD_TRIGGERS: [&str; 3] = ["signal", "api", "watch"];
 /// The plain AMQP listener's label value.
@@ -123,7 +123,7 @@ fn describe() {
     g(
         BACKEND_STATE,
         Count,
-        "1 for the backend's current state (up, down, draining, disabled), 0 for the others.",
+        "1 for the backend's current state (up, down, draining, disabled, maintenance), 0 for the others.",
     );
     g(
         BACKEND_ALARM,
@@ -158,7 +158,7 @@ fn describe() {
     c(
         BACKEND_DRAINS,
         Count,
-        "Drains started on the backend, by trigger (operator, alarm, reload).",
+        "Drains started on the backend, by trigger (operator, alarm, reload, maintenance).",
     );
     c(
         BACKEND_GRACEFUL_CLOSES,

@@ -323,3 +323,236 @@ async fn wrong_credentials_are_a_failure_with_reason_on_a_real_node() {
     assert!(!all.contains("wrong-password"));
     w.stop().await;
 }
+
+/// The checks `health.checks: auto` runs on this version's nodes (`WARREN_RABBITMQ`).
+fn auto_checks_here() -> Vec<&'static str> {
+    match rabbitmq_version().as_str() {
+        "4.0" => vec!["local-alarms", "virtual-hosts"],
+        v if v.starts_with("3.") => vec!["local-alarms", "protocol-listener/amqp", "virtual-hosts"],
+        _ => vec![
+            "local-alarms",
+            "is-in-service",
+            "ready-to-serve-clients",
+            "virtual-hosts",
+        ],
+    }
+}
+
+/// Whether this version has `is-in-service` (4.1.1 on; 3.10 and 4.0 answer 404).
+fn has_maintenance_checks() -> bool {
+    !rabbitmq_version().starts_with("3.") && rabbitmq_version() != "4.0"
+}
+
+/// Waits until `backend` shows the RabbitMQ version warren read from it.
+async fn wait_version(w: &Warren, backend: &str) -> serde_json::Value {
+    let start = tokio::time::Instant::now();
+    loop {
+        let b = w.backend(backend).await;
+        if b["rabbitmq_version"].is_string() && !b["checks"].as_array().is_none_or(Vec::is_empty) {
+            return b;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no version read: {b}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_checks_follow_the_node_version() {
+    let nodes = cluster().await;
+    let w = Warren::start(&config_yaml(&nodes, FAST_CHECKS)).await;
+    let want = auto_checks_here();
+    for n in &nodes {
+        let b = wait_version(&w, &n.backend).await;
+        let version = b["rabbitmq_version"].as_str().unwrap_or_default();
+        assert!(
+            version.starts_with(&format!("{}.", rabbitmq_version())),
+            "nodes run {version}, WARREN_RABBITMQ says {}",
+            rabbitmq_version()
+        );
+        // The list of the probe after the version was read.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let b = w.backend(&n.backend).await;
+        assert_eq!(b["checks"], serde_json::json!(want), "{b}");
+        assert_eq!(b["skipped_checks"], serde_json::json!([]), "{b}");
+        assert_eq!(b["state"], "up", "{b}");
+        assert_eq!(b["maintenance"], false, "{b}");
+    }
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listed_checks_a_version_lacks_are_skipped_but_never_all() {
+    let nodes = cluster().await;
+    let some = "health:\n  interval: 500ms\n  fall: 1\n  rise: 1\n  password: guest\n  checks: [is-in-service, virtual-hosts]\n";
+    let w = Warren::start(&config_yaml(&nodes[..1], some)).await;
+    let name = &nodes[0].backend;
+    wait_version(&w, name).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let b = w.backend(name).await;
+    assert_eq!(b["state"], "up", "{b}");
+    let skipped = if has_maintenance_checks() {
+        serde_json::json!([])
+    } else {
+        serde_json::json!(["is-in-service"])
+    };
+    assert_eq!(b["skipped_checks"], skipped, "{b}");
+    w.stop().await;
+
+    let none = "health:\n  interval: 500ms\n  fall: 1\n  rise: 1\n  password: guest\n  checks: [ready-to-serve-clients]\n";
+    let w = Warren::start(&config_yaml(&nodes[..1], none)).await;
+    if has_maintenance_checks() {
+        wait_version(&w, name).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let b = w.backend(name).await;
+        assert_eq!(b["state"], "up", "{b}");
+    } else {
+        w.wait_state(name, "down", Duration::from_secs(10)).await;
+        let b = w.backend(name).await;
+        assert!(
+            b["last_failure"]
+                .as_str()
+                .is_some_and(|r| r.contains("none of the health checks exists")),
+            "{b}"
+        );
+    }
+    w.stop().await;
+}
+
+/// Runs `rabbitmq-upgrade -n NODE args` (the version's CLI must be first on PATH,
+/// as `scripts/test` and `PATH=$(scripts/rabbitmq bin V):$PATH` arrange).
+fn rabbitmq_upgrade(node: &Node, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("rabbitmq-upgrade")
+        .arg("-n")
+        .arg(&node.name)
+        .args(args)
+        .output()
+        .expect("rabbitmq-upgrade runs")
+}
+
+/// A node put in maintenance (`rabbitmq-upgrade drain`), revived on drop.
+struct Drained(Node);
+
+impl Drained {
+    fn drain(node: &Node) -> Drained {
+        let out = rabbitmq_upgrade(node, &["drain"]);
+        assert!(out.status.success(), "drain: {out:?}");
+        Drained(node.clone())
+    }
+}
+
+impl Drop for Drained {
+    fn drop(&mut self) {
+        let out = rabbitmq_upgrade(&self.0, &["revive"]);
+        if !out.status.success() {
+            eprintln!("revive {} failed: {out:?}", self.0.name);
+        }
+    }
+}
+
+/// Waits until `addr` refuses connections (the node suspended its listeners).
+async fn wait_refused(addr: SocketAddr, within: Duration) -> tokio::time::Instant {
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Err(e) = tokio::net::TcpStream::connect(addr).await {
+            if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                return tokio::time::Instant::now();
+            }
+        }
+        assert!(start.elapsed() < within, "{addr} never refused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// interval 1s, timeout 1s: a drained node is out of rotation within one
+/// interval plus the probe (the peer's answer), 2 s, from the moment it closes
+/// its listeners (`rabbitmq-upgrade` itself takes seconds to start).
+const MAINTENANCE_BOUND: Duration = Duration::from_secs(2);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drained_node_leaves_rotation_its_clients_reconnect_elsewhere_and_revive_returns_it() {
+    let nodes = cluster_exclusive().await;
+    let w = Warren::start(&config_yaml(
+        &nodes,
+        &format!("{FAST_CHECKS}drain:\n  window: 1s\n"),
+    ))
+    .await;
+    for n in &nodes {
+        wait_version(&w, &n.backend).await;
+    }
+    let prefix = unique("maint");
+    let conns = connections_on(&w, &nodes, 1, 3, &prefix).await;
+    let watchers: Vec<_> = conns.iter().map(watch_close).collect();
+
+    let node = nodes[1].clone();
+    let drain = tokio::task::spawn_blocking(move || Drained::drain(&node));
+    let closed_at = wait_refused(nodes[1].amqp, Duration::from_secs(60)).await;
+    // 4.1.1 on: maintenance, a state of its own; before: the listeners are
+    // closed, so the node is down (3.10's behaviour, unchanged).
+    let expected = if has_maintenance_checks() {
+        "maintenance"
+    } else {
+        "down"
+    };
+    w.wait_state(&nodes[1].backend, expected, Duration::from_secs(15))
+        .await;
+    let took = closed_at.elapsed();
+    eprintln!(
+        "RabbitMQ {}: {expected} {took:?} after the node closed its listeners",
+        rabbitmq_version()
+    );
+    if has_maintenance_checks() {
+        assert!(took <= MAINTENANCE_BOUND + SLACK, "{took:?}");
+        let b = w.backend(&nodes[1].backend).await;
+        assert_eq!(b["maintenance"], true, "{b}");
+        assert!(
+            b["last_failure"]
+                .as_str()
+                .is_some_and(|r| r.contains("maintenance")),
+            "{b}"
+        );
+        let m = w.metrics().await;
+        let labels = [
+            ("backend", nodes[1].backend.as_str()),
+            ("state", "maintenance"),
+        ];
+        assert_eq!(m.value("warren_backend_state", &labels), 1.0, "{}", m.0);
+        assert_eq!(
+            m.value(
+                "warren_backend_up",
+                &[("backend", nodes[1].backend.as_str())]
+            ),
+            0.0
+        );
+    }
+    // Its clients were told the AMQP way (the broker's close or warren's).
+    for h in watchers {
+        let c = closed_within(h, Duration::from_secs(10))
+            .await
+            .expect("client told");
+        assert_eq!(c.code, Some(320), "{c:?}");
+    }
+    // They, and new clients, reconnect to the others.
+    let after = unique("maint-new");
+    let mut more = Vec::new();
+    for i in 0..6 {
+        more.push(amqp_connect_named(&w.url(), &format!("{after}-{i}")).await);
+    }
+    let seen = wait_named(&nodes[0], &after, 6).await;
+    assert_eq!(per_node(&nodes, &seen), vec![3, 0, 3], "{seen:?}");
+
+    let drained = drain.await.expect("drain ran");
+    let revive = tokio::task::spawn_blocking(move || drop(drained));
+    let took = w
+        .wait_state(&nodes[1].backend, "up", Duration::from_secs(60))
+        .await;
+    revive.await.expect("revive ran");
+    eprintln!("back up {took:?} after revive started");
+    assert_eq!(w.backend(&nodes[1].backend).await["maintenance"], false);
+    for c in more {
+        let _ = c.close(200, "bye".into()).await;
+    }
+    w.stop().await;
+}
