@@ -32,14 +32,14 @@ pub(crate) enum Outcome {
 
 /// A RabbitMQ version, as `rabbitmq_version` in `GET /api/overview` spells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Version {
+pub(crate) struct Version {
     pub major: u32,
     pub minor: u32,
     pub patch: u32,
 }
 
 impl Version {
-    pub const fn new(major: u32, minor: u32, patch: u32) -> Version {
+    pub(crate) const fn new(major: u32, minor: u32, patch: u32) -> Version {
         Version {
             major,
             minor,
@@ -49,7 +49,7 @@ impl Version {
 
     /// `4.3.6`, `3.10.8`, `4.1.0-rc.1`, `4.2.0+deb`: the leading numbers; a
     /// missing patch is 0. `None` when it does not start with `major.minor`.
-    pub fn parse(s: &str) -> Option<Version> {
+    pub(crate) fn parse(s: &str) -> Option<Version> {
         let core = s.split(['-', '+', ' ']).next()?;
         let mut parts = core.split('.');
         let major = parts.next()?.parse().ok()?;
@@ -64,7 +64,7 @@ impl Version {
 
 /// `is-in-service` and `ready-to-serve-clients` exist from here on (404 before,
 /// measured on 3.10.8 and 4.0.5), and with them a visible maintenance mode.
-pub const MAINTENANCE_CHECKS_SINCE: Version = Version::new(4, 1, 1);
+pub(crate) const MAINTENANCE_CHECKS_SINCE: Version = Version::new(4, 1, 1);
 /// The first 4.x: `protocol-listener/amqp` hangs on 4.0.5 while another member
 /// of the cluster is frozen, so `auto` leaves it out from here on.
 const V4: Version = Version::new(4, 0, 0);
@@ -75,7 +75,7 @@ const COMMON: [&str; 2] = ["local-alarms", "virtual-hosts"];
 
 /// What to probe on one node.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Management checks, in order.
     pub checks: Vec<String>,
     /// The node's version has a maintenance mode warren can see: a drained node
@@ -92,7 +92,7 @@ pub struct Plan {
 /// - unknown: `local-alarms`, `virtual-hosts` (they work everywhere).
 ///
 /// A list is used as written, whatever the version.
-pub fn plan(checks: &Checks, version: Option<Version>) -> Plan {
+pub(crate) fn plan(checks: &Checks, version: Option<Version>) -> Plan {
     let maintenance = version.is_some_and(|v| v >= MAINTENANCE_CHECKS_SINCE);
     let names: Vec<&str> = match (checks, version) {
         (Checks::List(l), _) => {
@@ -121,7 +121,7 @@ pub fn plan(checks: &Checks, version: Option<Version>) -> Plan {
 
 /// What `GET /api/overview` says about the node that answers it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NodeInfo {
+pub(crate) struct NodeInfo {
     /// `rabbitmq_version` as the node reports it.
     pub version: String,
     /// Its Erlang node name (`node`), to ask other members about it.
@@ -129,7 +129,7 @@ pub struct NodeInfo {
 }
 
 impl NodeInfo {
-    pub fn parsed(&self) -> Option<Version> {
+    pub(crate) fn parsed(&self) -> Option<Version> {
         Version::parse(&self.version)
     }
 }
@@ -137,7 +137,7 @@ impl NodeInfo {
 /// Reads the node's version and name. `GET /api/overview` waits on every
 /// member of the cluster (it hangs while one is frozen, on 4.0 and 4.3), so it
 /// is never part of a verdict: the caller runs it beside the probe.
-pub async fn read_node(
+pub(crate) async fn read_node(
     ep: &Endpoint,
     creds: &Credentials,
     timeout: Duration,
@@ -170,7 +170,7 @@ pub async fn read_node(
 /// at most every [`NodeCache::RETRY`] while reads fail. The last value read is
 /// kept meanwhile.
 #[derive(Clone, Debug)]
-pub struct NodeCache {
+pub(crate) struct NodeCache {
     info: Option<NodeInfo>,
     stale: bool,
     next_read: Option<Instant>,
@@ -188,24 +188,24 @@ impl Default for NodeCache {
 
 impl NodeCache {
     /// Time between two reads that fail.
-    pub const RETRY: Duration = Duration::from_secs(30);
+    pub(crate) const RETRY: Duration = Duration::from_secs(30);
 
-    pub fn info(&self) -> Option<&NodeInfo> {
+    pub(crate) fn info(&self) -> Option<&NodeInfo> {
         self.info.as_ref()
     }
 
-    pub fn version(&self) -> Option<Version> {
+    pub(crate) fn version(&self) -> Option<Version> {
         self.info.as_ref().and_then(NodeInfo::parsed)
     }
 
     /// Whether a read is due at `now`.
-    pub fn due(&self, now: Instant) -> bool {
+    pub(crate) fn due(&self, now: Instant) -> bool {
         self.stale && self.next_read.is_none_or(|t| now >= t)
     }
 
     /// Takes the result of a read; true when the version changed (or was
     /// learned).
-    pub fn record(&mut self, read: Result<NodeInfo, String>, now: Instant) -> bool {
+    pub(crate) fn record(&mut self, read: Result<NodeInfo, String>, now: Instant) -> bool {
         match read {
             Ok(info) => {
                 let changed = self.info.as_ref().map(|i| &i.version) != Some(&info.version);
@@ -222,7 +222,7 @@ impl NodeCache {
     }
 
     /// The node failed or came back: read its version again when next due.
-    pub fn mark_stale(&mut self) {
+    pub(crate) fn mark_stale(&mut self) {
         self.stale = true;
     }
 }
@@ -244,7 +244,7 @@ pub(crate) fn next_interval(backend: &Backend, cfg: &HealthConfig) -> Duration {
 
 /// What one probe needs besides the backend and the config.
 #[derive(Clone, Copy, Debug)]
-pub struct Context<'a> {
+pub(crate) struct Context<'a> {
     pub plan: &'a Plan,
     /// The node's Erlang name, when known.
     pub node: Option<&'a str>,
@@ -256,7 +256,7 @@ pub struct Context<'a> {
 /// The outcome of one probe, and the listed checks the node does not know
 /// (HTTP 404: they came with a later version).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Report {
+pub(crate) struct Report {
     pub outcome: Outcome,
     pub skipped: Vec<String>,
 }

@@ -1,6 +1,7 @@
 //! Health checks against the real nodes: stop_app, a memory alarm, a frozen node;
 //! and a fake management API for what a real node cannot do on demand.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::common::*;
