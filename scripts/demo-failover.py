@@ -239,6 +239,7 @@ def main():
     # all three: up in warren, and up long enough for its slow start (10 s by default,
     # after rise x interval) to be over, when a node was just started again.
     deadline = time.monotonic() + 40
+    said = False
     while True:
         try:
             with urllib.request.urlopen(args.admin + "/api/backends", timeout=3) as r:
@@ -252,7 +253,12 @@ def main():
         if time.monotonic() > deadline:
             say(f"warren's backends: {states}; going on")
             break
-        say(f"waiting for every node to be up in warren at full weight (backends: {states})")
+        if not said:
+            say(
+                f"waiting up to {max(wait, 1.0):.0f} s for every node to be up in warren at full weight "
+                f"(a node started {uptime:.0f} s ago; warren's slow start; backends {states})"
+            )
+            said = True
         time.sleep(max(1.0, min(wait, 5.0)))
 
     # A fresh queue, declared as an application declares it: durable, no x-queue-type.
