@@ -196,7 +196,9 @@ async fn drain_grace_closes_hard_what_does_not_answer() {
     w.stop().await;
 }
 
-/// Clients that reconnect whenever they are closed, like real applications.
+/// Clients that reconnect whenever they are closed, like real applications
+/// (a close can also come while a client is still opening its connection: it
+/// then tries again).
 fn reconnecting_clients(
     url: String,
     n: usize,
@@ -209,7 +211,15 @@ fn reconnecting_clients(
             tokio::spawn(async move {
                 let mut reconnects = 0;
                 loop {
-                    let conn = amqp_connect(&url).await;
+                    let conn = match try_amqp_connect_named(&url, "warren-test").await {
+                        Ok(conn) => conn,
+                        Err(_) if stop.is_cancelled() => return reconnects,
+                        Err(_) => {
+                            reconnects += 1;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
                     let closed = watch_close(&conn);
                     tokio::select! {
                         _ = stop.cancelled() => {

@@ -19,11 +19,19 @@ pub async fn amqp_connect(url: &str) -> Connection {
 
 /// Same, with a connection name the management API shows (`client_properties`).
 pub async fn amqp_connect_named(url: &str, name: &str) -> Connection {
-    let props = ConnectionProperties::default().with_connection_name(name.into());
-    tokio::time::timeout(Duration::from_secs(20), Connection::connect(url, props))
+    try_amqp_connect_named(url, name)
         .await
-        .expect("AMQP connect in time")
-        .expect("AMQP connect")
+        .unwrap_or_else(|e| panic!("AMQP connect: {e}"))
+}
+
+/// An AMQP connection through `url`, or why there is none within 20 s.
+pub async fn try_amqp_connect_named(url: &str, name: &str) -> Result<Connection, String> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    match tokio::time::timeout(Duration::from_secs(20), Connection::connect(url, props)).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no connection within 20 s".into()),
+    }
 }
 
 /// A channel on `conn` in confirm mode, with `queue` declared with `options`.
