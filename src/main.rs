@@ -92,9 +92,14 @@ fn main() -> ExitCode {
             path,
             timeout,
         } => {
+            // Only `admin.listen` is needed: the files the config names are not
+            // read (a certificate mid-rotation must not fail a running warren's check).
             let addr = match admin {
                 Some(a) => a,
-                None => match load(&config) {
+                None => match Config::load(&config).map_err(|e| {
+                    eprintln!("warren: config error: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }) {
                     Ok(c) => c.admin.listen,
                     Err(code) => return code,
                 },

@@ -7,7 +7,7 @@
 mod orders;
 pub use orders::{Command, ConnRegistry, Orders, OrdersRx};
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -114,8 +114,8 @@ pub struct Backend {
 /// data path never runs the health state machine itself).
 #[derive(Debug, Default)]
 struct ConnectFailures {
-    count: AtomicU32,
-    last: Mutex<Option<String>>,
+    /// How many since the checker last took them, and the last one's reason.
+    taken: Mutex<(u32, String)>,
     reported: tokio::sync::Notify,
 }
 
@@ -145,10 +145,10 @@ impl Backend {
     /// The data path could not connect (or prepare the socket): the backend's
     /// health checker counts it as a failed probe.
     pub fn report_connect_failure(&self, reason: &str) {
-        if let Ok(mut last) = self.connect_failures.last.lock() {
-            *last = Some(reason.to_string());
+        if let Ok(mut t) = self.connect_failures.taken.lock() {
+            t.0 = t.0.saturating_add(1);
+            t.1 = reason.to_string();
         }
-        self.connect_failures.count.fetch_add(1, Ordering::AcqRel);
         self.connect_failures.reported.notify_one();
     }
 
@@ -161,15 +161,11 @@ impl Backend {
     /// The connect failures reported since the last call: how many, and the
     /// last one's reason.
     pub fn take_connect_failures(&self) -> (u32, String) {
-        let n = self.connect_failures.count.swap(0, Ordering::AcqRel);
-        let last = self
-            .connect_failures
-            .last
+        self.connect_failures
+            .taken
             .lock()
-            .ok()
-            .and_then(|mut l| l.take())
-            .unwrap_or_default();
-        (n, last)
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default()
     }
 
     pub fn name(&self) -> &str {
@@ -239,7 +235,6 @@ impl Backend {
         }
     }
 
-    /// May receive new connections.
     /// Records the state gauges (on a change, and at each scrape).
     pub fn record_state(&self) {
         metrics::backend_state(
@@ -250,6 +245,7 @@ impl Backend {
         );
     }
 
+    /// May receive new connections.
     pub fn usable(&self) -> bool {
         self.state() == State::Up && !self.alarm()
     }

@@ -58,7 +58,11 @@ pub(crate) fn act(app: &Arc<App>, b: &Arc<Backend>, action: Action) {
             let prev = b.set_mode(Mode::Enabled);
             b.conns.cancel_drain();
             tracing::info!(backend = name, previous = ?prev, "operator: enable");
-            if prev != Mode::Enabled {
+            if b.maintenance() {
+                // The node still says it is in maintenance: its clients go.
+                let reason = format!("warren: node {name} is in maintenance, reconnect");
+                start_drain(app, b, "maintenance", reason);
+            } else if prev != Mode::Enabled {
                 rebalance::trigger(app, &format!("{name} enabled"));
             }
         }

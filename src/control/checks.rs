@@ -59,25 +59,27 @@ async fn run(app: &Arc<App>, backend: &Arc<Backend>) {
                 _ => None,
             }
         };
+        tokio::pin!(read);
+        let mut reading = read_due;
         let probe = async {
-            let probe = async {
-                let report = health::probe(backend, &cfg, creds.as_ref(), ctx).await;
-                (report, started.elapsed())
-            };
-            tokio::join!(probe, read)
+            let report = health::probe(backend, &cfg, creds.as_ref(), ctx).await;
+            (report, started.elapsed())
         };
-        let ((report, took), read) = {
+        let (report, took) = {
             tokio::pin!(probe);
             loop {
                 tokio::select! {
                     done = &mut probe => break done,
+                    r = &mut read, if reading => {
+                        reading = false;
+                        if let Some(r) = r {
+                            learn(backend, &mut node, r);
+                        }
+                    }
                     _ = backend.connect_failure_reported() => connect_failures(app, backend),
                 }
             }
         };
-        if let Some(read) = read {
-            learn(backend, &mut node, read);
-        }
         let outcome = report.outcome;
         let failure = match &outcome {
             Outcome::Fail(reason) => Some(reason.as_str()),
@@ -104,7 +106,9 @@ async fn run(app: &Arc<App>, backend: &Arc<Backend>) {
         if failure.is_some() {
             node.mark_stale();
         }
-        if apply(app, backend, &outcome) == Some(Health::Up) {
+        // Back up, or out of maintenance (perhaps upgraded meanwhile): read
+        // the version again.
+        if apply(app, backend, &outcome) {
             node.mark_stale();
         }
         // A reload may have changed the intervals: start over with the new ones.
@@ -114,6 +118,14 @@ async fn run(app: &Arc<App>, backend: &Arc<Backend>) {
                 _ = tokio::time::sleep_until(next) => break,
                 _ = app.reloader.changed.notified() => break,
                 _ = backend.connect_failure_reported() => connect_failures(app, backend),
+                // A version read still under way goes on beside the wait; the
+                // verdict above never waited for it.
+                r = &mut read, if reading => {
+                    reading = false;
+                    if let Some(r) = r {
+                        learn(backend, &mut node, r);
+                    }
+                }
             }
         }
     }
@@ -170,9 +182,9 @@ fn connect_failures(app: &Arc<App>, backend: &Arc<Backend>) {
     }
 }
 
-/// Applies one outcome to the verdict and acts on what changed; returns the
-/// health flip, if any.
-fn apply(app: &Arc<App>, backend: &Arc<Backend>, outcome: &Outcome) -> Option<Health> {
+/// Applies one outcome to the verdict and acts on what changed; true when the
+/// node came back (up again, or out of maintenance).
+fn apply(app: &Arc<App>, backend: &Arc<Backend>, outcome: &Outcome) -> bool {
     let cfg = app.config.load();
     let verdict = health::observe(backend, &cfg.health, outcome);
     match verdict.alarm {
@@ -188,10 +200,11 @@ fn apply(app: &Arc<App>, backend: &Arc<Backend>, outcome: &Outcome) -> Option<He
         Some(Health::Up) => act(app, backend, Action::Up),
         None => tracing::debug!(backend = backend.name(), ?outcome, "check"),
     }
+    let back = verdict.flip == Some(Health::Up) || verdict.maintenance == Some(None);
     match verdict.maintenance {
         Some(Some(reason)) => act(app, backend, Action::Maintenance(reason)),
         Some(None) => act(app, backend, Action::MaintenanceOver),
         None => {}
     }
-    verdict.flip
+    back
 }

@@ -118,9 +118,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
-/// The checks that read the files a config names (the admin token, TLS
-/// certificates, keys and CA files), once the config itself is valid: run by
-/// `warren check`, at start-up and by every reload.
+/// The checks that read the files a config names (the admin token, the
+/// management password, TLS certificates, keys and CA files), once the config
+/// itself is valid: run by `warren check`, at start-up and by every reload.
 pub fn check_files(config: &Config, file: &Path) -> Result<(), ConfigError> {
     let invalid = |key: &str, message: String| ConfigError::Invalid {
         file: file.to_path_buf(),
@@ -134,6 +134,13 @@ pub fn check_files(config: &Config, file: &Path) -> Result<(), ConfigError> {
             "admin.token_env"
         };
         return Err(invalid(key, e));
+    }
+    // The password is read again before each probe (a rotated file is taken
+    // up); one that cannot be read at all would leave only the TCP check.
+    if config.health.password_file.is_some() {
+        if let Err(e) = config.health.resolve_password() {
+            return Err(invalid("health.password_file", e));
+        }
     }
     crate::tls::check(config).map_err(|e| invalid(e.key(), e.to_string()))
 }
@@ -433,5 +440,26 @@ mod tests {
             ..AdminConfig::default()
         };
         assert!(admin.resolve_token().is_ok());
+    }
+
+    #[test]
+    fn an_unreadable_password_file_is_refused_by_key() {
+        let e = parse(
+            "listen: 127.0.0.1:5672\nhealth: {password_file: /nonexistent/warren/password}\nbackends:\n  - {name: a, address: 'h:1'}\n",
+        )
+        .expect_err("a missing password file");
+        let text = e.to_string();
+        assert!(
+            text.starts_with(
+                "test.yaml: key `health.password_file`: cannot read /nonexistent/warren/password"
+            ),
+            "{text}"
+        );
+        let f = TempFile::new("password-ok", 12);
+        let ok = format!(
+            "listen: 127.0.0.1:5672\nhealth: {{password_file: '{}'}}\nbackends:\n  - {{name: a, address: 'h:1'}}\n",
+            f.0.display()
+        );
+        assert!(parse(&ok).is_ok());
     }
 }

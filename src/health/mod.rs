@@ -366,9 +366,10 @@ async fn probe_inner(
     Report { outcome, skipped }
 }
 
-/// Asks the other members, one after another, whether `node` is being
-/// drained: the answering peer when one says yes; `None` when one says no or
-/// none answers.
+/// Asks the other members at once whether `node` is being drained: the peer
+/// of the first clear answer when it is yes; `None` when it is no or none
+/// answers. Each request gets half of `timeout`, so one frozen peer cannot
+/// spend the probe's whole budget (the refused connect took next to nothing).
 async fn drained_per_peers(
     peers: &[Endpoint],
     creds: &Credentials,
@@ -379,20 +380,26 @@ async fn drained_per_peers(
         "/api/nodes/{}?columns=name,being_drained",
         mgmt::encode_segment(node)
     );
+    // Dropping the set (on the first clear answer) aborts the other requests.
+    let mut answers = tokio::task::JoinSet::new();
     for peer in peers {
-        let Ok(resp) = mgmt::request(peer, creds, Method::GET, &path, None, timeout).await else {
-            continue;
-        };
-        if resp.status != StatusCode::OK {
-            continue;
-        }
-        let drained = resp
-            .json()
-            .and_then(|v| v.get("being_drained").and_then(|d| d.as_bool()));
-        match drained {
-            Some(true) => return Some(peer.authority.clone()),
-            Some(false) => return None,
-            None => continue,
+        let (peer, creds, path) = (peer.clone(), creds.clone(), path.clone());
+        answers.spawn(async move {
+            let resp = mgmt::request(&peer, &creds, Method::GET, &path, None, timeout / 2).await;
+            let drained = match resp {
+                Ok(r) if r.status == StatusCode::OK => r
+                    .json()
+                    .and_then(|v| v.get("being_drained").and_then(|d| d.as_bool())),
+                _ => None,
+            };
+            (peer.authority, drained)
+        });
+    }
+    while let Some(answer) = answers.join_next().await {
+        match answer {
+            Ok((peer, Some(true))) => return Some(peer),
+            Ok((_, Some(false))) => return None,
+            _ => continue,
         }
     }
     None
