@@ -213,11 +213,17 @@ async fn backend_up_drops_to_zero_after_stop_app() {
         down.get(m::BACKEND_STATE, &[("backend", &names[1]), ("state", "up")]),
         Some(0.0)
     );
-    assert!(
+    // The `fall` failures that took it down are counted by reason: the refused
+    // AMQP port as `tcp`. While stop_app is under way the management listener
+    // may go first (seen on 4.3): that probe counts as `other`.
+    let failures = |reason| {
         down.value(
             m::HEALTH_CHECK_FAILURES,
-            &[("backend", &names[1]), ("reason", "tcp")]
-        ) >= 2.0,
+            &[("backend", &names[1]), ("reason", reason)],
+        )
+    };
+    assert!(
+        failures("tcp") >= 1.0 && failures("tcp") + failures("other") >= 2.0,
         "{}",
         down.0
     );
