@@ -5,6 +5,7 @@
 //! a deadline on the whole exchange and a cap on the body size, so a hostile or
 //! broken management API can never stall the caller or eat its memory.
 
+use std::fmt;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -41,6 +42,48 @@ pub enum MgmtError {
     Request(String),
 }
 
+/// `major.minor.patch` of a RabbitMQ release, as `rabbitmq_version` in
+/// `GET /api/overview` spells it; suffixes (`-rc.1`, `+1.gabc`, `+deb13u2`) ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+impl Version {
+    pub const fn new(major: u32, minor: u32, patch: u32) -> Version {
+        Version {
+            major,
+            minor,
+            patch,
+        }
+    }
+
+    /// Parses `3.10.8`, `3.13.0-rc.2`, `4.1` and the like; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Version> {
+        let core = s.trim().split(['-', '+', ' ']).next()?;
+        let mut parts = core.split('.');
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next()?.parse().ok()?;
+        let patch = match parts.next() {
+            Some(p) => p.parse().ok()?,
+            None => 0,
+        };
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Version::new(major, minor, patch))
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+/// First release where classic mirroring is deprecated (warn).
 /// Credentials for basic auth.
 #[derive(Clone, Debug)]
 pub struct Credentials {

@@ -4,51 +4,9 @@
 //! removed in 4.0; RAM nodes (`ram_node_type`) are a deprecated feature too. The
 //! version comes from `GET /api/overview` (`rabbitmq_version`).
 
-use std::fmt;
-
 use crate::config::PolicyConfig;
+pub use crate::mgmt::Version;
 
-/// `major.minor.patch` of a RabbitMQ release; suffixes (`-rc.1`, `+1.gabc`) ignored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Version {
-    pub major: u32,
-    pub minor: u32,
-    pub patch: u32,
-}
-
-impl Version {
-    pub const fn new(major: u32, minor: u32, patch: u32) -> Version {
-        Version {
-            major,
-            minor,
-            patch,
-        }
-    }
-
-    /// Parses `3.10.8`, `3.13.0-rc.2`, `4.1` and the like; `None` for anything else.
-    pub fn parse(s: &str) -> Option<Version> {
-        let core = s.trim().split(['-', '+', ' ']).next()?;
-        let mut parts = core.split('.');
-        let major = parts.next()?.parse().ok()?;
-        let minor = parts.next()?.parse().ok()?;
-        let patch = match parts.next() {
-            Some(p) => p.parse().ok()?,
-            None => 0,
-        };
-        if parts.next().is_some() {
-            return None;
-        }
-        Some(Version::new(major, minor, patch))
-    }
-}
-
-impl fmt::Display for Version {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
-    }
-}
-
-/// First release where classic mirroring is deprecated (warn).
 pub const MIRRORING_DEPRECATED: Version = Version::new(3, 13, 0);
 /// First release without classic mirroring (refuse `ha-*`).
 pub const MIRRORING_REMOVED: Version = Version::new(4, 0, 0);

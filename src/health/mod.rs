@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::balancer::{Backend, Health};
 use crate::config::{Checks, HealthConfig, OnAlarm};
-use crate::mgmt::{self, Credentials, Endpoint};
+use crate::mgmt::{self, Credentials, Endpoint, Version};
 
 /// The result of one probe.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,38 +28,6 @@ pub(crate) enum Outcome {
     /// rotation until it is revived. Not a failure.
     Maintenance(String),
     Fail(String),
-}
-
-/// A RabbitMQ version, as `rabbitmq_version` in `GET /api/overview` spells it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct Version {
-    pub major: u32,
-    pub minor: u32,
-    pub patch: u32,
-}
-
-impl Version {
-    pub(crate) const fn new(major: u32, minor: u32, patch: u32) -> Version {
-        Version {
-            major,
-            minor,
-            patch,
-        }
-    }
-
-    /// `4.3.6`, `3.10.8`, `4.1.0-rc.1`, `4.2.0+deb`: the leading numbers; a
-    /// missing patch is 0. `None` when it does not start with `major.minor`.
-    pub(crate) fn parse(s: &str) -> Option<Version> {
-        let core = s.split(['-', '+', ' ']).next()?;
-        let mut parts = core.split('.');
-        let major = parts.next()?.parse().ok()?;
-        let minor = parts.next()?.parse().ok()?;
-        let patch = match parts.next() {
-            Some(p) => p.parse().ok()?,
-            None => 0,
-        };
-        Some(Version::new(major, minor, patch))
-    }
 }
 
 /// `is-in-service` and `ready-to-serve-clients` exist from here on (404 before,
