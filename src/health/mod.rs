@@ -312,7 +312,9 @@ async fn probe_inner(
                         alarm = Some(text);
                         continue;
                     }
-                    "is-in-service" if unavailable => Outcome::Maintenance(text),
+                    "is-in-service" if unavailable => {
+                        Outcome::Maintenance(format!("node in maintenance ({text})"))
+                    }
                     _ => Outcome::Fail(text),
                 }
             }
