@@ -135,8 +135,12 @@ impl Api {
 
     /// `PUT`s the policy; the HTTP status on success (201 created, 204 updated).
     pub async fn put_policy(&self, p: &PolicyConfig) -> Result<StatusCode, PolicyError> {
-        let path = path(p);
-        let r = self.request(Method::PUT, &path, Some(body(p))).await?;
+        self.put_object(path(p), body(p)).await
+    }
+
+    /// `PUT`s `body` at `path`; the HTTP status on success.
+    pub async fn put_object(&self, path: String, body: Value) -> Result<StatusCode, PolicyError> {
+        let r = self.request(Method::PUT, &path, Some(body)).await?;
         if r.status.is_success() {
             Ok(r.status)
         } else {

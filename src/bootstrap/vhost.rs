@@ -55,18 +55,7 @@ impl Api {
 
     /// `PUT`s the vhost with `body`; the HTTP status on success (204).
     pub async fn put_vhost(&self, vhost: &str, body: Value) -> Result<StatusCode, PolicyError> {
-        let path = path(vhost);
-        let r = self.request(Method::PUT, &path, Some(body)).await?;
-        if r.status.is_success() {
-            Ok(r.status)
-        } else {
-            Err(PolicyError::Status {
-                method: "PUT",
-                path,
-                status: r.status,
-                body: body_text(&r.body),
-            })
-        }
+        self.put_object(path(vhost), body).await
     }
 
     /// The names of the classic queues of a vhost that are not exclusive (those
