@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use warren::bootstrap;
 use warren::config::Config;
+use warren::control::reload::Checked;
 
 /// EX_USAGE: the config (or the command line) is wrong.
 const EXIT_CONFIG: u8 = 64;
@@ -33,9 +34,14 @@ enum Cmd {
         config: PathBuf,
     },
     /// Validate a config file and print the effective config with every default.
+    /// Errors exit 64; warnings (settings that contradict each other) are printed
+    /// to standard error.
     Check {
         #[arg(short, long, default_value = "/etc/warren/warren.yaml")]
         config: PathBuf,
+        /// Exit 64 on warnings too.
+        #[arg(long)]
+        strict: bool,
     },
     /// Exit 0 when the running warren's admin API answers GET /healthz with 200,
     /// else 1. For container HEALTHCHECKs: needs no curl or shell in the image.
@@ -76,11 +82,17 @@ const BOOTSTRAP_HELP: &str = "Exit codes: 0 done or nothing to change (--check: 
 reachable (nothing changed), 70 a change failed (no node left stopped), 77 Erlang cookie or \
 management credentials rejected, 130 interrupted. See docs/bootstrap.md.";
 
-fn load(path: &Path) -> Result<Config, ExitCode> {
-    warren::control::reload::load(path).map_err(|e| {
+/// The config at `path`, or the exit code of a config error (printed).
+/// Warnings go to standard error here; `run` logs them again once logging is up.
+fn load(path: &Path) -> Result<Checked, ExitCode> {
+    let checked = warren::control::reload::load(path).map_err(|e| {
         eprintln!("warren: config error: {e}");
         ExitCode::from(EXIT_CONFIG)
-    })
+    })?;
+    for w in &checked.warnings {
+        eprintln!("warren: config warning: {w}");
+    }
+    Ok(checked)
 }
 
 fn main() -> ExitCode {
@@ -125,19 +137,25 @@ fn main() -> ExitCode {
             };
             run_bootstrap(&config, bootstrap::Options { mode, force_reset })
         }
-        Cmd::Check { config } => match load(&config) {
+        Cmd::Check { config, strict } => match load(&config) {
             Ok(c) => {
-                print!("{}", c.to_yaml());
+                print!("{}", c.config.to_yaml());
+                if strict && !c.warnings.is_empty() {
+                    return ExitCode::from(EXIT_CONFIG);
+                }
                 ExitCode::SUCCESS
             }
             Err(code) => code,
         },
         Cmd::Run { config: path } => {
-            let config = match load(&path) {
+            let Checked { config, warnings } = match load(&path) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             warren::telemetry::logging::init(&config.log);
+            for w in &warnings {
+                tracing::warn!(warning = %w, "config");
+            }
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -174,7 +192,7 @@ impl bootstrap::Report for Printer {
 
 fn run_bootstrap(path: &Path, opts: bootstrap::Options) -> ExitCode {
     let config = match load(path) {
-        Ok(c) => c,
+        Ok(c) => c.config,
         Err(code) => return code,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -18,6 +18,35 @@ pub fn filter(directives: &str) -> Result<EnvFilter, ParseError> {
     EnvFilter::try_new(trimmed.join(","))
 }
 
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// What `tracing` accepts but an operator hardly means: a bare word that is no
+/// level (`warrn`) is a target at the `trace` level, so the filter parses and
+/// logs next to nothing. Every directive must be a level or `target=level`.
+pub fn lint(directives: &str) -> Result<(), String> {
+    for d in directives
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+    {
+        if d.contains('=') || d.contains('[') {
+            continue;
+        }
+        let lower = d.to_ascii_lowercase();
+        if LEVELS.contains(&lower.as_str()) || matches!(d, "0" | "1" | "2" | "3" | "4" | "5") {
+            continue;
+        }
+        let hint = super::error::did_you_mean(d, LEVELS)
+            .map(|l| format!("; did you mean `{l}`?"))
+            .unwrap_or_default();
+        return Err(format!(
+            "`{d}` is not a level{hint} (expected trace, debug, info, warn, error or off, \
+             or `target=level` such as `warren=debug`)"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -29,5 +58,21 @@ mod tests {
         let f = filter(" info , hyper=debug ").expect("valid filter");
         assert!(f.to_string().contains("hyper=debug"), "{f}");
         assert!(filter("warren=loud").is_err());
+    }
+
+    #[test]
+    fn bare_words_must_be_levels() {
+        for ok in [
+            "info",
+            "WARN",
+            "warren=debug",
+            "info, hyper=warn",
+            "warren[conn]=trace",
+        ] {
+            assert_eq!(lint(ok), Ok(()), "{ok}");
+        }
+        let e = lint("warrn").expect_err("typo");
+        assert!(e.contains("did you mean `warn`?"), "{e}");
+        assert!(lint("info, warren").is_err());
     }
 }

@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 
 pub mod address;
 pub mod cluster;
+mod error;
+mod health_checks;
+mod locate;
 pub mod log;
 pub mod values;
 
@@ -20,30 +23,13 @@ pub use cluster::{
     ApplyTo, ClusterConfig, ClusterNode, NodeType, PolicyConfig, ReplicationConfig,
     REPLICATION_POLICY,
 };
+pub use error::{did_you_mean, ConfigError};
+pub use locate::Spot;
 use values::{non_zero, opt_socket_addr, socket_addr};
 pub use values::{
     read_limited, read_limited_to_string, HumanDuration, PositiveDuration, Secret, MAX_CONFIG_FILE,
     MAX_SECRET_FILE,
 };
-
-/// Errors found while loading a config file.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{file}: cannot read: {source}")]
-    Read {
-        file: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{file}: {message}")]
-    Parse { file: PathBuf, message: String },
-    #[error("{file}: key `{key}`: {message}")]
-    Invalid {
-        file: PathBuf,
-        key: String,
-        message: String,
-    },
-}
 
 /// The whole file.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -296,8 +282,8 @@ pub struct HealthConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
     /// Management API checks, each `GET /api/health/checks/<name>`: `auto` (the
-    /// list that fits each node's RabbitMQ version, docs/health-checks.md) or a
-    /// list, honoured as written. Per-node checks only: the cluster-wide `alarms`
+    /// list that fits each node's RabbitMQ version, docs/health-checks.md), a
+    /// list, honoured as written, or `none` (the TCP connect only). Per-node checks only: the cluster-wide `alarms`
     /// check fails on every node when one node has an alarm, so it would take the
     /// whole cluster out.
     pub checks: Checks,
@@ -320,6 +306,9 @@ pub enum Checks {
     /// The list that fits each node's RabbitMQ version (`health::plan`).
     #[default]
     Auto,
+    /// No management check: the TCP connect to the AMQP port only. Written
+    /// `none`; never the result of missing credentials.
+    None,
     /// These checks on every node, in this order.
     List(Vec<String>),
 }
@@ -328,6 +317,7 @@ impl Serialize for Checks {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             Checks::Auto => s.serialize_str("auto"),
+            Checks::None => s.serialize_str("none"),
             Checks::List(l) => l.serialize(s),
         }
     }
@@ -341,12 +331,13 @@ impl<'de> Deserialize<'de> for Checks {
             Word(String),
             List(Vec<String>),
         }
-        match Raw::deserialize(d)
-            .map_err(|_| serde::de::Error::custom("expected `auto` or a list of check names"))?
-        {
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected `auto`, `none` or a list of check names")
+        })? {
             Raw::Word(w) if w == "auto" => Ok(Checks::Auto),
+            Raw::Word(w) if w == "none" => Ok(Checks::None),
             Raw::Word(w) => Err(serde::de::Error::custom(format!(
-                "expected `auto` or a list of check names, got `{w}`"
+                "expected `auto`, `none` (TCP connect only) or a list of check names, got `{w}`"
             ))),
             Raw::List(l) => Ok(Checks::List(l)),
         }
@@ -550,12 +541,8 @@ const YAML_MAX_REPLAYED: usize = 2_000;
 /// Whether a parse error is one of the limits of [`yaml_options`].
 fn over_yaml_limits(e: &serde_saphyr::Error) -> bool {
     use serde_saphyr::Error as E;
-    let mut e = e;
-    while let E::AliasError { error, .. } | E::WithSnippet { error, .. } = e {
-        e = error;
-    }
     matches!(
-        e,
+        error::innermost(e),
         E::Budget { .. }
             | E::AliasReplayLimitExceeded { .. }
             | E::AliasExpansionLimitExceeded { .. }
@@ -579,6 +566,7 @@ impl Config {
         if text.len() as u64 > MAX_CONFIG_FILE {
             return Err(ConfigError::Parse {
                 file: path.to_path_buf(),
+                at: None,
                 message: format!("the file is larger than {MAX_CONFIG_FILE} bytes"),
             });
         }
@@ -595,27 +583,38 @@ impl Config {
         let config: Config = parsed.map_err(|e| {
             let message = if over_yaml_limits(&e) {
                 format!(
-                    "{e} (a config file may hold at most {YAML_MAX_NODES} YAML nodes, \
+                    "{} (a config file may hold at most {YAML_MAX_NODES} YAML nodes, \
                      nested at most {YAML_MAX_DEPTH} deep, {YAML_MAX_ALIASES} anchors \
                      and {YAML_MAX_ALIASES} aliases, and its aliases may repeat at most \
-                     {YAML_MAX_REPLAYED} YAML events in all)"
+                     {YAML_MAX_REPLAYED} YAML events in all)",
+                    error::wording(&e)
                 )
             } else {
-                e.to_string()
+                error::wording(&e)
             };
-            match key.filter(|k| k != ".") {
+            let at = e.location().and_then(Spot::of);
+            // A key set twice fails in the parser, before serde knows its path.
+            let key = match error::innermost(&e) {
+                serde_saphyr::Error::DuplicateMappingKey { .. } => {
+                    at.and_then(|at| locate::Locator::new(text)?.key_at(at))
+                }
+                _ => key,
+            };
+            match key.filter(|k| k != "." && !k.contains('?')) {
                 Some(key) => ConfigError::Invalid {
                     file: path.to_path_buf(),
+                    at,
                     key,
                     message,
                 },
                 None => ConfigError::Parse {
                     file: path.to_path_buf(),
+                    at,
                     message,
                 },
             }
         })?;
-        config.validate(path)?;
+        config.validate(path).map_err(|e| e.located(text))?;
         Ok(config)
     }
 
@@ -625,11 +624,7 @@ impl Config {
     }
 
     fn validate(&self, file: &Path) -> Result<(), ConfigError> {
-        let invalid = |key: String, message: String| ConfigError::Invalid {
-            file: file.to_path_buf(),
-            key,
-            message,
-        };
+        let invalid = |key: String, message: String| ConfigError::invalid(file, key, message);
         if self.backends.is_empty() {
             return Err(invalid(
                 "backends".into(),
@@ -663,6 +658,7 @@ impl Config {
             ));
         }
         let mut names = std::collections::HashSet::new();
+        let mut addresses = std::collections::HashMap::new();
         for (i, b) in self.backends.iter().enumerate() {
             if !valid_name(&b.name) {
                 return Err(invalid(
@@ -679,10 +675,21 @@ impl Config {
                     format!("backend name `{}` is used twice", b.name),
                 ));
             }
-            if split_host_port(&b.address).is_none() {
+            let Some((host, port)) = split_host_port(&b.address) else {
                 return Err(invalid(
                     format!("backends[{i}].address"),
                     format!("expected `host:port`, got `{}`", b.address),
+                ));
+            };
+            let at = (host.to_ascii_lowercase(), port);
+            if let Some(first) = addresses.insert(at, i) {
+                return Err(invalid(
+                    format!("backends[{i}].address"),
+                    format!(
+                        "`{}` is also the address of backend `{}` (backends[{first}]): \
+                         one node listed twice gets twice its share of connections",
+                        b.address, self.backends[first].name
+                    ),
                 ));
             }
             if let Some(m) = &b.management {
@@ -699,15 +706,20 @@ impl Config {
         }
         let h = &self.health;
         let listed: &[String] = match &h.checks {
-            Checks::Auto => &[],
+            Checks::Auto | Checks::None => &[],
             Checks::List(l) => l,
         };
+        if matches!(&h.checks, Checks::List(l) if l.is_empty()) {
+            return Err(invalid(
+                "health.checks".into(),
+                "expected at least one check; for the TCP connect check only, write \
+                 `checks: none`"
+                    .into(),
+            ));
+        }
         for (i, c) in listed.iter().enumerate() {
-            if c.is_empty() || c.starts_with('/') || c.contains("..") || c.contains('?') {
-                return Err(invalid(
-                    format!("health.checks[{i}]"),
-                    format!("expected a check name such as `local-alarms`, got `{c}`"),
-                ));
+            if let Err(e) = health_checks::validate(c) {
+                return Err(invalid(format!("health.checks[{i}]"), e));
             }
         }
         let r = &self.rebalance;
@@ -740,12 +752,81 @@ impl Config {
                 format!("expected a tracing filter such as `info` or `warren=debug`: {e}"),
             ));
         }
+        log::lint(&self.log.level).map_err(|e| invalid("log.level".into(), e))?;
+        self.validate_listeners()
+            .map_err(|(key, message)| invalid(key, message))?;
         if let Some(c) = &self.cluster {
             let backends: Vec<&str> = self.backends.iter().map(|b| b.name.as_str()).collect();
             c.validate(&backends)
                 .map_err(|(key, message)| invalid(key, message))?;
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The listeners bind distinct addresses (port 0, "any free port", aside).
+    fn validate_listeners(&self) -> Result<(), (String, String)> {
+        let admin = self.admin.listen;
+        if admin.port() == 0 {
+            return Ok(());
+        }
+        let clash = [
+            ("listen", self.listen),
+            ("tls.listen", self.tls.as_ref().map(|t| t.listen)),
+        ]
+        .into_iter()
+        .find(|(_, a)| *a == Some(admin));
+        match clash {
+            Some((key, _)) => Err((
+                "admin.listen".into(),
+                format!("`{admin}` is also `{key}`: each listener needs an address of its own"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Settings that parse and run but contradict each other: `warren check`
+    /// prints them, start-up and reload log them. Each is a key and a message.
+    pub fn warnings(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let h = &self.health;
+        if h.timeout.get() > h.interval.get() {
+            out.push((
+                "health.timeout".into(),
+                format!(
+                    "`{}` is longer than `health.interval` ({}): a probe of a hung node \
+                     takes the whole timeout, so such a node is probed every {} at best, \
+                     not every {}",
+                    h.timeout,
+                    h.interval,
+                    HumanDuration(h.timeout.get() + h.interval.get()),
+                    h.interval
+                ),
+            ));
+        }
+        let d = &self.drain;
+        if d.window > d.grace {
+            out.push((
+                "drain.window".into(),
+                format!(
+                    "`{}` is longer than `drain.grace` ({}): the graceful closes planned \
+                     after the grace become hard closes",
+                    d.window, d.grace
+                ),
+            ));
+        }
+        if d.close_timeout > d.grace {
+            out.push((
+                "drain.close_timeout".into(),
+                format!(
+                    "`{}` is longer than `drain.grace` ({}): a client never gets the \
+                     whole close timeout before the hard close",
+                    d.close_timeout, d.grace
+                ),
+            ));
+        }
+        out
     }
 }
 
@@ -783,10 +864,9 @@ mod tests {
             parse("[is-in-service]").expect("list").health.checks,
             Checks::List(vec!["is-in-service".into()])
         );
-        assert_eq!(
-            parse("[]").expect("empty").health.checks,
-            Checks::List(vec![])
-        );
+        assert_eq!(parse("none").expect("none").health.checks, Checks::None);
+        let e = parse("[]").expect_err("an empty list").to_string();
+        assert!(e.contains("write `checks: none`"), "{e}");
         let e = parse("sometimes")
             .expect_err("a word other than auto")
             .to_string();
@@ -835,7 +915,7 @@ mod tests {
         ] {
             let e = parse(text).expect_err("invalid").to_string();
             assert!(!e.contains("hunter2"), "{e}");
-            assert!(e.contains("test.yaml") && e.contains("line"), "{e}");
+            assert!(e.starts_with("test.yaml:") && e.contains("health."), "{e}");
         }
     }
 
@@ -921,9 +1001,10 @@ cluster:
                 "alias bomb ({what}, {} bytes): refused in {took:?}: {text}",
                 bomb.len()
             );
-            assert!(text.starts_with("test.yaml: "), "{what}: {text}");
+            assert!(text.starts_with("test.yaml:"), "{what}: {text}");
             assert!(
-                text.contains("budget breached") && text.contains("at most 10000 YAML nodes"),
+                text.contains("too large or too complex")
+                    && text.contains("at most 10000 YAML nodes"),
                 "{what}: {text}"
             );
         }
@@ -949,7 +1030,7 @@ cluster:
             };
             let e = e.to_string();
             assert!(
-                e.starts_with("test.yaml: ") && e.contains("budget breached"),
+                e.starts_with("test.yaml:") && e.contains("too large or too complex"),
                 "{what}: {e}"
             );
         }
@@ -1067,10 +1148,15 @@ cluster:
         match parse(&format!(
             "{base}cluster: {{nodes: [{{backend: a, node: r@h, typ: disc}}]}}\n"
         )) {
-            Err(ConfigError::Invalid { key, message, .. }) => {
+            Err(ConfigError::Invalid {
+                key, message, at, ..
+            }) => {
                 assert_eq!(key, "cluster.nodes[0].typ");
-                assert!(message.contains("unknown field `typ`"), "{message}");
-                assert!(message.contains("at line 4, column"), "{message}");
+                assert!(
+                    message.contains("unknown key `typ`; did you mean `type`?"),
+                    "{message}"
+                );
+                assert_eq!(at.map(|a| a.line), Some(4));
             }
             other => panic!("expected an error naming the key, got {other:?}"),
         }

@@ -30,9 +30,9 @@ impl<'de> Deserialize<'de> for HumanDuration {
         let s = String::deserialize(d)?;
         humantime::parse_duration(s.trim())
             .map(HumanDuration)
-            .map_err(|e| {
+            .map_err(|_| {
                 serde::de::Error::custom(format!(
-                    "expected a duration such as `2s` or `500ms`, got `{s}` ({e})"
+                    "expected a duration such as `2s` or `500ms`, got `{s}`"
                 ))
             })
     }

@@ -28,17 +28,21 @@ async fn run(app: &Arc<App>, backend: &Arc<Backend>) {
     let mut node = NodeCache::default();
     loop {
         let cfg = app.config.load().health.clone();
-        let creds = match cfg.resolve_password() {
-            Ok(password) => Some(Credentials {
-                username: cfg.username.clone(),
-                password,
-            }),
-            Err(e) => {
-                tracing::error!(backend = backend.name(), error = %e, "no management password; management checks skipped");
-                None
-            }
-        };
+        // Read before each probe, so a rotated file is taken up. A password
+        // that cannot be read fails the probe: the checks are never quietly
+        // reduced to the TCP connect.
+        let password = cfg.resolve_password();
+        let creds = password.as_ref().ok().map(|password| Credentials {
+            username: cfg.username.clone(),
+            password: password.clone(),
+        });
         let plan = health::plan(&cfg.checks, node.version());
+        let no_password = match &password {
+            Err(e) if backend.config.management.is_some() && !plan.checks.is_empty() => {
+                Some(format!("management checks: no password: {e}"))
+            }
+            _ => None,
+        };
         let peers = peers(app, backend);
         let node_name = node.info().and_then(|i| i.node.clone());
         let ctx = health::Context {
@@ -62,7 +66,13 @@ async fn run(app: &Arc<App>, backend: &Arc<Backend>) {
         tokio::pin!(read);
         let mut reading = read_due;
         let probe = async {
-            let report = health::probe(backend, &cfg, creds.as_ref(), ctx).await;
+            let report = match no_password {
+                Some(reason) => health::Report {
+                    outcome: Outcome::Fail(reason),
+                    skipped: Vec::new(),
+                },
+                None => health::probe(backend, &cfg, creds.as_ref(), ctx).await,
+            };
             (report, started.elapsed())
         };
         let (report, took) = {

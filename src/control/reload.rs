@@ -110,23 +110,39 @@ pub struct Summary {
     pub needs_restart: Vec<&'static str>,
 }
 
+/// A valid config and what `warren check` warns about in it.
+pub struct Checked {
+    pub config: Config,
+    /// Settings that contradict each other ([`Config::warnings`]), placed in the file.
+    pub warnings: Vec<ConfigError>,
+}
+
 /// Reads the config at `path`, validates it and checks the files it names:
 /// what `warren check` and start-up run.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let config = Config::load(path)?;
-    check_files(&config, path)?;
-    Ok(config)
+pub fn load(path: &Path) -> Result<Checked, ConfigError> {
+    let text = read_config_file(path).map_err(|source| ConfigError::Read {
+        file: path.to_path_buf(),
+        source,
+    })?;
+    let config = Config::from_yaml(&text, path)?;
+    check_files(&config, path).map_err(|e| e.located(&text))?;
+    let warnings = warnings(&config, path, &text);
+    Ok(Checked { config, warnings })
+}
+
+fn warnings(config: &Config, path: &Path, text: &str) -> Vec<ConfigError> {
+    config
+        .warnings()
+        .into_iter()
+        .map(|(key, message)| ConfigError::invalid(path, key, message).located(text))
+        .collect()
 }
 
 /// The checks that read the files a config names (the admin token, the
 /// management password, TLS certificates, keys and CA files), once the config
 /// itself is valid: run by `warren check`, at start-up and by every reload.
 pub fn check_files(config: &Config, file: &Path) -> Result<(), ConfigError> {
-    let invalid = |key: &str, message: String| ConfigError::Invalid {
-        file: file.to_path_buf(),
-        key: key.to_string(),
-        message,
-    };
+    let invalid = |key: &str, message: String| ConfigError::invalid(file, key, message);
     if let Err(e) = config.admin.resolve_token() {
         let key = if config.admin.token_file.is_some() {
             "admin.token_file"
@@ -135,14 +151,45 @@ pub fn check_files(config: &Config, file: &Path) -> Result<(), ConfigError> {
         };
         return Err(invalid(key, e));
     }
-    // The password is read again before each probe (a rotated file is taken
-    // up); one that cannot be read at all would leave only the TCP check.
-    if config.health.password_file.is_some() {
-        if let Err(e) = config.health.resolve_password() {
-            return Err(invalid("health.password_file", e));
-        }
-    }
+    check_password(config).map_err(|(key, message)| invalid(key, message))?;
     crate::tls::check(config).map_err(|e| invalid(e.key(), e.to_string()))
+}
+
+/// The management password must be readable and non-empty wherever a
+/// management check will use it (the probe reads it again each time, so a
+/// rotated file is taken up), and wherever it is configured at all.
+fn check_password(config: &Config) -> Result<(), (&'static str, String)> {
+    let h = &config.health;
+    let user = config
+        .backends
+        .iter()
+        .position(|b| b.management.is_some())
+        .filter(|_| !matches!(h.checks, crate::config::Checks::None));
+    let configured = h.password.is_some() || h.password_file.is_some() || h.password_env.is_some();
+    if user.is_none() && !configured {
+        return Ok(());
+    }
+    let key = if h.password_file.is_some() {
+        "health.password_file"
+    } else if h.password_env.is_some() {
+        "health.password_env"
+    } else {
+        "health.password"
+    };
+    let why = match h.resolve_password() {
+        Ok(p) if p.0.is_empty() => "the password is empty".to_string(),
+        Ok(_) => return Ok(()),
+        Err(e) => e,
+    };
+    let message = match user {
+        Some(i) => format!(
+            "{why}; the management checks of backends[{i}] (`{}`) need it (for the TCP \
+             connect check only, write `health.checks: none`)",
+            config.backends[i].name
+        ),
+        None => why,
+    };
+    Err((key, message))
 }
 
 /// Fingerprint of the file as it is now; an unreadable file has one too, so the
@@ -209,7 +256,10 @@ async fn apply(app: &Arc<App>, trigger: Trigger) -> Result<Summary, ReloadError>
         source,
     })?;
     let new = Config::from_yaml(&text, path)?;
-    check_files(&new, path)?;
+    check_files(&new, path).map_err(|e| e.located(&text))?;
+    for w in warnings(&new, path, &text) {
+        tracing::warn!(warning = %w, "config");
+    }
     let old = app.config.load_full();
 
     // The fallible part: bind changed addresses before anything changes.

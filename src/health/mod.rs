@@ -59,7 +59,7 @@ pub(crate) struct Plan {
 ///   `virtual-hosts`;
 /// - unknown: `local-alarms`, `virtual-hosts` (they work everywhere).
 ///
-/// A list is used as written, whatever the version.
+/// A list is used as written, whatever the version; `none` is no check.
 pub(crate) fn plan(checks: &Checks, version: Option<Version>) -> Plan {
     let maintenance = version.is_some_and(|v| v >= MAINTENANCE_CHECKS_SINCE);
     let names: Vec<&str> = match (checks, version) {
@@ -69,6 +69,7 @@ pub(crate) fn plan(checks: &Checks, version: Option<Version>) -> Plan {
                 maintenance,
             }
         }
+        (Checks::None, _) => Vec::new(),
         (Checks::Auto, None) => COMMON.to_vec(),
         (Checks::Auto, Some(v)) if v < V4 => {
             vec!["local-alarms", "protocol-listener/amqp", "virtual-hosts"]
@@ -583,7 +584,7 @@ mod tests {
         }
         assert!(plan(&list, v("4.3.6")).maintenance);
         assert!(!plan(&list, v("3.10.8")).maintenance);
-        assert!(plan(&Checks::List(vec![]), v("4.3.6")).checks.is_empty());
+        assert!(plan(&Checks::None, v("4.3.6")).checks.is_empty());
     }
 
     #[test]

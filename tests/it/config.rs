@@ -42,27 +42,57 @@ fn shipped_example_configs_parse() {
     assert!(n >= 2, "expected config/warren.yaml and config/local.yaml");
 }
 
+/// The exact message each broken config gets: `FILE` in a `.err` file stands
+/// for the config's path. At least 25 mistakes, each named by file, line,
+/// column and key (issue 17's table).
 #[test]
 fn invalid_configs_fail_with_their_error() {
-    for f in fixtures("invalid", "yaml") {
+    let files = fixtures("invalid", "yaml");
+    assert!(files.len() >= 25, "only {} broken configs", files.len());
+    for f in files {
         let expected = std::fs::read_to_string(f.with_extension("err"))
             .unwrap_or_else(|_| panic!("{} needs a .err file", f.display()));
-        let expected = expected.trim();
+        let expected = expected.trim().replace("FILE", &f.display().to_string());
         match warren::control::reload::load(&f) {
             Ok(_) => panic!("{} should be invalid", f.display()),
-            Err(e) => {
-                let msg = e.to_string();
-                assert!(
-                    msg.contains(expected),
-                    "{}: error `{msg}` does not contain `{expected}`",
-                    f.display()
-                );
-                assert!(
-                    msg.contains(&f.display().to_string()),
-                    "error must name the file: {msg}"
-                );
-            }
+            Err(e) => assert_eq!(e.to_string(), expected, "{}", f.display()),
         }
+    }
+}
+
+/// Configs that run but contradict themselves: a warning each, with its
+/// exact text; `warren check` exits 0 and prints it, `--strict` exits 64.
+#[test]
+fn contradictions_are_warnings_with_their_text() {
+    let bin = env!("CARGO_BIN_EXE_warren");
+    for f in fixtures("warning", "yaml") {
+        let expected = std::fs::read_to_string(f.with_extension("warn"))
+            .unwrap_or_else(|_| panic!("{} needs a .warn file", f.display()));
+        let expected = expected.trim().replace("FILE", &f.display().to_string());
+        let checked = warren::control::reload::load(&f)
+            .unwrap_or_else(|e| panic!("{} should be valid: {e}", f.display()));
+        let got: Vec<String> = checked.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(got.join("\n"), expected, "{}", f.display());
+
+        let out = Command::new(bin)
+            .args(["check", "-c"])
+            .arg(&f)
+            .output()
+            .expect("runs");
+        assert_eq!(out.status.code(), Some(0), "{}", f.display());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("warning: {}", got[0])), "{err}");
+        let out = Command::new(bin)
+            .args(["check", "--strict", "-c"])
+            .arg(&f)
+            .output()
+            .expect("runs");
+        assert_eq!(out.status.code(), Some(64), "{}", f.display());
+    }
+    // The valid fixtures have none.
+    for f in fixtures("valid", "yaml") {
+        let warnings = Config::load(&f).expect("valid").warnings();
+        assert!(warnings.is_empty(), "{}: {warnings:?}", f.display());
     }
 }
 

@@ -325,6 +325,43 @@ async fn wrong_credentials_are_a_failure_with_reason_on_a_real_node() {
     w.stop().await;
 }
 
+/// A password file that disappears while warren runs fails the management
+/// checks with the reason; it never leaves a TCP-only check that passes. The
+/// file back, the node comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_file_gone_at_run_time_fails_the_checks_with_the_reason() {
+    let nodes = cluster().await;
+    let dir = std::env::temp_dir().join(unique("warren-password"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("password");
+    std::fs::write(&file, "guest\n").expect("password file");
+    let w = Warren::start(&config_yaml(
+        &nodes,
+        &format!(
+            "health:\n  interval: 500ms\n  timeout: 500ms\n  fall: 1\n  rise: 1\n  password_file: '{}'\n",
+            file.display()
+        ),
+    ))
+    .await;
+    w.wait_state(&nodes[0].backend, "up", Duration::from_secs(10))
+        .await;
+    std::fs::remove_file(&file).expect("remove");
+    w.wait_state(&nodes[0].backend, "down", Duration::from_secs(10))
+        .await;
+    let b = w.backend(&nodes[0].backend).await;
+    let reason = b["last_failure"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("management checks: no password: cannot read")
+            && reason.contains(&file.display().to_string()),
+        "{b}"
+    );
+    std::fs::write(&file, "guest\n").expect("password file back");
+    w.wait_state(&nodes[0].backend, "up", Duration::from_secs(10))
+        .await;
+    w.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The checks `health.checks: auto` runs on this version's nodes (`WARREN_RABBITMQ`).
 fn auto_checks_here() -> Vec<&'static str> {
     match rabbitmq_version().as_str() {
