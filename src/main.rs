@@ -83,16 +83,18 @@ reachable (nothing changed), 70 a change failed (no node left stopped), 77 Erlan
 management credentials rejected, 130 interrupted. See docs/bootstrap.md.";
 
 /// The config at `path`, or the exit code of a config error (printed).
-/// Warnings go to standard error here; `run` logs them again once logging is up.
+/// The caller reports the warnings: printed by `check`, logged by `run`.
 fn load(path: &Path) -> Result<Checked, ExitCode> {
-    let checked = warren::control::reload::load(path).map_err(|e| {
+    warren::control::reload::load(path).map_err(|e| {
         eprintln!("warren: config error: {e}");
         ExitCode::from(EXIT_CONFIG)
-    })?;
+    })
+}
+
+fn print_warnings(checked: &Checked) {
     for w in &checked.warnings {
         eprintln!("warren: config warning: {w}");
     }
-    Ok(checked)
 }
 
 fn main() -> ExitCode {
@@ -139,6 +141,7 @@ fn main() -> ExitCode {
         }
         Cmd::Check { config, strict } => match load(&config) {
             Ok(c) => {
+                print_warnings(&c);
                 print!("{}", c.config.to_yaml());
                 if strict && !c.warnings.is_empty() {
                     return ExitCode::from(EXIT_CONFIG);
@@ -192,7 +195,10 @@ impl bootstrap::Report for Printer {
 
 fn run_bootstrap(path: &Path, opts: bootstrap::Options) -> ExitCode {
     let config = match load(path) {
-        Ok(c) => c.config,
+        Ok(c) => {
+            print_warnings(&c);
+            c.config
+        }
         Err(code) => return code,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -261,7 +261,7 @@ async fn json_logs_never_show_passwords() {
         .expect("failure line");
     let error = failed["error"].as_str().expect("error text");
     assert!(
-        error.contains(&config.display().to_string()) && error.contains("line 4"),
+        error.starts_with(&format!("{}:4:", config.display())),
         "{error}"
     );
     let b64 = |pw: &str| base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"));
