@@ -135,6 +135,7 @@ impl Server {
             rebalance: Mutex::new(None),
             admin_listener: Rebindable::new("admin", Some(admin)),
             reloader: control::Reloader::default(),
+            events: Arc::default(),
         });
         Ok(Server {
             app,

@@ -6,6 +6,7 @@ use crate::balancer::{Backend, Command, Health, Mode};
 use crate::config::OnAlarm;
 use crate::control::app::App;
 use crate::control::drain::{self, DrainPlan};
+use crate::control::events::Kind;
 use crate::control::rebalance;
 use crate::telemetry::metrics;
 
@@ -41,7 +42,14 @@ pub(crate) enum Action {
 
 /// Applies `action` to `b`, with all that follows from it.
 pub(crate) fn act(app: &Arc<App>, b: &Arc<Backend>, action: Action) {
+    act_as(app, b, action, None);
+}
+
+/// [`act`] on behalf of `by` (an operator's request: where it came from),
+/// which the event records.
+pub(crate) fn act_as(app: &Arc<App>, b: &Arc<Backend>, action: Action, by: Option<&str>) {
     let name = b.name();
+    record(app, b, &action, by);
     match action {
         Action::Drain => {
             let prev = b.set_mode(Mode::Draining);
@@ -132,6 +140,23 @@ pub(crate) fn act(app: &Arc<App>, b: &Arc<Backend>, action: Action) {
     b.record_state();
 }
 
+/// The event for `action`.
+fn record(app: &App, b: &Backend, action: &Action, by: Option<&str>) {
+    let (kind, message) = match action {
+        Action::Drain => (Kind::Operator, "drain".to_string()),
+        Action::Disable => (Kind::Operator, "disable".to_string()),
+        Action::Enable => (Kind::Operator, "enable".to_string()),
+        Action::Down(reason) => (Kind::Health, format!("down: {reason}")),
+        Action::Up => (Kind::Health, "up".to_string()),
+        Action::Alarm(reason) => (Kind::Alarm, format!("resource alarm: {reason}")),
+        Action::AlarmCleared => (Kind::Alarm, "resource alarm cleared".to_string()),
+        Action::Maintenance(reason) => (Kind::Maintenance, format!("in maintenance: {reason}")),
+        Action::MaintenanceOver => (Kind::Maintenance, "out of maintenance".to_string()),
+        Action::Retire => (Kind::Reload, "removed from the configuration".to_string()),
+    };
+    app.events.push(kind, Some(b.name()), message, by);
+}
+
 /// Counts and starts a paced drain of `b`; `reason` is the reply-text of the
 /// clients' `connection.close`.
 fn start_drain(app: &App, b: &Arc<Backend>, trigger: &'static str, reason: String) {
@@ -142,5 +167,5 @@ fn start_drain(app: &App, b: &Arc<Backend>, trigger: &'static str, reason: Strin
         grace: cfg.drain.grace.get(),
         reason: reason.into(),
     };
-    drain::start(Arc::clone(b), plan, &app.shutdown);
+    drain::start(Arc::clone(b), plan, &app.shutdown, Arc::clone(&app.events));
 }

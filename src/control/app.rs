@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -12,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::balancer::Balancer;
 use crate::config::Config;
+pub(crate) use crate::control::events::unix_now;
+use crate::control::events::Events;
 use crate::proxy::socket::Rebindable;
 use crate::proxy::Proxy;
 use crate::tls::Tls;
@@ -35,6 +36,8 @@ pub struct App {
     pub(crate) admin_listener: Rebindable,
     /// Serialises reloads and keeps their outcome for metrics.
     pub(crate) reloader: Reloader,
+    /// The recent events, for `GET /api/events` and the status page.
+    pub events: Arc<Events>,
 }
 
 /// Reload bookkeeping of one running warren.
@@ -81,11 +84,4 @@ impl Reloader {
     pub(super) fn seen(&self) -> Option<u64> {
         self.seen.lock().ok().and_then(|s| *s)
     }
-}
-
-pub(super) fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }

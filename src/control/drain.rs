@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::balancer::{Backend, Command};
+use crate::control::events::{Events, Kind};
 
 /// Pacing of one drain.
 #[derive(Clone, Debug)]
@@ -24,20 +25,35 @@ pub(crate) struct DrainPlan {
 /// Starts draining `backend` in the background: paced graceful closes over the
 /// window, hard closes after the grace. A drain already running is replaced.
 /// The task ends by itself, on `shutdown`, or when the drain is cancelled.
-pub(crate) fn start(backend: Arc<Backend>, plan: DrainPlan, shutdown: &CancellationToken) {
+pub(crate) fn start(
+    backend: Arc<Backend>,
+    plan: DrainPlan,
+    shutdown: &CancellationToken,
+    events: Arc<Events>,
+) {
     let token = shutdown.child_token();
     backend.conns.replace_drain(token.clone());
     tokio::spawn(async move {
         tokio::select! {
             _ = token.cancelled() => {}
-            _ = run(&backend, &plan) => {}
+            _ = run(&backend, &plan, &events) => {}
         }
     });
 }
 
-async fn run(backend: &Backend, plan: &DrainPlan) {
+async fn run(backend: &Backend, plan: &DrainPlan, events: &Events) {
     let started = tokio::time::Instant::now();
     let ids = backend.conns.ids();
+    events.push(
+        Kind::Drain,
+        Some(backend.name()),
+        format!(
+            "drain started: {} connections, closes paced over {:?}",
+            ids.len(),
+            plan.window
+        ),
+        None,
+    );
     tracing::info!(
         backend = backend.name(),
         connections = ids.len(),
@@ -63,6 +79,17 @@ async fn run(backend: &Backend, plan: &DrainPlan) {
         backend.conns.broadcast(Command::Close(plan.reason.clone()));
     }
     let left = backend.conns.len();
+    events.push(
+        Kind::Drain,
+        Some(backend.name()),
+        format!(
+            "drain finished in {:.1}s: {} of {} connections closed gracefully, {left} closed hard",
+            started.elapsed().as_secs_f64(),
+            ids.len().saturating_sub(left),
+            ids.len(),
+        ),
+        None,
+    );
     if left > 0 {
         tracing::warn!(
             backend = backend.name(),

@@ -11,6 +11,7 @@ mod act;
 mod app;
 mod checks;
 mod drain;
+pub mod events;
 mod rebalance;
 pub mod reload;
 pub mod shutdown;

@@ -37,6 +37,7 @@ use crate::config::{Config, ConfigError};
 use crate::control::act::{act, Action};
 use crate::control::app::{unix_now, App};
 use crate::control::checks;
+use crate::control::events::Kind;
 
 /// What asked for a reload (a metrics label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +116,47 @@ pub struct Checked {
     pub config: Config,
     /// Settings that contradict each other ([`Config::warnings`]), placed in the file.
     pub warnings: Vec<ConfigError>,
+}
+
+impl Summary {
+    /// One line for the events feed: what changed.
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        for (what, names) in [
+            ("added", &self.added),
+            ("removed", &self.removed),
+            ("changed", &self.changed),
+        ] {
+            if !names.is_empty() {
+                parts.push(format!("{what} {}", names.join(", ")));
+            }
+        }
+        for (what, addr) in [
+            ("listen", self.listen),
+            ("tls.listen", self.tls_listen),
+            ("admin.listen", self.admin_listen),
+        ] {
+            if let Some(a) = addr {
+                parts.push(format!("{what} now {a}"));
+            }
+        }
+        if !self.closed_listeners.is_empty() {
+            parts.push(format!("closed {}", self.closed_listeners.join(", ")));
+        }
+        if self.tls_reloaded {
+            parts.push("certificates read again".into());
+        }
+        if !self.needs_restart.is_empty() {
+            parts.push(format!(
+                "restart needed for {}",
+                self.needs_restart.join(", ")
+            ));
+        }
+        if parts.is_empty() {
+            parts.push("no backend or listener changed".into());
+        }
+        format!("config reloaded: {}", parts.join("; "))
+    }
 }
 
 /// Reads the config at `path`, validates it and checks the files it names:
@@ -231,11 +273,19 @@ pub async fn reload(app: &Arc<App>, trigger: Trigger) -> Result<Summary, ReloadE
             if !s.needs_restart.is_empty() {
                 tracing::warn!(keys = ?s.needs_restart, "changed keys take effect after a restart");
             }
+            app.events
+                .push(Kind::Reload, None, s.describe(), Some(trigger.as_str()));
             app.reloader.changed.notify_waiters();
         }
         Err(e) => {
             app.reloader.last_ok.store(false, Ordering::Relaxed);
             tracing::error!(file, trigger = trigger.as_str(), error = %e, "reload failed, the running config stays");
+            app.events.push(
+                Kind::Reload,
+                None,
+                format!("reload refused, the running config stays: {e}"),
+                Some(trigger.as_str()),
+            );
         }
     }
     if result.is_err() {
