@@ -15,7 +15,7 @@ pub mod cluster;
 pub mod log;
 pub mod values;
 
-pub use address::{split_host_port, Endpoint};
+pub use address::{split_host_port, Authority, Endpoint, HostName};
 pub use cluster::{
     ApplyTo, ClusterConfig, ClusterNode, NodeType, PolicyConfig, ReplicationConfig,
     REPLICATION_POLICY,
@@ -115,6 +115,10 @@ pub struct AdminConfig {
     /// ...or from this environment variable.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_env: Option<String>,
+    /// Names (`host` or `host:port`) the API answers to in the `Host` header,
+    /// besides its own address (see `admin::guard`); no port means any port.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<Authority>,
 }
 
 impl AdminConfig {
@@ -143,6 +147,7 @@ impl Default for AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8404)),
             token_file: None,
             token_env: None,
+            allowed_hosts: Vec::new(),
         }
     }
 }
