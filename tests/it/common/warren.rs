@@ -141,15 +141,42 @@ impl Warren {
     }
 }
 
-/// A minimal HTTP/1.1 request to the admin API.
+/// A minimal HTTP/1.1 request to the admin API, as curl sends it (`Host` is
+/// the address connected to).
 pub async fn admin_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    admin_request_with(addr, method, path, &[]).await
+}
+
+/// [`admin_request`] with more header lines (`Name: value`); a `Host` among them
+/// replaces the default one.
+pub async fn admin_request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .expect("admin reachable");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: warren\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
+    let mut req = format!("{method} {path} HTTP/1.1\r\n");
+    if !headers
+        .iter()
+        .any(|h| h.to_ascii_lowercase().starts_with("host:"))
+    {
+        req.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    if !headers
+        .iter()
+        .any(|h| h.to_ascii_lowercase().starts_with("content-length:"))
+    {
+        req.push_str("Content-Length: 0\r\n");
+    }
+    req.push_str("Connection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.expect("request sent");
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.expect("answer read");
