@@ -157,6 +157,7 @@ impl Server {
             backends = app.balancer.backends().len(),
             "warren started"
         );
+        control::reload::log_warnings(&app.config.load());
         for b in app.balancer.backends().iter() {
             b.record_state();
             control::spawn_checks(Arc::clone(&app), Arc::clone(b));

@@ -128,6 +128,10 @@ fn main() -> ExitCode {
         Cmd::Check { config } => match load(&config) {
             Ok(c) => {
                 print!("{}", c.to_yaml());
+                // On standard error: standard output stays the config, fit to save.
+                for w in warren::control::reload::warnings(&c) {
+                    eprintln!("warren: warning: {w}");
+                }
                 ExitCode::SUCCESS
             }
             Err(code) => code,

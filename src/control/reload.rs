@@ -145,6 +145,30 @@ pub fn check_files(config: &Config, file: &Path) -> Result<(), ConfigError> {
     crate::tls::check(config).map_err(|e| invalid(e.key(), e.to_string()))
 }
 
+/// What is valid but risky in a config: `warren check` prints these, start-up
+/// and every successful reload log each once, at warn.
+pub fn warnings(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let admin = &config.admin;
+    if !admin.listen.ip().is_loopback() && admin.token_file.is_none() && admin.token_env.is_none() {
+        out.push(format!(
+            "admin.listen {} is reachable beyond loopback and no admin token is set: \
+             anyone who reaches it can drain, disable and enable backends and reload the \
+             config; set admin.token_file or admin.token_env (docs/security.md, \
+             \"Admin API threat model\")",
+            admin.listen
+        ));
+    }
+    out
+}
+
+/// Logs [`warnings`], each once.
+pub fn log_warnings(config: &Config) {
+    for w in warnings(config) {
+        tracing::warn!("{w}");
+    }
+}
+
 /// Fingerprint of the file as it is now; an unreadable file has one too, so the
 /// watcher reports it once, not every interval.
 fn fingerprint(read: &std::io::Result<String>) -> u64 {
@@ -184,6 +208,7 @@ pub async fn reload(app: &Arc<App>, trigger: Trigger) -> Result<Summary, ReloadE
             if !s.needs_restart.is_empty() {
                 tracing::warn!(keys = ?s.needs_restart, "changed keys take effect after a restart");
             }
+            log_warnings(&app.config.load());
             app.reloader.changed.notify_waiters();
         }
         Err(e) => {
@@ -440,6 +465,40 @@ mod tests {
             ..AdminConfig::default()
         };
         assert!(admin.resolve_token().is_ok());
+    }
+
+    #[test]
+    fn an_open_admin_listener_without_a_token_is_warned_about() {
+        let config = |admin: &str| {
+            parse(&format!(
+                "listen: 127.0.0.1:5672\nadmin: {admin}\nbackends:\n  - {{name: a, address: 'h:1'}}\n"
+            ))
+            .expect("valid")
+        };
+        let token = TempFile::new("warn-token", 32);
+        for quiet in [
+            "{listen: '127.0.0.1:8404'}".to_string(),
+            "{listen: '[::1]:8404'}".to_string(),
+            format!(
+                "{{listen: '0.0.0.0:8404', token_file: '{}'}}",
+                token.0.display()
+            ),
+        ] {
+            assert_eq!(warnings(&config(&quiet)), Vec::<String>::new(), "{quiet}");
+        }
+        for open in [
+            "{listen: '0.0.0.0:8404'}",
+            "{listen: '10.0.0.5:8404'}",
+            "{listen: '[::]:8404'}",
+        ] {
+            let w = warnings(&config(open));
+            assert_eq!(w.len(), 1, "{open}");
+            assert!(
+                w[0].contains("no admin token") && w[0].contains("admin.token_file"),
+                "{}",
+                w[0]
+            );
+        }
     }
 
     #[test]
