@@ -8,6 +8,10 @@
 //!   POST /api/backends/{name}/disable no new connections; existing ones kept
 //!   POST /api/backends/{name}/enable  back to health-driven
 //!   POST /api/reload                  reload the config file (200, 400 invalid, 500 failed)
+//!
+//! Every request passes [`guard::check`] first: its `Host` must name this
+//! listener (400, 421), and a state change needs the token when one is
+//! configured (401), or else must not come from a browser on another origin (403).
 
 mod guard;
 mod scrape;
@@ -55,7 +59,7 @@ pub(crate) async fn run(app: Arc<App>) {
             .admin_listener
             .local_addr()
             .or_else(|| stream.local_addr().ok())
-            .unwrap_or(app.config.load().admin.listen);
+            .unwrap_or_else(|| app.config.load().admin.listen);
         let app = Arc::clone(&app);
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
