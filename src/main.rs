@@ -157,7 +157,7 @@ fn main() -> ExitCode {
             };
             warren::telemetry::logging::init(&config.log);
             for w in &warnings {
-                tracing::warn!(warning = %w, "config");
+                tracing::warn!("config warning: {w}");
             }
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,

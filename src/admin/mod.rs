@@ -8,10 +8,16 @@
 //!   POST /api/backends/{name}/disable no new connections; existing ones kept
 //!   POST /api/backends/{name}/enable  back to health-driven
 //!   POST /api/reload                  reload the config file (200, 400 invalid, 500 failed)
+//!
+//! Every request passes [`guard::check`] first: its `Host` must name this
+//! listener (400, 421), and a state change needs the token when one is
+//! configured (401), or else must not come from a browser on another origin (403).
 
+mod guard;
 mod scrape;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -28,6 +34,7 @@ use crate::balancer::{Backend, CheckStatus, Mode, State};
 use crate::control::reload::{self, ReloadError, Trigger};
 use crate::control::{act, Action, App};
 use crate::proxy::socket::Acceptor;
+use crate::telemetry::metrics;
 
 type Body = Full<Bytes>;
 
@@ -37,7 +44,7 @@ type Body = Full<Bytes>;
 pub(crate) async fn run(app: Arc<App>) {
     let mut acceptor = Acceptor::new(&app.admin_listener);
     loop {
-        let (stream, _) = match acceptor.accept().await {
+        let (stream, peer) = match acceptor.accept().await {
             None => return,
             Some(Ok(a)) => a,
             Some(Err(e)) => {
@@ -46,11 +53,18 @@ pub(crate) async fn run(app: Arc<App>) {
                 continue;
             }
         };
+        // The address `Host` headers must name: the listening socket's (a
+        // wildcard IP stays one), as bound (a configured port 0 is the real port).
+        let listener = app
+            .admin_listener
+            .local_addr()
+            .or_else(|| stream.local_addr().ok())
+            .unwrap_or_else(|| app.config.load().admin.listen);
         let app = Arc::clone(&app);
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let app = Arc::clone(&app);
-                async move { Ok::<_, Infallible>(route(&app, req).await) }
+                async move { Ok::<_, Infallible>(serve(&app, req, peer, listener).await) }
             });
             let conn = http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -92,6 +106,74 @@ fn view(b: &Backend) -> BackendView<'_> {
 /// Request bodies larger than this are refused (no endpoint takes a body today).
 const MAX_BODY: u64 = 64 * 1024;
 
+/// Answers one request: refused by [`guard::check`] (logged and counted), or routed.
+async fn serve(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    listener: SocketAddr,
+) -> Response<Body> {
+    let verdict = guard::check(
+        req.method(),
+        req.uri(),
+        req.headers(),
+        listener,
+        &app.config.load().admin.allowed_hosts,
+        || token(app),
+    );
+    match verdict {
+        Ok(()) => route(app, req).await,
+        Err(refusal) => refuse(refusal, &req, peer),
+    }
+}
+
+/// The admin token for a state-changing request (read again each time, so a
+/// replaced file rotates it).
+fn token(app: &App) -> guard::Token {
+    match app.config.load().admin.resolve_token() {
+        Ok(Some(t)) => guard::Token::Configured(t),
+        Ok(None) => guard::Token::NotConfigured,
+        Err(e) => {
+            tracing::error!(error = %e, "admin token unavailable; refusing mutating requests");
+            guard::Token::Unavailable
+        }
+    }
+}
+
+/// Logs and counts a refused request and makes its answer. The log shows what
+/// the client sent that decided it (`Host`, `Origin`, `Sec-Fetch-Site`,
+/// `Content-Type`, shortened), never `Authorization`.
+fn refuse(refusal: guard::Refusal, req: &Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let shown = |name: &str| {
+        req.headers().get(name).map(|v| {
+            let v = String::from_utf8_lossy(v.as_bytes());
+            v.chars().take(100).collect::<String>()
+        })
+    };
+    tracing::warn!(
+        reason = refusal.label(),
+        status = refusal.status().as_u16(),
+        method = %req.method(),
+        path = %req.uri().path(),
+        %peer,
+        // Absent headers leave their field out.
+        host = shown("host").as_deref(),
+        origin = shown("origin").as_deref(),
+        sec_fetch_site = shown("sec-fetch-site").as_deref(),
+        content_type = shown("content-type").as_deref(),
+        "admin request refused"
+    );
+    metrics::admin_refused(refusal.label());
+    let mut r = text(refusal.status(), refusal.message());
+    if refusal == guard::Refusal::Unauthorized {
+        r.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer"),
+        );
+    }
+    r
+}
+
 async fn route(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
@@ -103,11 +185,6 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
         .is_some_and(|n| n > MAX_BODY);
     if too_large {
         return text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
-    }
-    if method != Method::GET && method != Method::HEAD {
-        if let Some(refusal) = refuse_unauthorized(app, &req) {
-            return refusal;
-        }
     }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segments.as_slice() {
@@ -170,47 +247,6 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
         }
         _ => not_found(),
     }
-}
-
-/// Mutating requests need the bearer token when one is configured; the answer
-/// to send instead when the request does not carry it.
-fn refuse_unauthorized(app: &App, req: &Request<Incoming>) -> Option<Response<Body>> {
-    let token = match app.config.load().admin.resolve_token() {
-        Ok(Some(t)) => t,
-        Ok(None) => return None,
-        Err(e) => {
-            tracing::error!(error = %e, "admin token unavailable; refusing mutating requests");
-            return Some(text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "admin token unavailable\n",
-            ));
-        }
-    };
-    let given = req
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if constant_time_eq(given.as_bytes(), token.0.as_bytes()) {
-        None
-    } else {
-        tracing::warn!(path = %req.uri().path(), "admin: missing or wrong bearer token");
-        let mut r = text(StatusCode::UNAUTHORIZED, "bearer token required\n");
-        r.headers_mut().insert(
-            hyper::header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer"),
-        );
-        Some(r)
-    }
-}
-
-/// Compares without an early exit, so timing does not reveal the token.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn only_get(method: &Method, f: impl FnOnce() -> Response<Body>) -> Response<Body> {

@@ -1,8 +1,12 @@
-//! Addresses in the config: `host:port`, and the management API's base URL
-//! (`http://host[:port][/prefix]`, never with credentials in it: they would end
-//! up in logs).
+//! Addresses in the config: `host:port`, HTTP authorities (`admin.allowed_hosts`,
+//! and the `Host` headers the admin API checks against them), and the management
+//! API's base URL (`http://host[:port][/prefix]`, never with credentials in it:
+//! they would end up in logs).
 
 use std::fmt;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Splits `host:port` (or `[v6]:port`) into its parts.
 pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
@@ -16,6 +20,111 @@ pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
         return None;
     }
     Some((host, port))
+}
+
+/// The host part of an HTTP authority: an IP address or a DNS name (held in
+/// lower case, without a trailing dot, so equal names compare equal).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostName {
+    Ip(IpAddr),
+    Name(String),
+}
+
+impl fmt::Display for HostName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostName::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
+            HostName::Ip(ip) => write!(f, "{ip}"),
+            HostName::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+/// `host[:port]` as an HTTP `Host` header or an `Origin` carries it (IPv6 in
+/// brackets), and as `admin.allowed_hosts` lists it. No port means any port in
+/// `admin.allowed_hosts`, and port 80 in a `Host` header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Authority {
+    pub host: HostName,
+    pub port: Option<u16>,
+}
+
+impl Authority {
+    /// Parses `host[:port]`; None for anything else (a path, userinfo, an
+    /// unbracketed IPv6 address, an empty or malformed name, a bad port).
+    pub fn parse(s: &str) -> Option<Authority> {
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (v6, after) = rest.split_once(']')?;
+            let ip: std::net::Ipv6Addr = v6.parse().ok()?;
+            let port = match after {
+                "" => None,
+                p => Some(parse_port(p.strip_prefix(':')?)?),
+            };
+            (HostName::Ip(IpAddr::V6(ip)), port)
+        } else {
+            let (host, port) = match s.split_once(':') {
+                Some((h, p)) => (h, Some(parse_port(p)?)),
+                None => (s, None),
+            };
+            let host = match host.parse::<std::net::Ipv4Addr>() {
+                Ok(ip) => HostName::Ip(IpAddr::V4(ip)),
+                Err(_) => HostName::Name(dns_name(host)?),
+            };
+            (host, port)
+        };
+        Some(Authority { host, port })
+    }
+}
+
+impl fmt::Display for Authority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            Some(p) => write!(f, "{}:{p}", self.host),
+            None => write!(f, "{}", self.host),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Authority {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Authority::parse(s.trim()).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "expected a host name or IP address, optionally with `:port` \
+                 (such as `warren.example.com` or `10.0.0.5:8404`), got `{s}`"
+            ))
+        })
+    }
+}
+
+impl Serialize for Authority {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+/// Digits only (no sign, no spaces), as in a URL.
+fn parse_port(p: &str) -> Option<u16> {
+    if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    p.parse().ok()
+}
+
+/// A DNS name of letters, digits, `-` and `_` in dot-separated labels, lower
+/// cased, one trailing dot dropped.
+fn dns_name(s: &str) -> Option<String> {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    let valid = !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    valid.then(|| s.to_ascii_lowercase())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +199,86 @@ pub fn redact_userinfo(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_authorities() {
+        let a = |s: &str| Authority::parse(s).map(|a| a.to_string());
+        for (given, read) in [
+            ("127.0.0.1:8404", "127.0.0.1:8404"),
+            ("10.0.0.5", "10.0.0.5"),
+            ("[::1]:8404", "[::1]:8404"),
+            ("[::1]", "[::1]"),
+            ("Warren.Example.COM.", "warren.example.com"),
+            ("localhost:80", "localhost:80"),
+            ("svc_1.ns-2", "svc_1.ns-2"),
+        ] {
+            assert_eq!(a(given).as_deref(), Some(read), "{given}");
+        }
+        for bad in [
+            "",
+            ":8404",
+            "::1",
+            "[::1",
+            "[::1]x",
+            "[127.0.0.1]:1",
+            "h:",
+            "h:+1",
+            "h:65536",
+            "h:1:2",
+            "user@h",
+            "h/path",
+            "http://h",
+            "*.example.com",
+            "a..b",
+            "h ",
+        ] {
+            assert_eq!(a(bad), None, "{bad:?}");
+        }
+        let p = Authority::parse("[::1]:8404").expect("v6");
+        assert_eq!(p.host, HostName::Ip("::1".parse().expect("ip")));
+        assert_eq!(p.port, Some(8404));
+    }
+
+    #[test]
+    fn allowed_hosts_are_read_checked_and_printed() {
+        let parse = |hosts: &str| {
+            crate::config::Config::from_yaml(
+                &format!("listen: 127.0.0.1:5672\nadmin: {{allowed_hosts: {hosts}}}\nbackends:\n  - {{name: a, address: 'h:1'}}\n"),
+                std::path::Path::new("t.yaml"),
+            )
+        };
+        let c = parse("[Warren.example.com, 'lb.example.com:8404', '[fd00::1]:8404']")
+            .expect("valid hosts");
+        let shown: Vec<String> = c
+            .admin
+            .allowed_hosts
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "warren.example.com",
+                "lb.example.com:8404",
+                "[fd00::1]:8404"
+            ]
+        );
+        let printed = c.to_yaml();
+        assert!(printed.contains("lb.example.com:8404"), "{printed}");
+        let again = crate::config::Config::from_yaml(&printed, std::path::Path::new("t.yaml"))
+            .expect("the printed config parses");
+        assert_eq!(again.admin.allowed_hosts, c.admin.allowed_hosts);
+        let e = parse("[ok.example, 'http://x/']")
+            .expect_err("a URL")
+            .to_string();
+        assert!(
+            e.contains("admin.allowed_hosts[1]") && e.contains("`http://x/`"),
+            "{e}"
+        );
+        assert!(crate::config::AdminConfig::default()
+            .allowed_hosts
+            .is_empty());
+    }
 
     #[test]
     fn parses_endpoints() {

@@ -18,7 +18,7 @@ mod locate;
 pub mod log;
 pub mod values;
 
-pub use address::{split_host_port, Endpoint};
+pub use address::{split_host_port, Authority, Endpoint, HostName};
 pub use cluster::{
     ApplyTo, ClusterConfig, ClusterNode, NodeType, PolicyConfig, ReplicationConfig,
     REPLICATION_POLICY,
@@ -101,6 +101,10 @@ pub struct AdminConfig {
     /// ...or from this environment variable.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_env: Option<String>,
+    /// Names (`host` or `host:port`) the API answers to in the `Host` header,
+    /// besides its own address (see `admin::guard`); no port means any port.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<Authority>,
 }
 
 impl AdminConfig {
@@ -129,6 +133,7 @@ impl Default for AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8404)),
             token_file: None,
             token_env: None,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -790,6 +795,22 @@ impl Config {
     /// prints them, start-up and reload log them. Each is a key and a message.
     pub fn warnings(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
+        let admin = &self.admin;
+        if !admin.listen.ip().is_loopback()
+            && admin.token_file.is_none()
+            && admin.token_env.is_none()
+        {
+            out.push((
+                "admin.listen".into(),
+                format!(
+                    "`{}` is reachable beyond loopback and no admin token is set: anyone \
+                     who reaches it can drain, disable and enable backends and reload the \
+                     config; set `admin.token_file` or `admin.token_env` (docs/security.md, \
+                     \"Admin API threat model\")",
+                    admin.listen
+                ),
+            ));
+        }
         let h = &self.health;
         if h.timeout.get() > h.interval.get() {
             out.push((

@@ -308,7 +308,7 @@ async fn apply(app: &Arc<App>, trigger: Trigger) -> Result<Summary, ReloadError>
     let new = Config::from_yaml(&text, path)?;
     check_files(&new, path).map_err(|e| e.located(&text))?;
     for w in warnings(&new, path, &text) {
-        tracing::warn!(warning = %w, "config");
+        tracing::warn!("config warning: {w}");
     }
     let old = app.config.load_full();
 
@@ -540,6 +540,41 @@ mod tests {
             ..AdminConfig::default()
         };
         assert!(admin.resolve_token().is_ok());
+    }
+
+    #[test]
+    fn an_open_admin_listener_without_a_token_is_warned_about() {
+        let config = |admin: &str| {
+            parse(&format!(
+                "listen: 127.0.0.1:5672\nadmin: {admin}\nbackends:\n  - {{name: a, address: 'h:1'}}\n"
+            ))
+            .expect("valid")
+        };
+        let token = TempFile::new("warn-token", 32);
+        for quiet in [
+            "{listen: '127.0.0.1:8404'}".to_string(),
+            "{listen: '[::1]:8404'}".to_string(),
+            format!(
+                "{{listen: '0.0.0.0:8404', token_file: '{}'}}",
+                token.0.display()
+            ),
+        ] {
+            assert!(config(&quiet).warnings().is_empty(), "{quiet}");
+        }
+        for open in [
+            "{listen: '0.0.0.0:8404'}",
+            "{listen: '10.0.0.5:8404'}",
+            "{listen: '[::]:8404'}",
+        ] {
+            let w = config(open).warnings();
+            assert_eq!(w.len(), 1, "{open}");
+            assert!(
+                w[0].0 == "admin.listen"
+                    && w[0].1.contains("no admin token")
+                    && w[0].1.contains("admin.token_file"),
+                "{w:?}"
+            );
+        }
     }
 
     #[test]

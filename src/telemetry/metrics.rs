@@ -43,6 +43,7 @@ pub const CONFIG_LAST_RELOAD_TIME: &str = "warren_config_last_reload_success_tim
 pub const HANDSHAKE_REJECTED: &str = "warren_listener_handshake_rejected_total";
 pub const TLS_HANDSHAKES: &str = "warren_tls_handshakes_total";
 pub const TLS_CERTIFICATE_EXPIRY: &str = "warren_tls_certificate_expiry_seconds";
+pub const ADMIN_REFUSED: &str = "warren_admin_requests_refused_total";
 /// Label values of [`BACKEND_CONNECT_ERRORS`].
 pub const CONNECT_ERROR_KINDS: [&str; 6] = [
     "refused",
@@ -60,6 +61,16 @@ pub const DRAIN_TRIGGERS: [&str; 4] = ["operator", "alarm", "reload", "maintenan
 pub const BACKEND_STATES: [&str; 5] = ["up", "down", "draining", "disabled", "maintenance"];
 /// Label values of [`CONFIG_RELOADS`]' trigger: SIGHUP, `POST /api/reload`, the watched file.
 pub const RELOAD_TRIGGERS: [&str; 3] = ["signal", "api", "watch"];
+/// Label values of [`ADMIN_REFUSED`] (see `admin::guard::Refusal`).
+pub const ADMIN_REFUSAL_REASONS: [&str; 7] = [
+    "bad_host",
+    "wrong_host",
+    "cross_origin",
+    "cross_site",
+    "form_content_type",
+    "unauthorized",
+    "token_unavailable",
+];
 /// The plain AMQP listener's label value.
 pub const LISTENER_PLAIN: &str = "amqp";
 /// The TLS listener's label value.
@@ -100,6 +111,9 @@ pub fn install() -> PrometheusHandle {
             for listener in LISTENERS {
                 counter!(LISTENER_ACCEPTED, "listener" => listener).increment(0);
                 counter!(LISTENER_REJECTED, "listener" => listener).increment(0);
+            }
+            for reason in ADMIN_REFUSAL_REASONS {
+                counter!(ADMIN_REFUSED, "reason" => reason).increment(0);
             }
             handle
         })
@@ -229,6 +243,11 @@ fn describe() {
         TLS_CERTIFICATE_EXPIRY,
         Seconds,
         "Seconds until the certificate's notAfter (negative once expired), by certificate.",
+    );
+    c(
+        ADMIN_REFUSED,
+        Count,
+        "Admin API requests refused, by reason (bad_host, wrong_host, cross_origin, cross_site, form_content_type, unauthorized, token_unavailable).",
     );
 }
 
@@ -360,6 +379,11 @@ pub fn listener_accept(listener: &'static str, accepted: bool) {
         LISTENER_REJECTED
     };
     counter!(name, "listener" => listener).increment(1);
+}
+
+/// The admin API refused a request; `reason` is one of [`ADMIN_REFUSAL_REASONS`].
+pub fn admin_refused(reason: &'static str) {
+    counter!(ADMIN_REFUSED, "reason" => reason).increment(1);
 }
 
 /// A reload finished.

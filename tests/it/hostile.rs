@@ -364,7 +364,7 @@ async fn admin_token_guards_mutations_and_oversized_bodies_are_refused() {
         "reads need no token"
     );
     let with = |t: &str| {
-        format!("POST /api/backends/{b}/disable HTTP/1.1\r\nHost: w\r\nAuthorization: Bearer {t}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        format!("POST /api/backends/{b}/disable HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {t}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", w.admin)
     };
     let raw = |req: String| async move {
         let mut s = TcpStream::connect(w.admin).await.expect("connect");
@@ -380,7 +380,8 @@ async fn admin_token_guards_mutations_and_oversized_bodies_are_refused() {
         .await
         .starts_with("HTTP/1.1 200"));
     assert_eq!(w.backend(b).await["state"], "disabled");
-    let big = "POST /api/backends/x/enable HTTP/1.1\r\nHost: w\r\nContent-Length: 10000000\r\nConnection: close\r\n\r\n".to_string();
+    // Refused for its size even with the token (without it, 401 comes first).
+    let big = format!("POST /api/backends/x/enable HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer s3cret-token-0123456789\r\nContent-Length: 10000000\r\nConnection: close\r\n\r\n", w.admin);
     assert!(raw(big).await.starts_with("HTTP/1.1 413"));
     let (_, all) = w.admin_get("/api/backends").await;
     let (_, metrics) = w.admin_get("/metrics").await;

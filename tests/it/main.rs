@@ -16,6 +16,7 @@
 
 mod common;
 
+mod admin;
 mod bulk;
 mod chaos;
 mod config;

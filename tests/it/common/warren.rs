@@ -141,18 +141,45 @@ impl Warren {
     }
 }
 
-/// A minimal HTTP/1.1 request to the admin API.
+/// A minimal HTTP/1.1 request to the admin API, as curl sends it (`Host` is
+/// the address connected to).
 pub async fn admin_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    admin_request_with(addr, method, path, &[], "").await
+}
+
+/// [`admin_request`] with more header lines (`Name: value`) and a body; a
+/// `Host` among them replaces the default one.
+pub async fn admin_request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &str,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .expect("admin reachable");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: warren\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
+    let mut req = format!("{method} {path} HTTP/1.1\r\n");
+    if !headers
+        .iter()
+        .any(|h| h.to_ascii_lowercase().starts_with("host:"))
+    {
+        req.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ));
     s.write_all(req.as_bytes()).await.expect("request sent");
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.expect("answer read");
+    // A reset after the answer (a refused request's body left unread) keeps
+    // what was read.
+    let _ = s.read_to_end(&mut buf).await;
     let text = String::from_utf8_lossy(&buf).to_string();
     let status = text
         .split_whitespace()
