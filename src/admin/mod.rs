@@ -7,6 +7,7 @@
 //!   POST /api/backends/{name}/drain   no new connections; existing ones closed, paced
 //!   POST /api/backends/{name}/disable no new connections; existing ones kept
 //!   POST /api/backends/{name}/enable  back to health-driven
+//!   GET  /api/events[?after=ID&limit=N] recent events, newest first (control::events)
 //!   POST /api/reload                  reload the config file (200, 400 invalid, 500 failed)
 //!
 //! Every request passes [`guard::check`] first: its `Host` must name this
@@ -32,7 +33,7 @@ use serde::Serialize;
 
 use crate::balancer::{Backend, CheckStatus, Mode, State};
 use crate::control::reload::{self, ReloadError, Trigger};
-use crate::control::{act, Action, App};
+use crate::control::{act_as, Action, App};
 use crate::proxy::socket::Acceptor;
 use crate::telemetry::metrics;
 
@@ -122,7 +123,7 @@ async fn serve(
         || token(app),
     );
     match verdict {
-        Ok(()) => route(app, req).await,
+        Ok(()) => route(app, req, peer).await,
         Err(refusal) => refuse(refusal, &req, peer),
     }
 }
@@ -174,7 +175,7 @@ fn refuse(refusal: guard::Refusal, req: &Request<Incoming>, peer: SocketAddr) ->
     r
 }
 
-async fn route(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
+async fn route(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let too_large = req
@@ -227,9 +228,13 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
                 "disable" => Action::Disable,
                 _ => Action::Enable,
             };
-            act(app, &b, action);
+            act_as(app, &b, action, Some(&format!("admin API from {peer}")));
             json(StatusCode::OK, &view(&b))
         }
+        ["api", "events"] => only_get(&method, || {
+            let (after, limit) = events_query(req.uri().query());
+            json(StatusCode::OK, &app.events.recent(after, limit))
+        }),
         ["api", "reload"] => {
             if method != Method::POST {
                 return method_not_allowed("POST");
@@ -325,4 +330,18 @@ pub fn healthcheck(
             line.lines().next().unwrap_or("no answer")
         ))
     }
+}
+
+/// `after` (events newer than this id; 0) and `limit` (at most this many;
+/// 100) from a query string. Anything else in it is ignored.
+fn events_query(query: Option<&str>) -> (u64, usize) {
+    let (mut after, mut limit) = (0, 100);
+    for pair in query.unwrap_or("").split('&') {
+        match pair.split_once('=') {
+            Some(("after", v)) => after = v.parse().unwrap_or(0),
+            Some(("limit", v)) => limit = v.parse().unwrap_or(100),
+            _ => {}
+        }
+    }
+    (after, limit.min(crate::control::events::CAPACITY))
 }

@@ -16,7 +16,7 @@ mod rebalance;
 pub mod reload;
 pub mod shutdown;
 
-pub(crate) use act::{act, Action};
+pub(crate) use act::{act_as, Action};
 pub use app::App;
 pub(crate) use app::Reloader;
 pub(crate) use checks::spawn as spawn_checks;

@@ -86,6 +86,50 @@ async fn operator_drain_closes_thirty_connections_paced_and_clients_reconnect_el
     assert_eq!(counts[0], 0, "{seen:?}");
     assert_eq!(counts[1] + counts[2], 10);
 
+    // The events feed, newest first: the operator's drain with where it came
+    // from, the paced drain started with its 30 connections, then finished.
+    let name = nodes[0].backend.as_str();
+    let mut events = serde_json::Value::Null;
+    for _ in 0..100 {
+        let (_, body) = w.admin_get("/api/events").await;
+        events = serde_json::from_str(&body).expect("events JSON");
+        let finished = events.as_array().is_some_and(|a| {
+            a.iter().any(|e| {
+                e["backend"] == name
+                    && e["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("drain finished"))
+            })
+        });
+        if finished {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mine: Vec<&serde_json::Value> = events
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|e| e["backend"] == name)
+        .collect();
+    let messages: Vec<&str> = mine.iter().filter_map(|e| e["message"].as_str()).collect();
+    assert!(
+        messages.len() >= 3
+            && messages[0].starts_with("drain finished")
+            && messages[0].contains("30 of 30 connections closed gracefully, 0 closed hard")
+            && messages[1].starts_with("drain started: 30 connections")
+            && messages[2] == "drain",
+        "{messages:?}"
+    );
+    assert_eq!(mine[2]["kind"], "operator");
+    assert!(
+        mine[2]["by"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("admin API from 127.0.0.1:")),
+        "{}",
+        mine[2]
+    );
+
     // Enable brings it back.
     let (status, _) = w
         .admin_post(&format!("/api/backends/{}/enable", nodes[0].backend))

@@ -355,6 +355,18 @@ async fn a_password_file_gone_at_run_time_fails_the_checks_with_the_reason() {
             && reason.contains(&file.display().to_string()),
         "{b}"
     );
+    let (_, body) = w.admin_get("/api/events?limit=50").await;
+    let events: serde_json::Value = serde_json::from_str(&body).expect("events JSON");
+    assert!(
+        events
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["kind"] == "health"
+                && e["backend"] == nodes[0].backend.as_str()
+                && e["message"].as_str().is_some_and(
+                    |m| m.starts_with("down: management checks: no password: cannot read")
+                ))),
+        "{body}"
+    );
     std::fs::write(&file, "guest\n").expect("password file back");
     w.wait_state(&nodes[0].backend, "up", Duration::from_secs(10))
         .await;
