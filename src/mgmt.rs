@@ -254,9 +254,7 @@ where
 {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     // The connection future drives the socket; it ends with this request.
-    let driver = tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let mut driver = tokio::spawn(conn);
     let uri = format!("{}{}", ep.prefix, path);
     let payload = match &body {
         Some(v) => {
@@ -293,8 +291,51 @@ where
         Ok(Response { status, body })
     }
     .await;
+    let result = match result {
+        Err(MgmtError::Http(e)) => {
+            // The connection's own error says why, e.g. the alert of a node that
+            // refused warren's certificate after a TLS 1.3 handshake (the
+            // handshake itself ended before the node checked it).
+            let ended = tokio::time::timeout(Duration::from_millis(100), &mut driver).await;
+            let conn_error = match ended {
+                Ok(Ok(Err(c))) => Some(c),
+                _ => None,
+            };
+            match conn_error
+                .as_ref()
+                .and_then(tls_cause)
+                .or_else(|| tls_cause(&e))
+            {
+                Some(detail) => Err(MgmtError::Handshake {
+                    addr: ep.authority.clone(),
+                    detail,
+                }),
+                None => Err(MgmtError::Http(e)),
+            }
+        }
+        other => other,
+    };
     driver.abort();
     result
+}
+
+/// The TLS error (a rustls alert or certificate error) behind a connection error.
+fn tls_cause(e: &hyper::Error) -> Option<String> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(tls) = c.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        if let Some(tls) = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|i| i.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls.to_string());
+        }
+        cause = c.source();
+    }
+    None
 }
 
 #[cfg(test)]

@@ -3,8 +3,9 @@
 //! `scripts/tls-nodes` starts:
 //!
 //!   node 1  proxy_protocol = true, plain AMQP and AMQPS
-//!   node 2  plain AMQP and AMQPS
-//!   node 3  plain AMQP
+//!   node 2  plain AMQP and AMQPS; management also over HTTPS, client
+//!           certificate required (`management.ssl.fail_if_no_peer_cert`)
+//!   node 3  plain AMQP; management also over HTTPS
 //!
 //! The nodes' server certificate comes from the script's test CA
 //! (`$WARREN_TLS_CLUSTER_DIR/pki/ca.pem`); every certificate warren itself
@@ -40,6 +41,8 @@ struct TlsNode {
     /// Only nodes 1 and 2 have AMQPS.
     amqps: SocketAddr,
     mgmt: SocketAddr,
+    /// HTTPS management (nodes 2 and 3 only; same certificate as AMQPS).
+    mgmt_https: SocketAddr,
     log: PathBuf,
 }
 
@@ -66,6 +69,12 @@ fn node_ca() -> PathBuf {
     cluster_dir().join("pki/ca.pem")
 }
 
+/// A client certificate and key from the nodes' CA (made by scripts/tls-nodes).
+fn node_client_cert() -> (PathBuf, PathBuf) {
+    let pki = cluster_dir().join("pki");
+    (pki.join("client.pem"), pki.join("client.key"))
+}
+
 /// The three nodes, after checking that they answer, with a shared turn (see
 /// `common::cluster`); fails (never skips) when they do not.
 async fn tls_nodes() -> (Turn, Vec<TlsNode>) {
@@ -80,6 +89,7 @@ async fn tls_nodes() -> (Turn, Vec<TlsNode>) {
             amqp: SocketAddr::from(([127, 0, 0, 1], amqp + i)),
             amqps: SocketAddr::from(([127, 0, 0, 1], amqp + 3 + i)),
             mgmt: SocketAddr::from(([127, 0, 0, 1], mgmt + i)),
+            mgmt_https: SocketAddr::from(([127, 0, 0, 1], mgmt + 3 + i)),
             log: cluster_dir().join(format!("{prefix}{i}/log/{prefix}{i}@{host}.log")),
         })
         .collect();
@@ -871,5 +881,156 @@ async fn tls_listener_turns_away_non_tls_and_non_amqp_clients() {
     .await;
     assert_eq!(after, before + 1.0);
     assert_eq!(w.backend("sink").await["total_connections"], 0);
+    w.stop().await;
+}
+
+// ------------------------------------------------ management over HTTPS
+
+/// warren with one backend, `n`, whose management API is `https://{n.mgmt_https}`,
+/// `health_tls` under `health.management_tls` and `own_tls` under the backend's.
+async fn https_management(n: &TlsNode, health_tls: &str, own_tls: &str) -> Warren {
+    let health = format!(
+        "health:\n  interval: 200ms\n  fast_interval: 100ms\n  down_interval: 200ms\n  \
+         timeout: 2s\n  rise: 1\n  fall: 1\n  password: guest\n{health_tls}"
+    );
+    let b = format!(
+        "  - name: {}\n    address: {}\n    management: https://{}\n{own_tls}",
+        n.name, n.amqp, n.mgmt_https
+    );
+    Warren::start(&yaml("listen: 127.0.0.1:0", &health, &[b])).await
+}
+
+/// The backend's status once `done` holds for it; panics after 30 s.
+async fn backend_when(
+    w: &Warren,
+    name: &str,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let start = tokio::time::Instant::now();
+    loop {
+        let b = w.backend(name).await;
+        if done(&b) {
+            return b;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{name}: never {what}: {b}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Up through the management checks over HTTPS: the version was read (GET
+/// /api/overview) and the checks of that version passed.
+async fn assert_up_through_https(w: &Warren, n: &TlsNode) {
+    let b = backend_when(w, &n.name, "checked over HTTPS", |b| {
+        b["state"] == "up"
+            && b["rabbitmq_version"].is_string()
+            && b["consecutive_successes"].as_u64() >= Some(2)
+    })
+    .await;
+    let checks = b["checks"].as_array().cloned().unwrap_or_default();
+    assert!(
+        checks.iter().any(|c| c == "local-alarms"),
+        "the management checks ran, not the TCP connect alone: {b}"
+    );
+    assert!(b["last_failure"].is_null(), "{b}");
+}
+
+/// Down with a reason that names TLS and `says`.
+async fn assert_down_for_tls(w: &Warren, n: &TlsNode, says: &str) -> String {
+    let b = backend_when(w, &n.name, "down", |b| {
+        b["state"] == "down" && b["last_failure"].is_string()
+    })
+    .await;
+    let reason = b["last_failure"].as_str().unwrap_or_default().to_string();
+    assert!(
+        reason.contains("TLS") && reason.contains(says),
+        "{}: the reason must say TLS and `{says}`: {reason}",
+        n.name
+    );
+    reason
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn management_over_https_with_the_nodes_ca() {
+    let (_turn, nodes) = tls_nodes().await;
+    let n3 = &nodes[2];
+    let w = https_management(
+        n3,
+        &format!("  management_tls:\n    ca: {}\n", node_ca().display()),
+        "",
+    )
+    .await;
+    assert_up_through_https(&w, n3).await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn management_over_https_refuses_a_certificate_from_another_ca() {
+    let (_turn, nodes) = tls_nodes().await;
+    let n3 = &nodes[2];
+    let wrong = Pki::new("wrong-mgmt-ca");
+    let w = https_management(
+        n3,
+        &format!(
+            "  management_tls:\n    ca: {}\n",
+            wrong.path("ca.pem").display()
+        ),
+        "",
+    )
+    .await;
+    let reason = assert_down_for_tls(&w, n3, "certificate").await;
+    assert!(reason.contains(&n3.mgmt_https.to_string()), "{reason}");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn management_over_https_checks_the_server_name() {
+    let (_turn, nodes) = tls_nodes().await;
+    let n3 = &nodes[2];
+    let ca = format!("  management_tls:\n    ca: {}\n", node_ca().display());
+    // The node's certificate names localhost and 127.0.0.1, not this.
+    let w = https_management(
+        n3,
+        &ca,
+        "    management_tls:\n      server_name: mq.example\n",
+    )
+    .await;
+    assert_down_for_tls(&w, n3, "not valid for name").await;
+    w.stop().await;
+    // The name the certificate does carry, for an IP-addressed URL.
+    let w = https_management(
+        n3,
+        &ca,
+        "    management_tls:\n      server_name: localhost\n",
+    )
+    .await;
+    assert_up_through_https(&w, n3).await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn management_over_https_with_a_client_certificate() {
+    let (_turn, nodes) = tls_nodes().await;
+    let n2 = &nodes[1];
+    let ca = format!("  management_tls:\n    ca: {}\n", node_ca().display());
+    // Node 2 requires a client certificate.
+    let w = https_management(n2, &ca, "").await;
+    assert_down_for_tls(&w, n2, "Certificate").await;
+    w.stop().await;
+    let (cert, key) = node_client_cert();
+    let w = https_management(
+        n2,
+        &format!(
+            "{ca}    cert: {}\n    key: {}\n",
+            cert.display(),
+            key.display()
+        ),
+        "",
+    )
+    .await;
+    assert_up_through_https(&w, n2).await;
     w.stop().await;
 }
