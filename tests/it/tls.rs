@@ -984,6 +984,10 @@ async fn management_over_https_refuses_a_certificate_from_another_ca() {
     let reason = assert_down_for_tls(&w, n3, "certificate").await;
     assert!(reason.contains(&n3.mgmt_https.to_string()), "{reason}");
     w.stop().await;
+    // No CA file: the system's trust store, which does not hold the test CA.
+    let w = https_management(n3, "", "").await;
+    assert_down_for_tls(&w, n3, "UnknownIssuer").await;
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
