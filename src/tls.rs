@@ -1,5 +1,6 @@
-//! TLS with rustls (ring provider): termination on the `tls` listener and
-//! origination to backends that only speak AMQPS.
+//! TLS with rustls (ring provider): termination on the `tls` listener,
+//! origination to backends that only speak AMQPS, and the client side of
+//! `https://` management URLs ([`management`], used by `mgmt`).
 //!
 //! Certificates are read from PEM files when warren starts and again on
 //! [`Tls::reload`]; a reload builds every new rustls config first and swaps them
@@ -11,7 +12,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -23,7 +24,10 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use tokio::net::TcpStream;
 
-use crate::config::{split_host_port, BackendConfig, BackendTlsConfig, Config, TlsListenConfig};
+use crate::config::{
+    split_host_port, BackendConfig, BackendTlsConfig, Config, Endpoint, ManagementTls,
+    TlsListenConfig,
+};
 
 /// Errors building a TLS config; each names the file (and the config key) at fault.
 #[derive(Debug, thiserror::Error)]
@@ -243,6 +247,90 @@ pub(crate) fn origin(
     ))
 }
 
+/// The system's trust store (`rustls-native-certs`: the file or directory
+/// OpenSSL would use, e.g. /etc/ssl/certs from Debian's ca-certificates), read
+/// once per process: the certificates it holds, or why there are none.
+fn system_roots() -> Result<Arc<RootCertStore>, String> {
+    static ROOTS: OnceLock<Result<Arc<RootCertStore>, String>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            let mut roots = RootCertStore::empty();
+            let (added, _unparsable) = roots.add_parsable_certificates(found.certs);
+            if added > 0 {
+                return Ok(Arc::new(roots));
+            }
+            let why = match found.errors.first() {
+                Some(e) => format!(": {e}"),
+                None => String::new(),
+            };
+            Err(format!(
+                "the system's trust store has no certificate{why} (install the ca-certificates \
+                 package, or set `management_tls.ca`)"
+            ))
+        })
+        .clone()
+}
+
+/// How warren reaches one `https://` management URL: the node's certificate
+/// checked against `t.ca` (or the system's trust store) and `t.server_name` (or
+/// the URL's host, also sent as SNI unless it is an IP address), with `t`'s
+/// client certificate if any. `url_key` is the config key of the URL.
+pub(crate) fn management(
+    ep: &Endpoint,
+    t: &ManagementTls,
+    url_key: &str,
+) -> Result<Origin, TlsError> {
+    let (name, name_key) = match &t.server_name {
+        Some(n) => (n.value.clone(), n.key.as_str()),
+        None => (ep.host.clone(), url_key),
+    };
+    let server_name = ServerName::try_from(name.clone()).map_err(|_| TlsError::Invalid {
+        key: name_key.to_string(),
+        message: format!("expected a DNS name or an IP address, got `{name}`"),
+    })?;
+    let roots = match &t.ca {
+        Some(ca) => Arc::new(load_roots(&ca.key, &ca.value)?),
+        None => system_roots().map_err(|message| TlsError::Invalid {
+            key: url_key.to_string(),
+            message: format!(
+                "an https:// URL without `management_tls.ca` is verified against the \
+                 system's trust store, but {message}"
+            ),
+        })?,
+    };
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Invalid {
+            key: url_key.to_string(),
+            message: e.to_string(),
+        })?
+        .with_root_certificates(roots);
+    let mut config = match &t.client {
+        Some((cert, key)) => {
+            let certs = load_certs(&cert.key, &cert.value)?;
+            let k = load_key(&key.key, &key.value)?;
+            builder.with_client_auth_cert(certs, k).map_err(|e| {
+                bad(
+                    &key.key,
+                    &key.value,
+                    format!(
+                        "does not fit the certificate in {}: {e}",
+                        cert.value.display()
+                    ),
+                )
+            })?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    // The management API speaks HTTP/1.1 to warren (one request per connection).
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Origin {
+        connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        server_name,
+    })
+}
+
 /// `verify: false`: any certificate is accepted, but the handshake signatures are
 /// still checked, so the session is encrypted to whoever holds the key.
 #[derive(Debug)]
@@ -354,9 +442,31 @@ fn build(config: &Config) -> Result<Built, TlsError> {
     })
 }
 
-/// Checks every TLS file a config names, without keeping anything (for validation).
+/// Checks every TLS file a config names, without keeping anything (for
+/// validation): the listener's, the backends' and those of `https://`
+/// management URLs (`mgmt` builds its own from the config in force).
 pub(crate) fn check(config: &Config) -> Result<(), TlsError> {
-    build(config).map(|_| ())
+    build(config)?;
+    for (i, b) in config.backends.iter().enumerate() {
+        let Some(ep) = b
+            .management
+            .as_deref()
+            .and_then(|m| Endpoint::parse(m).ok())
+        else {
+            continue;
+        };
+        if !ep.tls {
+            continue;
+        }
+        let t = ManagementTls::resolve(
+            config.health.management_tls.as_ref(),
+            b.management_tls.as_ref(),
+            i,
+        )
+        .map_err(|(key, message)| TlsError::Invalid { key, message })?;
+        management(&ep, &t, &format!("backends[{i}].management"))?;
+    }
+    Ok(())
 }
 
 impl Tls {
@@ -678,6 +788,7 @@ mod tests {
             name: "a".into(),
             address: "node1:5671".into(),
             management: None,
+            management_tls: None,
             tls: None,
             send_proxy: None,
         };
@@ -693,6 +804,74 @@ mod tests {
         let t = BackendTlsConfig { verify: false, ..t };
         let (o, _) = origin(3, &b, &t).expect("verify off needs no CA");
         assert_eq!(o.server_name.to_str(), "node1");
+    }
+
+    /// `config` with `text` after a plain listener, parsed, then its files checked.
+    fn check_yaml(text: &str) -> Result<(), TlsError> {
+        let c = Config::from_yaml(
+            &format!("listen: 127.0.0.1:5672\n{text}"),
+            Path::new("t.yaml"),
+        )
+        .expect("valid config");
+        check(&c)
+    }
+
+    #[test]
+    fn management_tls_files_are_checked_by_key() {
+        let d = Dir::new("mgmt");
+        let (c, k) = self_signed(2031);
+        let (_, other_key) = self_signed(2031);
+        let ca = d.write("ca.pem", &c);
+        let cert = d.write("c.pem", &c);
+        let key = d.write("k.pem", &k);
+        let wrong_key = d.write("wrong.pem", &other_key);
+        let empty = d.write("empty.pem", "no certificate here\n");
+        let url = "management: 'https://127.0.0.1:15671'";
+        let p = |p: &PathBuf| p.display().to_string();
+        check_yaml(&format!(
+            "health: {{management_tls: {{ca: '{}', cert: '{}', key: '{}'}}}}\nbackends: [{{name: a, address: 'h:1', {url}, management_tls: {{server_name: localhost}}}}]\n",
+            p(&ca), p(&cert), p(&key)
+        ))
+        .expect("valid files");
+        for (tls, key_named, says) in [
+            (
+                format!(
+                    "health: {{management_tls: {{ca: '{}'}}}}",
+                    p(&d.0.join("nope.pem"))
+                ),
+                "health.management_tls.ca",
+                "cannot read",
+            ),
+            (
+                format!("health: {{management_tls: {{ca: '{}'}}}}", p(&empty)),
+                "health.management_tls.ca",
+                "BEGIN CERTIFICATE",
+            ),
+            (
+                format!(
+                    "health: {{management_tls: {{ca: '{}', cert: '{}', key: '{}'}}}}",
+                    p(&ca),
+                    p(&cert),
+                    p(&wrong_key)
+                ),
+                "health.management_tls.key",
+                "does not fit the certificate",
+            ),
+        ] {
+            let e = check_yaml(&format!(
+                "{tls}\nbackends: [{{name: a, address: 'h:1', {url}}}]\n"
+            ))
+            .expect_err(&tls);
+            assert_eq!(e.key(), key_named, "{e}");
+            assert!(e.to_string().contains(says), "{e}");
+        }
+        // A server_name that is no name, from the backend's own settings.
+        let e = check_yaml(&format!(
+            "backends: [{{name: a, address: 'h:1', {url}, management_tls: {{ca: '{}', server_name: 'not a name'}}}}]\n",
+            p(&ca)
+        ))
+        .expect_err("bad name");
+        assert_eq!(e.key(), "backends[0].management_tls.server_name");
     }
 
     #[test]

@@ -231,7 +231,7 @@ async fn ha_policy(node: &Node) -> Option<serde_json::Value> {
 }
 
 async fn mgmt(node: &Node, method: hyper::Method, path: &str) -> u16 {
-    let ep = warren::mgmt::Endpoint::parse(&node.mgmt_url()).expect("endpoint");
+    let ep = warren::mgmt::Target::new(&node.mgmt_url(), &Default::default()).expect("endpoint");
     warren::mgmt::request(&ep, &guest(), method, path, None, Duration::from_secs(10))
         .await
         .expect("management API answers")
@@ -1223,7 +1223,7 @@ async fn a_4_3_node_is_reachable_and_a_ram_node_is_refused_by_key() {
 
 /// PUT on a node's management API as guest; the HTTP status.
 async fn mgmt_put(node: &Node, path: &str, body: serde_json::Value) -> u16 {
-    let ep = warren::mgmt::Endpoint::parse(&node.mgmt_url()).expect("endpoint");
+    let ep = warren::mgmt::Target::new(&node.mgmt_url(), &Default::default()).expect("endpoint");
     warren::mgmt::request(
         &ep,
         &guest(),

@@ -468,6 +468,7 @@ mod tests {
             name: name.into(),
             address: format!("{name}:5672"),
             management: None,
+            management_tls: None,
             tls: None,
             send_proxy: None,
         }))

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{
     ApplyTo, ClusterConfig, ClusterNode, Config, NodeType, PolicyConfig, REPLICATION_POLICY,
 };
-use crate::mgmt::{Credentials, Endpoint};
+use crate::mgmt::{Credentials, MgmtError, Target};
 use cluster::{ClusterStatus, Decision, Wanted};
 use policy::Api;
 use rabbitmqctl::{CtlError, Rabbitmqctl};
@@ -287,27 +287,32 @@ impl<'a> Run<'a> {
         };
         let mut nodes = Vec::with_capacity(cluster.nodes.len());
         for (index, n) in cluster.nodes.iter().enumerate() {
-            let url = config
-                .backends
-                .iter()
-                .find(|b| b.name == n.backend)
-                .and_then(|b| b.management.clone())
-                .ok_or_else(|| {
-                    BootstrapError::Config(format!(
-                        "{file}: key `cluster.nodes[{index}].backend`: backend `{}` has no \
-                         `management` URL; bootstrap needs it for the version and the policies",
-                        n.backend
-                    ))
+            let backend = config.backends.iter().position(|b| b.name == n.backend);
+            let no_url = || {
+                BootstrapError::Config(format!(
+                    "{file}: key `cluster.nodes[{index}].backend`: backend `{}` has no \
+                     `management` URL; bootstrap needs it for the version and the policies",
+                    n.backend
+                ))
+            };
+            let url = backend
+                .and_then(|i| config.backends[i].management.clone())
+                .ok_or_else(no_url)?;
+            let target = backend
+                .and_then(|i| Target::for_backend(config, i))
+                .ok_or_else(no_url)?
+                .map_err(|e| match e {
+                    MgmtError::TlsConfig { key, message } => {
+                        BootstrapError::Config(format!("{file}: key `{key}`: {message}"))
+                    }
+                    e => BootstrapError::Config(format!("{file}: backend `{}`: {e}", n.backend)),
                 })?;
-            let endpoint = Endpoint::parse(&url).map_err(|e| {
-                BootstrapError::Config(format!("{file}: backend `{}`: {e}", n.backend))
-            })?;
             nodes.push(Node {
                 cfg: n,
                 index,
                 url,
                 api: Api {
-                    endpoint,
+                    target,
                     credentials: credentials.clone(),
                     timeout: MGMT_TIMEOUT,
                 },

@@ -8,7 +8,7 @@ use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::config::{ApplyTo, PolicyConfig};
-use crate::mgmt::{self, Credentials, Endpoint, MgmtError};
+use crate::mgmt::{self, Credentials, MgmtError, Target};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -87,7 +87,7 @@ fn json_eq(a: &Value, b: &Value) -> bool {
 /// The management API of one node, with the credentials and timeout to use.
 #[derive(Clone, Debug)]
 pub struct Api {
-    pub endpoint: Endpoint,
+    pub target: Target,
     pub credentials: Credentials,
     pub timeout: Duration,
 }
@@ -100,7 +100,7 @@ impl Api {
         body: Option<Value>,
     ) -> Result<mgmt::Response, MgmtError> {
         mgmt::request(
-            &self.endpoint,
+            &self.target,
             &self.credentials,
             method,
             path,

@@ -1,6 +1,6 @@
 //! Addresses in the config: `host:port`, HTTP authorities (`admin.allowed_hosts`,
 //! and the `Host` headers the admin API checks against them), and the management
-//! API's base URL (`http://host[:port][/prefix]`, never with credentials in it:
+//! API's base URL (`http[s]://host[:port][/prefix]`, never with credentials in it:
 //! they would end up in logs).
 
 use std::fmt;
@@ -130,7 +130,7 @@ fn dns_name(s: &str) -> Option<String> {
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
     /// The URL as given, its userinfo hidden by [`redact_userinfo`].
-    #[error("invalid management URL `{0}`: expected http://host:port[/prefix]")]
+    #[error("invalid management URL `{0}`: expected http://host:port[/prefix] or https://host:port[/prefix]")]
     BadUrl(String),
     #[error(
         "management URL `{0}` carries credentials: set health.username and \
@@ -142,6 +142,11 @@ pub enum EndpointError {
 /// A parsed management base URL.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Endpoint {
+    /// `https://`: the API is reached over TLS.
+    pub tls: bool,
+    /// The host part (without the brackets of an IPv6 address): the name the
+    /// node's certificate is checked against unless the config names another.
+    pub host: String,
     /// `host:port`, as connected to.
     pub authority: String,
     /// Path prefix without trailing slash (usually empty).
@@ -150,14 +155,19 @@ pub struct Endpoint {
 
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}{}", self.authority, self.prefix)
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(f, "{scheme}://{}{}", self.authority, self.prefix)
     }
 }
 
 impl Endpoint {
     pub fn parse(url: &str) -> Result<Endpoint, EndpointError> {
         let bad = || EndpointError::BadUrl(redact_userinfo(url));
-        let rest = url.strip_prefix("http://").ok_or_else(bad)?;
+        let (tls, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(rest), _) => (false, rest),
+            (_, Some(rest)) => (true, rest),
+            _ => return Err(bad()),
+        };
         let (authority, prefix) = match rest.find('/') {
             Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
             None => (rest, ""),
@@ -166,14 +176,17 @@ impl Endpoint {
             // Credentials belong in health.username/password, never in a URL that gets logged.
             return Err(EndpointError::Credentials(redact_userinfo(url)));
         }
-        let authority = if split_host_port(authority).is_some() {
-            authority.to_string()
+        let (host, authority) = if let Some((host, _)) = split_host_port(authority) {
+            (host.to_string(), authority.to_string())
         } else if !authority.is_empty() && !authority.contains(':') {
-            format!("{authority}:80")
+            let port = if tls { 443 } else { 80 };
+            (authority.to_string(), format!("{authority}:{port}"))
         } else {
             return Err(bad());
         };
         Ok(Endpoint {
+            tls,
+            host,
             authority,
             prefix: prefix.to_string(),
         })
@@ -285,10 +298,24 @@ mod tests {
         let e = Endpoint::parse("http://127.0.0.1:15672").expect("valid");
         assert_eq!(e.authority, "127.0.0.1:15672");
         assert_eq!(e.prefix, "");
+        assert!(!e.tls);
         let e = Endpoint::parse("http://mq/rabbit/").expect("valid");
         assert_eq!(e.authority, "mq:80");
         assert_eq!(e.prefix, "/rabbit");
-        assert!(Endpoint::parse("https://x:1").is_err());
+        let e = Endpoint::parse("https://mq.example").expect("valid");
+        assert!(e.tls);
+        assert_eq!(
+            (e.host.as_str(), e.authority.as_str()),
+            ("mq.example", "mq.example:443")
+        );
+        let e = Endpoint::parse("https://[::1]:15671/").expect("valid");
+        assert_eq!(
+            (e.host.as_str(), e.authority.as_str()),
+            ("::1", "[::1]:15671")
+        );
+        assert_eq!(format!("{e:?}"), "https://[::1]:15671");
+        assert!(Endpoint::parse("ftp://x:1").is_err());
+        assert!(Endpoint::parse("https://").is_err());
         assert!(Endpoint::parse("http://u:p@x:1").is_err());
         assert!(Endpoint::parse("http://").is_err());
     }
@@ -314,6 +341,7 @@ mod tests {
                 "https://user:s3cret@host:15671",
                 "https://user:***@host:15671",
             ),
+            ("https://s3cret@host", "https://***@host"),
             ("user:s3cret@host:15672", "user:***@host:15672"),
             // No `:`: the whole userinfo may be a token.
             ("http://s3cret@host:15672", "http://***@host:15672"),

@@ -16,6 +16,7 @@ mod error;
 mod health_checks;
 mod locate;
 pub mod log;
+pub mod management;
 pub mod values;
 
 pub use address::{split_host_port, Authority, Endpoint, HostName};
@@ -25,6 +26,7 @@ pub use cluster::{
 };
 pub use error::{did_you_mean, ConfigError};
 pub use locate::Spot;
+pub use management::{ManagementTls, ManagementTlsConfig};
 use values::{non_zero, opt_socket_addr, socket_addr};
 pub use values::{
     read_limited, read_limited_to_string, HumanDuration, PositiveDuration, Secret, MAX_CONFIG_FILE,
@@ -193,9 +195,14 @@ pub struct BackendConfig {
     pub name: String,
     /// The node's AMQP port, `host:port`.
     pub address: String,
-    /// The node's management API base URL, e.g. `http://127.0.0.1:15672`.
+    /// The node's management API base URL, e.g. `http://127.0.0.1:15672` or
+    /// `https://node1:15671`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub management: Option<String>,
+    /// TLS for an `https://` `management` URL, key by key over
+    /// `health.management_tls` (config/management.rs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub management_tls: Option<ManagementTlsConfig>,
     /// Connect to the node with TLS (for nodes that listen only on AMQPS).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<BackendTlsConfig>,
@@ -296,6 +303,10 @@ pub struct HealthConfig {
     /// `stop-new` (no new connections, existing ones kept so consumers keep
     /// draining it), `drain` (also close existing ones, paced), `ignore`.
     pub on_alarm: OnAlarm,
+    /// TLS for every `https://` management URL (health checks and bootstrap);
+    /// a backend's `management_tls` overrides it key by key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub management_tls: Option<ManagementTlsConfig>,
     /// Probe interval while a backend's state is changing (HAProxy `fastinter`).
     pub fast_interval: PositiveDuration,
     /// Probe interval while a backend is down (HAProxy `downinter`).
@@ -371,6 +382,7 @@ impl Default for HealthConfig {
             password_env: None,
             checks: Checks::Auto,
             on_alarm: OnAlarm::default(),
+            management_tls: None,
             fast_interval: PositiveDuration::millis(500),
             down_interval: PositiveDuration::secs(5),
             slowstart: HumanDuration::secs(10),
@@ -703,6 +715,8 @@ impl Config {
                 }
             }
         }
+        management::validate(self.health.management_tls.as_ref(), &self.backends)
+            .map_err(|(key, message)| invalid(key, message))?;
         if self.admin.token_file.is_some() && self.admin.token_env.is_some() {
             return Err(invalid(
                 "admin.token_file".into(),

@@ -6,10 +6,11 @@
 use std::sync::Arc;
 
 use crate::balancer::{Backend, Health};
+use crate::config::Config;
 use crate::control::act::{act, Action};
 use crate::control::app::App;
 use crate::health::{self, NodeCache, Outcome};
-use crate::mgmt::{Credentials, Endpoint};
+use crate::mgmt::{Credentials, Target};
 use crate::telemetry::metrics;
 
 /// Runs the checks of `backend` until it is removed or warren shuts down.
@@ -26,8 +27,14 @@ pub(crate) fn spawn(app: Arc<App>, backend: Arc<Backend>) {
 
 async fn run(app: &Arc<App>, backend: &Arc<Backend>) {
     let mut node = NodeCache::default();
+    let mut targets: Option<Targets> = None;
     loop {
-        let cfg = app.config.load().health.clone();
+        let config = app.config.load_full();
+        let targets = match targets.take() {
+            Some(t) if Arc::ptr_eq(&t.config, &config) => targets.insert(t),
+            _ => targets.insert(Targets::build(config, backend)),
+        };
+        let cfg = targets.config.health.clone();
         // Read before each probe, so a rotated file is taken up. A password
         // that cannot be read fails the probe: the checks are never quietly
         // reduced to the TCP connect.
@@ -43,22 +50,26 @@ async fn run(app: &Arc<App>, backend: &Arc<Backend>) {
             }
             _ => None,
         };
-        let peers = peers(app, backend);
         let node_name = node.info().and_then(|i| i.node.clone());
         let ctx = health::Context {
             plan: &plan,
             node: node_name.as_deref(),
-            peers: &peers,
+            management: targets
+                .own
+                .as_ref()
+                .map(|t| t.as_ref().map_err(String::as_str)),
+            peers: &targets.peers,
         };
         let read_due = node.due(tokio::time::Instant::now());
         let started = tokio::time::Instant::now();
         // The version is read beside the probe, never inside it: the read may
         // wait on a frozen member of the cluster, the probe must not.
-        let mgmt = management(backend).zip(creds.as_ref());
+        let own = targets.own.as_ref().and_then(|t| t.as_ref().ok());
+        let mgmt = own.zip(creds.as_ref());
         let read = async {
             match mgmt {
-                Some((ep, creds)) if read_due => {
-                    Some(health::read_node(&ep, creds, cfg.timeout.get()).await)
+                Some((target, creds)) if read_due => {
+                    Some(health::read_node(target, creds, cfg.timeout.get()).await)
                 }
                 _ => None,
             }
@@ -141,18 +152,39 @@ async fn run(app: &Arc<App>, backend: &Arc<Backend>) {
     }
 }
 
-fn management(backend: &Backend) -> Option<Endpoint> {
-    Endpoint::parse(backend.config.management.as_deref()?).ok()
+/// The management APIs one backend's probes use, built from one config: the
+/// TLS files of `https://` URLs are read when warren starts and on each reload
+/// (the config is then another), not on every probe.
+struct Targets {
+    config: Arc<Config>,
+    /// The backend's own; `Err` holds why its TLS settings are not usable.
+    own: Option<Result<Target, String>>,
+    /// The other backends'.
+    peers: Vec<Target>,
 }
 
-/// The management APIs of the other backends.
-fn peers(app: &App, backend: &Arc<Backend>) -> Vec<Endpoint> {
-    app.balancer
-        .backends()
-        .iter()
-        .filter(|b| !Arc::ptr_eq(b, backend))
-        .filter_map(|b| management(b))
-        .collect()
+impl Targets {
+    fn build(config: Arc<Config>, backend: &Backend) -> Targets {
+        let mut own = None;
+        let mut peers = Vec::new();
+        for (i, b) in config.backends.iter().enumerate() {
+            let Some(target) = Target::for_backend(&config, i) else {
+                continue;
+            };
+            match target {
+                Ok(t) if b.name == backend.name() => own = Some(Ok(t)),
+                Ok(t) => peers.push(t),
+                Err(e) if b.name == backend.name() => {
+                    tracing::error!(backend = backend.name(), error = %e, "management API not usable; its checks fail");
+                    own = Some(Err(e.to_string()));
+                }
+                Err(e) => {
+                    tracing::debug!(backend = backend.name(), peer = %b.name, error = %e, "peer's management API not usable");
+                }
+            }
+        }
+        Targets { config, own, peers }
+    }
 }
 
 /// Keeps what a version read found; logs a version learned or changed.

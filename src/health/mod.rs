@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::balancer::{Backend, Health};
 use crate::config::{Checks, HealthConfig, OnAlarm};
-use crate::mgmt::{self, Credentials, Endpoint, Version};
+use crate::mgmt::{self, Credentials, Target, Version};
 
 /// The result of one probe.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,12 +107,12 @@ impl NodeInfo {
 /// member of the cluster (it hangs while one is frozen, on 4.0 and 4.3), so it
 /// is never part of a verdict: the caller runs it beside the probe.
 pub(crate) async fn read_node(
-    ep: &Endpoint,
+    target: &Target,
     creds: &Credentials,
     timeout: Duration,
 ) -> Result<NodeInfo, String> {
     let path = "/api/overview?columns=rabbitmq_version,node";
-    let resp = mgmt::request(ep, creds, Method::GET, path, None, timeout)
+    let resp = mgmt::request(target, creds, Method::GET, path, None, timeout)
         .await
         .map_err(|e| format!("GET /api/overview: {e}"))?;
     if resp.status != StatusCode::OK {
@@ -217,9 +217,13 @@ pub(crate) struct Context<'a> {
     pub plan: &'a Plan,
     /// The node's Erlang name, when known.
     pub node: Option<&'a str>,
+    /// The node's management API: `None` without a `management` URL (the
+    /// probe is the TCP connect alone), `Err` when its TLS settings could not
+    /// be loaded (the probe fails with that reason).
+    pub management: Option<Result<&'a Target, &'a str>>,
     /// The other backends' management APIs: asked whether the node is being
     /// drained when its own listeners are closed.
-    pub peers: &'a [Endpoint],
+    pub peers: &'a [Target],
 }
 
 /// The outcome of one probe, and the listed checks the node does not know
@@ -281,18 +285,18 @@ async fn probe_inner(
             backend.config.address
         )));
     }
-    let (Some(url), Some(creds)) = (&backend.config.management, creds) else {
+    let (Some(target), Some(creds)) = (ctx.management, creds) else {
         return report(Outcome::Pass);
     };
-    let ep = match Endpoint::parse(url) {
-        Ok(ep) => ep,
+    let target = match target {
+        Ok(t) => t,
         Err(e) => return report(Outcome::Fail(e.to_string())),
     };
     let mut alarm = None;
     let mut skipped = Vec::new();
     for check in &ctx.plan.checks {
         let path = format!("/api/health/checks/{check}");
-        let outcome = match mgmt::request(&ep, creds, Method::GET, &path, None, timeout).await {
+        let outcome = match mgmt::request(target, creds, Method::GET, &path, None, timeout).await {
             Ok(resp) if resp.status == StatusCode::OK => continue,
             Ok(resp) if resp.status == StatusCode::NOT_FOUND => {
                 // Not in this version: the others still decide.
@@ -342,7 +346,7 @@ async fn probe_inner(
 /// answers. Each request gets half of `timeout`, so one frozen peer cannot
 /// spend the probe's whole budget (the refused connect took next to nothing).
 async fn drained_per_peers(
-    peers: &[Endpoint],
+    peers: &[Target],
     creds: &Credentials,
     node: &str,
     timeout: Duration,
@@ -363,7 +367,7 @@ async fn drained_per_peers(
                     .and_then(|v| v.get("being_drained").and_then(|d| d.as_bool())),
                 _ => None,
             };
-            (peer.authority, drained)
+            (peer.endpoint.authority, drained)
         });
     }
     while let Some(answer) = answers.join_next().await {
@@ -463,6 +467,7 @@ mod tests {
             name: "n1".into(),
             address: "127.0.0.1:1".into(),
             management: None,
+            management_tls: None,
             tls: None,
             send_proxy: None,
         })

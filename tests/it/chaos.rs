@@ -404,7 +404,7 @@ async fn no_confirmed_message_is_lost_when_nodes_fail() {
     // on 4.x the queue is declared as a quorum queue instead.
     let quorum = !classic_mirroring();
     if !quorum {
-        let ep = warren::mgmt::Endpoint::parse(&nodes[0].mgmt_url()).expect("url");
+        let ep = warren::mgmt::Target::new(&nodes[0].mgmt_url(), &Default::default()).expect("url");
         let policy = serde_json::json!({"pattern": "^chaos\\.", "definition": {"ha-mode": "all", "ha-sync-mode": "automatic"}, "priority": 1, "apply-to": "queues"});
         let r = warren::mgmt::request(
             &ep,

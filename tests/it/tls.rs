@@ -6,6 +6,9 @@
 //!   node 2  plain AMQP and AMQPS
 //!   node 3  plain AMQP
 //!
+//! and beside them `tlsmgmt1`, whose management API is HTTPS only and requires
+//! a client certificate from the test CA.
+//!
 //! The nodes' server certificate comes from the script's test CA
 //! (`$WARREN_TLS_CLUSTER_DIR/pki/ca.pem`); every certificate warren itself
 //! presents is made here with rcgen.
@@ -871,5 +874,229 @@ async fn tls_listener_turns_away_non_tls_and_non_amqp_clients() {
     .await;
     assert_eq!(after, before + 1.0);
     assert_eq!(w.backend("sink").await["total_connections"], 0);
+    w.stop().await;
+}
+
+// ------------------------------------------------ management over HTTPS
+
+/// The node whose management API is HTTPS only (scripts/tls-nodes): its
+/// backend name, AMQP port and HTTPS management address.
+struct HttpsNode {
+    name: String,
+    amqp: SocketAddr,
+    mgmt: SocketAddr,
+}
+
+/// The client certificate and key the node requires, from its CA.
+fn client_cert() -> (PathBuf, PathBuf) {
+    let pki = cluster_dir().join("pki");
+    (pki.join("client.pem"), pki.join("client.key"))
+}
+
+/// The HTTPS-only node, after checking that it answers (over HTTPS, with the
+/// test CA and client certificate: it has no plain HTTP listener).
+async fn https_node() -> (Turn, HttpsNode) {
+    let turn = sharing().await;
+    let prefix = std::env::var("WARREN_TLS_NODE_PREFIX").unwrap_or_else(|_| "tls".into());
+    let amqp = env_u16("WARREN_TLS_AMQP_BASE", 5740) + 11;
+    let mgmt = env_u16("WARREN_TLS_MGMT_BASE", 15740) + 11;
+    let n = HttpsNode {
+        name: format!("{prefix}mgmt1"),
+        amqp: SocketAddr::from(([127, 0, 0, 1], amqp)),
+        mgmt: SocketAddr::from(([127, 0, 0, 1], mgmt)),
+    };
+    let keyed = |value: PathBuf, key: &str| warren::config::management::Keyed {
+        value,
+        key: key.to_string(),
+    };
+    let (cert, key) = client_cert();
+    let tls = warren::config::ManagementTls {
+        ca: Some(keyed(node_ca(), "ca")),
+        server_name: None,
+        client: Some((keyed(cert, "cert"), keyed(key, "key"))),
+    };
+    let url = format!("https://{}", n.mgmt);
+    let target = warren::mgmt::Target::new(&url, &tls).expect("test PKI loads");
+    let answers = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let ok = warren::mgmt::request(
+                &target,
+                &common::guest(),
+                hyper::Method::GET,
+                "/api/health/checks/virtual-hosts",
+                None,
+                Duration::from_secs(5),
+            )
+            .await
+            .is_ok_and(|r| r.status.is_success());
+            if ok && tokio::net::TcpStream::connect(n.amqp).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await;
+    assert!(
+        answers.is_ok(),
+        "TLS test node {} (amqp {}, HTTPS management {url}) is not running: start the \
+         nodes with `scripts/tls-nodes up` or run the suite with `scripts/test`",
+        n.name,
+        n.amqp
+    );
+    (turn, n)
+}
+
+/// `health.management_tls` with the node's CA and the client certificate.
+fn ca_and_client_cert() -> String {
+    let (cert, key) = client_cert();
+    format!(
+        "  management_tls:\n    ca: {}\n    cert: {}\n    key: {}\n",
+        node_ca().display(),
+        cert.display(),
+        key.display()
+    )
+}
+
+/// warren with one backend, `n`, whose management API is `https://{n.mgmt}`,
+/// `health_tls` under `health.management_tls` and `own_tls` under the backend's.
+async fn https_management(n: &HttpsNode, health_tls: &str, own_tls: &str) -> Warren {
+    let health = format!(
+        "health:\n  interval: 200ms\n  fast_interval: 100ms\n  down_interval: 200ms\n  \
+         timeout: 2s\n  rise: 1\n  fall: 1\n  password: guest\n{health_tls}"
+    );
+    let b = format!(
+        "  - name: {}\n    address: {}\n    management: https://{}\n{own_tls}",
+        n.name, n.amqp, n.mgmt
+    );
+    Warren::start(&yaml("listen: 127.0.0.1:0", &health, &[b])).await
+}
+
+/// The backend's status once `done` holds for it; panics after 30 s.
+async fn backend_when(
+    w: &Warren,
+    name: &str,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let start = tokio::time::Instant::now();
+    loop {
+        let b = w.backend(name).await;
+        if done(&b) {
+            return b;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{name}: never {what}: {b}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Up through the management checks over HTTPS: the version was read (GET
+/// /api/overview) and the checks of that version passed.
+async fn assert_up_through_https(w: &Warren, n: &HttpsNode) {
+    let b = backend_when(w, &n.name, "checked over HTTPS", |b| {
+        b["state"] == "up"
+            && b["rabbitmq_version"].is_string()
+            && b["consecutive_successes"].as_u64() >= Some(2)
+    })
+    .await;
+    let checks = b["checks"].as_array().cloned().unwrap_or_default();
+    assert!(
+        checks.iter().any(|c| c == "local-alarms"),
+        "the management checks ran, not the TCP connect alone: {b}"
+    );
+    assert!(b["last_failure"].is_null(), "{b}");
+}
+
+/// Down with a reason that names TLS, the node's address and `says`.
+async fn assert_down_for_tls(w: &Warren, n: &HttpsNode, says: &str) {
+    let b = backend_when(w, &n.name, "down", |b| {
+        b["state"] == "down" && b["last_failure"].is_string()
+    })
+    .await;
+    let reason = b["last_failure"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("TLS") && reason.contains(&n.mgmt.to_string()) && reason.contains(says),
+        "{}: the reason must say TLS, the address and `{says}`: {reason}",
+        n.name
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn management_over_https_with_the_nodes_ca_and_a_client_certificate() {
+    let (_turn, n) = https_node().await;
+    let w = https_management(&n, &ca_and_client_cert(), "").await;
+    assert_up_through_https(&w, &n).await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn management_over_https_without_the_client_certificate_the_node_requires() {
+    let (_turn, n) = https_node().await;
+    let w = https_management(
+        &n,
+        &format!("  management_tls:\n    ca: {}\n", node_ca().display()),
+        "",
+    )
+    .await;
+    // TLS 1.3: the node's alert comes after warren's side of the handshake.
+    assert_down_for_tls(&w, &n, "CertificateRequired").await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn management_over_https_refuses_a_certificate_from_another_ca() {
+    let (_turn, n) = https_node().await;
+    let wrong = Pki::new("wrong-mgmt-ca");
+    let (cert, key) = client_cert();
+    let w = https_management(
+        &n,
+        &format!(
+            "  management_tls:\n    ca: {}\n    cert: {}\n    key: {}\n",
+            wrong.path("ca.pem").display(),
+            cert.display(),
+            key.display()
+        ),
+        "",
+    )
+    .await;
+    assert_down_for_tls(&w, &n, "UnknownIssuer").await;
+    w.stop().await;
+    // No CA file: the system's trust store, which does not hold the test CA.
+    let w = https_management(
+        &n,
+        &format!(
+            "  management_tls:\n    cert: {}\n    key: {}\n",
+            cert.display(),
+            key.display()
+        ),
+        "",
+    )
+    .await;
+    assert_down_for_tls(&w, &n, "UnknownIssuer").await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn management_over_https_checks_the_server_name() {
+    let (_turn, n) = https_node().await;
+    // The node's certificate names localhost and 127.0.0.1, not this.
+    let w = https_management(
+        &n,
+        &ca_and_client_cert(),
+        "    management_tls:\n      server_name: mq.example\n",
+    )
+    .await;
+    assert_down_for_tls(&w, &n, "not valid for name").await;
+    w.stop().await;
+    // A name the certificate does carry, for an IP-addressed URL.
+    let w = https_management(
+        &n,
+        &ca_and_client_cert(),
+        "    management_tls:\n      server_name: localhost\n",
+    )
+    .await;
+    assert_up_through_https(&w, &n).await;
     w.stop().await;
 }

@@ -261,7 +261,8 @@ pub async fn node_answers(n: &Node, within: Duration) -> bool {
 
 /// GET on a node's management API as guest; the JSON answer.
 pub async fn mgmt_get(node: &Node, path: &str) -> Result<serde_json::Value, String> {
-    let ep = warren::mgmt::Endpoint::parse(&node.mgmt_url()).map_err(|e| e.to_string())?;
+    let ep = warren::mgmt::Target::new(&node.mgmt_url(), &Default::default())
+        .map_err(|e| e.to_string())?;
     let r = warren::mgmt::request(
         &ep,
         &guest(),
