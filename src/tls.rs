@@ -606,6 +606,7 @@ mod tests {
             cert,
             key,
             client_ca: None,
+            accept_proxy: None,
         }
     }
 

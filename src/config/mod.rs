@@ -10,11 +10,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod accept_proxy;
 pub mod address;
 pub mod cluster;
 pub mod log;
 pub mod values;
 
+pub use accept_proxy::{AcceptProxyConfig, Network, TrustedNetworks};
 pub use address::{split_host_port, Endpoint};
 pub use cluster::{
     ApplyTo, ClusterConfig, ClusterNode, NodeType, PolicyConfig, ReplicationConfig,
@@ -55,6 +57,9 @@ pub struct Config {
         skip_serializing_if = "Option::is_none"
     )]
     pub listen: Option<SocketAddr>,
+    /// PROXY protocol headers accepted on `listen` (docs/tls.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accept_proxy: Option<AcceptProxyConfig>,
     /// Where AMQPS clients connect: TLS termination.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsListenConfig>,
@@ -83,6 +88,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: None,
+            accept_proxy: None,
             tls: None,
             admin: AdminConfig::default(),
             balance: Balance::default(),
@@ -229,6 +235,9 @@ pub struct TlsListenConfig {
     /// chains to one of them (mutual TLS).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_ca: Option<PathBuf>,
+    /// PROXY protocol headers accepted on this listener, before the TLS handshake.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accept_proxy: Option<AcceptProxyConfig>,
 }
 
 /// TLS origination: how warren connects to a node over TLS.
