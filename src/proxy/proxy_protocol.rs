@@ -142,8 +142,11 @@ pub(crate) fn scan(bytes: &[u8]) -> Scan {
 }
 
 /// Whether the first bytes of a connection begin a PROXY header: `None` while
-/// too few have come to tell (a prefix of a signature).
+/// too few have come to tell (none, or a prefix of a signature).
 pub(crate) fn starts_header(bytes: &[u8]) -> Option<bool> {
+    if bytes.is_empty() {
+        return None;
+    }
     for signature in [V1_PREFIX, &V2_SIGNATURE[..]] {
         let k = bytes.len().min(signature.len());
         if k > 0 && bytes[..k] == signature[..k] {
@@ -389,5 +392,6 @@ mod tests {
         assert_eq!(starts_header(&V2_SIGNATURE), Some(true));
         assert_eq!(starts_header(&V2_SIGNATURE[..5]), None);
         assert_eq!(starts_header(b"\x16\x03\x01"), Some(false));
+        assert_eq!(starts_header(b""), None);
     }
 }
