@@ -48,10 +48,10 @@ pub(crate) fn serve(
             (c.timeouts.handshake.get(), c.protocol)
         };
         if protocol == Protocol::Tcp {
-            return carry(&proxy, Stream::Plain(client), Vec::new(), origin, id).await;
+            return carry(&proxy, Stream::Plain(client), Vec::new(), &origin, id).await;
         }
         match read_protocol_header(&mut client, handshake).await {
-            Ok(head) => carry(&proxy, Stream::Plain(client), head, origin, id).await,
+            Ok(head) => carry(&proxy, Stream::Plain(client), head, &origin, id).await,
             Err(why) => rejected(why),
         }
     }
@@ -81,7 +81,7 @@ pub(crate) async fn serve_tls(proxy: Arc<Proxy>, client: TcpStream, peer: Socket
             return;
         };
         if proxy.config.load().protocol == Protocol::Tcp {
-            return carry(&proxy, Stream::from(client), Vec::new(), origin, id).await;
+            return carry(&proxy, Stream::from(client), Vec::new(), &origin, id).await;
         }
         let mut head = [0u8; 8];
         let read = tokio::time::timeout_at(deadline, client.read(&mut head)).await;
@@ -91,7 +91,7 @@ pub(crate) async fn serve_tls(proxy: Arc<Proxy>, client: TcpStream, peer: Socket
             Ok(Ok(n)) => header_check(&head[..n]),
         };
         match head {
-            Ok(head) => carry(&proxy, Stream::from(client), head, origin, id).await,
+            Ok(head) => carry(&proxy, Stream::from(client), head, &origin, id).await,
             Err(why) => rejected(why),
         }
     }
@@ -131,8 +131,8 @@ async fn origin(
     .await?;
     let span = tracing::Span::current();
     span.record("peer", tracing::field::display(origin.peer));
-    if let Some(via) = origin.via {
-        span.record("via", tracing::field::display(via));
+    if origin.local.is_some() {
+        span.record("via", tracing::field::display(peer));
     }
     Some(origin)
 }
@@ -191,7 +191,7 @@ fn rejected(why: &'static str) {
 /// sides takes [`Pump`]; TLS on either side takes [`crate::proxy::stream::pump`].
 /// `head`: client bytes already read (the start of the protocol header), to be
 /// sent upstream first.
-async fn carry(proxy: &Arc<Proxy>, client: Stream, head: Vec<u8>, origin: Origin, id: u64) {
+async fn carry(proxy: &Arc<Proxy>, client: Stream, head: Vec<u8>, origin: &Origin, id: u64) {
     // Boxed, like the TLS pump below: a future is as large as its largest await
     // point, and connecting (TLS handshake included) is over before the pump
     // starts; inline it would grow every idle connection by its size.
@@ -246,7 +246,7 @@ async fn carry(proxy: &Arc<Proxy>, client: Stream, head: Vec<u8>, origin: Origin
 async fn connect(
     proxy: &Arc<Proxy>,
     client: &TcpStream,
-    origin: Origin,
+    origin: &Origin,
 ) -> Option<(Arc<Backend>, Stream)> {
     let config = proxy.config.load();
     let timeout = config.timeouts.connect.get();
@@ -261,7 +261,11 @@ async fn connect(
                 // The address the client connected to, for the PROXY header: the
                 // one a received header gave, else warren's end, asked for only
                 // here, to spare the plain path a syscall.
-                let local = match origin.local.map_or_else(|| client.local_addr(), Ok) {
+                let local = match origin
+                    .local
+                    .as_deref()
+                    .map_or_else(|| client.local_addr(), |l| Ok(*l))
+                {
                     Ok(local) => local,
                     Err(e) => {
                         tracing::debug!(error = %e, "client socket gone");
