@@ -9,8 +9,9 @@
 
 use std::path::Path;
 
-use crate::config::Config;
+use crate::config::{Config, ProxyVersion};
 use crate::proxy::amqp::{FrameTracker, Seen, CLASS_CONNECTION, METHOD_CLOSE, METHOD_CLOSE_OK};
+use crate::proxy::proxy_protocol::{self, Received, Scan};
 
 /// Streams built by [`frame_stream`] stop growing past this many bytes, so one
 /// input stays fast to check byte by byte.
@@ -127,6 +128,93 @@ pub fn frame_stream(data: &[u8]) {
     let found: Vec<usize> = (1..=stream.len()).filter(|&p| trace.boundary[p]).collect();
     assert_eq!(found, boundaries, "boundaries differ from frame ends");
     assert_eq!(trace.events, events, "close/close-ok events differ");
+}
+
+/// The first bytes of a connection through the PROXY step of a trusted peer
+/// (`proxy::accept_proxy`): the first input byte sets how many bytes each peek
+/// returns, the rest is what the peer sent. Read the way the listener reads
+/// (peek at most what [`proxy_protocol::scan`] asks for, consume only the
+/// header's bytes), the outcome is the one `scan` gives on the whole input; a
+/// header's bytes are never more than the spec allows, and nothing after them
+/// is consumed; `ppp` on the whole input finds the same header; `parse` never
+/// panics, and an address it finds survives warren's own `send_proxy` header
+/// (v1 and v2) unchanged.
+pub fn proxy_header(data: &[u8]) {
+    let mut r = Reader(data);
+    let per_peek = usize::from(r.u8() % 32) + 1;
+    let sent = r.0;
+    let whole = proxy_protocol::scan(sent);
+    // The reader: `header` is what it consumed.
+    let mut header: Vec<u8> = Vec::new();
+    let outcome = loop {
+        let want = match proxy_protocol::scan(&header) {
+            Scan::Partial(n) => n,
+            other => panic!("the reader looped on {other:?}"),
+        };
+        assert!(want > 0, "a partial header asks for nothing");
+        let available = &sent[header.len()..];
+        let peeked = &available[..want.min(per_peek).min(available.len())];
+        if peeked.is_empty() {
+            break Scan::Partial(0);
+        }
+        let before = header.len();
+        header.extend_from_slice(peeked);
+        match proxy_protocol::scan(&header) {
+            Scan::Partial(_) => {}
+            Scan::Complete(len) => {
+                assert!(len > before, "a header complete before this peek");
+                header.truncate(len);
+                break Scan::Complete(len);
+            }
+            other => break other,
+        }
+    };
+    match (whole, outcome) {
+        (Scan::Partial(_), Scan::Partial(_)) => {}
+        (w, o) => assert_eq!(w, o, "read by peeks, the input gives another outcome"),
+    }
+    assert_eq!(
+        proxy_protocol::starts_header(sent) == Some(false),
+        whole == Scan::NotProxy,
+        "starts_header and scan disagree on {sent:?}"
+    );
+    let Scan::Complete(len) = whole else {
+        return;
+    };
+    let header = &sent[..len];
+    if header[0] == b'P' {
+        assert!(len <= proxy_protocol::V1_MAX, "a v1 header of {len} bytes");
+    } else {
+        assert!(
+            len >= proxy_protocol::V2_FIXED,
+            "a v2 header of {len} bytes"
+        );
+    }
+    let parsed = proxy_protocol::parse(header);
+    if parsed.is_ok() {
+        let ppp_len = match ppp::HeaderResult::parse(sent) {
+            ppp::HeaderResult::V1(Ok(h)) => h.header.len(),
+            ppp::HeaderResult::V2(Ok(h)) => h.as_bytes().len(),
+            other => panic!("parse accepted {header:?}, ppp on the whole input: {other:?}"),
+        };
+        assert_eq!(ppp_len, len, "ppp delimits another header");
+    }
+    if let Ok(Received::Proxied { src, dst }) = parsed {
+        assert_eq!(src.is_ipv4(), dst.is_ipv4(), "one header, one family");
+        for version in [ProxyVersion::V1, ProxyVersion::V2] {
+            let again = proxy_protocol::header(version, src, dst);
+            assert_eq!(
+                proxy_protocol::scan(&again),
+                Scan::Complete(again.len()),
+                "{version:?}"
+            );
+            assert_eq!(
+                proxy_protocol::parse(&again),
+                Ok(Received::Proxied { src, dst }),
+                "{version:?} header for {src} -> {dst}"
+            );
+        }
+    }
 }
 
 /// What a tracker shows after each prefix of a stream, fed one byte at a time.
@@ -369,6 +457,10 @@ mod tests {
         frame_tracker(b"\x01\x02\x03\x05AMQP\x00\x00\x09\x01\x08\x00\x00\x00\x00\x00\x00\xce");
         frame_stream(b"");
         frame_stream(b"\x00\x01\x07\x01\x01\x02\x06\x10\x00\x00\x01\x00\x00");
+        proxy_header(b"");
+        proxy_header(b"\x03PROXY TCP4 10.0.0.1 10.0.0.2 1 2\r\nAMQP");
+        proxy_header(b"\x00PROXY UNKNOWN\r\n");
+        proxy_header(b"\x07\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c\x0a\x00\x00\x01\x0a\x00\x00\x02\x00\x01\x00\x02AMQP");
     }
 
     #[test]

@@ -716,6 +716,7 @@ mod tests {
             cert,
             key,
             client_ca: None,
+            accept_proxy: None,
         }
     }
 

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod accept_proxy;
 pub mod address;
 pub mod cluster;
 mod error;
@@ -19,6 +20,7 @@ pub mod log;
 pub mod management;
 pub mod values;
 
+pub use accept_proxy::{AcceptProxyConfig, Network, TrustedNetworks};
 pub use address::{split_host_port, Authority, Endpoint, HostName};
 pub use cluster::{
     ApplyTo, ClusterConfig, ClusterNode, NodeType, PolicyConfig, ReplicationConfig,
@@ -43,6 +45,9 @@ pub struct Config {
         skip_serializing_if = "Option::is_none"
     )]
     pub listen: Option<SocketAddr>,
+    /// PROXY protocol headers accepted on `listen` (docs/tls.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accept_proxy: Option<AcceptProxyConfig>,
     /// Where AMQPS clients connect: TLS termination.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsListenConfig>,
@@ -71,6 +76,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: None,
+            accept_proxy: None,
             tls: None,
             admin: AdminConfig::default(),
             balance: Balance::default(),
@@ -227,6 +233,9 @@ pub struct TlsListenConfig {
     /// chains to one of them (mutual TLS).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_ca: Option<PathBuf>,
+    /// PROXY protocol headers accepted on this listener, before the TLS handshake.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accept_proxy: Option<AcceptProxyConfig>,
 }
 
 /// TLS origination: how warren connects to a node over TLS.
@@ -646,6 +655,14 @@ impl Config {
             return Err(invalid(
                 "backends".into(),
                 "expected at least one backend".into(),
+            ));
+        }
+        if self.listen.is_none() && self.accept_proxy.is_some() {
+            return Err(invalid(
+                "accept_proxy".into(),
+                "the plain listener's PROXY settings, but there is no `listen`: set \
+                 `listen`, or move them to `tls.accept_proxy`"
+                    .into(),
             ));
         }
         if self.listen.is_none() && self.tls.is_none() {

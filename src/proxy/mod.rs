@@ -2,7 +2,8 @@
 //! listening socket to the bytes both ways.
 //!
 //! `listener` accepts (on the sockets of `socket`) and spawns a task per
-//! connection that runs `session`: the protocol-header check, connecting a
+//! connection that runs `session`: the PROXY header from a load balancer where
+//! the listener accepts one (`accept_proxy`), the protocol-header check, connecting a
 //! backend (`upstream`: PROXY header, TLS), then a pump: `pump` when both sides
 //! are plain TCP, `stream` when either is TLS. Both pumps ask `direction` what to
 //! do with each read, following AMQP frames (`amqp`) so that a close ordered by
@@ -13,12 +14,13 @@
 //! the rest of warren only through its backends (counters, connect failures) and
 //! metrics; it never calls the control plane.
 
+mod accept_proxy;
 pub mod amqp;
 pub mod buffer;
 mod bulk;
 mod direction;
 pub(crate) mod listener;
-mod proxy_protocol;
+pub(crate) mod proxy_protocol;
 mod pump;
 mod session;
 pub mod socket;

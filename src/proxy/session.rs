@@ -15,10 +15,12 @@ use socket2::SockRef;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tracing::field::Empty;
 use tracing::Instrument;
 
 use crate::balancer::Backend;
-use crate::config::Protocol;
+use crate::config::{AcceptProxyConfig, Config, Protocol};
+use crate::proxy::accept_proxy::Origin;
 use crate::proxy::amqp;
 use crate::proxy::direction::{End, Limits, Meters, Shared};
 use crate::proxy::pump::Pump;
@@ -35,36 +37,51 @@ pub(crate) fn serve(
     peer: SocketAddr,
     id: u64,
 ) -> impl Future<Output = ()> {
-    let span = tracing::info_span!("conn", id, %peer, backend = tracing::field::Empty);
+    let span = tracing::info_span!("conn", id, peer = Empty, via = Empty, backend = Empty);
     async move {
+        let mut client = client;
+        let Some(origin) = origin(&proxy, &mut client, peer, false).await else {
+            return;
+        };
         let (handshake, protocol) = {
             let c = proxy.config.load();
             (c.timeouts.handshake.get(), c.protocol)
         };
         if protocol == Protocol::Tcp {
-            return carry(&proxy, Stream::Plain(client), Vec::new(), peer, id).await;
+            return carry(&proxy, Stream::Plain(client), Vec::new(), &origin, id).await;
         }
-        let mut client = client;
         match read_protocol_header(&mut client, handshake).await {
-            Ok(head) => carry(&proxy, Stream::Plain(client), head, peer, id).await,
+            Ok(head) => carry(&proxy, Stream::Plain(client), head, &origin, id).await,
             Err(why) => rejected(why),
         }
     }
     .instrument(span)
 }
 
-/// Serves one connection accepted on the TLS listener: the TLS handshake and the
-/// AMQP protocol header, both within `timeouts.handshake`, then the same as [`serve`].
+/// Serves one connection accepted on the TLS listener: the PROXY header where
+/// `tls.accept_proxy` asks for one, the TLS handshake and the AMQP protocol
+/// header, both within `timeouts.handshake`, then the same as [`serve`].
 pub(crate) async fn serve_tls(proxy: Arc<Proxy>, client: TcpStream, peer: SocketAddr, id: u64) {
-    let span = tracing::info_span!("conn", id, %peer, tls = true, backend = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "conn",
+        id,
+        peer = Empty,
+        via = Empty,
+        tls = true,
+        backend = Empty
+    );
     async move {
+        let mut client = client;
+        let Some(origin) = origin(&proxy, &mut client, peer, true).await else {
+            return;
+        };
         let handshake = proxy.config.load().timeouts.handshake.get();
         let deadline = Instant::now() + handshake;
-        let Some(mut client) = proxy.tls.accept(client, peer, handshake).await else {
+        let Some(mut client) = proxy.tls.accept(client, origin.peer, handshake).await else {
             return;
         };
         if proxy.config.load().protocol == Protocol::Tcp {
-            return carry(&proxy, Stream::from(client), Vec::new(), peer, id).await;
+            return carry(&proxy, Stream::from(client), Vec::new(), &origin, id).await;
         }
         let mut head = [0u8; 8];
         let read = tokio::time::timeout_at(deadline, client.read(&mut head)).await;
@@ -74,12 +91,59 @@ pub(crate) async fn serve_tls(proxy: Arc<Proxy>, client: TcpStream, peer: Socket
             Ok(Ok(n)) => header_check(&head[..n]),
         };
         match head {
-            Ok(head) => carry(&proxy, Stream::from(client), head, peer, id).await,
+            Ok(head) => carry(&proxy, Stream::from(client), head, &origin, id).await,
             Err(why) => rejected(why),
         }
     }
     .instrument(span)
     .await
+}
+
+/// Who the client is: the TCP peer, or, on a listener with `accept_proxy`,
+/// what its PROXY header says (`None`: turned away, logged and counted).
+/// Recorded in the connection's span: `peer` the client, `via` the load
+/// balancer that sent the header.
+async fn origin(
+    proxy: &Proxy,
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    tls: bool,
+) -> Option<Origin> {
+    let config = {
+        let c = proxy.config.load();
+        if accept_proxy_of(&c, tls).is_none() {
+            tracing::Span::current().record("peer", tracing::field::display(peer));
+            return Some(Origin::direct(peer));
+        }
+        Arc::clone(&c)
+    };
+    let accept = accept_proxy_of(&config, tls)?;
+    let listener = if tls {
+        crate::telemetry::metrics::LISTENER_TLS
+    } else {
+        crate::telemetry::metrics::LISTENER_PLAIN
+    };
+    // Boxed: only listeners with `accept_proxy` pay for its buffers, and only
+    // until the header is read.
+    let origin = Box::pin(crate::proxy::accept_proxy::admit(
+        client, peer, accept, listener,
+    ))
+    .await?;
+    let span = tracing::Span::current();
+    span.record("peer", tracing::field::display(origin.peer));
+    if origin.local.is_some() {
+        span.record("via", tracing::field::display(peer));
+    }
+    Some(origin)
+}
+
+/// The listener's `accept_proxy`: `tls.accept_proxy` or the plain listener's.
+fn accept_proxy_of(c: &Config, tls: bool) -> Option<&AcceptProxyConfig> {
+    if tls {
+        c.tls.as_ref().and_then(|t| t.accept_proxy.as_ref())
+    } else {
+        c.accept_proxy.as_ref()
+    }
 }
 
 /// AMQP clients speak first: reads (bounded) the client's first bytes and
@@ -127,11 +191,11 @@ fn rejected(why: &'static str) {
 /// sides takes [`Pump`]; TLS on either side takes [`crate::proxy::stream::pump`].
 /// `head`: client bytes already read (the start of the protocol header), to be
 /// sent upstream first.
-async fn carry(proxy: &Arc<Proxy>, client: Stream, head: Vec<u8>, peer: SocketAddr, id: u64) {
+async fn carry(proxy: &Arc<Proxy>, client: Stream, head: Vec<u8>, origin: &Origin, id: u64) {
     // Boxed, like the TLS pump below: a future is as large as its largest await
     // point, and connecting (TLS handshake included) is over before the pump
     // starts; inline it would grow every idle connection by its size.
-    let Some((backend, server)) = Box::pin(connect(proxy, client.tcp(), peer)).await else {
+    let Some((backend, server)) = Box::pin(connect(proxy, client.tcp(), origin)).await else {
         tracing::warn!("no backend reachable, closing client");
         return;
     };
@@ -182,7 +246,7 @@ async fn carry(proxy: &Arc<Proxy>, client: Stream, head: Vec<u8>, peer: SocketAd
 async fn connect(
     proxy: &Arc<Proxy>,
     client: &TcpStream,
-    peer: SocketAddr,
+    origin: &Origin,
 ) -> Option<(Arc<Backend>, Stream)> {
     let config = proxy.config.load();
     let timeout = config.timeouts.connect.get();
@@ -194,16 +258,24 @@ async fn connect(
                 if !crate::proxy::upstream::needs_preparing(&backend) {
                     return Some((backend, Stream::Plain(server)));
                 }
-                // The address the client connected to, for the PROXY header; asked
-                // for only here, to spare the plain path a syscall.
-                let local = match client.local_addr() {
+                // The address the client connected to, for the PROXY header: the
+                // one a received header gave, else warren's end, asked for only
+                // here, to spare the plain path a syscall.
+                let local = match origin
+                    .local
+                    .as_deref()
+                    .map_or_else(|| client.local_addr(), |l| Ok(*l))
+                {
                     Ok(local) => local,
                     Err(e) => {
                         tracing::debug!(error = %e, "client socket gone");
                         return None;
                     }
                 };
-                let addrs = ClientAddrs { peer, local };
+                let addrs = ClientAddrs {
+                    peer: origin.peer,
+                    local,
+                };
                 match crate::proxy::upstream::prepare(proxy, &backend, server, addrs, timeout).await
                 {
                     Ok(server) => return Some((backend, server)),

@@ -41,6 +41,7 @@ pub const CONFIG_LAST_RELOAD_OK: &str = "warren_config_last_reload_successful";
 pub const CONFIG_LAST_RELOAD_TIME: &str = "warren_config_last_reload_success_timestamp_seconds";
 
 pub const HANDSHAKE_REJECTED: &str = "warren_listener_handshake_rejected_total";
+pub const PROXY_HEADER_REJECTED: &str = "warren_proxy_header_rejected_total";
 pub const TLS_HANDSHAKES: &str = "warren_tls_handshakes_total";
 pub const TLS_CERTIFICATE_EXPIRY: &str = "warren_tls_certificate_expiry_seconds";
 pub const ADMIN_REFUSED: &str = "warren_admin_requests_refused_total";
@@ -72,6 +73,9 @@ pub const ADMIN_REFUSAL_REASONS: [&str; 7] = [
     "token_unavailable",
 ];
 /// The plain AMQP listener's label value.
+/// Label values `reason` of [`PROXY_HEADER_REJECTED`].
+pub const PROXY_HEADER_REASONS: [&str; 5] =
+    ["untrusted", "missing", "malformed", "timeout", "closed"];
 pub const LISTENER_PLAIN: &str = "amqp";
 /// The TLS listener's label value.
 pub const LISTENER_TLS: &str = "amqps";
@@ -235,6 +239,11 @@ fn describe() {
         "Clients turned away before reaching a backend, by reason (timeout, closed, not_amqp).",
     );
     c(
+        PROXY_HEADER_REJECTED,
+        Count,
+        "Connections closed at the PROXY step of a listener with accept_proxy, by listener and reason (untrusted, missing, malformed, timeout, closed).",
+    );
+    c(
         TLS_HANDSHAKES,
         Count,
         "TLS handshakes, by side (client: on the TLS listener, backend: to a node) and result.",
@@ -363,6 +372,12 @@ pub fn rebalance_close(backend: &str) {
 /// (`reason`: timeout, closed, not_amqp).
 pub fn handshake_rejected(reason: &'static str) {
     counter!(HANDSHAKE_REJECTED, "reason" => reason).increment(1);
+}
+
+/// A connection was closed at the PROXY step of `listener` (one of
+/// [`LISTENERS`]); `reason` is one of [`PROXY_HEADER_REASONS`].
+pub fn proxy_header_rejected(listener: &'static str, reason: &'static str) {
+    counter!(PROXY_HEADER_REJECTED, "listener" => listener, "reason" => reason).increment(1);
 }
 
 /// A drain of `backend` started; `trigger` is one of [`DRAIN_TRIGGERS`].

@@ -45,3 +45,8 @@ fn frame_tracker_corpus() {
 fn frame_stream_corpus() {
     replay("frame_stream", fuzz_checks::frame_stream);
 }
+
+#[test]
+fn proxy_header_corpus() {
+    replay("proxy_header", fuzz_checks::proxy_header);
+}

@@ -1100,3 +1100,312 @@ async fn management_over_https_checks_the_server_name() {
     assert_up_through_https(&w, &n).await;
     w.stop().await;
 }
+
+// ------------------------------------------------- accept_proxy (PROXY in)
+
+/// A v1 header for a TCP connection from `src` to `dst`, both IPv4.
+fn v1_header(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    format!(
+        "PROXY TCP4 {} {} {} {}\r\n",
+        src.ip(),
+        dst.ip(),
+        src.port(),
+        dst.port()
+    )
+    .into_bytes()
+}
+
+const V2_SIGNATURE: &[u8] = b"\r\n\r\n\x00\r\nQUIT\n";
+
+/// A v2 header for a TCP connection from `src` to `dst`, both IPv4.
+fn v2_header(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    let (SocketAddr::V4(s), SocketAddr::V4(d)) = (src, dst) else {
+        panic!("IPv4 addresses only here");
+    };
+    let mut h = V2_SIGNATURE.to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    h.extend_from_slice(&s.ip().octets());
+    h.extend_from_slice(&d.ip().octets());
+    h.extend_from_slice(&s.port().to_be_bytes());
+    h.extend_from_slice(&d.port().to_be_bytes());
+    h
+}
+
+/// A v2 LOCAL header (what a load balancer's own health check sends).
+fn v2_local() -> Vec<u8> {
+    let mut h = V2_SIGNATURE.to_vec();
+    h.extend_from_slice(&[0x20, 0x00, 0, 0]);
+    h
+}
+
+/// A stand-in for a cloud load balancer in front of warren: every connection to
+/// the returned address is connected to `target`, which first gets `header`,
+/// then the bytes both ways.
+async fn proxy_sender(target: SocketAddr, header: Vec<u8>) -> SocketAddr {
+    let header = Arc::new(header);
+    common::tcp_server(move |mut client| {
+        let header = Arc::clone(&header);
+        async move {
+            use tokio::io::AsyncWriteExt;
+            let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else {
+                return;
+            };
+            if upstream.write_all(&header).await.is_err() {
+                return;
+            }
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        }
+    })
+    .await
+}
+
+/// An `accept_proxy` block (YAML, at `indent` spaces).
+fn accept_proxy(from: &str, timeout: &str, indent: usize) -> String {
+    let pad = " ".repeat(indent);
+    format!("{pad}accept_proxy:\n{pad}  from: [{from}]\n{pad}  timeout: {timeout}\n")
+}
+
+/// warren behind a load balancer that sends the PROXY protocol, in front of a
+/// node with `proxy_protocol = true` (warren with `send_proxy`): the broker sees
+/// the address the load balancer carried, on the plain and on the TLS listener
+/// (header before the TLS handshake), and a LOCAL header leaves the real one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_proxy_passes_the_carried_client_on_to_the_broker() {
+    let (_turn, nodes) = tls_nodes().await;
+    let n1 = &nodes[0];
+    let pki = Pki::new("accept-proxy");
+    let (cert, key) = pki.write_server("server", 2031);
+    let listeners = format!(
+        "listen: 127.0.0.1:0\n{}{}{}",
+        accept_proxy("127.0.0.1/32", "5s", 0),
+        tls_listener(&cert, &key, None),
+        accept_proxy("10.0.0.0/8, 127.0.0.1", "5s", 2),
+    );
+    let w = Warren::start(&yaml(
+        &listeners,
+        NO_PROBES,
+        &[backend(n1, n1.amqp, "    send_proxy: v2\n")],
+    ))
+    .await;
+    let lb_address: SocketAddr = "198.51.100.1:5672".parse().expect("address");
+
+    // The plain listener, a v2 header.
+    let client: SocketAddr = "203.0.113.7:40000".parse().expect("address");
+    let lb = proxy_sender(w.amqp, v2_header(client, lb_address)).await;
+    let name = unique("accept-v2");
+    let conn = common::amqp_connect_named(&format!("amqp://guest:guest@{lb}/%2f"), &name).await;
+    publish_and_consume(&conn, 3).await;
+    let c = broker_connection(n1, &name).await;
+    assert_eq!(c["peer_host"], "203.0.113.7", "{c}");
+    assert_eq!(c["peer_port"], 40000, "{c}");
+    let _ = conn.close(200, "bye".into()).await;
+
+    // The TLS listener, a v1 header before the handshake.
+    let tls_addr = w.tls.expect("TLS listener");
+    let client: SocketAddr = "203.0.113.8:40001".parse().expect("address");
+    let lb = proxy_sender(tls_addr, v1_header(client, lb_address)).await;
+    let name = unique("accept-v1-tls");
+    let conn = amqps(lb.port(), &name, &pki.ca_pem, None)
+        .await
+        .expect("AMQPS through a PROXY v1 sender and warren");
+    let c = broker_connection(n1, &name).await;
+    assert_eq!(c["peer_host"], "203.0.113.8", "{c}");
+    assert_eq!(c["peer_port"], 40001, "{c}");
+    let _ = conn.close(200, "bye".into()).await;
+
+    // LOCAL: the connection's own address stands (the sender's, on loopback),
+    // and warren still sends the node a PROXY header with real addresses.
+    let lb = proxy_sender(w.amqp, v2_local()).await;
+    let name = unique("accept-local");
+    let conn = common::amqp_connect_named(&format!("amqp://guest:guest@{lb}/%2f"), &name).await;
+    let c = broker_connection(n1, &name).await;
+    assert_eq!(c["peer_host"], "127.0.0.1", "{c}");
+    let _ = conn.close(200, "bye".into()).await;
+    w.stop().await;
+}
+
+/// A backend that counts the connections on which it received any bytes (the
+/// health checker's probes send none).
+async fn byte_counting_backend() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = Arc::clone(&count);
+    let addr = common::tcp_server(move |mut s| {
+        let seen = Arc::clone(&seen);
+        async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = [0u8; 64];
+            if let Ok(n) = s.read(&mut buf).await {
+                if n > 0 {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        }
+    })
+    .await;
+    (addr, count)
+}
+
+/// Sends `bytes` on a new connection to `addr` and waits (bounded) for warren
+/// to close it; how long that took and whether warren sent anything.
+async fn closed_after(addr: SocketAddr, bytes: &[u8]) -> (Duration, Vec<u8>) {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let started = tokio::time::Instant::now();
+    s.write_all(bytes).await.expect("write");
+    let got = common::read_until_closed(&mut s, Duration::from_secs(10))
+        .await
+        .expect("warren closed the connection");
+    (started.elapsed(), got)
+}
+
+/// An untrusted source that sends a header, a trusted one that sends a broken
+/// one, none, or one too slowly: closed, logged, counted, and nothing reaches
+/// the backend; the same listeners still carry well-behaved clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_proxy_turns_away_bad_headers_before_any_backend() {
+    const REJECTED: &str = "warren_proxy_header_rejected_total";
+    let (backend_addr, reached) = byte_counting_backend().await;
+    let backends = [format!("  - {{name: pp-sink, address: '{backend_addr}'}}")];
+    let pki = Pki::new("accept-proxy-bad");
+    let (cert, key) = pki.write_server("server", 2031);
+    let client: SocketAddr = "203.0.113.7:40000".parse().expect("address");
+    let lb_address: SocketAddr = "198.51.100.1:5672".parse().expect("address");
+    let amqp = warren::proxy::amqp::PROTOCOL_HEADER;
+
+    // 127.0.0.1 is not a load balancer here.
+    let untrusted = Warren::start(&yaml(
+        &format!(
+            "listen: 127.0.0.1:0\n{}{}{}",
+            accept_proxy("10.0.0.0/8", "300ms", 0),
+            tls_listener(&cert, &key, None),
+            accept_proxy("10.0.0.0/8", "300ms", 2),
+        ),
+        NO_PROBES,
+        &backends,
+    ))
+    .await;
+    // 127.0.0.1 is the load balancer here.
+    let trusted = Warren::start(&yaml(
+        &format!(
+            "listen: 127.0.0.1:0\n{}",
+            accept_proxy("127.0.0.1/32", "500ms", 0)
+        ),
+        NO_PROBES,
+        &backends,
+    ))
+    .await;
+    let count = |reason: &'static str, listener: &'static str| {
+        let w = &trusted;
+        async move {
+            w.metrics()
+                .await
+                .value(REJECTED, &[("listener", listener), ("reason", reason)])
+        }
+    };
+    let before: Vec<f64> = futures_util::future::join_all(
+        [
+            ("untrusted", "amqp"),
+            ("untrusted", "amqps"),
+            ("malformed", "amqp"),
+            ("missing", "amqp"),
+            ("timeout", "amqp"),
+        ]
+        .map(|(r, l)| count(r, l)),
+    )
+    .await;
+
+    let v1 = [&v1_header(client, lb_address)[..], amqp].concat();
+    let v2 = [&v2_header(client, lb_address)[..], amqp].concat();
+    // Untrusted, a header: closed at once, on either listener.
+    for bytes in [&v1, &v2] {
+        let (took, got) = closed_after(untrusted.amqp, bytes).await;
+        assert!(
+            got.is_empty() && took < Duration::from_secs(2),
+            "{took:?} {got:?}"
+        );
+    }
+    let tls_addr = untrusted.tls.expect("TLS listener");
+    let (_, got) = closed_after(tls_addr, &v2).await;
+    assert!(
+        got.is_empty(),
+        "no TLS handshake after a refused header: {got:?}"
+    );
+    // Trusted: a malformed header, then no header at all.
+    let bad = [&b"PROXY TCP4 300.0.0.1 10.0.0.1 1 2\r\n"[..], amqp].concat();
+    let (took, got) = closed_after(trusted.amqp, &bad).await;
+    assert!(
+        got.is_empty() && took < Duration::from_millis(450),
+        "{took:?} {got:?}"
+    );
+    let (took, got) = closed_after(trusted.amqp, amqp).await;
+    assert!(
+        got.is_empty() && took < Duration::from_millis(450),
+        "{took:?} {got:?}"
+    );
+    // Trusted, too slow: half a header, then nothing; closed after the 500 ms.
+    let (took, got) = closed_after(trusted.amqp, b"PROXY TCP4 203.0.113.7 ").await;
+    assert!(
+        got.is_empty() && took >= Duration::from_millis(450) && took < Duration::from_secs(3),
+        "{took:?} {got:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        reached.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a refused connection reached the backend"
+    );
+    let after: Vec<f64> = futures_util::future::join_all(
+        [
+            ("untrusted", "amqp"),
+            ("untrusted", "amqps"),
+            ("malformed", "amqp"),
+            ("missing", "amqp"),
+            ("timeout", "amqp"),
+        ]
+        .map(|(r, l)| count(r, l)),
+    )
+    .await;
+    let counted: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(
+        counted,
+        [2.0, 1.0, 1.0, 1.0, 1.0],
+        "untrusted amqp, untrusted amqps, malformed, missing, timeout"
+    );
+    let logs = log_text();
+    let refusals: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("PROXY header rejected"))
+        .collect();
+    for reason in ["untrusted", "malformed", "missing", "timeout"] {
+        assert!(
+            refusals
+                .iter()
+                .any(|l| l.contains(reason) && l.contains("peer=127.0.0.1:")),
+            "no warning with the peer for {reason}: {refusals:?}"
+        );
+    }
+
+    // Control: the same listeners carry a direct client from an untrusted
+    // address and a proxied one from a trusted address, as far as the backend.
+    let mut direct = tokio::net::TcpStream::connect(untrusted.amqp)
+        .await
+        .expect("connect");
+    let mut proxied = tokio::net::TcpStream::connect(trusted.amqp)
+        .await
+        .expect("connect");
+    {
+        use tokio::io::AsyncWriteExt;
+        direct.write_all(amqp).await.expect("write");
+        proxied.write_all(&v2).await.expect("write");
+    }
+    let start = tokio::time::Instant::now();
+    while reached.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "well-behaved clients never reached the backend"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    untrusted.stop().await;
+    trusted.stop().await;
+}
