@@ -136,6 +136,7 @@ impl Server {
             admin_listener: Rebindable::new("admin", Some(admin)),
             reloader: control::Reloader::default(),
             events: Arc::default(),
+            started: control::events::unix_now(),
         });
         Ok(Server {
             app,
