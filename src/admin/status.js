@@ -166,7 +166,7 @@ function renderSummary(s) {
   $("uptime").textContent = duration(s.uptime_seconds);
   $("reload").textContent = (s.reload.ok ? "ok" : "FAILED (the running config stays)") +
     ", last success " + clock(s.reload.last_success);
-  $("reload").className = s.reload.ok ? "" : "st-down";
+  $("reload").className = s.reload.ok ? "" : "bad";
   $("token-label").hidden = !s.token_required;
 }
 

@@ -445,6 +445,37 @@ async fn the_status_page_shows_a_node_down_drains_another_and_survives_a_silent_
         "{shown:#}"
     );
 
+    // The JSON behind the page.
+    let (status, body) = w.admin_get("/api/status").await;
+    assert_eq!(status, 200, "{body}");
+    let st: Value = serde_json::from_str(&body).expect("status JSON");
+    assert_eq!(st["token_required"], true, "{st:#}");
+    assert_eq!(st["reload"]["ok"], true, "{st:#}");
+    assert!(
+        st["uptime_seconds"].as_f64().is_some_and(|u| u > 0.0),
+        "{st:#}"
+    );
+    let amqp = &st["listeners"][0];
+    assert_eq!(amqp["name"], "amqp", "{st:#}");
+    assert_eq!(amqp["address"], w.amqp.to_string(), "{st:#}");
+    assert!(amqp["accepted"].as_u64().is_some_and(|n| n >= 3), "{st:#}");
+    assert_eq!(amqp["active"], 3, "{st:#}");
+    assert_eq!(
+        st["listeners"][1]["address"],
+        Value::Null,
+        "no TLS listener: {st:#}"
+    );
+    let b1 = &st["backends"][0];
+    assert_eq!(b1["node"], nodes[0].name, "{st:#}");
+    assert!(b1["rabbitmq_version"].is_string(), "{st:#}");
+    assert!(b1["bytes_in"].as_u64().is_some_and(|n| n > 0), "{st:#}");
+    assert!(b1["bytes_out"].as_u64().is_some_and(|n| n > 0), "{st:#}");
+    assert!(
+        b1["last_check_seconds"].as_f64().is_some_and(|t| t > 0.0),
+        "{st:#}"
+    );
+    assert!(b1["changed_at"].as_f64().is_some_and(|t| t > 0.0), "{st:#}");
+
     // Without the token, the page shows the refusal and nothing changes.
     browser.click_action("disable", &n3).await;
     let (shown, _) = browser
