@@ -12,6 +12,7 @@ const $ = (id) => document.getElementById(id);
 const rows = new Map(); // backend name -> its row's cells
 const previous = new Map(); // backend name -> {now, bytes_in, bytes_out}
 let lastEvent = 0;
+let startedAt = null; // warren's start time: a restart numbers events from 1 again
 let lastUpdate = 0; // Date.now() of the last good answer
 let lastError = "";
 
@@ -212,6 +213,12 @@ function freshness() {
 async function poll() {
   try {
     const s = await get("/api/status");
+    if (startedAt !== s.started) {
+      startedAt = s.started;
+      lastEvent = 0;
+      $("events").replaceChildren();
+      previous.clear();
+    }
     renderSummary(s);
     renderBackends(s);
     renderListeners(s);
