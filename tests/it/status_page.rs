@@ -2,8 +2,9 @@
 //! through `chromedriver` (WebDriver, with fantoccini) against warren in front
 //! of the real nodes. The page lists the backends, shows a stopped node down
 //! with its reason, drains another with a click (the admin token typed into
-//! the page), shows both in its events feed, and stays alive while its API
-//! does not answer.
+//! the page), shows both in its events feed, stays live while a node is
+//! frozen, and stays alive (saying how old its numbers are) while its API does
+//! not answer.
 //!
 //! Without chromium or chromedriver the test says so and passes, except under
 //! `CI=true`, where it fails. `WARREN_SCREENSHOT=1` writes the page, with one
@@ -568,6 +569,50 @@ async fn the_status_page_shows_a_node_down_drains_another_and_survives_a_silent_
     }
     drop(shown);
 
+    // A frozen node (SIGSTOP: its probes wait for the timeout) slows neither
+    // the API nor the page: /api/status answers at once meanwhile, and the
+    // page stays live and shows n3 down with the timeout.
+    let frozen = Frozen::freeze(&nodes[2]);
+    let (done, mut done_rx) = tokio::sync::oneshot::channel::<()>();
+    let admin = w.admin;
+    let timing = tokio::spawn(async move {
+        let mut slowest = Duration::ZERO;
+        loop {
+            let asked = tokio::time::Instant::now();
+            let (status, _) = admin_request(admin, "GET", "/api/status").await;
+            assert_eq!(status, 200);
+            slowest = slowest.max(asked.elapsed());
+            tokio::select! {
+                _ = &mut done_rx => return slowest,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    });
+    let (shown, took) = browser
+        .wait(
+            "n3 down (frozen), the page live",
+            DOWN_BOUND + REFRESH + SLACK,
+            |s| {
+                s["fresh"] == true
+                    && state_is(s, &n3, "down")
+                    && row(s, &n3)["why"]
+                        .as_str()
+                        .is_some_and(|w| w.contains("timed out"))
+            },
+        )
+        .await;
+    let _ = done.send(());
+    let slowest = timing.await.expect("timing task");
+    eprintln!(
+        "frozen n3 down on the page after {took:?} ({}); slowest /api/status meanwhile {slowest:?}",
+        row(&shown, &n3)["why"]
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "/api/status waited on the frozen node: {slowest:?}"
+    );
+    drop(frozen);
+
     // The API stops answering (slow, or cut off): the page says how old its
     // numbers are, and its clock keeps going.
     fwd.hold(true);
@@ -629,6 +674,7 @@ async fn the_status_page_shows_a_node_down_drains_another_and_survives_a_silent_
     );
     drop(stopped);
     w.wait_state(&n2, "up", Duration::from_secs(60)).await;
+    w.wait_state(&n3, "up", Duration::from_secs(60)).await;
     browser.close().await;
     drop(fwd);
     w.stop().await;
