@@ -546,6 +546,12 @@ const FIGURES: &[(&str, &str, &str, bool)] = &[
         "% of a core",
         false,
     ),
+    (
+        "health_page_cpu_pct",
+        "the same, one status page open (headless Chromium)",
+        "% of a core",
+        false,
+    ),
 ];
 
 fn report(file: &str) -> Res<()> {
@@ -702,6 +708,12 @@ fn report(file: &str) -> Res<()> {
         "health checking 3 nodes every 2 s < 1% of one core",
         hc.map(|c| c < 1.0),
         format!("{}%", fmt(hc)),
+    );
+    let page = get("health_page_cpu_pct", "warren");
+    check(
+        "one open status page adds < 1% of one core",
+        hc.zip(page).map(|(h, p)| p - h < 1.0),
+        format!("{}% with, {}% without", fmt(page), fmt(hc)),
     );
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! # Layout
 //! One folder per concern; imports only go down this list (ARCHITECTURE.md has
 //! the table, `scripts/check-layers` enforces it):
-//! - `admin`: the HTTP API and `/metrics`; asks `control` to act.
+//! - `admin`: the HTTP API, the status page and `/metrics`; asks `control` to act.
 //! - `control`: the one place that acts on a backend (drain, disable, enable,
 //!   a health flip, retire on reload), the check loops, rebalance, reload, shutdown.
 //! - `proxy`: the data path (listeners, a connection's session, the pumps,
@@ -136,6 +136,7 @@ impl Server {
             admin_listener: Rebindable::new("admin", Some(admin)),
             reloader: control::Reloader::default(),
             events: Arc::default(),
+            started: control::events::unix_now(),
         });
         Ok(Server {
             app,

@@ -1,9 +1,14 @@
-//! The admin HTTP API: liveness, readiness, backend states and operator control.
+//! The admin HTTP API: liveness, readiness, backend states and operator control,
+//! and the status page.
 //!
+//!   GET  /                            the status page (HTML; polls /api/status and /api/events)
+//!   GET  /api/status                  JSON: warren (version, uptime, last reload), listeners
+//!                                     (accepted, rejected, active), backends as below
 //!   GET  /healthz                     200 while the process runs
 //!   GET  /readyz                      200 when a backend can take connections, else 503
 //!   GET  /metrics                     Prometheus text format
-//!   GET  /api/backends                JSON array of backends
+//!   GET  /api/backends                JSON array of backends (state, why, node, version,
+//!                                     connections, cumulative bytes, check latency)
 //!   POST /api/backends/{name}/drain   no new connections; existing ones closed, paced
 //!   POST /api/backends/{name}/disable no new connections; existing ones kept
 //!   POST /api/backends/{name}/enable  back to health-driven
@@ -16,6 +21,7 @@
 
 mod guard;
 mod scrape;
+mod status;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -24,18 +30,18 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 
-use crate::balancer::{Backend, CheckStatus, Mode, State};
 use crate::control::reload::{self, ReloadError, Trigger};
 use crate::control::{act_as, Action, App};
 use crate::proxy::socket::Acceptor;
 use crate::telemetry::metrics;
+use status::{view, BackendView};
 
 type Body = Full<Bytes>;
 
@@ -73,34 +79,6 @@ pub(crate) async fn run(app: Arc<App>) {
                 .serve_connection(TokioIo::new(stream), svc);
             let _ = conn.await;
         });
-    }
-}
-
-#[derive(Serialize)]
-struct BackendView<'a> {
-    name: &'a str,
-    address: &'a str,
-    state: State,
-    mode: Mode,
-    alarm: bool,
-    maintenance: bool,
-    active_connections: usize,
-    total_connections: u64,
-    #[serde(flatten)]
-    check: CheckStatus,
-}
-
-fn view(b: &Backend) -> BackendView<'_> {
-    BackendView {
-        name: b.name(),
-        address: &b.config.address,
-        state: b.state(),
-        mode: b.mode(),
-        alarm: b.alarm(),
-        maintenance: b.maintenance(),
-        active_connections: b.active_connections(),
-        total_connections: b.total_connections(),
-        check: b.check.lock().map(|c| c.clone()).unwrap_or_default(),
     }
 }
 
@@ -189,6 +167,11 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp
     }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segments.as_slice() {
+        [""] => only_get(&method, status::page),
+        ["api", "status"] => only_get(&method, || {
+            let backends = app.balancer.backends();
+            json(StatusCode::OK, &status::status(app, &backends))
+        }),
         ["healthz"] => only_get(&method, || text(StatusCode::OK, "ok\n")),
         ["readyz"] => only_get(&method, || {
             if app.shutdown.is_cancelled() {
@@ -278,6 +261,9 @@ fn json<T: Serialize>(status: StatusCode, v: &T) -> Response<Body> {
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    // Live state: a cached copy would be a wrong one.
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 

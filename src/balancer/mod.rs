@@ -73,6 +73,11 @@ pub struct CheckStatus {
     pub last_failure: Option<String>,
     /// The node's RabbitMQ version, once read (`GET /api/overview`).
     pub rabbitmq_version: Option<String>,
+    /// The node's Erlang name, read with the version (`rabbit@host`).
+    pub node: Option<String>,
+    /// How long the last probe took, seconds (a probe that timed out took
+    /// `health.timeout`).
+    pub last_check_seconds: Option<f64>,
     /// The management checks of the last probe (`health.checks`, `auto` resolved).
     pub checks: Vec<String>,
     /// Checks of that list the node does not know (HTTP 404), skipped.
@@ -101,6 +106,10 @@ pub struct Backend {
     total: AtomicU64,
     /// When the backend last came up (for slow start); `None` while never down.
     up_since: Mutex<Option<Instant>>,
+    /// The state and alarm [`Backend::record_state`] last saw ([`shown`]), and
+    /// since when (Unix time, seconds, as f64 bits).
+    shown: AtomicU8,
+    changed_at: AtomicU64,
     pub check: Mutex<CheckStatus>,
     /// Open client connections, so they can be drained.
     pub conns: ConnRegistry,
@@ -135,6 +144,8 @@ impl Backend {
             active: AtomicUsize::new(0),
             total: AtomicU64::new(0),
             up_since: Mutex::new(None),
+            shown: AtomicU8::new(shown(State::Up, false)),
+            changed_at: AtomicU64::new(unix_now().to_bits()),
             check: Mutex::new(CheckStatus::default()),
             conns: ConnRegistry::default(),
             tasks: CancellationToken::new(),
@@ -235,14 +246,28 @@ impl Backend {
         }
     }
 
-    /// Records the state gauges (on a change, and at each scrape).
+    /// Records the state gauges (on a change, and at each scrape), and the
+    /// time of the change when the state or the alarm differs from the last
+    /// call's. Every action on a backend ends with this call, so that time is
+    /// when the state changed.
     pub fn record_state(&self) {
+        let now = shown(self.state(), self.alarm());
+        if self.shown.swap(now, Ordering::AcqRel) != now {
+            self.changed_at
+                .store(unix_now().to_bits(), Ordering::Relaxed);
+        }
         metrics::backend_state(
             self.name(),
             self.state().as_str(),
             self.usable(),
             self.alarm(),
         );
+    }
+
+    /// Unix time (seconds) of the last change of state or alarm; the
+    /// backend's creation until the first.
+    pub fn changed_at(&self) -> f64 {
+        f64::from_bits(self.changed_at.load(Ordering::Relaxed))
     }
 
     /// May receive new connections.
@@ -316,6 +341,19 @@ impl Backend {
             backend: Arc::clone(self),
         }
     }
+}
+
+/// A state and an alarm flag as one byte, to compare with the last seen.
+fn shown(state: State, alarm: bool) -> u8 {
+    (state as u8) << 1 | u8::from(alarm)
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// How much `total` grew since the last call for this `reported` mark.
@@ -575,5 +613,24 @@ mod tests {
         assert!(!a.usable());
         a.set_maintenance(false);
         assert!(a.usable());
+    }
+
+    #[test]
+    fn the_change_time_moves_only_when_state_or_alarm_does() {
+        let a = backend("a");
+        let created = a.changed_at();
+        a.record_state();
+        assert_eq!(a.changed_at(), created, "no change yet");
+        std::thread::sleep(Duration::from_millis(5));
+        a.set_health(Health::Down);
+        a.record_state();
+        let down = a.changed_at();
+        assert!(down > created);
+        std::thread::sleep(Duration::from_millis(5));
+        a.record_state();
+        assert_eq!(a.changed_at(), down, "a scrape is no change");
+        a.set_alarm(true);
+        a.record_state();
+        assert!(a.changed_at() > down, "an alarm is a change");
     }
 }

@@ -38,6 +38,8 @@ pub struct App {
     pub(crate) reloader: Reloader,
     /// The recent events, for `GET /api/events` and the status page.
     pub events: Arc<Events>,
+    /// Unix time (seconds) warren started, for its uptime.
+    pub(crate) started: f64,
 }
 
 /// Reload bookkeeping of one running warren.

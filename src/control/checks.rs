@@ -123,6 +123,8 @@ async fn run(app: &Arc<App>, backend: &Arc<Backend>) {
             st.skipped_checks = report.skipped;
             st.checks = plan.checks.clone();
             st.rabbitmq_version = node.info().map(|i| i.version.clone());
+            st.node = node.info().and_then(|i| i.node.clone());
+            st.last_check_seconds = Some(took.as_secs_f64());
         }
         if failure.is_some() {
             node.mark_stale();

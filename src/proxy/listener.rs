@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use crate::proxy::session;
-use crate::proxy::socket::Acceptor;
+use crate::proxy::socket::{AcceptCounts, Acceptor, ListenerStats};
 use crate::proxy::Proxy;
 
 /// Which listener a connection came in on.
@@ -26,6 +26,13 @@ impl Kind {
         match self {
             Kind::Plain => crate::telemetry::metrics::LISTENER_PLAIN,
             Kind::Tls => crate::telemetry::metrics::LISTENER_TLS,
+        }
+    }
+
+    fn counts(self, stats: &ListenerStats) -> &AcceptCounts {
+        match self {
+            Kind::Plain => &stats.plain,
+            Kind::Tls => &stats.tls,
         }
     }
 }
@@ -93,6 +100,7 @@ async fn accept_loop(proxy: Arc<Proxy>, kind: Kind) {
         let cap = proxy.config.load().max_connections;
         if stats.active.fetch_add(1, Ordering::Relaxed) >= cap {
             stats.active.fetch_sub(1, Ordering::Relaxed);
+            kind.counts(stats).rejected.fetch_add(1, Ordering::Relaxed);
             crate::telemetry::metrics::listener_accept(kind.label(), false);
             tracing::warn!(%peer, listener = kind.label(), "connection limit reached, refusing");
             drop(stream);
@@ -101,6 +109,7 @@ async fn accept_loop(proxy: Arc<Proxy>, kind: Kind) {
         if kind == Kind::Tls {
             stats.tls_active.fetch_add(1, Ordering::Relaxed);
         }
+        kind.counts(stats).accepted.fetch_add(1, Ordering::Relaxed);
         crate::telemetry::metrics::listener_accept(kind.label(), true);
         let id = proxy.next_conn_id.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(connection(

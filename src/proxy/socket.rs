@@ -11,7 +11,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -188,6 +188,19 @@ pub struct ListenerStats {
     pub active: AtomicUsize,
     /// The part of `active` that came in on the TLS listener.
     pub tls_active: AtomicUsize,
+    /// Connections accepted and refused since start, per listener (the same
+    /// counts as the listener metrics, for the status page).
+    pub plain: AcceptCounts,
+    pub tls: AcceptCounts,
+}
+
+/// What one listener did with the connections it took from its socket.
+#[derive(Debug, Default)]
+pub struct AcceptCounts {
+    /// Accepted and handed to a connection task.
+    pub accepted: AtomicU64,
+    /// Closed at once: over `max_connections`.
+    pub rejected: AtomicU64,
 }
 
 /// The options of every proxied socket: `TCP_NODELAY` (AMQP is latency

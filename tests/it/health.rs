@@ -178,30 +178,6 @@ async fn memory_alarm_affects_only_that_node_per_on_alarm() {
     w.stop().await;
 }
 
-/// Freezes a node's Erlang VM (SIGSTOP) and thaws it on drop: the node still
-/// completes TCP handshakes (kernel backlog) but answers nothing.
-struct Frozen(u32);
-
-impl Frozen {
-    fn freeze(node: &Node) -> Frozen {
-        let pid = node.pid();
-        let ok = std::process::Command::new("kill")
-            .args(["-STOP", &pid.to_string()])
-            .status()
-            .expect("kill");
-        assert!(ok.success());
-        Frozen(pid)
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-CONT", &self.0.to_string()])
-            .status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_node_is_detected_and_its_clients_closed_by_warren() {
     let nodes = cluster_exclusive().await;

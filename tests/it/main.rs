@@ -28,5 +28,6 @@ mod hostile;
 mod process;
 mod proxy;
 mod reload;
+mod status_page;
 mod tls;
 mod unreachable;

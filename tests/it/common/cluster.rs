@@ -396,6 +396,30 @@ impl Drop for StoppedApp {
     }
 }
 
+/// Freezes a node's Erlang VM (SIGSTOP) and thaws it on drop: the node still
+/// completes TCP handshakes (kernel backlog) but answers nothing.
+pub struct Frozen(u32);
+
+impl Frozen {
+    pub fn freeze(node: &Node) -> Frozen {
+        let pid = node.pid();
+        let ok = std::process::Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
 /// Nodes of the broker connections whose connection name starts with `prefix`.
 pub async fn nodes_of_named(via: &Node, prefix: &str) -> Vec<String> {
     let v = mgmt_get(via, "/api/connections?columns=node,client_properties")
