@@ -712,7 +712,7 @@ async fn without_a_token_the_page_acts_from_its_own_origin() {
     assert!(
         shown["outcome"]
             .as_str()
-            .is_some_and(|o| o.contains("disable n3: done")),
+            .is_some_and(|o| o.contains(&format!("disable {n3}: done"))),
         "{shown:#}"
     );
     browser.click_action("enable", &n3).await;
