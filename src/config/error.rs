@@ -47,21 +47,42 @@ impl ConfigError {
     /// The error with the position of its key in `text` (the file's text),
     /// when it has none yet.
     pub fn located(self, text: &str) -> Self {
+        match self.unplaced() {
+            true => self.placed(Locator::new(text).as_ref()),
+            false => self,
+        }
+    }
+
+    /// [`ConfigError::located`] for several errors of one file: its text is
+    /// read once.
+    pub fn all_located(errors: Vec<ConfigError>, text: &str) -> Vec<ConfigError> {
+        if !errors.iter().any(ConfigError::unplaced) {
+            return errors;
+        }
+        let locator = Locator::new(text);
+        errors
+            .into_iter()
+            .map(|e| e.placed(locator.as_ref()))
+            .collect()
+    }
+
+    fn unplaced(&self) -> bool {
+        matches!(self, ConfigError::Invalid { at: None, .. })
+    }
+
+    fn placed(self, locator: Option<&Locator>) -> Self {
         match self {
             ConfigError::Invalid {
                 file,
                 at: None,
                 key,
                 message,
-            } => {
-                let at = Locator::new(text).and_then(|l| l.find(&key));
-                ConfigError::Invalid {
-                    file,
-                    at,
-                    key,
-                    message,
-                }
-            }
+            } => ConfigError::Invalid {
+                at: locator.and_then(|l| l.find(&key)),
+                file,
+                key,
+                message,
+            },
             other => other,
         }
     }
@@ -154,11 +175,18 @@ fn unknown(what: &str, got: &str, expected: &[&str]) -> String {
         .map(|e| format!("`{e}`"))
         .collect::<Vec<_>>()
         .join(", ");
-    match did_you_mean(got, expected.iter().copied()) {
-        Some(s) => format!("unknown {what} `{got}`; did you mean `{s}`? (expected one of {list})"),
-        None if expected.is_empty() => format!("unknown {what} `{got}`"),
-        None => format!("unknown {what} `{got}` (expected one of {list})"),
+    if expected.is_empty() {
+        return format!("unknown {what} `{got}`");
     }
+    let hint = hint(did_you_mean(got, expected.iter().copied()));
+    format!("unknown {what} `{got}`{hint} (expected one of {list})")
+}
+
+/// `; did you mean `x`?` for a suggestion, nothing without one.
+pub(crate) fn hint(suggestion: Option<&str>) -> String {
+    suggestion
+        .map(|s| format!("; did you mean `{s}`?"))
+        .unwrap_or_default()
 }
 
 /// The closest of `candidates` to `got`, when it is close enough to be a typo.

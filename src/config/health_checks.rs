@@ -3,7 +3,7 @@
 //! parameter forms. A name the API does not know answers 404 on every node,
 //! which would take the whole cluster out; so does `alarms`, for another reason.
 
-use super::error::did_you_mean;
+use super::error::{did_you_mean, hint};
 
 /// Checks without parameters. Some exist only on later versions (a node that
 /// lacks one answers 404 and warren skips it, docs/health-checks.md).
@@ -123,9 +123,7 @@ pub(crate) fn validate(name: &str) -> Result<(), String> {
         ("protocol-listener", [protocols]) => {
             for p in protocols.split(',') {
                 if !PROTOCOLS.contains(&p.to_ascii_lowercase().as_str()) {
-                    let hint = did_you_mean(p, PROTOCOLS.iter().copied())
-                        .map(|s| format!("; did you mean `{s}`?"))
-                        .unwrap_or_default();
+                    let hint = hint(did_you_mean(p, PROTOCOLS.iter().copied()));
                     return Err(format!(
                         "`{name}`: unknown protocol `{p}`{hint} (expected one of amqp, \
                          amqps, mqtt, mqtts, stomp, stomps, stream, http, https, \
@@ -142,9 +140,7 @@ pub(crate) fn validate(name: &str) -> Result<(), String> {
                 ));
             }
             if !UNITS.contains(unit) {
-                let hint = did_you_mean(unit, UNITS.iter().copied())
-                    .map(|s| format!("; did you mean `{s}`?"))
-                    .unwrap_or_default();
+                let hint = hint(did_you_mean(unit, UNITS.iter().copied()));
                 return Err(format!(
                     "`{name}`: unknown unit `{unit}`{hint} (expected days, weeks, months or years)"
                 ));
@@ -161,12 +157,9 @@ pub(crate) fn validate(name: &str) -> Result<(), String> {
         }
         _ => {
             let known = PLAIN.iter().chain(FORMS).copied();
-            let hint = did_you_mean(name, known)
-                .or_else(|| {
-                    did_you_mean(head, FORMS.iter().map(|f| f.split('/').next().unwrap_or(f)))
-                })
-                .map(|s| format!("; did you mean `{s}`?"))
-                .unwrap_or_default();
+            let hint = hint(did_you_mean(name, known).or_else(|| {
+                did_you_mean(head, FORMS.iter().map(|f| f.split('/').next().unwrap_or(f)))
+            }));
             Err(format!(
                 "unknown health check `{name}`{hint} (the management API answers 404 for it on \
                  every node, which would take them all down; known: {}, {})",

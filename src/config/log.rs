@@ -36,9 +36,7 @@ pub fn lint(directives: &str) -> Result<(), String> {
         if LEVELS.contains(&lower.as_str()) || matches!(d, "0" | "1" | "2" | "3" | "4" | "5") {
             continue;
         }
-        let hint = super::error::did_you_mean(d, LEVELS)
-            .map(|l| format!("; did you mean `{l}`?"))
-            .unwrap_or_default();
+        let hint = super::error::hint(super::error::did_you_mean(d, LEVELS));
         return Err(format!(
             "`{d}` is not a level{hint} (expected trace, debug, info, warn, error or off, \
              or `target=level` such as `warren=debug`)"

@@ -173,11 +173,12 @@ pub fn load(path: &Path) -> Result<Checked, ConfigError> {
 }
 
 fn warnings(config: &Config, path: &Path, text: &str) -> Vec<ConfigError> {
-    config
+    let warnings = config
         .warnings()
         .into_iter()
-        .map(|(key, message)| ConfigError::invalid(path, key, message).located(text))
-        .collect()
+        .map(|(key, message)| ConfigError::invalid(path, key, message))
+        .collect();
+    ConfigError::all_located(warnings, text)
 }
 
 /// The checks that read the files a config names (the admin token, the
