@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use warren::bootstrap;
 use warren::config::Config;
@@ -14,10 +14,19 @@ use warren::control::reload::Checked;
 /// EX_USAGE: the config (or the command line) is wrong.
 const EXIT_CONFIG: u8 = 64;
 
+/// `warren --version`: the crate version and the git revision it was built from
+/// (build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("WARREN_GIT_REVISION"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "warren",
-    version,
+    version = VERSION,
     about = "AMQP-aware TCP load balancer for RabbitMQ clusters"
 )]
 struct Cli {
@@ -74,6 +83,19 @@ enum Cmd {
         #[arg(long)]
         force_reset: bool,
     },
+    /// Print a shell completion script, e.g.
+    /// `warren completions bash > /etc/bash_completion.d/warren`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `warren man | man -l -`.
+    Man {
+        /// Write warren.1 and a page per subcommand (warren-run.1, ...) into this
+        /// directory instead.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 const BOOTSTRAP_HELP: &str = "Exit codes: 0 done or nothing to change (--check: matches), \
@@ -100,6 +122,23 @@ fn print_warnings(checked: &Checked) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "warren", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Cmd::Man { out_dir } => {
+            let written = match &out_dir {
+                Some(dir) => clap_mangen::generate_to(Cli::command(), dir),
+                None => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()),
+            };
+            match written {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("warren: cannot write the man page: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Healthcheck {
             config,
             admin,
