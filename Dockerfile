@@ -2,10 +2,11 @@
 #
 # warren container image: built with the same `cargo build --release --locked`
 # that scripts/test (CI) runs, then copied onto a distroless runtime (glibc, no
-# shell, no package manager) running as the non-root user `nonroot` (65532).
+# shell, no package manager) running as the image's non-root user `nonroot`, named by
+# its numbers (65532:65532) so Kubernetes' runAsNonRoot can verify it.
 #
 #   docker build -t warren .
-#   docker run -v $PWD/my-warren.yaml:/etc/warren/warren.yaml:ro -p 5672:5672 -p 8404:8404 warren
+#   docker run -v $PWD/my-warren:/etc/warren:ro -p 5672:5672 -p 127.0.0.1:8404:8404 warren
 #
 # The HEALTHCHECK runs `warren healthcheck`, which asks the admin API's /healthz
 # (at the config's admin.listen, on loopback when it is a wildcard): distroless has
@@ -31,7 +32,8 @@ FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/warren /usr/local/bin/warren
 # A default config for the 3-node example (deploy/compose); mount your own over it.
 COPY deploy/docker/warren.yaml /etc/warren/warren.yaml
-USER nonroot:nonroot
+# Numeric: runAsNonRoot refuses a user name ("image has non-numeric user").
+USER 65532:65532
 EXPOSE 5672 8404
 # `docker stop` sends SIGTERM; give it longer than shutdown.grace (docker stop -t 15).
 STOPSIGNAL SIGTERM

@@ -66,12 +66,26 @@ fn exec_form(line: &str, marker: &str) -> Vec<String> {
 fn warren_configs_in_deploy_are_valid() {
     let docker = root().join("deploy/docker/warren.yaml");
     Config::load(&docker).unwrap_or_else(|e| panic!("{e}"));
-    let k8s = read("deploy/kubernetes/warren-sidecar.yaml");
-    let embedded = block_scalar(&k8s, "warren.yaml");
-    let c = Config::from_yaml(&embedded, Path::new("warren-sidecar.yaml ConfigMap"))
-        .unwrap_or_else(|e| panic!("{e}\n{embedded}"));
-    assert_eq!(c.backends.len(), 3);
-    assert!(c.reload.watch);
+    for file in ["warren-sidecar.yaml", "warren-standalone.yaml"] {
+        let k8s = read(&format!("deploy/kubernetes/{file}"));
+        let embedded = block_scalar(&k8s, "warren.yaml");
+        let c = Config::from_yaml(&embedded, Path::new(&format!("{file} ConfigMap")))
+            .unwrap_or_else(|e| panic!("{e}\n{embedded}"));
+        assert_eq!(c.backends.len(), 3, "{file}");
+        assert!(c.reload.watch, "{file}");
+        // The files the config names are where the Secret is mounted.
+        let secret_mount = "/run/secrets/warren";
+        assert!(
+            k8s.contains(&format!("mountPath: {secret_mount}")),
+            "{file}"
+        );
+        let password = c.health.password_file.expect("password from the Secret");
+        assert!(
+            password.starts_with(secret_mount),
+            "{file}: {}",
+            password.display()
+        );
+    }
 }
 
 #[test]
@@ -80,7 +94,9 @@ fn dockerfile_builds_like_ci_and_runs_real_commands() {
     for needed in [
         "cargo build --release --locked",
         "EXPOSE 5672 8404",
-        "USER nonroot",
+        // Numeric, so Kubernetes' runAsNonRoot can check it (the manifests'
+        // runAsUser and fsGroup are checked against it by scripts/check-deploy).
+        "\nUSER 65532:65532\n",
         "/etc/warren/warren.yaml",
         "HEALTHCHECK",
     ] {
@@ -151,13 +167,15 @@ fn systemd_unit_and_kubernetes_commands_are_real() {
     cli_accepts(&args, "ExecReload");
     assert!(unit.contains("RestartPreventExitStatus=64"));
 
-    let k8s = read("deploy/kubernetes/warren-sidecar.yaml");
-    let args_line = k8s
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("args: "))
-        .expect("container args");
-    let args: Vec<String> = serde_json::from_str(args_line).expect("args as a JSON-style list");
-    cli_accepts(&args, "Kubernetes args");
+    for file in ["warren-sidecar.yaml", "warren-standalone.yaml"] {
+        let k8s = read(&format!("deploy/kubernetes/{file}"));
+        let args_line = k8s
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("args: "))
+            .expect("container args");
+        let args: Vec<String> = serde_json::from_str(args_line).expect("args as a JSON-style list");
+        cli_accepts(&args, &format!("{file} args"));
+    }
 }
 
 #[test]
@@ -179,7 +197,10 @@ fn compose_passes_the_password_warren_expects() {
             "no compose service with hostname {host}"
         );
     }
-    assert!(compose.contains("../docker/warren.yaml:/etc/warren/warren.yaml"));
+    // The directory, so an edit saved by rename is seen by a reload; the file
+    // warren reads is in it.
+    assert!(compose.contains("- ../docker:/etc/warren:ro"));
+    assert!(root().join("deploy/docker/warren.yaml").is_file());
 }
 
 #[test]
