@@ -157,8 +157,16 @@ fn systemd_unit_and_kubernetes_commands_are_real() {
         .find_map(|l| l.strip_prefix("ExecReload="))
         .expect("ExecReload");
     assert!(reload.contains("kill -HUP $MAINPID"), "{reload}");
+    assert!(
+        exec_start.starts_with("/usr/bin/warren "),
+        "the package's path"
+    );
+    assert!(
+        unit.contains("\nUser=warren\n"),
+        "the package's system user"
+    );
     let check = reload
-        .split("/usr/local/bin/warren ")
+        .split("/usr/bin/warren ")
         .nth(1)
         .and_then(|s| s.split(" >").next())
         .expect("warren check in ExecReload");
