@@ -16,6 +16,10 @@
 ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-bookworm AS build
+# .git stays out of the build context, so build.rs cannot ask git: name the
+# revision for `warren --version`, e.g.
+#   docker build --build-arg WARREN_GIT_REVISION=$(git rev-parse --short=12 HEAD) -t warren .
+ARG WARREN_GIT_REVISION=unknown
 WORKDIR /src
 # The whole tree (minus .dockerignore): Cargo checks every target the manifest
 # declares, benches and tests included, even for a release build of the binary.
