@@ -27,10 +27,17 @@ fn main() {
         let git_dir = git(&["rev-parse", "--git-dir"]).unwrap_or_else(|| ".git".into());
         println!("cargo:rerun-if-changed={git_dir}/HEAD");
         println!("cargo:rerun-if-changed={git_dir}/index");
+        // Only files that exist: cargo reruns the script on every build for a
+        // missing one.
         if let Some(common) = git(&["rev-parse", "--git-common-dir"]) {
-            println!("cargo:rerun-if-changed={common}/packed-refs");
-            if let Some(head_ref) = git(&["symbolic-ref", "-q", "HEAD"]) {
-                println!("cargo:rerun-if-changed={common}/{head_ref}");
+            let loose = git(&["symbolic-ref", "-q", "HEAD"])
+                .map(|r| format!("{common}/{r}"))
+                .filter(|p| Path::new(p).is_file());
+            let packed = format!("{common}/packed-refs");
+            for path in loose.into_iter().chain([packed]) {
+                if Path::new(&path).is_file() {
+                    println!("cargo:rerun-if-changed={path}");
+                }
             }
         }
         let hash = git(&["rev-parse", "--short=12", "HEAD"])?;
