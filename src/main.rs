@@ -129,7 +129,10 @@ fn main() -> ExitCode {
         Cmd::Man { out_dir } => {
             let written = match &out_dir {
                 Some(dir) => clap_mangen::generate_to(Cli::command(), dir),
-                None => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()),
+                // As generate_to does: no page for the `help` subcommand, so none
+                // named in the list either.
+                None => clap_mangen::Man::new(Cli::command().disable_help_subcommand(true))
+                    .render(&mut std::io::stdout()),
             };
             match written {
                 Ok(()) => ExitCode::SUCCESS,

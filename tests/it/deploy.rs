@@ -225,3 +225,57 @@ fn prometheus_examples_pass_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn version_completions_and_man_pages_come_from_the_cli() {
+    let run = |args: &[&str]| -> String {
+        let out = Command::new(BIN).args(args).output().expect("warren runs");
+        assert!(out.status.success(), "warren {}: {out:?}", args.join(" "));
+        String::from_utf8(out.stdout).expect("UTF-8")
+    };
+    let revision = env!("WARREN_GIT_REVISION");
+    assert_ne!(revision, "", "build.rs sets the revision");
+    assert_eq!(
+        run(&["--version"]).trim(),
+        format!("warren {} ({revision})", env!("CARGO_PKG_VERSION"))
+    );
+    let commands = [
+        "run",
+        "check",
+        "healthcheck",
+        "bootstrap",
+        "completions",
+        "man",
+    ];
+    // Each shell spells the long option its own way.
+    for (shell, config_option) in [
+        ("bash", "--config"),
+        ("zsh", "--config"),
+        ("fish", "-l config"),
+    ] {
+        let script = run(&["completions", shell]);
+        for c in commands {
+            assert!(script.contains(c), "{shell} completion lacks `{c}`");
+        }
+        assert!(
+            script.contains(config_option),
+            "{shell} completion lacks --config"
+        );
+    }
+    let dir = crate::common::fresh_dir("warren-man");
+    run(&["man", "--out-dir", &dir.to_string_lossy()]);
+    let main = std::fs::read_to_string(dir.join("warren.1")).expect("warren.1");
+    assert!(
+        main.starts_with(".ie") && main.contains(".TH warren 1"),
+        "{main}"
+    );
+    for c in commands {
+        let page = dir.join(format!("warren-{c}.1"));
+        assert!(page.is_file(), "no {}", page.display());
+    }
+    assert_eq!(
+        run(&["man"]),
+        main,
+        "stdout and --out-dir give the same page"
+    );
+}
