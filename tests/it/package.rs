@@ -68,6 +68,19 @@ impl Drop for Installed {
     }
 }
 
+/// The installed warren, killed (by its own handle) if the test fails before
+/// stopping it.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// The value of `key=` in the unit file.
 fn unit_line<'a>(unit: &'a str, key: &str) -> &'a str {
     unit.lines()
@@ -183,13 +196,16 @@ async fn deb_installs_checks_serves_and_purges() {
     // The unit's ExecStart, as its user.
     let exec_start: Vec<&str> = unit_line(&unit, "ExecStart").split_whitespace().collect();
     let dir = fresh_dir("warren-deb");
-    let mut child = Command::new("setpriv")
-        .args(["--reuid=warren", "--regid=warren", "--init-groups", "--"])
-        .args(&exec_start)
-        .stdout(std::fs::File::create(dir.join("out")).expect("log file"))
-        .stderr(std::fs::File::create(dir.join("err")).expect("log file"))
-        .spawn()
-        .expect("setpriv starts");
+    let mut child = Running(
+        Command::new("setpriv")
+            .args(["--reuid=warren", "--regid=warren", "--init-groups", "--"])
+            .args(&exec_start)
+            .stdout(std::fs::File::create(dir.join("out")).expect("log file"))
+            .stderr(std::fs::File::create(dir.join("err")).expect("log file"))
+            .spawn()
+            .expect("setpriv starts"),
+    );
+    let child = &mut child.0;
     let logs = || std::fs::read_to_string(dir.join("err")).unwrap_or_default();
     let start = Instant::now();
     loop {
