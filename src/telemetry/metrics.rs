@@ -62,6 +62,8 @@ pub const CONNECT_ERROR_KINDS: [&str; 6] = [
 /// Label values `reason` of [`LISTENER_NO_BACKEND`]: no backend was usable, every
 /// one tried failed to connect, or this host ran out of sockets or ports.
 pub const NO_BACKEND_REASONS: [&str; 3] = ["none_usable", "connect_failed", "local_error"];
+/// Label values `reason` of [`HANDSHAKE_REJECTED`].
+pub const HANDSHAKE_REASONS: [&str; 3] = ["timeout", "closed", "not_amqp"];
 /// Label values of [`HEALTH_CHECK_FAILURES`].
 pub const FAILURE_REASONS: [&str; 5] = ["timeout", "tcp", "unauthorized", "http_status", "other"];
 /// Label values of [`BACKEND_DRAINS`].
@@ -156,6 +158,9 @@ pub fn install() -> PrometheusHandle {
                     counter!(LISTENER_NO_BACKEND, "listener" => listener, "reason" => reason)
                         .increment(0);
                 }
+            }
+            for reason in HANDSHAKE_REASONS {
+                counter!(HANDSHAKE_REJECTED, "reason" => reason).increment(0);
             }
             for reason in ADMIN_REFUSAL_REASONS {
                 counter!(ADMIN_REFUSED, "reason" => reason).increment(0);
