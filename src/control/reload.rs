@@ -265,9 +265,9 @@ pub async fn reload(app: &Arc<App>, trigger: Trigger) -> Result<Summary, ReloadE
                 added = logging::list(&s.added),
                 removed = logging::list(&s.removed),
                 changed = logging::list(&s.changed),
-                listen = s.listen.map(display),
-                tls_listen = s.tls_listen.map(display),
-                admin_listen = s.admin_listen.map(display),
+                listen = s.listen.map(tracing::field::display),
+                tls_listen = s.tls_listen.map(tracing::field::display),
+                admin_listen = s.admin_listen.map(tracing::field::display),
                 closed_listeners = logging::list(&s.closed_listeners),
                 tls_reloaded = s.tls_reloaded,
                 "config reloaded"
