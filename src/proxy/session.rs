@@ -196,7 +196,7 @@ fn header_check(head: &[u8]) -> Result<Vec<u8>, &'static str> {
 fn rejected(proxy: &Proxy, why: &'static str, conn: Conn<'_>, listener: &'static str) {
     tracing::debug!(reason = why, "client rejected before connecting upstream");
     metrics::handshake_rejected(why);
-    ended(proxy, &conn, listener, None, "rejected");
+    ended(proxy, &conn, listener, "rejected");
 }
 
 /// The listener a connection came through.
@@ -225,17 +225,11 @@ struct Conn<'a> {
 }
 
 /// The end of a connection that reached no backend: its record (access log).
-fn ended(
-    proxy: &Proxy,
-    conn: &Conn<'_>,
-    listener: &'static str,
-    backend: Option<&str>,
-    end: &'static str,
-) {
+fn ended(proxy: &Proxy, conn: &Conn<'_>, listener: &'static str, end: &'static str) {
     let record = access::Record {
         client: conn.origin.peer,
         listener,
-        backend,
+        backend: None,
         sent: 0,
         received: 0,
         duration: conn.started.elapsed(),
@@ -263,7 +257,7 @@ async fn carry(proxy: &Arc<Proxy>, client: Stream, head: Vec<u8>, conn: Conn<'_>
         Err(reason) => {
             tracing::warn!(reason, "no backend reachable, closing client");
             metrics::no_backend(listener.name(), reason);
-            return ended(proxy, &conn, listener.name(), None, "no_backend");
+            return ended(proxy, &conn, listener.name(), "no_backend");
         }
     };
     let connected = Instant::now();
