@@ -400,6 +400,16 @@ pub(crate) enum ExpiryLabel {
     Backend(String),
 }
 
+impl std::fmt::Display for ExpiryLabel {
+    /// As the expiry metric labels it: `listener`, or `backend_client` of a backend.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExpiryLabel::Listener => f.write_str("listener"),
+            ExpiryLabel::Backend(name) => write!(f, "backend_client of {name}"),
+        }
+    }
+}
+
 /// What a handshake on the TLS listener uses, swapped whole on reload.
 struct Listener {
     config: Arc<ServerConfig>,
@@ -562,7 +572,7 @@ impl Tls {
         if let Ok(e) = self.expiry.lock() {
             for (label, not_after) in e.iter() {
                 if *not_after <= now {
-                    tracing::warn!(certificate = ?label, "TLS certificate has expired");
+                    tracing::warn!(certificate = %label, "TLS certificate has expired");
                 }
             }
         }

@@ -84,11 +84,73 @@ async fn metrics_follow_an_amqp_session_and_pass_promtool() {
     let (yaml, names) = yaml_named(&nodes, &tag, "health:\n  password: guest\n");
     let w = Warren::start(&yaml).await;
 
-    let first = w.metrics().await;
+    // The node and cluster names come with the first read of the management
+    // API, beside the first probe. Each node answers its own cluster name (while
+    // none was set, 3.10 says its own node name; so does rabbitmq_identity_info).
+    let mut cluster_names = Vec::new();
+    for node in nodes.iter() {
+        let name = mgmt_get(node, "/api/cluster-name")
+            .await
+            .expect("GET /api/cluster-name")["name"]
+            .as_str()
+            .expect("a cluster name")
+            .to_string();
+        cluster_names.push(name);
+    }
+    let first = wait_metrics(&w, "backend_info of every backend", |x| {
+        nodes
+            .iter()
+            .zip(&names)
+            .zip(&cluster_names)
+            .all(|((node, n), cluster)| {
+                x.get(
+                    m::BACKEND_INFO,
+                    &[
+                        ("backend", n),
+                        ("rabbitmq_node", &node.name),
+                        ("rabbitmq_cluster", cluster),
+                    ],
+                ) == Some(1.0)
+            })
+    })
+    .await;
     promtool_check(&first.0);
     assert_eq!(
-        first.get(m::BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))]),
+        first.get(
+            m::BUILD_INFO,
+            &[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("revision", m::REVISION)
+            ]
+        ),
         Some(1.0)
+    );
+    assert_eq!(first.get(m::MAX_CONNECTIONS, &[]), Some(10_000.0));
+    // Present from the start (other tests of this process may have counted some).
+    for listener in m::LISTENERS {
+        for reason in m::NO_BACKEND_REASONS {
+            let series = [("listener", listener), ("reason", reason)];
+            let got = first.get(m::LISTENER_NO_BACKEND, &series);
+            assert!(got.is_some(), "{listener} {reason}");
+        }
+    }
+    for reason in m::HANDSHAKE_REASONS {
+        let got = first.get(m::HANDSHAKE_REJECTED, &[("reason", reason)]);
+        assert!(got.is_some(), "{reason}");
+    }
+    // The process series, read from /proc.
+    assert!(first.value("process_resident_memory_bytes", &[]) > 1e6);
+    assert!(first.value("process_open_fds", &[]) >= 3.0);
+    assert!(first.value("process_max_fds", &[]) >= first.value("process_open_fds", &[]));
+    assert!(first.value("process_cpu_seconds_total", &[]) > 0.0);
+    let start = first.value("process_start_time_seconds", &[]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert!(
+        start > now - 86400.0 * 30.0 && start <= now + 1.0,
+        "{start}"
     );
     for n in &names {
         assert_eq!(first.get(m::BACKEND_UP, &b(n)), Some(1.0), "{}", first.0);
@@ -101,6 +163,13 @@ async fn metrics_follow_an_amqp_session_and_pass_promtool() {
             Some(0.0),
             "counters exist from the start"
         );
+        for h in [m::BACKEND_CONNECT_DURATION, m::BACKEND_CONNECTION_DURATION] {
+            assert_eq!(
+                first.get(&format!("{h}_count"), &b(n)),
+                Some(0.0),
+                "histograms exist from the start: {h}"
+            );
+        }
     }
     let accepted0 = first.value(m::LISTENER_ACCEPTED, &[("listener", "amqp")]);
 
@@ -117,6 +186,10 @@ async fn metrics_follow_an_amqp_session_and_pass_promtool() {
     .await;
     for n in &names {
         assert_eq!(during.value(m::BACKEND_CONNECTIONS, &b(n)), 1.0, "{n}");
+        let connect = format!("{}_count", m::BACKEND_CONNECT_DURATION);
+        assert_eq!(during.value(&connect, &b(n)), 1.0, "{n}");
+        let took = during.value(&format!("{}_sum", m::BACKEND_CONNECT_DURATION), &b(n));
+        assert!(took > 0.0 && took < 5.0, "{n} connected in {took} s");
     }
     assert_eq!(
         during.value(m::LISTENER_ACTIVE, &[("listener", "amqp")]),
@@ -170,7 +243,14 @@ async fn metrics_follow_an_amqp_session_and_pass_promtool() {
     // Counters never go back.
     for n in &names {
         assert_eq!(after.value(m::BACKEND_CONNECTIONS, &b(n)), 1.0);
+        let lasted = format!("{}_count", m::BACKEND_CONNECTION_DURATION);
+        assert_eq!(
+            after.value(&lasted, &b(n)),
+            1.0,
+            "{n}: one connection ended"
+        );
     }
+    promtool_check(&after.0);
     assert!(
         names
             .iter()
@@ -318,6 +398,59 @@ async fn drain_counts_graceful_and_forced_closes() {
         Some(1.0)
     );
     assert_eq!(after.get(m::BACKEND_UP, &b(name)), Some(0.0));
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_turned_away_for_want_of_a_backend_are_counted() {
+    // Alone: the listener series have no backend label.
+    let _cluster = cluster_exclusive().await;
+    let tag = unique("mn");
+    // Nothing listens on port 1: every connect is refused.
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nhealth:\n  interval: 1h\n\
+         backends:\n  - name: {tag}-dead\n    address: 127.0.0.1:1\n"
+    );
+    let w = Warren::start(&yaml).await;
+    let count = |x: &Metrics, reason| {
+        x.value(
+            m::LISTENER_NO_BACKEND,
+            &[("listener", "amqp"), ("reason", reason)],
+        )
+    };
+    let before = w.metrics().await;
+    // A real client: its connect through warren fails.
+    assert!(
+        lapin::Connection::connect(&w.url(), lapin::ConnectionProperties::default())
+            .await
+            .is_err(),
+        "no backend can take it"
+    );
+    let x = wait_metrics(&w, "the client turned away after failed connects", |x| {
+        count(x, "connect_failed") - count(&before, "connect_failed") == 1.0
+    })
+    .await;
+    assert_eq!(count(&x, "none_usable"), count(&before, "none_usable"));
+    // Taken out by the operator: nothing is even tried.
+    let (status, body) = w
+        .admin_post(&format!("/api/backends/{tag}-dead/disable"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        lapin::Connection::connect(&w.url(), lapin::ConnectionProperties::default())
+            .await
+            .is_err(),
+        "no backend is usable"
+    );
+    let y = wait_metrics(&w, "the client turned away with no usable backend", |x| {
+        count(x, "none_usable") - count(&before, "none_usable") == 1.0
+    })
+    .await;
+    assert_eq!(
+        count(&y, "connect_failed") - count(&before, "connect_failed"),
+        1.0
+    );
+    promtool_check(&y.0);
     w.stop().await;
 }
 

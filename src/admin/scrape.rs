@@ -14,10 +14,12 @@ use crate::control::App;
 use crate::telemetry::metrics;
 
 /// Refreshes the gauges and byte counters from the live state and renders the
-/// Prometheus text format.
+/// Prometheus text format, the process metrics (`/proc`) last.
 pub(crate) fn render(app: &App) -> String {
     refresh(app);
-    app.metrics.render()
+    let mut text = app.metrics.render();
+    text.push_str(&crate::telemetry::process::render());
+    text
 }
 
 fn refresh(app: &App) {
@@ -25,6 +27,7 @@ fn refresh(app: &App) {
     let all = stats.active.load(Ordering::Relaxed);
     let tls = stats.tls_active.load(Ordering::Relaxed);
     metrics::process_gauges(
+        app.config.load().max_connections,
         all.saturating_sub(tls) as u64,
         tls as u64,
         app.reloader.last(),
@@ -38,6 +41,7 @@ fn refresh(app: &App) {
     for b in current.iter() {
         b.record_state();
         metrics::ensure_backend_counters(b.name());
+        record_info(b);
     }
     let mut active: Vec<(String, usize)> = current
         .iter()
@@ -70,4 +74,13 @@ fn flush_traffic(b: &Backend) {
     let connections = b.take_unreported_connections();
     let (sent, received) = b.take_unreported_bytes();
     metrics::backend_traffic(b.name(), connections, sent, received);
+}
+
+/// `warren_backend_info` once the node's management API told its node and
+/// cluster names (absent before).
+fn record_info(b: &Backend) {
+    let Ok(st) = b.check.lock() else { return };
+    if let (Some(node), Some(cluster)) = (&st.node, &st.rabbitmq_cluster) {
+        metrics::backend_info(b.name(), node, cluster);
+    }
 }

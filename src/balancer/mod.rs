@@ -39,6 +39,17 @@ pub enum Mode {
     Disabled = 2,
 }
 
+impl Mode {
+    /// The name the admin API shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enabled => "enabled",
+            Mode::Draining => "draining",
+            Mode::Disabled => "disabled",
+        }
+    }
+}
+
 /// The state shown to operators, combining health and mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -75,6 +86,8 @@ pub struct CheckStatus {
     pub rabbitmq_version: Option<String>,
     /// The node's Erlang name, read with the version (`rabbit@host`).
     pub node: Option<String>,
+    /// The name of the node's cluster (`cluster_name`), read with the version.
+    pub rabbitmq_cluster: Option<String>,
     /// How long the last probe took, seconds (a probe that timed out took
     /// `health.timeout`).
     pub last_check_seconds: Option<f64>,

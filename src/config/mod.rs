@@ -378,6 +378,17 @@ pub enum OnAlarm {
     Ignore,
 }
 
+impl OnAlarm {
+    /// As the config writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnAlarm::StopNew => "stop-new",
+            OnAlarm::Drain => "drain",
+            OnAlarm::Ignore => "ignore",
+        }
+    }
+}
+
 impl Default for HealthConfig {
     fn default() -> Self {
         HealthConfig {
@@ -489,6 +500,9 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A `tracing` filter (`info`, `warren=debug`); `RUST_LOG` overrides it.
     pub level: String,
+    /// One line per client connection at its end (target `warren::access`, at
+    /// `info`); read at each connection's end, so a reload switches it.
+    pub access: bool,
 }
 
 impl Default for LogConfig {
@@ -496,6 +510,7 @@ impl Default for LogConfig {
         LogConfig {
             format: LogFormat::default(),
             level: "info".to_string(),
+            access: false,
         }
     }
 }

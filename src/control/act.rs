@@ -53,19 +53,23 @@ pub(crate) fn act_as(app: &Arc<App>, b: &Arc<Backend>, action: Action, by: Optio
     match action {
         Action::Drain => {
             let prev = b.set_mode(Mode::Draining);
-            tracing::info!(backend = name, previous = ?prev, "operator: drain");
+            tracing::info!(backend = name, previous = prev.as_str(), "operator: drain");
             let reason = format!("warren: draining node {name} (operator request), reconnect");
             start_drain(app, b, "operator", reason);
         }
         Action::Disable => {
             let prev = b.set_mode(Mode::Disabled);
             b.conns.cancel_drain();
-            tracing::info!(backend = name, previous = ?prev, "operator: disable");
+            tracing::info!(
+                backend = name,
+                previous = prev.as_str(),
+                "operator: disable"
+            );
         }
         Action::Enable => {
             let prev = b.set_mode(Mode::Enabled);
             b.conns.cancel_drain();
-            tracing::info!(backend = name, previous = ?prev, "operator: enable");
+            tracing::info!(backend = name, previous = prev.as_str(), "operator: enable");
             if b.maintenance() {
                 // The node still says it is in maintenance: its clients go.
                 let reason = format!("warren: node {name} is in maintenance, reconnect");
@@ -91,7 +95,12 @@ pub(crate) fn act_as(app: &Arc<App>, b: &Arc<Backend>, action: Action, by: Optio
         Action::Alarm(reason) => {
             b.set_alarm(true);
             let on_alarm = app.config.load().health.on_alarm;
-            tracing::warn!(backend = name, reason, ?on_alarm, "resource alarm");
+            tracing::warn!(
+                backend = name,
+                reason,
+                on_alarm = on_alarm.as_str(),
+                "resource alarm"
+            );
             if on_alarm == OnAlarm::Drain && b.mode() == Mode::Enabled {
                 let reason = format!("warren: node {name} has a resource alarm, reconnect");
                 start_drain(app, b, "alarm", reason);

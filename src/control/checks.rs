@@ -11,7 +11,7 @@ use crate::control::act::{act, Action};
 use crate::control::app::App;
 use crate::health::{self, NodeCache, Outcome};
 use crate::mgmt::{Credentials, Target};
-use crate::telemetry::metrics;
+use crate::telemetry::{logging, metrics};
 
 /// Runs the checks of `backend` until it is removed or warren shuts down.
 pub(crate) fn spawn(app: Arc<App>, backend: Arc<Backend>) {
@@ -116,7 +116,7 @@ async fn run(app: &Arc<App>, backend: &Arc<Backend>) {
                 tracing::warn!(
                     backend = backend.name(),
                     check = %name,
-                    version = ?node.info().map(|i| &i.version),
+                    version = node.info().map(|i| i.version.as_str()),
                     "health check unknown to this node (HTTP 404), skipped"
                 );
             }
@@ -124,6 +124,7 @@ async fn run(app: &Arc<App>, backend: &Arc<Backend>) {
             st.checks = plan.checks.clone();
             st.rabbitmq_version = node.info().map(|i| i.version.clone());
             st.node = node.info().and_then(|i| i.node.clone());
+            st.rabbitmq_cluster = node.info().and_then(|i| i.cluster.clone());
             st.last_check_seconds = Some(took.as_secs_f64());
         }
         if failure.is_some() {
@@ -200,14 +201,14 @@ fn learn(backend: &Backend, node: &mut NodeCache, read: Result<health::NodeInfo,
                 tracing::info!(
                     backend = backend.name(),
                     version,
-                    auto_checks = ?plan.checks,
+                    auto_checks = logging::list(&plan.checks),
                     maintenance_mode = plan.maintenance,
                     "RabbitMQ version"
                 );
             }
         }
         Err(e) => {
-            tracing::debug!(backend = backend.name(), error = %e, retry = ?NodeCache::RETRY, "version not read");
+            tracing::debug!(backend = backend.name(), error = %e, retry = logging::duration(NodeCache::RETRY), "version not read");
             node.record(Err(e), now);
         }
     }
@@ -242,7 +243,7 @@ fn apply(app: &Arc<App>, backend: &Arc<Backend>, outcome: &Outcome) -> bool {
             act(app, backend, Action::Down(reason));
         }
         Some(Health::Up) => act(app, backend, Action::Up),
-        None => tracing::debug!(backend = backend.name(), ?outcome, "check"),
+        None => tracing::debug!(backend = backend.name(), reason = outcome.reason(), "check"),
     }
     let back = verdict.flip == Some(Health::Up) || verdict.maintenance == Some(None);
     match verdict.maintenance {

@@ -57,7 +57,7 @@ async fn run(backend: &Backend, plan: &DrainPlan, events: &Events) {
     tracing::info!(
         backend = backend.name(),
         connections = ids.len(),
-        window = ?plan.window,
+        window = crate::telemetry::logging::duration(plan.window),
         reason = %plan.reason,
         "draining"
     );

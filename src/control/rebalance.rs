@@ -17,6 +17,7 @@ use std::time::Duration;
 use crate::balancer::Backend;
 use crate::balancer::Command;
 use crate::control::app::App;
+use crate::telemetry::logging;
 
 const MAX_ROUNDS: usize = 5;
 /// Time for closed clients to reconnect before the spread is measured again.
@@ -61,13 +62,17 @@ async fn run(app: &App, reason: &str) {
         let counts: Vec<usize> = backends.iter().map(|b| b.conns.len()).collect();
         let plan = plan(&counts, r.tolerance, r.max_fraction);
         if plan.iter().all(|n| *n == 0) {
-            tracing::info!(round, ?counts, "rebalance: spread even");
+            tracing::info!(
+                round,
+                counts = logging::list(&counts),
+                "rebalance: spread even"
+            );
             return;
         }
         let total: usize = plan.iter().sum();
         tracing::info!(
             round,
-            ?counts,
+            counts = logging::list(&counts),
             closing = total,
             trigger = reason,
             "rebalance"

@@ -38,6 +38,7 @@ use crate::control::act::{act, Action};
 use crate::control::app::{unix_now, App};
 use crate::control::checks;
 use crate::control::events::Kind;
+use crate::telemetry::logging;
 
 /// What asked for a reload (a metrics label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -261,18 +262,21 @@ pub async fn reload(app: &Arc<App>, trigger: Trigger) -> Result<Summary, ReloadE
             tracing::info!(
                 file,
                 trigger = trigger.as_str(),
-                added = ?s.added,
-                removed = ?s.removed,
-                changed = ?s.changed,
-                listen = ?s.listen,
-                tls_listen = ?s.tls_listen,
-                admin_listen = ?s.admin_listen,
-                closed_listeners = ?s.closed_listeners,
+                added = logging::list(&s.added),
+                removed = logging::list(&s.removed),
+                changed = logging::list(&s.changed),
+                listen = s.listen.map(tracing::field::display),
+                tls_listen = s.tls_listen.map(tracing::field::display),
+                admin_listen = s.admin_listen.map(tracing::field::display),
+                closed_listeners = logging::list(&s.closed_listeners),
                 tls_reloaded = s.tls_reloaded,
                 "config reloaded"
             );
             if !s.needs_restart.is_empty() {
-                tracing::warn!(keys = ?s.needs_restart, "changed keys take effect after a restart");
+                tracing::warn!(
+                    keys = logging::list(&s.needs_restart),
+                    "changed keys take effect after a restart"
+                );
             }
             app.events
                 .push(Kind::Reload, None, s.describe(), Some(trigger.as_str()));

@@ -46,7 +46,11 @@ pub async fn close_connections(app: &App) {
     if open == 0 {
         return;
     }
-    tracing::info!(connections = open, ?grace, "closing client connections");
+    tracing::info!(
+        connections = open,
+        grace = crate::telemetry::logging::duration(grace),
+        "closing client connections"
+    );
     let reason: Arc<str> = "warren: shutting down, reconnect".into();
     for b in app.balancer.all() {
         b.conns.broadcast(Command::Close(reason.clone()));

@@ -95,6 +95,8 @@ pub(crate) struct NodeInfo {
     pub version: String,
     /// Its Erlang node name (`node`), to ask other members about it.
     pub node: Option<String>,
+    /// The name of its cluster (`cluster_name`), for `warren_backend_info`.
+    pub cluster: Option<String>,
 }
 
 impl NodeInfo {
@@ -103,7 +105,7 @@ impl NodeInfo {
     }
 }
 
-/// Reads the node's version and name. `GET /api/overview` waits on every
+/// Reads the node's version, name and cluster name. `GET /api/overview` waits on every
 /// member of the cluster (it hangs while one is frozen, on 4.0 and 4.3), so it
 /// is never part of a verdict: the caller runs it beside the probe.
 pub(crate) async fn read_node(
@@ -111,7 +113,7 @@ pub(crate) async fn read_node(
     creds: &Credentials,
     timeout: Duration,
 ) -> Result<NodeInfo, String> {
-    let path = "/api/overview?columns=rabbitmq_version,node";
+    let path = "/api/overview?columns=rabbitmq_version,node,cluster_name";
     let resp = mgmt::request(target, creds, Method::GET, path, None, timeout)
         .await
         .map_err(|e| format!("GET /api/overview: {e}"))?;
@@ -129,6 +131,10 @@ pub(crate) async fn read_node(
         version: version.to_string(),
         node: json
             .get("node")
+            .and_then(|n| n.as_str())
+            .map(str::to_string),
+        cluster: json
+            .get("cluster_name")
             .and_then(|n| n.as_str())
             .map(str::to_string),
     })
@@ -597,6 +603,7 @@ mod tests {
         let info = |version: &str| NodeInfo {
             version: version.into(),
             node: Some("n1@h".into()),
+            cluster: None,
         };
         let t0 = Instant::now();
         let mut c = NodeCache::default();

@@ -168,8 +168,10 @@ pub(crate) struct Direction<'a> {
     pub(crate) dir: Dir,
     pub(crate) limits: Limits,
     pub(crate) shared: &'a Shared,
-    /// Counts the bytes this direction forwards.
+    /// Counts the bytes this direction forwards (the backend's total).
     pub(crate) moved: &'a AtomicU64,
+    /// The same bytes, for this connection alone (its access-log line).
+    own: Option<&'a AtomicU64>,
     pub(crate) tracker: FrameTracker,
     /// Set by [`Command::Close`]: when the close turns hard, and its reason.
     deadline: Option<Instant>,
@@ -225,11 +227,26 @@ impl<'a> Direction<'a> {
             limits,
             shared,
             moved,
+            own: None,
             tracker,
             deadline: None,
             reason: None,
             cut: false,
             sent_close: false,
+        }
+    }
+
+    /// Counts forwarded bytes in `own` too (the connection's own count).
+    pub(crate) fn counting(mut self, own: &'a AtomicU64) -> Self {
+        self.own = Some(own);
+        self
+    }
+
+    /// Adds `k` forwarded bytes to the meters.
+    pub(crate) fn count(&self, k: u64) {
+        self.moved.fetch_add(k, Ordering::Relaxed);
+        if let Some(own) = self.own {
+            own.fetch_add(k, Ordering::Relaxed);
         }
     }
 
@@ -278,7 +295,10 @@ impl<'a> Direction<'a> {
         }
         if let Some(idle) = self.limits.idle {
             if Instant::now() >= self.shared.idle_deadline(idle) {
-                tracing::debug!(?idle, "idle timeout");
+                tracing::debug!(
+                    idle = crate::telemetry::logging::duration(idle),
+                    "idle timeout"
+                );
                 return true;
             }
         }
@@ -374,7 +394,7 @@ impl<'a> Direction<'a> {
             let _ = self.tracker.take_seen();
         }
         if k > 0 {
-            self.moved.fetch_add(k as u64, Ordering::Relaxed);
+            self.count(k as u64);
         }
         Chunk::Forward(k)
     }
@@ -409,7 +429,7 @@ impl<'a> Direction<'a> {
     pub(crate) fn on_read_ahead(&mut self, data: &[u8]) {
         debug_assert!(self.plain(), "read ahead while closing");
         let k = self.track(data);
-        self.moved.fetch_add(k as u64, Ordering::Relaxed);
+        self.count(k as u64);
     }
 
     /// The source ended: how the direction ends. On [`End::Closed`] the caller
@@ -498,14 +518,17 @@ pub(crate) struct Limits {
     pub amqp: bool,
 }
 
-/// Where a connection counts the bytes it forwards: one relaxed add per read, on
-/// counters of its backend that the metrics read at scrape time.
+/// Where a connection counts the bytes it forwards: relaxed adds per read, on
+/// counters of its backend that the metrics read at scrape time, and on the
+/// connection's own (client to broker, broker to client) for its access log.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Meters<'a> {
     /// Client to broker.
     pub up: &'a AtomicU64,
     /// Broker to client.
     pub down: &'a AtomicU64,
+    /// This connection's bytes: client to broker, broker to client.
+    pub own: &'a [AtomicU64; 2],
 }
 
 #[cfg(test)]

@@ -87,7 +87,7 @@ async fn accept_loop(proxy: Arc<Proxy>, kind: Kind) {
                 if is_transient(&e) {
                     continue;
                 }
-                tracing::warn!(error = %e, retry_in = ?backoff, "accept failed, backing off");
+                tracing::warn!(error = %e, retry_in = crate::telemetry::logging::duration(backoff), "accept failed, backing off");
                 tokio::select! {
                     _ = proxy.shutdown.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}

@@ -60,8 +60,8 @@ impl<'a> Pump<'a> {
         limits: Limits,
         meters: Meters<'a>,
     ) -> Self {
-        let up = Direction::new(Dir::Up, limits, shared, meters.up);
-        let down = Direction::new(Dir::Down, limits, shared, meters.down);
+        let up = Direction::new(Dir::Up, limits, shared, meters.up).counting(&meters.own[0]);
+        let down = Direction::new(Dir::Down, limits, shared, meters.down).counting(&meters.own[1]);
         let mut up = Half::new(up, client, server);
         if !head.is_empty() {
             // Tracked and counted like any read (nothing is being closed yet).
@@ -445,9 +445,11 @@ mod tests {
         let pump = tokio::spawn(async move {
             let shared = Shared::new();
             let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+            let own = [AtomicU64::new(0), AtomicU64::new(0)];
             let meters = Meters {
                 up: &up,
                 down: &down,
+                own: &own,
             };
             Pump::new(&near, &far, Vec::new(), &shared, orders, limits, meters).await
         });

@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +29,8 @@ use crate::proxy::socket::set_socket_options;
 use crate::proxy::stream::Stream;
 use crate::proxy::upstream::ClientAddrs;
 use crate::proxy::Proxy;
+use crate::telemetry::access;
+use crate::telemetry::metrics::{self, LISTENER_PLAIN, LISTENER_TLS};
 
 /// Serves one accepted client connection to its end. (Not an `async fn`: one
 /// would hold its arguments beside the inner future's copies of them.)
@@ -39,6 +42,7 @@ pub(crate) fn serve(
 ) -> impl Future<Output = ()> {
     let span = tracing::info_span!("conn", id, peer = Empty, via = Empty, backend = Empty);
     async move {
+        let started = Instant::now();
         let mut client = client;
         let Some(origin) = origin(&proxy, &mut client, peer, false).await else {
             return;
@@ -47,12 +51,17 @@ pub(crate) fn serve(
             let c = proxy.config.load();
             (c.timeouts.handshake.get(), c.protocol)
         };
+        let conn = Conn {
+            origin: &origin,
+            id,
+            started,
+        };
         if protocol == Protocol::Tcp {
-            return carry(&proxy, Stream::Plain(client), Vec::new(), &origin, id).await;
+            return carry(&proxy, Stream::Plain(client), Vec::new(), conn).await;
         }
         match read_protocol_header(&mut client, handshake).await {
-            Ok(head) => carry(&proxy, Stream::Plain(client), head, &origin, id).await,
-            Err(why) => rejected(why),
+            Ok(head) => carry(&proxy, Stream::Plain(client), head, conn).await,
+            Err(why) => rejected(&proxy, why, conn, LISTENER_PLAIN),
         }
     }
     .instrument(span)
@@ -71,6 +80,7 @@ pub(crate) async fn serve_tls(proxy: Arc<Proxy>, client: TcpStream, peer: Socket
         backend = Empty
     );
     async move {
+        let started = Instant::now();
         let mut client = client;
         let Some(origin) = origin(&proxy, &mut client, peer, true).await else {
             return;
@@ -80,8 +90,13 @@ pub(crate) async fn serve_tls(proxy: Arc<Proxy>, client: TcpStream, peer: Socket
         let Some(mut client) = proxy.tls.accept(client, origin.peer, handshake).await else {
             return;
         };
+        let conn = Conn {
+            origin: &origin,
+            id,
+            started,
+        };
         if proxy.config.load().protocol == Protocol::Tcp {
-            return carry(&proxy, Stream::from(client), Vec::new(), &origin, id).await;
+            return carry(&proxy, Stream::from(client), Vec::new(), conn).await;
         }
         let mut head = [0u8; 8];
         let read = tokio::time::timeout_at(deadline, client.read(&mut head)).await;
@@ -91,8 +106,8 @@ pub(crate) async fn serve_tls(proxy: Arc<Proxy>, client: TcpStream, peer: Socket
             Ok(Ok(n)) => header_check(&head[..n]),
         };
         match head {
-            Ok(head) => carry(&proxy, Stream::from(client), head, &origin, id).await,
-            Err(why) => rejected(why),
+            Ok(head) => carry(&proxy, Stream::from(client), head, conn).await,
+            Err(why) => rejected(&proxy, why, conn, LISTENER_TLS),
         }
     }
     .instrument(span)
@@ -118,11 +133,7 @@ async fn origin(
         Arc::clone(&c)
     };
     let accept = accept_proxy_of(&config, tls)?;
-    let listener = if tls {
-        crate::telemetry::metrics::LISTENER_TLS
-    } else {
-        crate::telemetry::metrics::LISTENER_PLAIN
-    };
+    let listener = if tls { LISTENER_TLS } else { LISTENER_PLAIN };
     // Boxed: only listeners with `accept_proxy` pay for its buffers, and only
     // until the header is read.
     let origin = Box::pin(crate::proxy::accept_proxy::admit(
@@ -182,23 +193,75 @@ fn header_check(head: &[u8]) -> Result<Vec<u8>, &'static str> {
     }
 }
 
-fn rejected(why: &'static str) {
+fn rejected(proxy: &Proxy, why: &'static str, conn: Conn<'_>, listener: &'static str) {
     tracing::debug!(reason = why, "client rejected before connecting upstream");
-    crate::telemetry::metrics::handshake_rejected(why);
+    metrics::handshake_rejected(why);
+    ended(proxy, &conn, listener, "rejected");
+}
+
+/// The listener a connection came through.
+#[derive(Clone, Copy)]
+enum Listener {
+    Plain,
+    Tls,
+}
+
+impl Listener {
+    fn name(self) -> &'static str {
+        match self {
+            Listener::Plain => LISTENER_PLAIN,
+            Listener::Tls => LISTENER_TLS,
+        }
+    }
+}
+
+/// A client connection once its origin is known.
+#[derive(Clone, Copy)]
+struct Conn<'a> {
+    origin: &'a Origin,
+    id: u64,
+    /// When it was accepted.
+    started: Instant,
+}
+
+/// The end of a connection that reached no backend: its record (access log).
+fn ended(proxy: &Proxy, conn: &Conn<'_>, listener: &'static str, end: &'static str) {
+    let record = access::Record {
+        client: conn.origin.peer,
+        listener,
+        backend: None,
+        sent: 0,
+        received: 0,
+        duration: conn.started.elapsed(),
+        carried: None,
+        end,
+    };
+    access::finished(&record, proxy.config.load().log.access);
 }
 
 /// Connects a backend and carries the connection to its end: plain TCP on both
 /// sides takes [`Pump`]; TLS on either side takes [`crate::proxy::stream::pump`].
 /// `head`: client bytes already read (the start of the protocol header), to be
 /// sent upstream first.
-async fn carry(proxy: &Arc<Proxy>, client: Stream, head: Vec<u8>, origin: &Origin, id: u64) {
+async fn carry(proxy: &Arc<Proxy>, client: Stream, head: Vec<u8>, conn: Conn<'_>) {
+    // A byte kept across the pump rather than a name.
+    let listener = match client {
+        Stream::Plain(_) => Listener::Plain,
+        _ => Listener::Tls,
+    };
     // Boxed, like the TLS pump below: a future is as large as its largest await
     // point, and connecting (TLS handshake included) is over before the pump
     // starts; inline it would grow every idle connection by its size.
-    let Some((backend, server)) = Box::pin(connect(proxy, client.tcp(), origin)).await else {
-        tracing::warn!("no backend reachable, closing client");
-        return;
+    let (backend, server) = match Box::pin(connect(proxy, client.tcp(), conn.origin)).await {
+        Ok(connected) => connected,
+        Err(reason) => {
+            tracing::warn!(reason, "no backend reachable, closing client");
+            metrics::no_backend(listener.name(), reason);
+            return ended(proxy, &conn, listener.name(), "no_backend");
+        }
     };
+    let connected = Instant::now();
+    let id = conn.id;
     tracing::Span::current().record("backend", backend.name());
     tracing::debug!("connected");
     let _active = backend.connection_guard();
@@ -211,9 +274,11 @@ async fn carry(proxy: &Arc<Proxy>, client: Stream, head: Vec<u8>, origin: &Origi
             amqp: c.protocol == Protocol::Amqp,
         }
     };
+    let own = [AtomicU64::new(0), AtomicU64::new(0)];
     let meters = Meters {
         up: &backend.bytes_in,
         down: &backend.bytes_out,
+        own: &own,
     };
     let result = match (&client, &server) {
         (Stream::Plain(client), Stream::Plain(server)) => {
@@ -230,33 +295,57 @@ async fn carry(proxy: &Arc<Proxy>, client: Stream, head: Vec<u8>, origin: &Origi
     // Only closes warren asked for count as graceful or forced (not idle timeouts).
     if backend.conns.unregister(id).is_some_and(|o| o.told()) {
         match &result {
-            Ok(End::Graceful) => crate::telemetry::metrics::close_ended(backend.name(), true),
-            Ok(End::Hard) => crate::telemetry::metrics::close_ended(backend.name(), false),
+            Ok(End::Graceful) => metrics::close_ended(backend.name(), true),
+            Ok(End::Hard) => metrics::close_ended(backend.name(), false),
             _ => {}
         }
     }
+    let end = match &result {
+        Ok(End::Closed) => "closed",
+        Ok(End::Graceful) => "warren_close",
+        Ok(End::Hard) => "cut",
+        Err(e) if is_reset(e) => "reset",
+        Err(_) => "error",
+    };
     match result {
-        Ok(end) => tracing::debug!(?end, "closed"),
+        Ok(_) => tracing::debug!(end, "closed"),
         Err(e) => tracing::debug!(error = %e, "closed with error"),
     }
+    let record = access::Record {
+        client: conn.origin.peer,
+        listener: listener.name(),
+        backend: Some(backend.name()),
+        sent: own[0].load(Ordering::Relaxed),
+        received: own[1].load(Ordering::Relaxed),
+        duration: conn.started.elapsed(),
+        carried: Some(connected.elapsed()),
+        end,
+    };
+    access::finished(&record, proxy.config.load().log.access);
 }
 
 /// Connects to the first reachable candidate backend (bounded by `retries`),
-/// sending the PROXY header and running TLS where the backend asks for them.
+/// sending the PROXY header and running TLS where the backend asks for them;
+/// a successful connect's time is recorded. `Err`: why none was connected, one
+/// of `metrics::NO_BACKEND_REASONS`.
 async fn connect(
     proxy: &Arc<Proxy>,
     client: &TcpStream,
     origin: &Origin,
-) -> Option<(Arc<Backend>, Stream)> {
+) -> Result<(Arc<Backend>, Stream), &'static str> {
     let config = proxy.config.load();
     let timeout = config.timeouts.connect.get();
+    let mut reason = "none_usable";
     for backend in proxy.balancer.candidates(config.retries + 1) {
+        reason = "connect_failed";
         let addr = backend.config.address.as_str();
+        let start = Instant::now();
         let err = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(Ok(server)) => {
                 set_socket_options(SockRef::from(&server));
                 if !crate::proxy::upstream::needs_preparing(&backend) {
-                    return Some((backend, Stream::Plain(server)));
+                    metrics::backend_connected(backend.name(), start.elapsed());
+                    return Ok((backend, Stream::Plain(server)));
                 }
                 // The address the client connected to, for the PROXY header: the
                 // one a received header gave, else warren's end, asked for only
@@ -269,7 +358,7 @@ async fn connect(
                     Ok(local) => local,
                     Err(e) => {
                         tracing::debug!(error = %e, "client socket gone");
-                        return None;
+                        return Err("local_error");
                     }
                 };
                 let addrs = ClientAddrs {
@@ -278,32 +367,44 @@ async fn connect(
                 };
                 match crate::proxy::upstream::prepare(proxy, &backend, server, addrs, timeout).await
                 {
-                    Ok(server) => return Some((backend, server)),
+                    Ok(server) => {
+                        metrics::backend_connected(backend.name(), start.elapsed());
+                        return Ok((backend, server));
+                    }
                     Err(e) => {
-                        crate::telemetry::metrics::connect_error(backend.name(), e.kind());
+                        metrics::connect_error(backend.name(), e.kind());
                         e.to_string()
                     }
                 }
             }
             Ok(Err(e)) => {
-                crate::telemetry::metrics::connect_error(backend.name(), error_kind(&e));
+                metrics::connect_error(backend.name(), error_kind(&e));
                 if !blames_backend(&e) {
                     // Out of file descriptors or ports here: not the node's fault,
                     // and no other node would do better.
                     tracing::warn!(backend = backend.name(), error = %e, "cannot connect: local resource exhausted");
-                    return None;
+                    return Err("local_error");
                 }
                 e.to_string()
             }
             Err(_) => {
-                crate::telemetry::metrics::connect_error(backend.name(), "timeout");
+                metrics::connect_error(backend.name(), "timeout");
                 format!("connect timed out after {timeout:?}")
             }
         };
         tracing::warn!(backend = backend.name(), error = %err, "backend connect failed, trying the next");
         backend.report_connect_failure(&err);
     }
-    None
+    Err(reason)
+}
+
+/// A peer reset the connection (a client that closes its socket with bytes
+/// unread after close-ok does).
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+    )
 }
 
 /// Connect errors that say something about the backend (as opposed to this host).

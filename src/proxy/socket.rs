@@ -82,7 +82,11 @@ impl Rebindable {
     pub fn install(&self, listener: TcpListener) {
         let addr = listener.local_addr().ok();
         self.current.send_replace(Slot::Open(Arc::new(listener)));
-        tracing::info!(listener = self.what, addr = ?addr, "listening on the new address");
+        tracing::info!(
+            listener = self.what,
+            addr = addr.map(tracing::field::display),
+            "listening on the new address"
+        );
     }
 
     /// Stops listening until a later [`Rebindable::install`] (the key was removed

@@ -124,14 +124,14 @@ pub(crate) async fn pump(
     let (mut up_cmd, mut down_cmd) = (cmd.clone(), cmd);
     let end = {
         let up = std::pin::pin!(forward(
-            Direction::new(Dir::Up, limits, &shared, meters.up),
+            Direction::new(Dir::Up, limits, &shared, meters.up).counting(&meters.own[0]),
             &mut client_rx,
             &mut server_tx,
             head,
             &mut up_cmd,
         ));
         let down = std::pin::pin!(forward(
-            Direction::new(Dir::Down, limits, &shared, meters.down),
+            Direction::new(Dir::Down, limits, &shared, meters.down).counting(&meters.own[1]),
             &mut server_rx,
             &mut client_tx,
             &[],

@@ -30,12 +30,17 @@ pub const BACKEND_RECEIVED_BYTES: &str = "warren_backend_received_bytes_total";
 pub const BACKEND_DRAINS: &str = "warren_backend_drains_total";
 pub const BACKEND_GRACEFUL_CLOSES: &str = "warren_backend_graceful_closes_total";
 pub const BACKEND_FORCED_CLOSES: &str = "warren_backend_forced_closes_total";
-pub const REBALANCE_CLOSES: &str = "warren_rebalance_closes_total";
+pub const BACKEND_REBALANCE_CLOSES: &str = "warren_backend_rebalance_closes_total";
+pub const BACKEND_INFO: &str = "warren_backend_info";
+pub const BACKEND_CONNECT_DURATION: &str = "warren_backend_connect_duration_seconds";
+pub const BACKEND_CONNECTION_DURATION: &str = "warren_backend_connection_duration_seconds";
 pub const HEALTH_CHECK_DURATION: &str = "warren_health_check_duration_seconds";
 pub const HEALTH_CHECK_FAILURES: &str = "warren_health_check_failures_total";
 pub const LISTENER_ACCEPTED: &str = "warren_listener_accepted_connections_total";
 pub const LISTENER_REJECTED: &str = "warren_listener_rejected_connections_total";
 pub const LISTENER_ACTIVE: &str = "warren_listener_active_connections";
+pub const LISTENER_NO_BACKEND: &str = "warren_listener_no_backend_total";
+pub const MAX_CONNECTIONS: &str = "warren_max_connections";
 pub const CONFIG_RELOADS: &str = "warren_config_reloads_total";
 pub const CONFIG_LAST_RELOAD_OK: &str = "warren_config_last_reload_successful";
 pub const CONFIG_LAST_RELOAD_TIME: &str = "warren_config_last_reload_success_timestamp_seconds";
@@ -54,6 +59,11 @@ pub const CONNECT_ERROR_KINDS: [&str; 6] = [
     "tls",
     "proxy_header",
 ];
+/// Label values `reason` of [`LISTENER_NO_BACKEND`]: no backend was usable, every
+/// one tried failed to connect, or this host ran out of sockets or ports.
+pub const NO_BACKEND_REASONS: [&str; 3] = ["none_usable", "connect_failed", "local_error"];
+/// Label values `reason` of [`HANDSHAKE_REJECTED`].
+pub const HANDSHAKE_REASONS: [&str; 3] = ["timeout", "closed", "not_amqp"];
 /// Label values of [`HEALTH_CHECK_FAILURES`].
 pub const FAILURE_REASONS: [&str; 5] = ["timeout", "tcp", "unauthorized", "http_status", "other"];
 /// Label values of [`BACKEND_DRAINS`].
@@ -72,15 +82,32 @@ pub const ADMIN_REFUSAL_REASONS: [&str; 7] = [
     "unauthorized",
     "token_unavailable",
 ];
-/// The plain AMQP listener's label value.
 /// Label values `reason` of [`PROXY_HEADER_REJECTED`].
 pub const PROXY_HEADER_REASONS: [&str; 5] =
     ["untrusted", "missing", "malformed", "timeout", "closed"];
+/// The plain AMQP listener's label value.
 pub const LISTENER_PLAIN: &str = "amqp";
 /// The TLS listener's label value.
 pub const LISTENER_TLS: &str = "amqps";
 /// Label values of the listener series.
 pub const LISTENERS: [&str; 2] = [LISTENER_PLAIN, LISTENER_TLS];
+
+/// The git revision warren was built from (set by build.rs where git is there).
+pub const REVISION: &str = match option_env!("WARREN_GIT_REVISION") {
+    Some(r) => r,
+    None => "unknown",
+};
+
+/// Buckets of [`BACKEND_CONNECT_DURATION`]: a LAN connect is well under 1 ms, a
+/// TLS handshake a few, `timeouts.connect` bounds the rest.
+const CONNECT_BUCKETS: [f64; 11] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+];
+/// Buckets of [`BACKEND_CONNECTION_DURATION`]: AMQP connections are meant to
+/// live long; short ones (a client per request) show in the first buckets.
+const LIFETIME_BUCKETS: [f64; 10] = [
+    0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0, 604800.0,
+];
 
 /// Gauges not refreshed for this long are dropped (a removed backend's).
 const GAUGE_IDLE: Duration = Duration::from_secs(10);
@@ -98,7 +125,19 @@ pub fn install() -> PrometheusHandle {
                     &[
                         0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                     ],
-                );
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(BACKEND_CONNECT_DURATION.to_string()),
+                        &CONNECT_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(BACKEND_CONNECTION_DURATION.to_string()),
+                        &LIFETIME_BUCKETS,
+                    )
+                });
             let recorder = match builder {
                 Ok(b) => b.build_recorder(),
                 Err(_) => PrometheusBuilder::new().build_recorder(),
@@ -115,6 +154,13 @@ pub fn install() -> PrometheusHandle {
             for listener in LISTENERS {
                 counter!(LISTENER_ACCEPTED, "listener" => listener).increment(0);
                 counter!(LISTENER_REJECTED, "listener" => listener).increment(0);
+                for reason in NO_BACKEND_REASONS {
+                    counter!(LISTENER_NO_BACKEND, "listener" => listener, "reason" => reason)
+                        .increment(0);
+                }
+            }
+            for reason in HANDSHAKE_REASONS {
+                counter!(HANDSHAKE_REJECTED, "reason" => reason).increment(0);
             }
             for reason in ADMIN_REFUSAL_REASONS {
                 counter!(ADMIN_REFUSED, "reason" => reason).increment(0);
@@ -131,7 +177,7 @@ fn describe() {
     g(
         BUILD_INFO,
         Count,
-        "Always 1; the version label tells which warren runs.",
+        "Always 1; the version and revision labels tell which warren runs.",
     );
     g(
         BACKEND_UP,
@@ -188,8 +234,23 @@ fn describe() {
         Count,
         "Connections warren had to close without a completed AMQP close (grace or close timeout over).",
     );
+    g(
+        BACKEND_INFO,
+        Count,
+        "Always 1; the RabbitMQ node and cluster names the backend's management API reported (joins rabbitmq_identity_info).",
+    );
+    describe_histogram!(
+        BACKEND_CONNECT_DURATION,
+        Seconds,
+        "Time a successful connect to the backend took (TCP, then PROXY header and TLS where configured)."
+    );
+    describe_histogram!(
+        BACKEND_CONNECTION_DURATION,
+        Seconds,
+        "How long client connections proxied to the backend lasted, from the backend connect to their end."
+    );
     c(
-        REBALANCE_CLOSES,
+        BACKEND_REBALANCE_CLOSES,
         Count,
         "Connections on the backend closed (connection.close 320) to even out the spread after a node returned.",
     );
@@ -212,6 +273,16 @@ fn describe() {
         LISTENER_REJECTED,
         Count,
         "Client connections refused because max_connections were open.",
+    );
+    c(
+        LISTENER_NO_BACKEND,
+        Count,
+        "Clients turned away because no backend could take them, by listener and reason (none_usable, connect_failed, local_error).",
+    );
+    g(
+        MAX_CONNECTIONS,
+        Count,
+        "The max_connections limit in force (both listeners together).",
     );
     g(
         LISTENER_ACTIVE,
@@ -268,7 +339,10 @@ pub fn ensure_backend_counters(backend: &str) {
     counter!(BACKEND_RECEIVED_BYTES, "backend" => name()).increment(0);
     counter!(BACKEND_GRACEFUL_CLOSES, "backend" => name()).increment(0);
     counter!(BACKEND_FORCED_CLOSES, "backend" => name()).increment(0);
-    counter!(REBALANCE_CLOSES, "backend" => name()).increment(0);
+    counter!(BACKEND_REBALANCE_CLOSES, "backend" => name()).increment(0);
+    // Registered without a sample: rendered with every bucket at 0.
+    let _ = histogram!(BACKEND_CONNECT_DURATION, "backend" => name());
+    let _ = histogram!(BACKEND_CONNECTION_DURATION, "backend" => name());
     for kind in CONNECT_ERROR_KINDS {
         counter!(BACKEND_CONNECT_ERRORS, "backend" => name(), "kind" => kind).increment(0);
     }
@@ -298,10 +372,45 @@ pub fn backend_active(backend: &str, n: usize) {
     gauge!(BACKEND_ACTIVE, "backend" => backend.to_string()).set(n as f64);
 }
 
-/// The gauges that hold no backend: build info, open connections per listener,
-/// the last reload.
-pub fn process_gauges(plain_active: u64, tls_active: u64, last_reload: (bool, f64)) {
-    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+/// The names a backend's node reported: its Erlang node name and cluster name.
+pub fn backend_info(backend: &str, node: &str, cluster: &str) {
+    gauge!(
+        BACKEND_INFO,
+        "backend" => backend.to_string(),
+        "rabbitmq_node" => node.to_string(),
+        "rabbitmq_cluster" => cluster.to_string()
+    )
+    .set(1.0);
+}
+
+/// A connect to `backend` succeeded after `took`.
+pub fn backend_connected(backend: &str, took: Duration) {
+    histogram!(BACKEND_CONNECT_DURATION, "backend" => backend.to_string())
+        .record(took.as_secs_f64());
+}
+
+/// A client connection carried by `backend` ended after `lasted`.
+pub fn backend_connection_ended(backend: &str, lasted: Duration) {
+    histogram!(BACKEND_CONNECTION_DURATION, "backend" => backend.to_string())
+        .record(lasted.as_secs_f64());
+}
+
+/// A client on `listener` was turned away: no backend could take it
+/// (`reason`: one of [`NO_BACKEND_REASONS`]).
+pub fn no_backend(listener: &'static str, reason: &'static str) {
+    counter!(LISTENER_NO_BACKEND, "listener" => listener, "reason" => reason).increment(1);
+}
+
+/// The gauges that hold no backend: build info, the connection cap, open
+/// connections per listener, the last reload.
+pub fn process_gauges(
+    max_connections: usize,
+    plain_active: u64,
+    tls_active: u64,
+    last_reload: (bool, f64),
+) {
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "revision" => REVISION).set(1.0);
+    gauge!(MAX_CONNECTIONS).set(max_connections as f64);
     gauge!(LISTENER_ACTIVE, "listener" => LISTENER_PLAIN).set(plain_active as f64);
     gauge!(LISTENER_ACTIVE, "listener" => LISTENER_TLS).set(tls_active as f64);
     let (ok, at) = last_reload;
@@ -365,7 +474,7 @@ pub fn connect_error(backend: &str, kind: &'static str) {
 
 /// A connection on `backend` was closed to rebalance.
 pub fn rebalance_close(backend: &str) {
-    counter!(REBALANCE_CLOSES, "backend" => backend.to_string()).increment(1);
+    counter!(BACKEND_REBALANCE_CLOSES, "backend" => backend.to_string()).increment(1);
 }
 
 /// A client was turned away before its connection reached a backend

@@ -213,17 +213,25 @@ fn compose_passes_the_password_warren_expects() {
 
 #[test]
 fn prometheus_examples_pass_promtool() {
-    let out = Command::new("promtool")
-        .args(["check", "config"])
-        .arg(root().join("deploy/prometheus/prometheus.yml"))
-        .output()
-        .expect("promtool runs (Debian package `prometheus`; scripts/test installs it)");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The scrape config (and the rules it loads), then the rules' unit tests.
+    let dir = root().join("deploy/prometheus");
+    for args in [
+        ["check", "config", "prometheus.yml"],
+        ["test", "rules", "warren-alerts.test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool runs (Debian package `prometheus`; scripts/test installs it)");
+        assert!(
+            out.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[test]

@@ -20,6 +20,7 @@ mod admin;
 mod bulk;
 mod chaos;
 mod config;
+mod dashboard;
 mod deploy;
 mod drain;
 mod fuzz_corpus;

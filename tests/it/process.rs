@@ -329,3 +329,105 @@ async fn log_level_comes_from_the_config_and_rust_log_overrides_it() {
     );
     let _ = std::fs::remove_dir_all(Path::new(&dir));
 }
+
+/// The access log (`log.access`): one JSON line per connection at its end with
+/// the client, listener, backend, bytes each way, duration and how it ended,
+/// for a real client and for one turned away; a reload switches it off. No
+/// line, the reload's included, carries Rust's `Debug` text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_lines_follow_each_connection_and_a_reload_switches_them() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let nodes = cluster().await;
+    let yaml =
+        |access: bool, backends: &[Node]| base_yaml(backends, &format!("  access: {access}\n"));
+    let mut p = WarrenProcess::start_logged(&yaml(true, &nodes), &[]);
+    let access = |p: &WarrenProcess| -> Vec<serde_json::Value> {
+        p.lines()
+            .into_iter()
+            .filter(|l| l["target"] == "warren::access")
+            .collect()
+    };
+
+    let conn = amqp_connect(&p.url()).await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.close(200, "bye".into()).await.expect("close channel");
+    conn.close(200, "bye".into()).await.expect("close");
+    p.wait_log("connection ended", Duration::from_secs(10))
+        .await;
+    let lines = access(&p);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let l = &lines[0];
+    let client: SocketAddr = l["client"]
+        .as_str()
+        .expect("client")
+        .parse()
+        .expect("an address");
+    assert!(client.ip().is_loopback(), "{l}");
+    assert_eq!(l["listener"], "amqp", "{l}");
+    assert!(
+        nodes.iter().any(|n| l["backend"] == n.backend.as_str()),
+        "{l}"
+    );
+    // The protocol header, start-ok, tune-ok, open, the channel and the closes.
+    assert!(l["bytes_sent"].as_u64().is_some_and(|b| b > 100), "{l}");
+    assert!(l["bytes_received"].as_u64().is_some_and(|b| b > 100), "{l}");
+    assert!(l["duration_ms"].as_u64().is_some(), "{l}");
+    // A client that closes its socket with bytes unread after close-ok (lapin
+    // does) resets it: the end is then `reset`, not `closed`.
+    assert!(l["end"] == "closed" || l["end"] == "reset", "{l}");
+
+    // Not AMQP: turned away before any backend, and logged too.
+    let mut raw = tokio::net::TcpStream::connect(p.amqp)
+        .await
+        .expect("connect");
+    raw.write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .await
+        .expect("write");
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut sink)).await;
+    let start = Instant::now();
+    while access(&p).len() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(10), "{}", p.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let l = &access(&p)[1];
+    assert_eq!(l["end"], "rejected", "{l}");
+    assert_eq!(l["backend"], "", "{l}");
+    assert_eq!(l["bytes_sent"], 0, "{l}");
+
+    // Off by a reload, which also removes a backend.
+    std::fs::write(p.config(), yaml(false, &nodes[..2])).expect("rewrite");
+    p.signal("HUP");
+    p.wait_log("config reloaded", Duration::from_secs(10)).await;
+    let reloaded = p
+        .lines()
+        .into_iter()
+        .find(|l| l["message"] == "config reloaded")
+        .expect("reload line");
+    assert_eq!(reloaded["removed"], nodes[2].backend.as_str(), "{reloaded}");
+    for absent in ["added", "changed", "listen", "tls_listen", "admin_listen"] {
+        assert!(reloaded.get(absent).is_none(), "{absent}: {reloaded}");
+    }
+    let conn = amqp_connect(&p.url()).await;
+    conn.close(200, "bye".into()).await.expect("close");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(access(&p).len(), 2, "access log off: {}", p.logs());
+
+    p.signal("TERM");
+    let status =
+        tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(15))).expect("exits");
+    assert_eq!(status.code(), Some(0));
+    fn debug_text(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::String(s) => {
+                s == "[]" || s == "None" || s.starts_with("Some(") || s.starts_with('[')
+            }
+            serde_json::Value::Object(o) => o.values().any(debug_text),
+            serde_json::Value::Array(a) => a.iter().any(debug_text),
+            _ => false,
+        }
+    }
+    for l in p.lines() {
+        assert!(!debug_text(&l), "Rust debug text in a log line: {l}");
+    }
+}
