@@ -5,6 +5,11 @@
 //! count: O(1) work per frame, whatever its size. At a boundary warren may inject
 //! `connection.close` (320 CONNECTION_FORCED) towards the client, and it can tell a
 //! `connection.close-ok` from any other frame when it waits for one.
+//!
+//! Where the connection's record wants them (`clients.handshake`), the tracker
+//! also keeps the arguments of a few channel-0 connection methods ([`Capture`]:
+//! start-ok, tune-ok, open, close, blocked, unblocked), bounded in size; every
+//! other frame is still skipped by count.
 
 /// The protocol header a client sends first.
 pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
@@ -14,13 +19,26 @@ pub const FRAME_HEARTBEAT: u8 = 8;
 pub const FRAME_END: u8 = 0xCE;
 
 pub const CLASS_CONNECTION: u16 = 10;
+pub const METHOD_START_OK: u16 = 11;
+pub const METHOD_TUNE_OK: u16 = 31;
+pub const METHOD_OPEN: u16 = 40;
 pub const METHOD_CLOSE: u16 = 50;
 pub const METHOD_CLOSE_OK: u16 = 51;
+pub const METHOD_BLOCKED: u16 = 60;
+pub const METHOD_UNBLOCKED: u16 = 61;
 
 /// Reply code a broker uses when an operator closes a connection.
 pub const CONNECTION_FORCED: u16 = 320;
 /// Reply code of a normal, client-initiated close.
 pub const REPLY_SUCCESS: u16 = 200;
+/// Reply code for a connection refused by a limit (warren's `clients.limits`).
+pub const NOT_ALLOWED: u16 = 530;
+
+/// Largest method frame payload whose arguments are kept: RabbitMQ takes no
+/// larger frame before `tune-ok` (its `frame_max` starts at the protocol's
+/// minimum, 4096, frame header and end included), and the methods read after
+/// it are small.
+pub const MAX_CAPTURE: u32 = 4096 - 8;
 
 /// A frame the tracker saw end, as far as warren cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +61,35 @@ pub struct FrameTracker {
     /// Method frames on channel 0 whose ids we are collecting.
     want_ids: bool,
     last_seen: Option<Seen>,
+    /// The current frame's arguments are being kept (see [`Capture`]).
+    capturing: bool,
+    /// Which methods to keep, and what was kept; absent unless asked for.
+    capture: Option<Box<Capture>>,
+}
+
+/// The connection methods (class 10) a tracker keeps the arguments of, and the
+/// last one kept. A frame is kept only when it is at most [`MAX_CAPTURE`] long.
+#[derive(Clone, Debug, Default)]
+struct Capture {
+    /// Method ids to keep, as bits (every connection method id is below 64).
+    wanted: u64,
+    /// The method being kept and its arguments so far.
+    method: u16,
+    args: Vec<u8>,
+    /// A kept frame that ended, until taken.
+    done: Option<Captured>,
+}
+
+/// The arguments of a connection method that ended, as kept by [`Capture`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Captured {
+    /// Method id (class 10).
+    pub method: u16,
+    /// The arguments: the payload after class and method ids.
+    pub args: Vec<u8>,
+    /// The whole frame's length (header, payload, frame-end), so a caller can
+    /// tell where it began.
+    pub frame_len: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,7 +131,31 @@ impl FrameTracker {
             remaining: 0,
             want_ids: false,
             last_seen: None,
+            capturing: false,
+            capture: None,
         }
+    }
+
+    /// Keeps the arguments of these connection methods (ids of class 10, each
+    /// below 64) from now on: [`feed`](Self::feed) then stops right after each
+    /// such frame, for the caller to [`take_captured`](Self::take_captured) it.
+    pub fn capture(mut self, methods: &[u16]) -> Self {
+        let wanted = methods
+            .iter()
+            .filter(|m| **m < 64)
+            .fold(0u64, |bits, m| bits | 1 << m);
+        if wanted != 0 && !self.is_lost() {
+            self.capture = Some(Box::new(Capture {
+                wanted,
+                ..Capture::default()
+            }));
+        }
+        self
+    }
+
+    /// The arguments of the last kept method frame, once it ended; taken once.
+    pub fn take_captured(&mut self) -> Option<Captured> {
+        self.capture.as_mut().and_then(|c| c.done.take())
     }
 
     /// True between two frames, where a frame may be injected.
@@ -130,7 +201,8 @@ impl FrameTracker {
     }
 
     /// Consumes `data`, stopping early right after the first frame that ends in it
-    /// when `stop_at_boundary` is set. Returns how many bytes were consumed.
+    /// when `stop_at_boundary` is set, and right after a frame whose arguments
+    /// were kept ([`capture`](Self::capture)). Returns how many bytes were consumed.
     pub fn feed(&mut self, data: &[u8], stop_at_boundary: bool) -> usize {
         let mut i = 0;
         while i < data.len() {
@@ -166,11 +238,30 @@ impl FrameTracker {
                             // The last byte skipped was the frame-end octet.
                             if data[i - 1] != FRAME_END {
                                 self.state = State::Lost;
+                                self.capturing = false;
                                 return data.len();
+                            }
+                            if self.capturing {
+                                self.captured();
+                                return i;
                             }
                             if stop_at_boundary {
                                 return i;
                             }
+                        }
+                        continue;
+                    }
+                    if self.capturing {
+                        // Keeping the arguments, up to the frame-end octet, which
+                        // the branch above checks.
+                        let take = (self.remaining - 1).min((data.len() - i) as u64) as usize;
+                        if let Some(c) = self.capture.as_mut() {
+                            c.args.extend_from_slice(&data[i..i + take]);
+                        }
+                        i += take;
+                        self.remaining -= take as u64;
+                        if self.remaining == 1 {
+                            self.want_ids = false;
                         }
                         continue;
                     }
@@ -192,9 +283,12 @@ impl FrameTracker {
                                 } else if method == METHOD_CLOSE_OK {
                                     self.last_seen = Some(Seen::ConnectionCloseOk);
                                 }
+                                self.start_capture(method);
                             }
                             // remaining >= 1 here: the frame-end octet is still ahead.
-                            self.want_ids = false;
+                            // While capturing, the arguments are read (want_ids
+                            // stays set) up to it.
+                            self.want_ids = self.capturing && self.remaining > 1;
                             self.head_len = 0;
                         }
                         continue;
@@ -230,6 +324,37 @@ impl FrameTracker {
             }
         }
         i
+    }
+}
+
+impl FrameTracker {
+    /// At the class and method ids of a channel-0 connection method: starts
+    /// keeping its arguments if they are wanted and the frame is small enough.
+    fn start_capture(&mut self, method: u16) {
+        let Some(c) = self.capture.as_mut() else {
+            return;
+        };
+        // `remaining` is the arguments plus the frame-end octet; the payload is
+        // those arguments and the 4 bytes of ids.
+        let wanted = method < 64 && c.wanted & (1 << method) != 0;
+        if wanted && self.remaining + 3 <= u64::from(MAX_CAPTURE) {
+            c.method = method;
+            c.args.clear();
+            self.capturing = true;
+        }
+    }
+
+    /// The kept frame ended (its frame-end checked).
+    fn captured(&mut self) {
+        self.capturing = false;
+        if let Some(c) = self.capture.as_mut() {
+            let args = std::mem::take(&mut c.args);
+            c.done = Some(Captured {
+                method: c.method,
+                frame_len: 7 + 4 + args.len() as u64 + 1,
+                args,
+            });
+        }
     }
 }
 

@@ -20,7 +20,6 @@
 //! copied twice (into the scratch buffer, then into the bulk buffer).
 
 use std::io;
-use std::sync::atomic::Ordering;
 use std::task::{ready, Context, Poll};
 
 use tokio::net::TcpStream;
@@ -158,7 +157,7 @@ impl Bulk {
                 Ok(ReadIn::Moved(n)) => {
                     self.left -= n as u64;
                     d.tracker.skip(n as u64);
-                    d.moved.fetch_add(n as u64, Ordering::Relaxed);
+                    d.count(n as u64);
                     moved = true;
                 }
                 Ok(ReadIn::Eof) => {

@@ -22,6 +22,7 @@ use crate::balancer::Backend;
 use crate::config::{AcceptProxyConfig, Config, Protocol};
 use crate::proxy::accept_proxy::Origin;
 use crate::proxy::amqp;
+use crate::proxy::conn_info::ConnInfo;
 use crate::proxy::direction::{End, Limits, Meters, Shared};
 use crate::proxy::pump::Pump;
 use crate::proxy::socket::set_socket_options;
@@ -203,30 +204,49 @@ async fn carry(proxy: &Arc<Proxy>, client: Stream, head: Vec<u8>, origin: &Origi
     tracing::debug!("connected");
     let _active = backend.connection_guard();
     let orders = backend.conns.register(id);
-    let limits = {
+    let (limits, handshake) = {
         let c = proxy.config.load();
-        Limits {
+        let amqp = c.protocol == Protocol::Amqp;
+        let limits = Limits {
             close: c.drain.close_timeout.get(),
             idle: c.timeouts.idle.map(|d| d.get()),
-            amqp: c.protocol == Protocol::Amqp,
-        }
+            amqp,
+        };
+        (limits, amqp && c.clients.handshake)
     };
+    let tls = matches!(client, Stream::Tls(_));
+    let info = Arc::new(ConnInfo::new(
+        &proxy.clients,
+        id,
+        origin.peer,
+        tls,
+        backend.name(),
+        handshake,
+    ));
+    proxy.clients.insert(Arc::clone(&info));
     let meters = Meters {
         up: &backend.bytes_in,
         down: &backend.bytes_out,
     };
     let result = match (&client, &server) {
         (Stream::Plain(client), Stream::Plain(server)) => {
-            let shared = Shared::new();
+            let shared = Shared::with_info(Some(Arc::clone(&info)));
             Pump::new(client, server, head, &shared, orders, limits, meters).await
         }
         _ => {
             Box::pin(crate::proxy::stream::pump(
-                client, server, &head, orders, limits, meters,
+                client,
+                server,
+                &head,
+                orders,
+                limits,
+                meters,
+                Some(Arc::clone(&info)),
             ))
             .await
         }
     };
+    proxy.clients.remove(&info);
     // Only closes warren asked for count as graceful or forced (not idle timeouts).
     if backend.conns.unregister(id).is_some_and(|o| o.told()) {
         match &result {
