@@ -243,7 +243,11 @@ pub(crate) fn refresh_metrics(app: &App) {
     let keep_libraries = labelled(&library_keys, &[], m.top);
 
     let mut rows = totals(vhosts.into_iter().map(|((b, v), n)| {
-        let v = if keep_vhosts.contains(&v) { v } else { OTHER_LABEL.to_string() };
+        let v = if keep_vhosts.contains(&v) {
+            v
+        } else {
+            OTHER_LABEL.to_string()
+        };
         (format!("{b}\u{0}{v}"), n)
     }));
     metrics::set_gauges(
@@ -251,12 +255,19 @@ pub(crate) fn refresh_metrics(app: &App) {
         rows.drain()
             .map(|(k, n)| {
                 let (b, v) = k.split_once('\u{0}').unwrap_or((&k, ""));
-                (vec![("backend", b.to_string()), ("vhost", v.to_string())], n as f64)
+                (
+                    vec![("backend", b.to_string()), ("vhost", v.to_string())],
+                    n as f64,
+                )
             })
             .collect(),
     );
     let user_rows = totals(users.into_iter().map(|(u, n)| {
-        let u = if keep_users.contains(&u) { u } else { OTHER_LABEL.to_string() };
+        let u = if keep_users.contains(&u) {
+            u
+        } else {
+            OTHER_LABEL.to_string()
+        };
         (u, n)
     }));
     metrics::set_gauges(
@@ -317,11 +328,10 @@ fn totals(rows: impl Iterator<Item = (String, usize)>) -> HashMap<String, usize>
 /// is stable between scrapes).
 fn labelled(counts: &HashMap<String, usize>, listed: &[String], top: usize) -> HashSet<String> {
     let mut keep: HashSet<String> = listed.iter().cloned().collect();
-    let mut others: Vec<(&String, &usize)> =
-        counts
-            .iter()
-            .filter(|(k, _)| !keep.contains(*k) && *k != OTHER_LABEL)
-            .collect();
+    let mut others: Vec<(&String, &usize)> = counts
+        .iter()
+        .filter(|(k, _)| !keep.contains(*k) && *k != OTHER_LABEL)
+        .collect();
     others.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
     keep.extend(others.into_iter().take(top).map(|(k, _)| k.clone()));
     keep.remove(OTHER_LABEL);
@@ -334,7 +344,9 @@ mod tests {
 
     #[test]
     fn queries_parse_with_bounds() {
-        let q = Query::parse(Some("backend=n1&vhost=%2F&user=a+b&offset=5&limit=5000&x=1"));
+        let q = Query::parse(Some(
+            "backend=n1&vhost=%2F&user=a+b&offset=5&limit=5000&x=1",
+        ));
         assert_eq!(q.backend.as_deref(), Some("n1"));
         assert_eq!(q.vhost.as_deref(), Some("/"));
         assert_eq!(q.user.as_deref(), Some("a b"));

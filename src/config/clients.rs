@@ -188,7 +188,10 @@ impl ClientsConfig {
                     .into(),
             ));
         }
-        for (what, map) in [("vhosts", &self.limits.vhosts), ("users", &self.limits.users)] {
+        for (what, map) in [
+            ("vhosts", &self.limits.vhosts),
+            ("users", &self.limits.users),
+        ] {
             for name in map.keys() {
                 if name.is_empty() || name.len() > 255 {
                     return Err((
@@ -271,14 +274,26 @@ mod tests {
                 "clients: {handshake: false, limits: {vhosts: {a: {max_connections: 1}}}}",
                 "clients.limits",
             ),
-            ("clients: {limits: {vhosts: {a: {rate: 5}}}}", "clients.limits.vhosts.a.rate"),
-            ("clients: {limits: {vhosts: {a: {rate: 0/s}}}}", "clients.limits.vhosts.a.rate"),
-            ("clients: {limits: {users: {a: {max: 1}}}}", "clients.limits.users.a.max"),
+            (
+                "clients: {limits: {vhosts: {a: {rate: 5}}}}",
+                "clients.limits.vhosts.a.rate",
+            ),
+            (
+                "clients: {limits: {vhosts: {a: {rate: 0/s}}}}",
+                "clients.limits.vhosts.a.rate",
+            ),
+            (
+                "clients: {limits: {users: {a: {max: 1}}}}",
+                "clients.limits.users.a.max",
+            ),
             (
                 "clients: {limits: {networks: [{network: 10.1.2.3/8}]}}",
                 "clients.limits.networks[0].network",
             ),
-            ("clients: {metrics: {vhosts: [other]}}", "clients.metrics.vhosts"),
+            (
+                "clients: {metrics: {vhosts: [other]}}",
+                "clients.metrics.vhosts",
+            ),
             ("clients: {metrics: {top: 5000}}", "clients.metrics.top"),
         ] {
             match parse(clients) {

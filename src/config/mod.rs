@@ -22,8 +22,8 @@ pub mod management;
 pub mod values;
 
 pub use accept_proxy::{AcceptProxyConfig, Network, TrustedNetworks};
-pub use clients::{ClientMetrics, ClientsConfig, Limit, LimitsConfig, NetworkLimit, Rate};
 pub use address::{split_host_port, Authority, Endpoint, HostName};
+pub use clients::{ClientMetrics, ClientsConfig, Limit, LimitsConfig, NetworkLimit, Rate};
 pub use cluster::{
     ApplyTo, ClusterConfig, ClusterNode, NodeType, PolicyConfig, ReplicationConfig,
     REPLICATION_POLICY,

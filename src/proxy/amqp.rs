@@ -40,6 +40,15 @@ pub const NOT_ALLOWED: u16 = 530;
 /// it are small.
 pub const MAX_CAPTURE: u32 = 4096 - 8;
 
+/// A direction of a proxied connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dir {
+    /// Client to broker.
+    Up,
+    /// Broker to client.
+    Down,
+}
+
 /// A frame the tracker saw end, as far as warren cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Seen {
@@ -360,8 +369,12 @@ impl FrameTracker {
 
 /// A `connection.close` method frame on channel 0.
 pub fn connection_close(reply_code: u16, reply_text: &str) -> Vec<u8> {
-    let text = reply_text.as_bytes();
-    let text = &text[..text.len().min(255)];
+    // A shortstr: at most 255 bytes, cut at a character boundary.
+    let mut end = reply_text.len().min(255);
+    while !reply_text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let text = &reply_text.as_bytes()[..end];
     let mut payload = Vec::with_capacity(4 + 2 + 1 + text.len() + 4);
     payload.extend_from_slice(&CLASS_CONNECTION.to_be_bytes());
     payload.extend_from_slice(&METHOD_CLOSE.to_be_bytes());
@@ -486,6 +499,89 @@ mod tests {
         t.feed(b"\x42garbage-garbage", false);
         assert!(t.is_lost());
         assert!(!t.at_boundary());
+    }
+
+    /// A channel-0 connection method frame with these arguments.
+    fn method(method: u16, args: &[u8]) -> Vec<u8> {
+        let mut payload = CLASS_CONNECTION.to_be_bytes().to_vec();
+        payload.extend_from_slice(&method.to_be_bytes());
+        payload.extend_from_slice(args);
+        frame(FRAME_METHOD, 0, &payload)
+    }
+
+    #[test]
+    fn kept_methods_stop_the_feed_right_after_them() {
+        let tune_ok = method(METHOD_TUNE_OK, &[0, 0, 0, 0, 0, 0, 0, 60]);
+        let open = method(METHOD_OPEN, b"\x01/\x00\x00");
+        let mut stream = PROTOCOL_HEADER.to_vec();
+        stream.extend(body(1, 50_000));
+        stream.extend(&tune_ok);
+        stream.extend(heartbeat());
+        stream.extend(&open);
+        stream.extend(method(METHOD_UNBLOCKED, &[]));
+        let mut t = FrameTracker::client_to_server().capture(&[METHOD_TUNE_OK, METHOD_OPEN]);
+        // Byte by byte and all at once, the same frames are kept, each ending a feed.
+        for step in [1, stream.len()] {
+            let mut t2 = t.clone();
+            let (mut pos, mut kept) = (0, Vec::new());
+            while pos < stream.len() {
+                let end = (pos + step).min(stream.len());
+                pos += t2.feed(&stream[pos..end], false);
+                if let Some(c) = t2.take_captured() {
+                    assert!(t2.at_boundary());
+                    kept.push((c.method, c.args, c.frame_len, pos));
+                }
+            }
+            let tune_end = 8 + 50_008 + tune_ok.len();
+            let open_end = tune_end + 8 + open.len();
+            assert_eq!(
+                kept,
+                vec![
+                    (
+                        METHOD_TUNE_OK,
+                        vec![0, 0, 0, 0, 0, 0, 0, 60],
+                        tune_ok.len() as u64,
+                        tune_end
+                    ),
+                    (
+                        METHOD_OPEN,
+                        b"\x01/\x00\x00".to_vec(),
+                        open.len() as u64,
+                        open_end
+                    ),
+                ],
+                "step {step}"
+            );
+            assert!(t2.at_boundary());
+        }
+        // The body is still skipped by count, not kept.
+        t.feed(&stream[..8 + 10], false);
+        assert_eq!(t.payload_left(), 50_000 - 3);
+    }
+
+    #[test]
+    fn oversized_or_unwanted_methods_are_not_kept() {
+        let big = method(METHOD_START_OK, &vec![0; MAX_CAPTURE as usize]);
+        let fits = method(METHOD_START_OK, &vec![0; MAX_CAPTURE as usize - 4]);
+        let mut t = FrameTracker::client_to_server().capture(&[METHOD_START_OK]);
+        t.feed(PROTOCOL_HEADER, false);
+        assert_eq!(t.feed(&big, false), big.len());
+        assert_eq!(t.take_captured(), None);
+        assert_eq!(t.feed(&fits, false), fits.len());
+        assert_eq!(
+            t.take_captured().map(|c| c.args.len()),
+            Some(MAX_CAPTURE as usize - 4)
+        );
+        let mut t = FrameTracker::server_to_client().capture(&[METHOD_BLOCKED]);
+        let close = connection_close(320, "bye");
+        assert_eq!(t.feed(&close, false), close.len());
+        assert_eq!(t.take_captured(), None);
+        assert_eq!(t.take_seen(), Some(Seen::ConnectionClose));
+        // A kept frame with a bad frame-end loses the stream, keeps nothing.
+        let mut bad = method(METHOD_BLOCKED, b"\x01x");
+        *bad.last_mut().expect("frame") = 0;
+        assert_eq!(t.feed(&bad, false), bad.len());
+        assert!(t.is_lost() && t.take_captured().is_none());
     }
 
     #[test]

@@ -21,8 +21,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::config::{Config, Limit, LimitsConfig, Rate};
-use crate::proxy::amqp::{self, Captured};
-use crate::proxy::direction::Dir;
+use crate::proxy::amqp::{self, Captured, Dir};
 use crate::proxy::handshake::{self, StartOk};
 use crate::telemetry::metrics;
 
@@ -518,7 +517,10 @@ impl LimitState {
         let b = self
             .buckets
             .entry((scope, name.to_string()))
-            .or_insert(Bucket { tokens: cap, at: now });
+            .or_insert(Bucket {
+                tokens: cap,
+                at: now,
+            });
         let refill = now.saturating_duration_since(b.at).as_secs_f64() * rate.per_second();
         b.tokens = (b.tokens + refill).min(cap);
         b.at = now;
@@ -570,7 +572,8 @@ mod tests {
 
     fn open(info: &ConnInfo, user: &str, vhost: &str) -> Option<String> {
         let props = handshake::tests::str_entry("product", b"test");
-        let args = handshake::tests::start_ok_args(&props, "PLAIN", format!("\0{user}\0pw").as_bytes());
+        let args =
+            handshake::tests::start_ok_args(&props, "PLAIN", format!("\0{user}\0pw").as_bytes());
         let captured = |method, args: Vec<u8>| Captured {
             method,
             frame_len: 12 + args.len() as u64,

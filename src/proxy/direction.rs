@@ -14,16 +14,8 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use crate::balancer::Command;
-use crate::proxy::amqp::{self, FrameTracker, Seen};
+use crate::proxy::amqp::{self, Dir, FrameTracker, Seen};
 use crate::proxy::conn_info::{ConnInfo, Side};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Dir {
-    /// Client to broker.
-    Up,
-    /// Broker to client.
-    Down,
-}
 
 /// What the two directions of one connection tell each other.
 pub(crate) struct Shared {
@@ -529,7 +521,9 @@ impl<'a> Direction<'a> {
     /// every byte read is forwarded, so the bulk path may read on past a
     /// payload's end ([`on_read_ahead`](Self::on_read_ahead)).
     pub(crate) fn plain(&self) -> bool {
-        self.reason.is_none() && !self.shared.peer_closing.load(Ordering::Acquire) && self.past_open()
+        self.reason.is_none()
+            && !self.shared.peer_closing.load(Ordering::Acquire)
+            && self.past_open()
     }
 
     /// No limit can refuse the connection any more: its `connection.open` was
@@ -596,9 +590,7 @@ impl<'a> Direction<'a> {
         if self.dir == Dir::Down && !self.shared.down_done.load(Ordering::Acquire) {
             self.shared.set(&self.shared.down_done);
         }
-        if self.dir == Dir::Up
-            && self.refusing
-            && !self.shared.client_acked.load(Ordering::Acquire)
+        if self.dir == Dir::Up && self.refusing && !self.shared.client_acked.load(Ordering::Acquire)
         {
             // The refused client is done (close-ok, EOF or time up).
             self.shared.set(&self.shared.client_acked);

@@ -139,7 +139,8 @@ impl<'a> Reader<'a> {
     }
 
     fn u32(&mut self) -> Option<u32> {
-        self.take(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        self.take(4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
     fn short_bytes(&mut self) -> Option<&'a [u8]> {
@@ -281,7 +282,11 @@ pub(crate) mod tests {
         assert_eq!(s.product.as_deref(), Some("lapin"));
         assert_eq!(s.user.as_deref(), Some("u"));
         // Lengths past the end stop the walk, never panic.
-        for bad in [&b"\x01kS\xff\xff\xff\xff"[..], b"\x01kF\x00\x00\x10\x00", b"\x05"] {
+        for bad in [
+            &b"\x01kS\xff\xff\xff\xff"[..],
+            b"\x01kF\x00\x00\x10\x00",
+            b"\x05",
+        ] {
             assert_eq!(entries(bad).count(), 0);
         }
         assert_eq!(start_ok(b"\x00\x00\x00\x05ab"), None);
@@ -329,6 +334,9 @@ pub(crate) mod tests {
                 text: "ACCESS_REFUSED".into()
             })
         );
-        assert_eq!(blocked_reason(b"\x0dlow on memory").as_deref(), Some("low on memory"));
+        assert_eq!(
+            blocked_reason(b"\x0dlow on memory").as_deref(),
+            Some("low on memory")
+        );
     }
 }

@@ -28,10 +28,10 @@ use tokio::time::Instant;
 
 use crate::balancer::Command;
 use crate::balancer::OrdersRx;
+use crate::proxy::amqp::Dir;
 use crate::proxy::conn_info::ConnInfo;
 use crate::proxy::direction::{
-    far_future, joined, Chunk, Dir, Direction, End, Limits, Meters, Next, Shared, Timer,
-    DISCARD_PAUSE,
+    far_future, joined, Chunk, Direction, End, Limits, Meters, Next, Shared, Timer, DISCARD_PAUSE,
 };
 
 const BUF_START: usize = 8 * 1024;
@@ -228,7 +228,8 @@ where
                     return Ok(End::Hard);
                 }
                 d.close_sent();
-                false
+                // Asked again: what to wait for may have changed with it.
+                continue;
             }
             Next::Hard => return Ok(End::Hard),
         };
