@@ -233,6 +233,12 @@ pub(crate) fn refresh_metrics(app: &App) {
         }
         *blocked.entry(c.backend.clone()).or_default() += usize::from(d.blocked.is_some());
     }
+    let mut memory = app
+        .proxy
+        .clients
+        .gauges
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     let vhost_totals = totals(vhosts.iter().map(|((_, v), n)| (v.clone(), *n)));
     let keep_vhosts = labelled(&vhost_totals, &m.vhosts, m.top);
     let keep_users = labelled(&users, &m.users, m.top);
@@ -251,6 +257,7 @@ pub(crate) fn refresh_metrics(app: &App) {
         (format!("{b}\u{0}{v}"), n)
     }));
     metrics::set_gauges(
+        &mut memory,
         metrics::AMQP_CONNECTIONS,
         rows.drain()
             .map(|(k, n)| {
@@ -271,6 +278,7 @@ pub(crate) fn refresh_metrics(app: &App) {
         (u, n)
     }));
     metrics::set_gauges(
+        &mut memory,
         metrics::AMQP_USER_CONNECTIONS,
         user_rows
             .into_iter()
@@ -286,6 +294,7 @@ pub(crate) fn refresh_metrics(app: &App) {
         (k, n)
     }));
     metrics::set_gauges(
+        &mut memory,
         metrics::AMQP_CLIENT_CONNECTIONS,
         library_rows
             .into_iter()
@@ -303,6 +312,7 @@ pub(crate) fn refresh_metrics(app: &App) {
         blocked.entry(b.name().to_string()).or_default();
     }
     metrics::set_gauges(
+        &mut memory,
         metrics::AMQP_BLOCKED,
         blocked
             .into_iter()

@@ -321,6 +321,8 @@ pub struct Clients {
     conns: Mutex<HashMap<u64, Arc<ConnInfo>>>,
     /// Taken before `conns` where both are (never the other way round).
     limits: Mutex<LimitState>,
+    /// The client gauges this warren set at its last scrape.
+    pub(crate) gauges: Mutex<metrics::GaugeMemory>,
 }
 
 /// Connections past `connection.open`, per vhost and per user, and the token
@@ -366,6 +368,7 @@ impl Clients {
             config,
             conns: Mutex::default(),
             limits: Mutex::default(),
+            gauges: Mutex::default(),
         }
     }
 

@@ -412,18 +412,21 @@ pub fn limit_refusal(scope: &'static str, limit: &'static str) {
     counter!(AMQP_LIMIT_REFUSALS, "scope" => scope, "limit" => limit).increment(1);
 }
 
+/// Label sets of gauge series set by [`set_gauges`], per family: what one
+/// warren emitted at its last scrape.
+pub type GaugeMemory =
+    std::collections::HashMap<&'static str, std::collections::HashSet<Vec<(&'static str, String)>>>;
+
 /// Sets the gauges of family `name` to `rows` (labels, value); series of the
-/// family set at the previous call and absent now are set to 0 once, then
-/// left to expire.
-pub fn set_gauges(name: &'static str, rows: Vec<(Vec<(&'static str, String)>, f64)>) {
-    use std::collections::{HashMap, HashSet};
-    use std::sync::Mutex;
-    type Labels = Vec<(&'static str, String)>;
-    static LAST: Mutex<Option<HashMap<&'static str, HashSet<Labels>>>> = Mutex::new(None);
-    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
-    let families = last.get_or_insert_with(HashMap::new);
-    let before = families.remove(name).unwrap_or_default();
-    let mut now = HashSet::new();
+/// family that `memory` holds from the previous call and that are absent now
+/// are set to 0 once, then left to expire.
+pub fn set_gauges(
+    memory: &mut GaugeMemory,
+    name: &'static str,
+    rows: Vec<(Vec<(&'static str, String)>, f64)>,
+) {
+    let before = memory.remove(name).unwrap_or_default();
+    let mut now = std::collections::HashSet::new();
     for (labels, value) in rows {
         gauge_with(name, &labels).set(value);
         now.insert(labels);
@@ -431,7 +434,7 @@ pub fn set_gauges(name: &'static str, rows: Vec<(Vec<(&'static str, String)>, f6
     for gone in before.difference(&now) {
         gauge_with(name, gone).set(0.0);
     }
-    families.insert(name, now);
+    memory.insert(name, now);
 }
 
 fn gauge_with(name: &'static str, labels: &[(&'static str, String)]) -> metrics::Gauge {
