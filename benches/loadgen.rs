@@ -87,9 +87,7 @@ fn run(args: &[String]) -> Res<()> {
                 match args[i].as_str() {
                     "--sink" => sink.push(arg::<SocketAddr>(args, i + 1, "sink address")?),
                     "--echo" => echo = Some(arg::<SocketAddr>(args, i + 1, "echo address")?),
-                    "--broker" => {
-                        broker = Some(arg::<SocketAddr>(args, i + 1, "broker address")?)
-                    }
+                    "--broker" => broker = Some(arg::<SocketAddr>(args, i + 1, "broker address")?),
                     other => return Err(format!("unknown option {other}")),
                 }
                 i += 2;

@@ -11,8 +11,7 @@ use std::path::Path;
 
 use crate::config::{Config, ProxyVersion};
 use crate::proxy::amqp::{
-    FrameTracker, Seen, CLASS_CONNECTION, FRAME_METHOD, MAX_CAPTURE, METHOD_CLOSE,
-    METHOD_CLOSE_OK,
+    FrameTracker, Seen, CLASS_CONNECTION, FRAME_METHOD, MAX_CAPTURE, METHOD_CLOSE, METHOD_CLOSE_OK,
 };
 use crate::proxy::handshake;
 use crate::proxy::proxy_protocol::{self, Received, Scan};
@@ -88,15 +87,25 @@ pub fn handshake(data: &[u8]) {
         pos += n;
         let kept = t.take_captured();
         if pos < end {
-            assert!(kept.is_some(), "stopped early at {pos} without a kept frame");
+            assert!(
+                kept.is_some(),
+                "stopped early at {pos} without a kept frame"
+            );
         }
         if let Some(c) = kept {
             assert!(t.at_boundary(), "a kept frame ends at {pos}, no boundary");
             assert!(expected.boundaries.contains(&pos), "kept frame end {pos}");
             let len = usize::try_from(c.frame_len).expect("small");
-            assert!(len <= MAX_CAPTURE as usize + 8 && len <= pos, "frame length {len}");
+            assert!(
+                len <= MAX_CAPTURE as usize + 8 && len <= pos,
+                "frame length {len}"
+            );
             let f = &stream[pos - len..pos];
-            assert_eq!((f[0], &f[1..3]), (FRAME_METHOD, &[0u8, 0][..]), "a channel-0 method");
+            assert_eq!(
+                (f[0], &f[1..3]),
+                (FRAME_METHOD, &[0u8, 0][..]),
+                "a channel-0 method"
+            );
             assert_eq!(u16::from_be_bytes([f[7], f[8]]), CLASS_CONNECTION);
             assert_eq!(u16::from_be_bytes([f[9], f[10]]), c.method);
             assert_eq!(&f[11..len - 1], &c.args[..], "the arguments as kept");
@@ -107,7 +116,10 @@ pub fn handshake(data: &[u8]) {
 /// A text a handshake reader kept: bounded, printable.
 fn check_text(t: &str) {
     assert!(t.chars().count() <= handshake::MAX_TEXT, "{t:?} too long");
-    assert!(!t.chars().any(char::is_control), "{t:?} has control characters");
+    assert!(
+        !t.chars().any(char::is_control),
+        "{t:?} has control characters"
+    );
 }
 
 /// Streams built by [`frame_stream`] stop growing past this many bytes, so one

@@ -96,6 +96,9 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Accepted on the TLS listener.
     pub tls: bool,
+    /// The common name of the client's TLS certificate (mutual TLS on the
+    /// TLS listener): the user of an `EXTERNAL` login.
+    pub cert_name: Option<String>,
     pub backend: String,
     /// Unix time (seconds) the backend was connected.
     pub started_unix: f64,
@@ -133,6 +136,7 @@ impl ConnInfo {
             id,
             peer,
             tls,
+            cert_name: None,
             backend: backend.to_string(),
             started_unix: unix_now(),
             started: Instant::now(),
@@ -146,6 +150,12 @@ impl ConnInfo {
             details: Mutex::new(Details::default()),
             clients: Arc::clone(clients),
         }
+    }
+
+    /// With the common name of the client's certificate.
+    pub(crate) fn with_cert_name(mut self, name: Option<String>) -> ConnInfo {
+        self.cert_name = name.map(|n| handshake::text(n.as_bytes()));
+        self
     }
 
     pub fn details(&self) -> MutexGuard<'_, Details> {
@@ -228,7 +238,11 @@ impl ConnInfo {
     pub(crate) fn on_method(&self, dir: Dir, c: &Captured) -> Option<String> {
         match (dir, c.method) {
             (Dir::Up, amqp::METHOD_START_OK) => {
-                if let Some(s) = handshake::start_ok(&c.args) {
+                if let Some(mut s) = handshake::start_ok(&c.args) {
+                    if s.user.is_none() && s.mechanism == "EXTERNAL" {
+                        // The broker takes the user from the certificate too.
+                        s.user = self.cert_name.clone();
+                    }
                     self.details().client = Some(s);
                 }
             }
@@ -629,6 +643,22 @@ mod tests {
         assert_eq!(open(&conn(&c, 2, "10.0.0.1:2"), "u", "v"), None);
         let e = open(&conn(&c, 3, "10.0.0.1:3"), "u", "v").expect("rate");
         assert_eq!(e, "warren: connection rate limit for vhost v reached (2/h)");
+    }
+
+    #[test]
+    fn an_external_login_is_the_certificates_name() {
+        let c = clients("");
+        let info = ConnInfo::new(&c, 1, "10.0.0.1:1".parse().expect("addr"), true, "a", true)
+            .with_cert_name(Some("orders-api".into()));
+        let args = handshake::tests::start_ok_args(&[], "EXTERNAL", b"");
+        let start_ok = Captured {
+            method: amqp::METHOD_START_OK,
+            frame_len: 12 + args.len() as u64,
+            args,
+        };
+        info.on_method(Dir::Up, &start_ok);
+        let user = info.details().client.as_ref().and_then(|s| s.user.clone());
+        assert_eq!(user.as_deref(), Some("orders-api"));
     }
 
     #[test]

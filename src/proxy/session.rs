@@ -215,14 +215,17 @@ async fn carry(proxy: &Arc<Proxy>, client: Stream, head: Vec<u8>, origin: &Origi
         (limits, amqp && c.clients.handshake)
     };
     let tls = matches!(client, Stream::Tls(_));
-    let info = Arc::new(ConnInfo::new(
-        &proxy.clients,
-        id,
-        origin.peer,
-        tls,
-        backend.name(),
-        handshake,
-    ));
+    let info = Arc::new(
+        ConnInfo::new(
+            &proxy.clients,
+            id,
+            origin.peer,
+            tls,
+            backend.name(),
+            handshake,
+        )
+        .with_cert_name(client_cert_name(&client)),
+    );
     proxy.clients.insert(Arc::clone(&info));
     let meters = Meters {
         up: &backend.bytes_in,
@@ -259,6 +262,18 @@ async fn carry(proxy: &Arc<Proxy>, client: Stream, head: Vec<u8>, origin: &Origi
         Ok(end) => tracing::debug!(?end, "closed"),
         Err(e) => tracing::debug!(error = %e, "closed with error"),
     }
+}
+
+/// The common name of the certificate a client showed on the TLS listener.
+fn client_cert_name(client: &Stream) -> Option<String> {
+    let Stream::Tls(s) = client else {
+        return None;
+    };
+    let tokio_rustls::TlsStream::Server(s) = s.as_ref() else {
+        return None;
+    };
+    let cert = s.get_ref().1.peer_certificates()?.first()?;
+    crate::tls::common_name(cert)
 }
 
 /// Connects to the first reachable candidate backend (bounded by `retries`),
