@@ -373,6 +373,16 @@ struct Bucket {
     at: Instant,
 }
 
+/// A connection listed in [`Clients`]; dropping it removes it
+/// ([`Clients::remove`]).
+pub(crate) struct Listed<'a>(&'a Clients, Arc<ConnInfo>);
+
+impl Drop for Listed<'_> {
+    fn drop(&mut self) {
+        self.0.remove(&self.1);
+    }
+}
+
 /// Buckets kept at most; beyond it the full ones (idle keys) are dropped.
 const MAX_BUCKETS: usize = 10_000;
 
@@ -394,8 +404,11 @@ impl Clients {
         self.limits.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn insert(&self, info: Arc<ConnInfo>) {
-        self.conns().insert(info.id, info);
+    /// Lists a connection until the returned guard is dropped.
+    #[must_use = "the connection leaves the table when the guard is dropped"]
+    pub(crate) fn insert(&self, info: Arc<ConnInfo>) -> Listed<'_> {
+        self.conns().insert(info.id, Arc::clone(&info));
+        Listed(self, info)
     }
 
     /// The live connections, by id.
@@ -408,7 +421,7 @@ impl Clients {
     /// The connection ended: out of the table and the limits' counts, its
     /// close (or its lack of one), last silence and blocked time into the
     /// metrics.
-    pub(crate) fn remove(&self, info: &ConnInfo) {
+    fn remove(&self, info: &ConnInfo) {
         self.conns().remove(&info.id);
         let (vhost, user, close) = {
             let d = info.details();
@@ -583,7 +596,8 @@ mod tests {
             "a",
             true,
         ));
-        c.insert(Arc::clone(&info));
+        // Listed until the test removes it.
+        std::mem::forget(c.insert(Arc::clone(&info)));
         info
     }
 

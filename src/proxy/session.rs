@@ -226,7 +226,8 @@ async fn carry(proxy: &Arc<Proxy>, client: Stream, head: Vec<u8>, origin: &Origi
         )
         .with_cert_name(client_cert_name(&client)),
     );
-    proxy.clients.insert(Arc::clone(&info));
+    // Out of the table when the connection ends, however it ends.
+    let _listed = proxy.clients.insert(Arc::clone(&info));
     let meters = Meters {
         up: &backend.bytes_in,
         down: &backend.bytes_out,
@@ -249,7 +250,6 @@ async fn carry(proxy: &Arc<Proxy>, client: Stream, head: Vec<u8>, origin: &Origi
             .await
         }
     };
-    proxy.clients.remove(&info);
     // Only closes warren asked for count as graceful or forced (not idle timeouts).
     if backend.conns.unregister(id).is_some_and(|o| o.told()) {
         match &result {
