@@ -68,42 +68,43 @@ pub(crate) struct ConnectionView {
 
 impl ConnectionView {
     fn of(c: &ConnInfo) -> ConnectionView {
-        let d = c.details();
-        let client = d.client.clone().unwrap_or_default();
         let [client_silent, broker_silent] = c.silent_for();
         let [client_gaps, broker_gaps] = c.gaps();
         let now = crate::control::events::unix_now();
-        ConnectionView {
-            id: c.id,
-            client: c.peer.to_string(),
-            tls: c.tls,
-            backend: c.backend.clone(),
-            age_seconds: c.started.elapsed().as_secs_f64(),
-            started: c.started_unix,
-            bytes_in: c.bytes_up.load(std::sync::atomic::Ordering::Relaxed),
-            bytes_out: c.bytes_down.load(std::sync::atomic::Ordering::Relaxed),
-            handshake: c.handshake,
-            vhost: d.vhost.clone(),
-            user: client.user,
-            mechanism: d.client.as_ref().map(|s| s.mechanism.clone()),
-            product: client.product,
-            version: client.version,
-            platform: client.platform,
-            connection_name: client.connection_name,
-            opened: c.opened(),
-            heartbeat_seconds: c.heartbeat(),
-            client_silent_seconds: c.handshake.then_some(client_silent),
-            broker_silent_seconds: c.handshake.then_some(broker_silent),
-            client_heartbeat_gaps: client_gaps,
-            broker_heartbeat_gaps: broker_gaps,
-            blocked: d.blocked.is_some(),
-            blocked_since: d
-                .blocked
-                .as_ref()
-                .map(|b| now - b.since.elapsed().as_secs_f64()),
-            blocked_reason: d.blocked.as_ref().map(|b| b.reason.clone()),
-            close: d.close.clone(),
-        }
+        c.read(|d| {
+            let client = d.client.clone().unwrap_or_default();
+            ConnectionView {
+                id: c.id,
+                client: c.peer.to_string(),
+                tls: c.tls,
+                backend: c.backend.clone(),
+                age_seconds: c.started.elapsed().as_secs_f64(),
+                started: c.started_unix,
+                bytes_in: c.bytes_up.load(std::sync::atomic::Ordering::Relaxed),
+                bytes_out: c.bytes_down.load(std::sync::atomic::Ordering::Relaxed),
+                handshake: c.handshake,
+                vhost: d.vhost.clone(),
+                user: client.user,
+                mechanism: d.client.as_ref().map(|s| s.mechanism.clone()),
+                product: client.product,
+                version: client.version,
+                platform: client.platform,
+                connection_name: client.connection_name,
+                opened: c.opened(),
+                heartbeat_seconds: c.heartbeat(),
+                client_silent_seconds: c.handshake.then_some(client_silent),
+                broker_silent_seconds: c.handshake.then_some(broker_silent),
+                client_heartbeat_gaps: client_gaps,
+                broker_heartbeat_gaps: broker_gaps,
+                blocked: d.blocked.is_some(),
+                blocked_since: d
+                    .blocked
+                    .as_ref()
+                    .map(|b| now - b.since.elapsed().as_secs_f64()),
+                blocked_reason: d.blocked.as_ref().map(|b| b.reason.clone()),
+                close: d.close.clone(),
+            }
+        })
     }
 }
 
@@ -219,19 +220,20 @@ pub(crate) fn refresh_metrics(app: &App) {
     let mut libraries: HashMap<(String, String), usize> = HashMap::new();
     let mut blocked: HashMap<String, usize> = HashMap::new();
     for c in conns.iter().filter(|c| c.handshake) {
-        let d = c.details();
-        if let Some(v) = &d.vhost {
-            *vhosts.entry((c.backend.clone(), v.clone())).or_default() += 1;
-        }
-        if let Some(s) = &d.client {
-            if let Some(u) = &s.user {
-                *users.entry(u.clone()).or_default() += 1;
+        c.read(|d| {
+            if let Some(v) = &d.vhost {
+                *vhosts.entry((c.backend.clone(), v.clone())).or_default() += 1;
             }
-            let product = s.product.clone().unwrap_or_default();
-            let version = s.version.clone().unwrap_or_default();
-            *libraries.entry((product, version)).or_default() += 1;
-        }
-        *blocked.entry(c.backend.clone()).or_default() += usize::from(d.blocked.is_some());
+            if let Some(s) = &d.client {
+                if let Some(u) = &s.user {
+                    *users.entry(u.clone()).or_default() += 1;
+                }
+                let product = s.product.clone().unwrap_or_default();
+                let version = s.version.clone().unwrap_or_default();
+                *libraries.entry((product, version)).or_default() += 1;
+            }
+            *blocked.entry(c.backend.clone()).or_default() += usize::from(d.blocked.is_some());
+        });
     }
     let mut memory = app
         .proxy

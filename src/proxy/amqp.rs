@@ -72,20 +72,22 @@ pub struct FrameTracker {
     last_seen: Option<Seen>,
     /// The current frame's arguments are being kept (see [`Capture`]).
     capturing: bool,
-    /// Which methods to keep, and what was kept; absent unless asked for.
+    /// The connection methods (class 10) whose arguments to keep, as bits
+    /// (every connection method id is below 64); none unless asked for.
+    wanted: u64,
+    /// The frame being kept, or kept and not yet taken: on the heap only
+    /// meanwhile, so an idle connection holds none.
     capture: Option<Box<Capture>>,
 }
 
-/// The connection methods (class 10) a tracker keeps the arguments of, and the
-/// last one kept. A frame is kept only when it is at most [`MAX_CAPTURE`] long.
+/// A connection method frame being kept, or kept. A frame is kept only when it
+/// is at most [`MAX_CAPTURE`] long.
 #[derive(Clone, Debug, Default)]
 struct Capture {
-    /// Method ids to keep, as bits (every connection method id is below 64).
-    wanted: u64,
     /// The method being kept and its arguments so far.
     method: u16,
     args: Vec<u8>,
-    /// A kept frame that ended, until taken.
+    /// The kept frame, once it ended, until taken.
     done: Option<Captured>,
 }
 
@@ -141,6 +143,7 @@ impl FrameTracker {
             want_ids: false,
             last_seen: None,
             capturing: false,
+            wanted: 0,
             capture: None,
         }
     }
@@ -149,22 +152,21 @@ impl FrameTracker {
     /// below 64) from now on: [`feed`](Self::feed) then stops right after each
     /// such frame, for the caller to [`take_captured`](Self::take_captured) it.
     pub fn capture(mut self, methods: &[u16]) -> Self {
-        let wanted = methods
-            .iter()
-            .filter(|m| **m < 64)
-            .fold(0u64, |bits, m| bits | 1 << m);
-        if wanted != 0 && !self.is_lost() {
-            self.capture = Some(Box::new(Capture {
-                wanted,
-                ..Capture::default()
-            }));
+        if !self.is_lost() {
+            self.wanted = methods
+                .iter()
+                .filter(|m| **m < 64)
+                .fold(0u64, |bits, m| bits | 1 << m);
         }
         self
     }
 
     /// The arguments of the last kept method frame, once it ended; taken once.
     pub fn take_captured(&mut self) -> Option<Captured> {
-        self.capture.as_mut().and_then(|c| c.done.take())
+        if self.capturing {
+            return None;
+        }
+        self.capture.take().and_then(|c| c.done)
     }
 
     /// True between two frames, where a frame may be injected.
@@ -340,15 +342,16 @@ impl FrameTracker {
     /// At the class and method ids of a channel-0 connection method: starts
     /// keeping its arguments if they are wanted and the frame is small enough.
     fn start_capture(&mut self, method: u16) {
-        let Some(c) = self.capture.as_mut() else {
-            return;
-        };
         // `remaining` is the arguments plus the frame-end octet; the payload is
         // those arguments and the 4 bytes of ids.
-        let wanted = method < 64 && c.wanted & (1 << method) != 0;
+        let wanted = method < 64 && self.wanted & (1 << method) != 0;
         if wanted && self.remaining + 3 <= u64::from(MAX_CAPTURE) {
-            c.method = method;
-            c.args.clear();
+            // A kept frame not taken is replaced by this one.
+            self.capture = Some(Box::new(Capture {
+                method,
+                args: Vec::with_capacity((self.remaining - 1) as usize),
+                done: None,
+            }));
             self.capturing = true;
         }
     }

@@ -73,9 +73,13 @@ pub struct Blocked {
 }
 
 /// What the handshake and the connection methods after it told about a
-/// connection (with `clients.handshake`).
+/// connection (with `clients.handshake`). On the heap, and only once there is
+/// something to keep: an idle connection that never got that far holds none.
 #[derive(Clone, Debug, Default)]
 pub struct Details {
+    /// The common name of the client's TLS certificate (mutual TLS on the
+    /// TLS listener): the user of an `EXTERNAL` login.
+    pub cert_name: Option<String>,
     /// `connection.start-ok`: user, mechanism and client properties.
     pub client: Option<StartOk>,
     /// `connection.open`'s vhost.
@@ -85,6 +89,16 @@ pub struct Details {
     blocked_unreported: Duration,
     pub close: Option<CloseSeen>,
 }
+
+/// The details of a connection that has none yet.
+const NO_DETAILS: Details = Details {
+    cert_name: None,
+    client: None,
+    vhost: None,
+    blocked: None,
+    blocked_unreported: Duration::ZERO,
+    close: None,
+};
 
 /// One client connection, as warren knows it. Written by the connection's
 /// task, read by the admin API and the metrics (and by an access log at the
@@ -96,9 +110,6 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Accepted on the TLS listener.
     pub tls: bool,
-    /// The common name of the client's TLS certificate (mutual TLS on the
-    /// TLS listener): the user of an `EXTERNAL` login.
-    pub cert_name: Option<String>,
     pub backend: String,
     /// Unix time (seconds) the backend was connected.
     pub started_unix: f64,
@@ -118,7 +129,7 @@ pub struct ConnInfo {
     gaps: [AtomicU32; 2],
     /// Passed `connection.open` (counted against the limits).
     opened: AtomicBool,
-    details: Mutex<Details>,
+    details: Mutex<Option<Box<Details>>>,
     clients: Arc<Clients>,
 }
 
@@ -136,7 +147,6 @@ impl ConnInfo {
             id,
             peer,
             tls,
-            cert_name: None,
             backend: backend.to_string(),
             started_unix: unix_now(),
             started: Instant::now(),
@@ -147,20 +157,32 @@ impl ConnInfo {
             heartbeat: AtomicU32::new(0),
             gaps: [AtomicU32::new(0), AtomicU32::new(0)],
             opened: AtomicBool::new(false),
-            details: Mutex::new(Details::default()),
+            details: Mutex::new(None),
             clients: Arc::clone(clients),
         }
     }
 
     /// With the common name of the client's certificate.
-    pub(crate) fn with_cert_name(mut self, name: Option<String>) -> ConnInfo {
-        self.cert_name = name.map(|n| handshake::text(n.as_bytes()));
+    pub(crate) fn with_cert_name(self, name: Option<String>) -> ConnInfo {
+        if let Some(n) = name {
+            self.update(|d| d.cert_name = Some(handshake::text(n.as_bytes())));
+        }
         self
     }
 
-    pub fn details(&self) -> MutexGuard<'_, Details> {
+    fn lock(&self) -> MutexGuard<'_, Option<Box<Details>>> {
         // A panic while holding it leaves plain data, still good to read.
         self.details.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads the connection's details (empty ones when there are none yet).
+    pub fn read<T>(&self, f: impl FnOnce(&Details) -> T) -> T {
+        f(self.lock().as_deref().unwrap_or(&NO_DETAILS))
+    }
+
+    /// Changes the connection's details (made on first use).
+    fn update<T>(&self, f: impl FnOnce(&mut Details) -> T) -> T {
+        f(self.lock().get_or_insert_with(Box::default))
     }
 
     /// The methods whose arguments the frame tracker keeps for this record,
@@ -239,11 +261,13 @@ impl ConnInfo {
         match (dir, c.method) {
             (Dir::Up, amqp::METHOD_START_OK) => {
                 if let Some(mut s) = handshake::start_ok(&c.args) {
-                    if s.user.is_none() && s.mechanism == "EXTERNAL" {
-                        // The broker takes the user from the certificate too.
-                        s.user = self.cert_name.clone();
-                    }
-                    self.details().client = Some(s);
+                    self.update(|d| {
+                        if s.user.is_none() && s.mechanism == "EXTERNAL" {
+                            // The broker takes the user from the certificate too.
+                            s.user = d.cert_name.clone();
+                        }
+                        d.client = Some(s);
+                    });
                 }
             }
             (Dir::Up, amqp::METHOD_TUNE_OK) => {
@@ -253,11 +277,10 @@ impl ConnInfo {
             }
             (Dir::Up, amqp::METHOD_OPEN) => {
                 let vhost = handshake::open_vhost(&c.args).unwrap_or_default();
-                let user = {
-                    let mut d = self.details();
+                let user = self.update(|d| {
                     d.vhost = Some(vhost.clone());
                     d.client.as_ref().and_then(|c| c.user.clone())
-                };
+                });
                 if let Err(text) = self.clients.admit(self, &vhost, user.as_deref()) {
                     self.closed(Side::Warren, amqp::NOT_ALLOWED, &text);
                     return Some(text);
@@ -270,22 +293,24 @@ impl ConnInfo {
             }
             (Dir::Down, amqp::METHOD_BLOCKED) => {
                 let reason = handshake::blocked_reason(&c.args).unwrap_or_default();
-                let mut d = self.details();
-                if d.blocked.is_none() {
-                    let now = Instant::now();
-                    d.blocked = Some(Blocked {
-                        since: now,
-                        since_unix: unix_now(),
-                        reason,
-                        reported: now,
-                    });
-                }
+                self.update(|d| {
+                    if d.blocked.is_none() {
+                        let now = Instant::now();
+                        d.blocked = Some(Blocked {
+                            since: now,
+                            since_unix: unix_now(),
+                            reason,
+                            reported: now,
+                        });
+                    }
+                });
             }
             (Dir::Down, amqp::METHOD_UNBLOCKED) => {
-                let mut d = self.details();
-                if let Some(b) = d.blocked.take() {
-                    d.blocked_unreported += b.reported.elapsed();
-                }
+                self.update(|d| {
+                    if let Some(b) = d.blocked.take() {
+                        d.blocked_unreported += b.reported.elapsed();
+                    }
+                });
             }
             _ => {}
         }
@@ -294,30 +319,33 @@ impl ConnInfo {
 
     /// A `connection.close` went out from `side`; the first one is kept.
     pub(crate) fn closed(&self, side: Side, code: u16, text: &str) {
-        let mut d = self.details();
-        if d.close.is_none() {
-            d.close = Some(CloseSeen {
-                side,
-                code,
-                text: handshake::text(text.as_bytes()),
-            });
-        }
+        self.update(|d| {
+            if d.close.is_none() {
+                d.close = Some(CloseSeen {
+                    side,
+                    code,
+                    text: handshake::text(text.as_bytes()),
+                });
+            }
+        });
     }
 
     /// The text of warren's refusal of this connection, if it was refused.
     pub(crate) fn refusal(&self) -> Option<String> {
-        let d = self.details();
-        match &d.close {
+        self.read(|d| match &d.close {
             Some(c) if c.side == Side::Warren && c.code == amqp::NOT_ALLOWED => {
                 Some(c.text.clone())
             }
             _ => None,
-        }
+        })
     }
 
     /// Blocked time not yet added to the metric, up to now.
     fn take_blocked(&self) -> Duration {
-        let mut d = self.details();
+        let mut lock = self.lock();
+        let Some(d) = lock.as_deref_mut() else {
+            return Duration::ZERO;
+        };
         let mut t = std::mem::take(&mut d.blocked_unreported);
         if let Some(b) = d.blocked.as_mut() {
             let now = Instant::now();
@@ -423,11 +451,10 @@ impl Clients {
     /// metrics.
     fn remove(&self, info: &ConnInfo) {
         self.conns().remove(&info.id);
-        let (vhost, user, close) = {
-            let d = info.details();
+        let (vhost, user, close) = info.read(|d| {
             let user = d.client.as_ref().and_then(|c| c.user.clone());
             (d.vhost.clone(), user, d.close.clone())
-        };
+        });
         if info.opened() {
             let mut s = self.limit_state();
             if let Some(v) = vhost {
@@ -671,7 +698,7 @@ mod tests {
             args,
         };
         info.on_method(Dir::Up, &start_ok);
-        let user = info.details().client.as_ref().and_then(|s| s.user.clone());
+        let user = info.read(|d| d.client.as_ref().and_then(|s| s.user.clone()));
         assert_eq!(user.as_deref(), Some("orders-api"));
     }
 
@@ -685,7 +712,7 @@ mod tests {
             frame_len: 26,
         };
         info.on_method(Dir::Down, &blocked);
-        let first = info.details().blocked.clone().expect("blocked");
+        let first = info.read(|d| d.blocked.clone()).expect("blocked");
         assert_eq!(first.reason, "low on memory");
         std::thread::sleep(Duration::from_millis(20));
         let reported = info.take_blocked();
@@ -696,7 +723,7 @@ mod tests {
             frame_len: 12,
         };
         info.on_method(Dir::Down, &unblocked);
-        assert!(info.details().blocked.is_none());
+        assert!(info.read(|d| d.blocked.is_none()));
         assert!(info.take_blocked() < Duration::from_millis(20));
         assert_eq!(info.take_blocked(), Duration::ZERO);
     }

@@ -621,7 +621,7 @@ mod tests {
             assert_eq!(ended(pump).await, End::Hard, "tls pump: {tls_pump}");
             // The broker got nothing more: the TCP connection just ends.
             assert_eq!(eof_within(&mut broker, WITHIN).await, Some(true));
-            let close = info.details().close.clone().expect("close recorded");
+            let close = info.read(|d| d.close.clone()).expect("close recorded");
             assert_eq!((close.code, info.opened()), (530, false));
             assert_eq!(info.heartbeat(), 60);
         }
