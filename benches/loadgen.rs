@@ -18,7 +18,10 @@ use tokio::net::{TcpListener, TcpStream};
 
 const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
 const USAGE: &str = "\
-loadgen serve --sink ADDR... --echo ADDR  sink (read to EOF) and echo servers
+loadgen serve --sink ADDR... --echo ADDR [--broker ADDR]
+                                          sink (read to EOF) and echo servers; a broker
+                                          stand-in that answers the AMQP handshake
+                                          (start, tune, open-ok), then echoes
 loadgen idle ADDR N HOLD_SECS             N connections that send the AMQP header and idle;
                                           prints `ready` once all are open
 loadgen latency SAMPLES SIZE ADDR...      ping-pong of SIZE-byte frames, the addresses taking
@@ -27,6 +30,11 @@ loadgen connrate SECS WORKERS ADDR...     connect, send the AMQP header, close; 
                                           take turns in 250 ms slices; prints conns/s per
                                           address (from 127.0.0.2-254 in turn, so that
                                           TIME_WAIT sockets never exhaust local ports)
+loadgen handshakes SECS WORKERS ADDR...   connect, the whole AMQP handshake (start-ok with a
+                                          client's properties, tune-ok, open), close; the
+                                          addresses take turns in 250 ms slices; prints
+                                          handshakes/s per address (needs --broker behind)
+loadgen latency-amqp SAMPLES SIZE ADDR... `latency` after the whole handshake
 loadgen bulk ADDR SECS STREAMS FRAME      AMQP body frames of FRAME bytes; prints bytes/s, bytes
 loadgen confirms SECS SIZE WINDOW URL...  lapin publishers with confirms, the URLs taking turns
                                           in 500 ms slices; prints msgs/s per URL
@@ -73,16 +81,18 @@ fn run(args: &[String]) -> Res<()> {
         "serve" => {
             let mut sink = Vec::new();
             let mut echo = None;
+            let mut broker = None;
             let mut i = 1;
             while i + 1 < args.len() {
                 match args[i].as_str() {
                     "--sink" => sink.push(arg::<SocketAddr>(args, i + 1, "sink address")?),
                     "--echo" => echo = Some(arg::<SocketAddr>(args, i + 1, "echo address")?),
+                    "--broker" => broker = Some(arg::<SocketAddr>(args, i + 1, "broker address")?),
                     other => return Err(format!("unknown option {other}")),
                 }
                 i += 2;
             }
-            runtime(2)?.block_on(serve(sink, echo))
+            runtime(2)?.block_on(serve(sink, echo, broker))
         }
         "idle" => {
             let addr: SocketAddr = arg(args, 1, "address")?;
@@ -90,13 +100,30 @@ fn run(args: &[String]) -> Res<()> {
             let hold: u64 = arg(args, 3, "hold seconds")?;
             runtime(1)?.block_on(idle(addr, n, Duration::from_secs(hold)))
         }
-        "latency" => {
+        "latency" | "latency-amqp" => {
             let samples: usize = arg(args, 1, "samples")?;
             let size: usize = arg(args, 2, "size")?;
             let addrs = (3..args.len())
                 .map(|i| arg::<SocketAddr>(args, i, "address"))
                 .collect::<Res<Vec<_>>>()?;
-            runtime(1)?.block_on(latency(&addrs, samples, size))
+            let handshake = mode == "latency-amqp";
+            runtime(1)?.block_on(latency(&addrs, samples, size, handshake))
+        }
+        "handshakes" => {
+            let secs: f64 = arg(args, 1, "seconds")?;
+            let workers: usize = arg(args, 2, "workers")?;
+            let addrs = (3..args.len())
+                .map(|i| arg::<SocketAddr>(args, i, "address"))
+                .collect::<Res<Vec<_>>>()?;
+            if addrs.is_empty() {
+                return Err("missing address".into());
+            }
+            runtime(1)?.block_on(rate(
+                &addrs,
+                Duration::from_secs_f64(secs),
+                workers,
+                Visit::Handshake,
+            ))
         }
         "connrate" => {
             let secs: f64 = arg(args, 1, "seconds")?;
@@ -107,7 +134,12 @@ fn run(args: &[String]) -> Res<()> {
             if addrs.is_empty() {
                 return Err("missing address".into());
             }
-            runtime(1)?.block_on(connrate(&addrs, Duration::from_secs_f64(secs), workers))
+            runtime(1)?.block_on(rate(
+                &addrs,
+                Duration::from_secs_f64(secs),
+                workers,
+                Visit::Header,
+            ))
         }
         "bulk" => {
             let addr: SocketAddr = arg(args, 1, "address")?;
@@ -134,15 +166,23 @@ fn run(args: &[String]) -> Res<()> {
     }
 }
 
-async fn serve(sink: Vec<SocketAddr>, echo: Option<SocketAddr>) -> Res<()> {
+async fn serve(
+    sink: Vec<SocketAddr>,
+    echo: Option<SocketAddr>,
+    broker: Option<SocketAddr>,
+) -> Res<()> {
     let mut tasks = Vec::new();
     for addr in sink {
         let l = listen(addr).map_err(|e| format!("{addr}: {e}"))?;
-        tasks.push(tokio::spawn(accept_loop(l, false)));
+        tasks.push(tokio::spawn(accept_loop(l, Server::Sink)));
     }
     if let Some(addr) = echo {
         let l = listen(addr).map_err(|e| format!("{addr}: {e}"))?;
-        tasks.push(tokio::spawn(accept_loop(l, true)));
+        tasks.push(tokio::spawn(accept_loop(l, Server::Echo)));
+    }
+    if let Some(addr) = broker {
+        let l = listen(addr).map_err(|e| format!("{addr}: {e}"))?;
+        tasks.push(tokio::spawn(accept_loop(l, Server::Broker)));
     }
     println!("serving");
     for t in tasks {
@@ -160,19 +200,127 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     s.listen(4096)
 }
 
-async fn accept_loop(l: TcpListener, echo: bool) {
+#[derive(Clone, Copy)]
+enum Server {
+    Sink,
+    Echo,
+    /// The AMQP handshake of a broker, then echo.
+    Broker,
+}
+
+async fn accept_loop(l: TcpListener, server: Server) {
     loop {
         let Ok((s, _)) = l.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
         let _ = s.set_nodelay(true);
-        if echo {
-            tokio::spawn(echo_conn(s));
-        } else {
-            tokio::spawn(sink_conn(s));
+        match server {
+            Server::Sink => tokio::spawn(sink_conn(s)),
+            Server::Echo => tokio::spawn(echo_conn(s)),
+            Server::Broker => tokio::spawn(async move {
+                if let Ok(s) = broker_handshake(s).await {
+                    echo_conn(s).await;
+                }
+            }),
+        };
+    }
+}
+
+/// A channel-0 method frame of the connection class.
+fn method_frame(method: u16, args: &[u8]) -> Vec<u8> {
+    let mut f = vec![1, 0, 0];
+    f.extend_from_slice(&(4 + args.len() as u32).to_be_bytes());
+    f.extend_from_slice(&10u16.to_be_bytes());
+    f.extend_from_slice(&method.to_be_bytes());
+    f.extend_from_slice(args);
+    f.push(0xCE);
+    f
+}
+
+/// Reads frames until a connection method `method` (class 10) arrives.
+async fn read_method(s: &mut TcpStream, method: u16) -> std::io::Result<()> {
+    let mut head = [0u8; 7];
+    let mut payload = Vec::new();
+    loop {
+        s.read_exact(&mut head).await?;
+        let size = u32::from_be_bytes([head[3], head[4], head[5], head[6]]) as usize;
+        payload.resize(size + 1, 0);
+        s.read_exact(&mut payload).await?;
+        if head[0] == 1 && size >= 4 && payload[..4] == [0, 10, (method >> 8) as u8, method as u8] {
+            return Ok(());
         }
     }
+}
+
+/// The broker's side of the handshake: header, start, start-ok, tune, tune-ok,
+/// open, open-ok.
+async fn broker_handshake(mut s: TcpStream) -> std::io::Result<TcpStream> {
+    let mut header = [0u8; 8];
+    s.read_exact(&mut header).await?;
+    let mut start = vec![0, 9, 0, 0, 0, 0];
+    start.extend_from_slice(&5u32.to_be_bytes());
+    start.extend_from_slice(b"PLAIN");
+    start.extend_from_slice(&5u32.to_be_bytes());
+    start.extend_from_slice(b"en_US");
+    s.write_all(&method_frame(10, &start)).await?;
+    read_method(&mut s, 11).await?;
+    let tune = [0x07, 0xff, 0x00, 0x02, 0x00, 0x00, 0x00, 0x3c];
+    s.write_all(&method_frame(30, &tune)).await?;
+    read_method(&mut s, 40).await?;
+    s.write_all(&method_frame(41, &[0])).await?;
+    Ok(s)
+}
+
+/// The client's side of the handshake, with client properties the size of
+/// pika's: header, start-ok, tune-ok, open, then waits for open-ok.
+async fn client_handshake(s: &mut TcpStream) -> std::io::Result<()> {
+    fn long(v: &mut Vec<u8>, b: &[u8]) {
+        v.extend_from_slice(&(b.len() as u32).to_be_bytes());
+        v.extend_from_slice(b);
+    }
+    fn string(v: &mut Vec<u8>, key: &str, value: &str) {
+        v.push(key.len() as u8);
+        v.extend_from_slice(key.as_bytes());
+        v.push(b'S');
+        long(v, value.as_bytes());
+    }
+    s.write_all(PROTOCOL_HEADER).await?;
+    read_method(s, 10).await?;
+    let mut props = Vec::new();
+    string(&mut props, "product", "Pika Python Client Library");
+    string(&mut props, "version", "1.4.4");
+    string(&mut props, "platform", "Python 3.11.7");
+    string(&mut props, "information", "See https://pika.readthedocs.io");
+    let mut caps = Vec::new();
+    for cap in [
+        "authentication_failure_close",
+        "basic.nack",
+        "connection.blocked",
+        "consumer_cancel_notify",
+        "publisher_confirms",
+    ] {
+        caps.push(cap.len() as u8);
+        caps.extend_from_slice(cap.as_bytes());
+        caps.extend_from_slice(b"t\x01");
+    }
+    props.push(12);
+    props.extend_from_slice(b"capabilitiesF");
+    long(&mut props, &caps);
+    string(&mut props, "connection_name", "loadgen");
+    let mut start_ok = Vec::new();
+    long(&mut start_ok, &props);
+    start_ok.push(5);
+    start_ok.extend_from_slice(b"PLAIN");
+    long(&mut start_ok, b"\0guest\0guest");
+    start_ok.push(5);
+    start_ok.extend_from_slice(b"en_US");
+    s.write_all(&method_frame(11, &start_ok)).await?;
+    read_method(s, 30).await?;
+    let mut next = method_frame(31, &[0x07, 0xff, 0x00, 0x02, 0x00, 0x00, 0x00, 0x3c]);
+    next.extend(method_frame(40, b"\x01/\x00\x00"));
+    s.write_all(&next).await?;
+    read_method(s, 41).await
 }
 
 async fn echo_conn(mut s: TcpStream) {
@@ -251,7 +399,7 @@ fn frame(ftype: u8, size: usize) -> Vec<u8> {
 
 /// Ping-pong on one connection per address, the addresses taking turns sample
 /// by sample, so that a noisy machine disturbs every path alike.
-async fn latency(addrs: &[SocketAddr], samples: usize, size: usize) -> Res<()> {
+async fn latency(addrs: &[SocketAddr], samples: usize, size: usize, handshake: bool) -> Res<()> {
     let req = frame(1, size);
     let mut back = vec![0u8; req.len().max(8)];
     let mut conns = Vec::new();
@@ -260,12 +408,18 @@ async fn latency(addrs: &[SocketAddr], samples: usize, size: usize) -> Res<()> {
             .await
             .map_err(|e| format!("{addr}: {e}"))?;
         s.set_nodelay(true).map_err(|e| e.to_string())?;
-        s.write_all(PROTOCOL_HEADER)
-            .await
-            .map_err(|e| e.to_string())?;
-        s.read_exact(&mut back[..8])
-            .await
-            .map_err(|e| e.to_string())?;
+        if handshake {
+            client_handshake(&mut s)
+                .await
+                .map_err(|e| format!("{addr}: handshake: {e}"))?;
+        } else {
+            s.write_all(PROTOCOL_HEADER)
+                .await
+                .map_err(|e| e.to_string())?;
+            s.read_exact(&mut back[..8])
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         conns.push(s);
     }
     let warmup = samples / 10;
@@ -305,9 +459,18 @@ fn turns(round: usize, n: usize) -> impl Iterator<Item = usize> {
     (0..n).map(move |j| (round + j) % n)
 }
 
-/// Connection rate per address, the addresses taking turns in slices of a
-/// quarter second (so that a noisy machine disturbs every path alike).
-async fn connrate(addrs: &[SocketAddr], secs: Duration, workers: usize) -> Res<()> {
+/// What one visit of [`rate`] does on a new connection.
+#[derive(Clone, Copy)]
+enum Visit {
+    /// Sends the protocol header and closes.
+    Header,
+    /// The whole handshake ([`client_handshake`]), then closes.
+    Handshake,
+}
+
+/// Connection (or handshake) rate per address, the addresses taking turns in
+/// slices of a quarter second (so that a noisy machine disturbs every path alike).
+async fn rate(addrs: &[SocketAddr], secs: Duration, workers: usize, visit: Visit) -> Res<()> {
     const SLICE: Duration = Duration::from_millis(250);
     let mut done = vec![0u64; addrs.len()];
     let mut spent = vec![Duration::ZERO; addrs.len()];
@@ -317,7 +480,7 @@ async fn connrate(addrs: &[SocketAddr], secs: Duration, workers: usize) -> Res<(
     while spent.iter().any(|s| *s < secs) {
         for k in turns(round, addrs.len()) {
             let addr = &addrs[k];
-            let (n, e, took) = connect_burst(*addr, SLICE, workers, source).await;
+            let (n, e, took) = connect_burst(*addr, SLICE, workers, source, visit).await;
             source += n as usize + e as usize;
             done[k] += n;
             errors += e;
@@ -334,12 +497,13 @@ async fn connrate(addrs: &[SocketAddr], secs: Duration, workers: usize) -> Res<(
     Ok(())
 }
 
-/// `workers` loops of connect, header, close for `len`; (done, failed, time).
+/// `workers` loops of connect, the visit, close for `len`; (done, failed, time).
 async fn connect_burst(
     addr: SocketAddr,
     len: Duration,
     workers: usize,
     first_source: usize,
+    visit: Visit,
 ) -> (u64, u64, Duration) {
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -357,7 +521,10 @@ async fn connect_burst(
                     let sock = tokio::net::TcpSocket::new_v4()?;
                     sock.bind(SocketAddr::from((source, 0)))?;
                     let mut s = sock.connect(addr).await?;
-                    s.write_all(PROTOCOL_HEADER).await?;
+                    match visit {
+                        Visit::Header => s.write_all(PROTOCOL_HEADER).await?,
+                        Visit::Handshake => client_handshake(&mut s).await?,
+                    }
                     Ok::<_, std::io::Error>(())
                 }
                 .await;
@@ -554,6 +721,72 @@ const FIGURES: &[(&str, &str, &str, bool)] = &[
     ),
 ];
 
+/// Figures of warren with `clients.handshake` on and off (paths `on` and
+/// `off`, one value each per repetition, in the same order).
+const ON_OFF: &[(&str, &str, &str)] = &[
+    (
+        "hs_per_s",
+        "whole AMQP handshakes (start-ok .. open-ok), then close",
+        "handshakes/s",
+    ),
+    (
+        "hs_lat_p50_us",
+        "round trip of a 200-byte frame after the handshake, p50",
+        "us",
+    ),
+    (
+        "hs_lat_p99_us",
+        "round trip of a 200-byte frame after the handshake, p99",
+        "us",
+    ),
+];
+
+/// The on/off table: medians, and min / median / max of the ratio on/off of
+/// each repetition (the two ran in turns within it).
+fn on_off(values: &HashMap<(String, String), Vec<f64>>) {
+    let rows: Vec<_> = ON_OFF
+        .iter()
+        .filter_map(|(key, label, unit)| {
+            let on = values.get(&(key.to_string(), "on".to_string()))?;
+            let off = values.get(&(key.to_string(), "off".to_string()))?;
+            Some((label, unit, on.clone(), off.clone()))
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    println!();
+    println!("warren reading the handshake (`clients.handshake: true`) or not (`false`):");
+    println!();
+    println!("| figure | unit | on | off | on/off (median of each) | on/off per repetition: min / median / max | runs |");
+    println!("|---|---|---|---|---|---|---|");
+    for (label, unit, mut on, mut off) in rows {
+        let mut ratios: Vec<f64> = on
+            .iter()
+            .zip(&off)
+            .filter(|(_, b)| **b != 0.0)
+            .map(|(a, b)| a / b)
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let runs = ratios.len();
+        let (mon, moff) = (median(&mut on), median(&mut off));
+        let spread = if ratios.is_empty() {
+            "-".to_string()
+        } else {
+            format!(
+                "{:.3} / {:.3} / {:.3}",
+                ratios[0],
+                median(&mut ratios.clone()),
+                ratios[runs - 1]
+            )
+        };
+        println!(
+            "| {label} | {unit} | {mon:.1} | {moff:.1} | {:.3} | {spread} | {runs} |",
+            if moff != 0.0 { mon / moff } else { f64::NAN }
+        );
+    }
+}
+
 fn report(file: &str) -> Res<()> {
     let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
     let mut values: HashMap<(String, String), Vec<f64>> = HashMap::new();
@@ -627,6 +860,7 @@ fn report(file: &str) -> Res<()> {
             ratio(w, h),
         );
     }
+    on_off(&values);
     println!();
     println!("Targets (PERF.md), from the medians above:");
     let get = |k: &str, p: &str| med(k, p).map(|x| x.0);

@@ -10,8 +10,117 @@
 use std::path::Path;
 
 use crate::config::{Config, ProxyVersion};
-use crate::proxy::amqp::{FrameTracker, Seen, CLASS_CONNECTION, METHOD_CLOSE, METHOD_CLOSE_OK};
+use crate::proxy::amqp::{
+    FrameTracker, Seen, CLASS_CONNECTION, FRAME_METHOD, MAX_CAPTURE, METHOD_CLOSE, METHOD_CLOSE_OK,
+};
+use crate::proxy::handshake;
 use crate::proxy::proxy_protocol::{self, Received, Scan};
+
+/// The readers of `proxy::handshake` on arbitrary bytes (what a client or a
+/// broker may send as a method's arguments), and the same bytes as a stream
+/// through a tracker that keeps every connection method's arguments.
+///
+/// The readers return (never panic); what they keep is text of at most
+/// [`handshake::MAX_TEXT`] characters without control characters; a PLAIN
+/// user is exactly the response's authcid, never anything after it (the
+/// password). The tracker finds the same boundaries as the reference, stops
+/// early only right after a kept frame, which lies in the stream as it says
+/// (a channel-0 method frame of class 10, at most [`MAX_CAPTURE`] long, its
+/// arguments as kept).
+pub fn handshake(data: &[u8]) {
+    let mut r = Reader(data);
+    let flags = r.u8();
+    let args = r.0;
+    if let Some(s) = handshake::start_ok(args) {
+        let texts = [
+            Some(&s.mechanism),
+            s.user.as_ref(),
+            s.product.as_ref(),
+            s.version.as_ref(),
+            s.platform.as_ref(),
+            s.connection_name.as_ref(),
+        ];
+        texts.into_iter().flatten().for_each(|t| check_text(t));
+        if s.mechanism == "PLAIN" {
+            // The response is the third field: properties (long), mechanism (short).
+            let mut rest = args;
+            let props = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+            rest = &rest[4 + props..];
+            let mech = usize::from(rest[0]);
+            rest = &rest[1 + mech..];
+            let len = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+            let response = &rest[4..4 + len];
+            let parts: Vec<&[u8]> = response.splitn(3, |b| *b == 0).collect();
+            let expected = (parts.len() == 3).then(|| handshake::text(parts[1]));
+            assert_eq!(s.user, expected, "the PLAIN user is the authcid");
+        }
+    }
+    let _ = handshake::tune_ok_heartbeat(args);
+    for t in [
+        handshake::open_vhost(args),
+        handshake::close(args).map(|c| c.text),
+        handshake::blocked_reason(args),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        check_text(&t);
+    }
+
+    // The same bytes as a stream, through a tracker keeping every method.
+    let client = flags & 1 == 1;
+    let stream = args;
+    let init = if client {
+        FrameTracker::client_to_server()
+    } else {
+        FrameTracker::server_to_client()
+    };
+    let all: Vec<u16> = (0..64).collect();
+    let mut t = init.capture(&all);
+    let expected = reference(client, stream);
+    let step = usize::from(flags >> 1).max(1);
+    let mut pos = 0;
+    while pos < stream.len() {
+        let end = (pos + step).min(stream.len());
+        let n = t.feed(&stream[pos..end], false);
+        assert!(n > 0 && n <= end - pos, "consumed {n} at {pos}");
+        pos += n;
+        let kept = t.take_captured();
+        if pos < end {
+            assert!(
+                kept.is_some(),
+                "stopped early at {pos} without a kept frame"
+            );
+        }
+        if let Some(c) = kept {
+            assert!(t.at_boundary(), "a kept frame ends at {pos}, no boundary");
+            assert!(expected.boundaries.contains(&pos), "kept frame end {pos}");
+            let len = usize::try_from(c.frame_len).expect("small");
+            assert!(
+                len <= MAX_CAPTURE as usize + 8 && len <= pos,
+                "frame length {len}"
+            );
+            let f = &stream[pos - len..pos];
+            assert_eq!(
+                (f[0], &f[1..3]),
+                (FRAME_METHOD, &[0u8, 0][..]),
+                "a channel-0 method"
+            );
+            assert_eq!(u16::from_be_bytes([f[7], f[8]]), CLASS_CONNECTION);
+            assert_eq!(u16::from_be_bytes([f[9], f[10]]), c.method);
+            assert_eq!(&f[11..len - 1], &c.args[..], "the arguments as kept");
+        }
+    }
+}
+
+/// A text a handshake reader kept: bounded, printable.
+fn check_text(t: &str) {
+    assert!(t.chars().count() <= handshake::MAX_TEXT, "{t:?} too long");
+    assert!(
+        !t.chars().any(char::is_control),
+        "{t:?} has control characters"
+    );
+}
 
 /// Streams built by [`frame_stream`] stop growing past this many bytes, so one
 /// input stays fast to check byte by byte.
@@ -457,6 +566,8 @@ mod tests {
         frame_tracker(b"\x01\x02\x03\x05AMQP\x00\x00\x09\x01\x08\x00\x00\x00\x00\x00\x00\xce");
         frame_stream(b"");
         frame_stream(b"\x00\x01\x07\x01\x01\x02\x06\x10\x00\x00\x01\x00\x00");
+        handshake(b"");
+        handshake(b"\x01\x00\x00\x00\x00\x05PLAIN\x00\x00\x00\x06\x00u\x00pw\x05en_US");
         proxy_header(b"");
         proxy_header(b"\x03PROXY TCP4 10.0.0.1 10.0.0.2 1 2\r\nAMQP");
         proxy_header(b"\x00PROXY UNKNOWN\r\n");

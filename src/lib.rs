@@ -123,6 +123,7 @@ impl Server {
             amqp_listener: Rebindable::new("amqp", amqp.map(|(l, _)| l)),
             tls_listener: Rebindable::new("amqps", tls_socket.map(|(l, _)| l)),
             listener_stats: ListenerStats::default(),
+            clients: Arc::new(proxy::conn_info::Clients::new(Arc::clone(&config))),
         });
         let app = Arc::new(App {
             config,

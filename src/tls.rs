@@ -134,6 +134,14 @@ pub(crate) fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
         .map(|(_, c)| c.validity().not_after.timestamp())
 }
 
+/// The subject's common name of a DER certificate (a client certificate's,
+/// for the user of an AMQP `EXTERNAL` login).
+pub(crate) fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, c) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let cn = c.subject().iter_common_name().next()?.as_str().ok()?;
+    Some(cn.to_string())
+}
+
 fn now_unix() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -718,6 +726,21 @@ mod tests {
         p.not_after = rcgen::date_time_ymd(year, 1, 1);
         let cert = p.self_signed(&key).expect("cert");
         (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn a_certificates_common_name_is_read() {
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "orders-api");
+        let cert = p.self_signed(&key).expect("cert");
+        assert_eq!(common_name(cert.der()).as_deref(), Some("orders-api"));
+        let (pem, _) = self_signed(2030);
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).expect("pem");
+        // rcgen's default subject: `rcgen self signed cert`.
+        assert!(common_name(&der).is_some());
+        assert_eq!(common_name(&CertificateDer::from(vec![1, 2, 3])), None);
     }
 
     fn listener(cert: PathBuf, key: PathBuf) -> TlsListenConfig {

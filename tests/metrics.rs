@@ -199,6 +199,20 @@ async fn metrics_follow_an_amqp_session_and_pass_promtool() {
         during.value(m::LISTENER_ACCEPTED, &[("listener", "amqp")]) - accepted0,
         3.0
     );
+    // What the handshakes said: one connection per backend into `/`, three of
+    // lapin's.
+    for n in &names {
+        assert_eq!(
+            during.value(m::AMQP_CONNECTIONS, &[("backend", n), ("vhost", "/")]),
+            1.0,
+            "{}",
+            during.0
+        );
+    }
+    assert_eq!(
+        during.value(m::AMQP_CLIENT_CONNECTIONS, &[("product", "lapin")]),
+        3.0
+    );
 
     // 256 KiB out and back through the first connection.
     let queue = unique("q-metrics");
@@ -248,6 +262,22 @@ async fn metrics_follow_an_amqp_session_and_pass_promtool() {
             after.value(&lasted, &b(n)),
             1.0,
             "{n}: one connection ended"
+        );
+    }
+    // Each client closed its connection itself; the gauges went back to 0.
+    let after = wait_metrics(&w, "three client closes", |x| {
+        names.iter().all(|n| {
+            x.value(
+                m::AMQP_CLOSES,
+                &[("backend", n), ("side", "client"), ("code", "200")],
+            ) == 1.0
+        })
+    })
+    .await;
+    for n in &names {
+        assert_eq!(
+            after.value(m::AMQP_CONNECTIONS, &[("backend", n), ("vhost", "/")]),
+            0.0
         );
     }
     promtool_check(&after.0);

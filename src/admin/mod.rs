@@ -13,12 +13,15 @@
 //!   POST /api/backends/{name}/disable no new connections; existing ones kept
 //!   POST /api/backends/{name}/enable  back to health-driven
 //!   GET  /api/events[?after=ID&limit=N] recent events, newest first (control::events)
+//!   GET  /api/connections[?backend=&vhost=&user=&offset=&limit=]
+//!                                     live client connections (see `connections`)
 //!   POST /api/reload                  reload the config file (200, 400 invalid, 500 failed)
 //!
 //! Every request passes [`guard::check`] first: its `Host` must name this
 //! listener (400, 421), and a state change needs the token when one is
 //! configured (401), or else must not come from a browser on another origin (403).
 
+mod connections;
 mod guard;
 mod scrape;
 mod status;
@@ -214,6 +217,10 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp
             act_as(app, &b, action, Some(&format!("admin API from {peer}")));
             json(StatusCode::OK, &view(&b))
         }
+        ["api", "connections"] => only_get(&method, || {
+            let q = connections::Query::parse(req.uri().query());
+            json(StatusCode::OK, &connections::page(app, &q))
+        }),
         ["api", "events"] => only_get(&method, || {
             let (after, limit) = events_query(req.uri().query());
             json(StatusCode::OK, &app.events.recent(after, limit))

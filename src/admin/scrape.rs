@@ -66,6 +66,7 @@ fn refresh(app: &App) {
     for b in app.balancer.prune_retired() {
         flush_traffic(&b);
     }
+    crate::admin::connections::refresh_metrics(app);
 }
 
 /// Moves the connections and bytes counted by the data path since the last

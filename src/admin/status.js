@@ -1,12 +1,13 @@
 
 "use strict";
-// warren's status page: polls /api/status and /api/events, one request at a
+// warren's status page: polls /api/status, /api/events and /api/connections, one request at a
 // time, each abandoned after TIMEOUT_MS, so a slow or unreachable API never
 // hangs the page: it says how old its numbers are instead.
 const POLL_MS = 2000;
 const TIMEOUT_MS = 3000;
 const STALE_MS = 2 * POLL_MS + 1000;
 const MAX_EVENTS = 200;
+const MAX_CONNECTIONS = 50;
 
 const $ = (id) => document.getElementById(id);
 const rows = new Map(); // backend name -> its row's cells
@@ -162,6 +163,62 @@ function renderListeners(s) {
   }
 }
 
+function bytes(n) {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let v = n, i = 0;
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+  return (i === 0 ? v : v.toFixed(1)) + " " + units[i];
+}
+
+// Heartbeat: the interval agreed, and the silence of each side when it is
+// longer than that (a stuck client or a flaky network).
+function heartbeat(c) {
+  if (!c.handshake) return "not read";
+  if (!c.heartbeat_seconds) return "off";
+  let t = c.heartbeat_seconds + " s";
+  const silent = Math.max(c.client_silent_seconds || 0, c.broker_silent_seconds || 0);
+  if (silent > c.heartbeat_seconds) t += ", silent " + Math.floor(silent) + " s";
+  const gaps = c.client_heartbeat_gaps + c.broker_heartbeat_gaps;
+  if (gaps) t += ", " + gaps + (gaps === 1 ? " gap" : " gaps");
+  return t;
+}
+
+function connState(c) {
+  if (c.blocked) return "blocked: " + (c.blocked_reason || "by the broker");
+  if (c.close) return "closing (" + c.close.side + " " + c.close.code + ")";
+  if (c.handshake && !c.opened) return "handshake";
+  return "open";
+}
+
+function renderConnections(page) {
+  const body = $("connections").tBodies[0];
+  body.replaceChildren();
+  for (const c of page.connections) {
+    const tr = document.createElement("tr");
+    tr.dataset.id = c.id;
+    cell(tr).textContent = c.client + (c.tls ? " (TLS)" : "");
+    cell(tr).textContent = c.backend;
+    cell(tr).textContent = c.vhost ?? "";
+    cell(tr).textContent = c.user ?? "";
+    cell(tr).textContent = [c.product, c.version].filter(Boolean).join(" ");
+    cell(tr).textContent = c.connection_name ?? "";
+    cell(tr, "num").textContent = duration(c.age_seconds);
+    cell(tr, "num").textContent = bytes(c.bytes_in);
+    cell(tr, "num").textContent = bytes(c.bytes_out);
+    const hb = cell(tr, "num");
+    hb.textContent = heartbeat(c);
+    if (/silent/.test(hb.textContent)) hb.classList.add("bad");
+    const st = cell(tr, "conn-state");
+    st.textContent = connState(c);
+    if (c.blocked) st.classList.add("blocked");
+    body.appendChild(tr);
+  }
+  const shown = page.connections.length;
+  $("conn-count").textContent = page.total === shown
+    ? page.total + " open"
+    : "the oldest " + shown + " of " + page.total;
+}
+
 function renderSummary(s) {
   $("version").textContent = s.version;
   $("uptime").textContent = duration(s.uptime_seconds);
@@ -225,6 +282,7 @@ async function poll() {
     lastUpdate = Date.now();
     lastError = "";
     renderEvents(await get("/api/events?limit=100&after=" + lastEvent));
+    renderConnections(await get("/api/connections?limit=" + MAX_CONNECTIONS));
   } catch (e) {
     lastError = e.message;
   }

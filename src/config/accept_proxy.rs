@@ -42,7 +42,7 @@ impl TrustedNetworks {
     /// dual-stack listener's IPv4 peer) is taken as the IPv4 address it maps.
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
-        self.0.iter().any(|n| n.0.contains(&ip))
+        self.0.iter().any(|n| n.contains(ip))
     }
 }
 
@@ -85,6 +85,12 @@ impl Network {
             ));
         }
         Ok(Network(net))
+    }
+
+    /// Whether `ip` is in the network (an IPv4-mapped IPv6 address taken as
+    /// the IPv4 address it maps).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.contains(&ip.to_canonical())
     }
 }
 

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod accept_proxy;
 pub mod address;
+pub mod clients;
 pub mod cluster;
 mod error;
 mod health_checks;
@@ -22,6 +23,7 @@ pub mod values;
 
 pub use accept_proxy::{AcceptProxyConfig, Network, TrustedNetworks};
 pub use address::{split_host_port, Authority, Endpoint, HostName};
+pub use clients::{ClientMetrics, ClientsConfig, Limit, LimitsConfig, NetworkLimit, Rate};
 pub use cluster::{
     ApplyTo, ClusterConfig, ClusterNode, NodeType, PolicyConfig, ReplicationConfig,
     REPLICATION_POLICY,
@@ -69,6 +71,8 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterConfig>,
     pub reload: ReloadConfig,
+    /// What warren reads of each AMQP connection, and its limits (docs/clients.md).
+    pub clients: ClientsConfig,
 }
 
 impl Default for Config {
@@ -92,6 +96,7 @@ impl Default for Config {
             log: LogConfig::default(),
             cluster: None,
             reload: ReloadConfig::default(),
+            clients: ClientsConfig::default(),
         }
     }
 }
@@ -806,6 +811,16 @@ impl Config {
         log::lint(&self.log.level).map_err(|e| invalid("log.level".into(), e))?;
         self.validate_listeners()
             .map_err(|(key, message)| invalid(key, message))?;
+        self.clients
+            .validate()
+            .map_err(|(key, message)| invalid(key, message))?;
+        if self.protocol == Protocol::Tcp && !self.clients.limits.is_empty() {
+            return Err(invalid(
+                "clients.limits".into(),
+                "limits apply at AMQP's connection.open, and `protocol: tcp` follows no AMQP"
+                    .into(),
+            ));
+        }
         if let Some(c) = &self.cluster {
             let backends: Vec<&str> = self.backends.iter().map(|b| b.name.as_str()).collect();
             c.validate(&backends)

@@ -5,6 +5,11 @@
 //! count: O(1) work per frame, whatever its size. At a boundary warren may inject
 //! `connection.close` (320 CONNECTION_FORCED) towards the client, and it can tell a
 //! `connection.close-ok` from any other frame when it waits for one.
+//!
+//! Where the connection's record wants them (`clients.handshake`), the tracker
+//! also keeps the arguments of a few channel-0 connection methods ([`Capture`]:
+//! start-ok, tune-ok, open, close, blocked, unblocked), bounded in size; every
+//! other frame is still skipped by count.
 
 /// The protocol header a client sends first.
 pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
@@ -14,13 +19,35 @@ pub const FRAME_HEARTBEAT: u8 = 8;
 pub const FRAME_END: u8 = 0xCE;
 
 pub const CLASS_CONNECTION: u16 = 10;
+pub const METHOD_START_OK: u16 = 11;
+pub const METHOD_TUNE_OK: u16 = 31;
+pub const METHOD_OPEN: u16 = 40;
 pub const METHOD_CLOSE: u16 = 50;
 pub const METHOD_CLOSE_OK: u16 = 51;
+pub const METHOD_BLOCKED: u16 = 60;
+pub const METHOD_UNBLOCKED: u16 = 61;
 
 /// Reply code a broker uses when an operator closes a connection.
 pub const CONNECTION_FORCED: u16 = 320;
 /// Reply code of a normal, client-initiated close.
 pub const REPLY_SUCCESS: u16 = 200;
+/// Reply code for a connection refused by a limit (warren's `clients.limits`).
+pub const NOT_ALLOWED: u16 = 530;
+
+/// Largest method frame payload whose arguments are kept: RabbitMQ takes no
+/// larger frame before `tune-ok` (its `frame_max` starts at the protocol's
+/// minimum, 4096, frame header and end included), and the methods read after
+/// it are small.
+pub const MAX_CAPTURE: u32 = 4096 - 8;
+
+/// A direction of a proxied connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dir {
+    /// Client to broker.
+    Up,
+    /// Broker to client.
+    Down,
+}
 
 /// A frame the tracker saw end, as far as warren cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +70,37 @@ pub struct FrameTracker {
     /// Method frames on channel 0 whose ids we are collecting.
     want_ids: bool,
     last_seen: Option<Seen>,
+    /// The current frame's arguments are being kept (see [`Capture`]).
+    capturing: bool,
+    /// The connection methods (class 10) whose arguments to keep, as bits
+    /// (every connection method id is below 64); none unless asked for.
+    wanted: u64,
+    /// The frame being kept, or kept and not yet taken: on the heap only
+    /// meanwhile, so an idle connection holds none.
+    capture: Option<Box<Capture>>,
+}
+
+/// A connection method frame being kept, or kept. A frame is kept only when it
+/// is at most [`MAX_CAPTURE`] long.
+#[derive(Clone, Debug, Default)]
+struct Capture {
+    /// The method being kept and its arguments so far.
+    method: u16,
+    args: Vec<u8>,
+    /// The kept frame, once it ended, until taken.
+    done: Option<Captured>,
+}
+
+/// The arguments of a connection method that ended, as kept by [`Capture`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Captured {
+    /// Method id (class 10).
+    pub method: u16,
+    /// The arguments: the payload after class and method ids.
+    pub args: Vec<u8>,
+    /// The whole frame's length (header, payload, frame-end), so a caller can
+    /// tell where it began.
+    pub frame_len: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,7 +142,31 @@ impl FrameTracker {
             remaining: 0,
             want_ids: false,
             last_seen: None,
+            capturing: false,
+            wanted: 0,
+            capture: None,
         }
+    }
+
+    /// Keeps the arguments of these connection methods (ids of class 10, each
+    /// below 64) from now on: [`feed`](Self::feed) then stops right after each
+    /// such frame, for the caller to [`take_captured`](Self::take_captured) it.
+    pub fn capture(mut self, methods: &[u16]) -> Self {
+        if !self.is_lost() {
+            self.wanted = methods
+                .iter()
+                .filter(|m| **m < 64)
+                .fold(0u64, |bits, m| bits | 1 << m);
+        }
+        self
+    }
+
+    /// The arguments of the last kept method frame, once it ended; taken once.
+    pub fn take_captured(&mut self) -> Option<Captured> {
+        if self.capturing {
+            return None;
+        }
+        self.capture.take().and_then(|c| c.done)
     }
 
     /// True between two frames, where a frame may be injected.
@@ -130,7 +212,8 @@ impl FrameTracker {
     }
 
     /// Consumes `data`, stopping early right after the first frame that ends in it
-    /// when `stop_at_boundary` is set. Returns how many bytes were consumed.
+    /// when `stop_at_boundary` is set, and right after a frame whose arguments
+    /// were kept ([`capture`](Self::capture)). Returns how many bytes were consumed.
     pub fn feed(&mut self, data: &[u8], stop_at_boundary: bool) -> usize {
         let mut i = 0;
         while i < data.len() {
@@ -166,11 +249,30 @@ impl FrameTracker {
                             // The last byte skipped was the frame-end octet.
                             if data[i - 1] != FRAME_END {
                                 self.state = State::Lost;
+                                self.capturing = false;
                                 return data.len();
+                            }
+                            if self.capturing {
+                                self.captured();
+                                return i;
                             }
                             if stop_at_boundary {
                                 return i;
                             }
+                        }
+                        continue;
+                    }
+                    if self.capturing {
+                        // Keeping the arguments, up to the frame-end octet, which
+                        // the branch above checks.
+                        let take = (self.remaining - 1).min((data.len() - i) as u64) as usize;
+                        if let Some(c) = self.capture.as_mut() {
+                            c.args.extend_from_slice(&data[i..i + take]);
+                        }
+                        i += take;
+                        self.remaining -= take as u64;
+                        if self.remaining == 1 {
+                            self.want_ids = false;
                         }
                         continue;
                     }
@@ -192,9 +294,12 @@ impl FrameTracker {
                                 } else if method == METHOD_CLOSE_OK {
                                     self.last_seen = Some(Seen::ConnectionCloseOk);
                                 }
+                                self.start_capture(method);
                             }
                             // remaining >= 1 here: the frame-end octet is still ahead.
-                            self.want_ids = false;
+                            // While capturing, the arguments are read (want_ids
+                            // stays set) up to it.
+                            self.want_ids = self.capturing && self.remaining > 1;
                             self.head_len = 0;
                         }
                         continue;
@@ -233,10 +338,46 @@ impl FrameTracker {
     }
 }
 
+impl FrameTracker {
+    /// At the class and method ids of a channel-0 connection method: starts
+    /// keeping its arguments if they are wanted and the frame is small enough.
+    fn start_capture(&mut self, method: u16) {
+        // `remaining` is the arguments plus the frame-end octet; the payload is
+        // those arguments and the 4 bytes of ids.
+        let wanted = method < 64 && self.wanted & (1 << method) != 0;
+        if wanted && self.remaining + 3 <= u64::from(MAX_CAPTURE) {
+            // A kept frame not taken is replaced by this one.
+            self.capture = Some(Box::new(Capture {
+                method,
+                args: Vec::with_capacity((self.remaining - 1) as usize),
+                done: None,
+            }));
+            self.capturing = true;
+        }
+    }
+
+    /// The kept frame ended (its frame-end checked).
+    fn captured(&mut self) {
+        self.capturing = false;
+        if let Some(c) = self.capture.as_mut() {
+            let args = std::mem::take(&mut c.args);
+            c.done = Some(Captured {
+                method: c.method,
+                frame_len: 7 + 4 + args.len() as u64 + 1,
+                args,
+            });
+        }
+    }
+}
+
 /// A `connection.close` method frame on channel 0.
 pub fn connection_close(reply_code: u16, reply_text: &str) -> Vec<u8> {
-    let text = reply_text.as_bytes();
-    let text = &text[..text.len().min(255)];
+    // A shortstr: at most 255 bytes, cut at a character boundary.
+    let mut end = reply_text.len().min(255);
+    while !reply_text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let text = &reply_text.as_bytes()[..end];
     let mut payload = Vec::with_capacity(4 + 2 + 1 + text.len() + 4);
     payload.extend_from_slice(&CLASS_CONNECTION.to_be_bytes());
     payload.extend_from_slice(&METHOD_CLOSE.to_be_bytes());
@@ -361,6 +502,89 @@ mod tests {
         t.feed(b"\x42garbage-garbage", false);
         assert!(t.is_lost());
         assert!(!t.at_boundary());
+    }
+
+    /// A channel-0 connection method frame with these arguments.
+    fn method(method: u16, args: &[u8]) -> Vec<u8> {
+        let mut payload = CLASS_CONNECTION.to_be_bytes().to_vec();
+        payload.extend_from_slice(&method.to_be_bytes());
+        payload.extend_from_slice(args);
+        frame(FRAME_METHOD, 0, &payload)
+    }
+
+    #[test]
+    fn kept_methods_stop_the_feed_right_after_them() {
+        let tune_ok = method(METHOD_TUNE_OK, &[0, 0, 0, 0, 0, 0, 0, 60]);
+        let open = method(METHOD_OPEN, b"\x01/\x00\x00");
+        let mut stream = PROTOCOL_HEADER.to_vec();
+        stream.extend(body(1, 50_000));
+        stream.extend(&tune_ok);
+        stream.extend(heartbeat());
+        stream.extend(&open);
+        stream.extend(method(METHOD_UNBLOCKED, &[]));
+        let mut t = FrameTracker::client_to_server().capture(&[METHOD_TUNE_OK, METHOD_OPEN]);
+        // Byte by byte and all at once, the same frames are kept, each ending a feed.
+        for step in [1, stream.len()] {
+            let mut t2 = t.clone();
+            let (mut pos, mut kept) = (0, Vec::new());
+            while pos < stream.len() {
+                let end = (pos + step).min(stream.len());
+                pos += t2.feed(&stream[pos..end], false);
+                if let Some(c) = t2.take_captured() {
+                    assert!(t2.at_boundary());
+                    kept.push((c.method, c.args, c.frame_len, pos));
+                }
+            }
+            let tune_end = 8 + 50_008 + tune_ok.len();
+            let open_end = tune_end + 8 + open.len();
+            assert_eq!(
+                kept,
+                vec![
+                    (
+                        METHOD_TUNE_OK,
+                        vec![0, 0, 0, 0, 0, 0, 0, 60],
+                        tune_ok.len() as u64,
+                        tune_end
+                    ),
+                    (
+                        METHOD_OPEN,
+                        b"\x01/\x00\x00".to_vec(),
+                        open.len() as u64,
+                        open_end
+                    ),
+                ],
+                "step {step}"
+            );
+            assert!(t2.at_boundary());
+        }
+        // The body is still skipped by count, not kept.
+        t.feed(&stream[..8 + 10], false);
+        assert_eq!(t.payload_left(), 50_000 - 3);
+    }
+
+    #[test]
+    fn oversized_or_unwanted_methods_are_not_kept() {
+        let big = method(METHOD_START_OK, &vec![0; MAX_CAPTURE as usize]);
+        let fits = method(METHOD_START_OK, &vec![0; MAX_CAPTURE as usize - 4]);
+        let mut t = FrameTracker::client_to_server().capture(&[METHOD_START_OK]);
+        t.feed(PROTOCOL_HEADER, false);
+        assert_eq!(t.feed(&big, false), big.len());
+        assert_eq!(t.take_captured(), None);
+        assert_eq!(t.feed(&fits, false), fits.len());
+        assert_eq!(
+            t.take_captured().map(|c| c.args.len()),
+            Some(MAX_CAPTURE as usize - 4)
+        );
+        let mut t = FrameTracker::server_to_client().capture(&[METHOD_BLOCKED]);
+        let close = connection_close(320, "bye");
+        assert_eq!(t.feed(&close, false), close.len());
+        assert_eq!(t.take_captured(), None);
+        assert_eq!(t.take_seen(), Some(Seen::ConnectionClose));
+        // A kept frame with a bad frame-end loses the stream, keeps nothing.
+        let mut bad = method(METHOD_BLOCKED, b"\x01x");
+        *bad.last_mut().expect("frame") = 0;
+        assert_eq!(t.feed(&bad, false), bad.len());
+        assert!(t.is_lost() && t.take_captured().is_none());
     }
 
     #[test]

@@ -14,15 +14,8 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use crate::balancer::Command;
-use crate::proxy::amqp::{self, FrameTracker, Seen};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Dir {
-    /// Client to broker.
-    Up,
-    /// Broker to client.
-    Down,
-}
+use crate::proxy::amqp::{self, Dir, FrameTracker, Seen};
+use crate::proxy::conn_info::{ConnInfo, Side};
 
 /// What the two directions of one connection tell each other.
 pub(crate) struct Shared {
@@ -40,13 +33,24 @@ pub(crate) struct Shared {
     /// The broker sent `connection.close` (RabbitMQ closes its socket right after
     /// it on shutdown, without waiting for close-ok).
     pub(crate) broker_closed: AtomicBool,
-    /// The client answered a close with `close-ok`.
+    /// The client answered a close with `close-ok` (or, refused by a limit,
+    /// is done).
     pub(crate) client_acked: AtomicBool,
+    /// A limit refused the connection at its `connection.open` (see
+    /// [`Direction::refuse`]).
+    pub(crate) refused: AtomicBool,
     pub(crate) notify: Notify,
+    /// The connection's record, where warren keeps one.
+    pub(crate) info: Option<Arc<ConnInfo>>,
 }
 
 impl Shared {
+    #[cfg(test)]
     pub(crate) fn new() -> Self {
+        Shared::with_info(None)
+    }
+
+    pub(crate) fn with_info(info: Option<Arc<ConnInfo>>) -> Self {
         Shared {
             epoch: Instant::now(),
             last_active: AtomicU64::new(0),
@@ -55,7 +59,9 @@ impl Shared {
             peer_closing: AtomicBool::new(false),
             broker_closed: AtomicBool::new(false),
             client_acked: AtomicBool::new(false),
+            refused: AtomicBool::new(false),
             notify: Notify::new(),
+            info,
         }
     }
 
@@ -76,13 +82,14 @@ impl Shared {
 
     /// All the flags at once: a pump that drives both directions itself polls
     /// them again while a pass over them changed this.
-    pub(crate) fn flags(&self) -> [bool; 5] {
+    pub(crate) fn flags(&self) -> [bool; 6] {
         [
             &self.client_told,
             &self.down_done,
             &self.peer_closing,
             &self.broker_closed,
             &self.client_acked,
+            &self.refused,
         ]
         .map(|f| f.load(Ordering::Acquire))
     }
@@ -146,10 +153,16 @@ impl Timer {
 
 /// The `connection.close` warren sends in direction `dir`: 320 (forced) to the
 /// client, 200 to the broker.
+#[cfg(test)]
 pub(crate) fn close_frame(dir: Dir, reason: &str) -> Vec<u8> {
+    amqp::connection_close(close_code(dir), reason)
+}
+
+/// The reply code of warren's own close in direction `dir` (a drain's).
+fn close_code(dir: Dir) -> u16 {
     match dir {
-        Dir::Down => amqp::connection_close(amqp::CONNECTION_FORCED, reason),
-        Dir::Up => amqp::connection_close(amqp::REPLY_SUCCESS, reason),
+        Dir::Down => amqp::CONNECTION_FORCED,
+        Dir::Up => amqp::REPLY_SUCCESS,
     }
 }
 
@@ -164,18 +177,27 @@ pub(crate) fn close_frame(dir: Dir, reason: &str) -> Vec<u8> {
 /// was not told); what follows is discarded until the peer's `close-ok`, all
 /// within the close timeout. A close the client or the broker started itself is
 /// left to finish.
+///
+/// A connection a limit refuses at its `connection.open` ([`Direction::refuse`])
+/// closes the same way towards the client, with 530 NOT_ALLOWED: the open
+/// frame is not forwarded, the client gets `connection.close` and its close-ok
+/// ends the connection; the broker, which never saw the open, gets no frame of
+/// warren's, only the end of the TCP connection.
 pub(crate) struct Direction<'a> {
     pub(crate) dir: Dir,
     pub(crate) limits: Limits,
     pub(crate) shared: &'a Shared,
     /// Counts the bytes this direction forwards (the backend's total).
     pub(crate) moved: &'a AtomicU64,
-    /// The same bytes, for this connection alone (its access-log line).
-    own: Option<&'a AtomicU64>,
     pub(crate) tracker: FrameTracker,
     /// Set by [`Command::Close`]: when the close turns hard, and its reason.
     deadline: Option<Instant>,
     reason: Option<Arc<str>>,
+    /// The reply code of warren's close in this direction (a drain's, or
+    /// 530 for a refusal).
+    code: u16,
+    /// The connection was refused by a limit (see [`Direction::refuse`]).
+    refusing: bool,
     /// Forwarding stopped at a frame boundary.
     cut: bool,
     /// Our `connection.close` went out.
@@ -217,36 +239,26 @@ pub(crate) enum Chunk {
 
 impl<'a> Direction<'a> {
     pub(crate) fn new(dir: Dir, limits: Limits, shared: &'a Shared, moved: &'a AtomicU64) -> Self {
-        let tracker = match dir {
+        let mut tracker = match dir {
             _ if !limits.amqp => FrameTracker::not_amqp(),
             Dir::Up => FrameTracker::client_to_server(),
             Dir::Down => FrameTracker::server_to_client(),
         };
+        if let Some(info) = &shared.info {
+            tracker = tracker.capture(info.wanted(dir));
+        }
         Direction {
             dir,
             limits,
             shared,
             moved,
-            own: None,
             tracker,
             deadline: None,
             reason: None,
+            code: close_code(dir),
+            refusing: false,
             cut: false,
             sent_close: false,
-        }
-    }
-
-    /// Counts forwarded bytes in `own` too (the connection's own count).
-    pub(crate) fn counting(mut self, own: &'a AtomicU64) -> Self {
-        self.own = Some(own);
-        self
-    }
-
-    /// Adds `k` forwarded bytes to the meters.
-    pub(crate) fn count(&self, k: u64) {
-        self.moved.fetch_add(k, Ordering::Relaxed);
-        if let Some(own) = self.own {
-            own.fetch_add(k, Ordering::Relaxed);
         }
     }
 
@@ -305,10 +317,22 @@ impl<'a> Direction<'a> {
         false
     }
 
-    /// A read brought bytes: the connection is not idle.
+    /// A read brought bytes: the connection is not idle, and its peer was
+    /// heard (for heartbeat gaps).
     pub(crate) fn touch(&self) {
         if self.limits.idle.is_some() {
             self.shared.touch();
+        }
+        if let Some(info) = &self.shared.info {
+            info.heard(self.dir);
+        }
+    }
+
+    /// Counts `n` forwarded bytes, on the backend and the connection.
+    pub(crate) fn count(&self, n: u64) {
+        self.moved.fetch_add(n, Ordering::Relaxed);
+        if let Some(info) = &self.shared.info {
+            info.count(self.dir, n);
         }
     }
 
@@ -333,11 +357,25 @@ impl<'a> Direction<'a> {
     }
 
     /// Whether warren's own close is due before the next read.
-    pub(crate) fn next(&self) -> Next {
+    pub(crate) fn next(&mut self) -> Next {
+        if self.dir == Dir::Down && self.shared.refused.load(Ordering::Acquire) {
+            if !self.refusing {
+                // The client-to-broker direction refused the connection: the
+                // client is told here, with 530 and the refusal's text.
+                let text = self.shared.info.as_ref().and_then(|i| i.refusal());
+                self.refuse_with(text.unwrap_or_default());
+            } else if self.sent_close && self.shared.client_acked.load(Ordering::Acquire) {
+                // The client answered (or left): the broker leg, which never
+                // saw the open, is simply closed.
+                return Next::Hard;
+            }
+        }
         let peer_closing = self.shared.peer_closing.load(Ordering::Acquire);
         let (Some(text), false, false) = (&self.reason, self.sent_close, peer_closing) else {
             return Next::Read {
-                wait_for_client_told: false,
+                // Until the open is admitted, the direction to the client is
+                // also woken by a refusal, and then by the client being done.
+                wait_for_client_told: self.dir == Dir::Down && !self.past_open(),
             };
         };
         if self.tracker.is_lost() {
@@ -353,7 +391,7 @@ impl<'a> Direction<'a> {
             return Next::Hard;
         }
         if turn && (self.cut || self.tracker.at_boundary()) {
-            return Next::SendClose(close_frame(self.dir, text));
+            return Next::SendClose(amqp::connection_close(self.code, text));
         }
         Next::Read {
             wait_for_client_told: !turn,
@@ -364,8 +402,31 @@ impl<'a> Direction<'a> {
     pub(crate) fn close_sent(&mut self) {
         self.sent_close = true;
         if self.dir == Dir::Down {
+            if let (Some(info), Some(text)) = (&self.shared.info, &self.reason) {
+                info.closed(Side::Warren, self.code, text);
+            }
             self.shared.set(&self.shared.client_told);
         }
+    }
+
+    /// A limit refused the connection at the client's `connection.open`, which
+    /// is not forwarded: this direction (client to broker) is past its cut and
+    /// owes the broker nothing (it never saw the open); the client's close-ok
+    /// ends it, or the close timeout. The other direction tells the client.
+    fn refuse(&mut self) {
+        self.refuse_with(String::new());
+        self.cut = true;
+        self.sent_close = true;
+        self.shared.set(&self.shared.refused);
+    }
+
+    /// Closing because of a refusal: 530 with `text` (towards the client),
+    /// within the close timeout.
+    fn refuse_with(&mut self, text: String) {
+        self.refusing = true;
+        self.code = amqp::NOT_ALLOWED;
+        self.reason = Some(text.into());
+        self.deadline = Some(Instant::now() + self.limits.close);
     }
 
     /// Follows one read (`data`, not empty) and says how much of it to forward:
@@ -373,37 +434,79 @@ impl<'a> Direction<'a> {
     /// close or close-ok of the peers in [`Shared`].
     pub(crate) fn on_read(&mut self, data: &[u8]) -> Chunk {
         if self.sent_close || self.cut {
-            self.tracker.feed(data, false);
-            let seen = self.tracker.take_seen();
-            return if self.sent_close && seen.is_some() {
+            let seen = self.skim(data);
+            return if self.sent_close && seen {
                 Chunk::Finished
             } else {
                 Chunk::Discarded
             };
         }
         let k = if !self.closing() {
+            // Forwarded whole, unless a limit refuses the connection at its
+            // open (then up to that frame, and the rest is followed already).
             self.track(data)
-        } else if self.tracker.at_boundary() {
-            0
         } else {
-            self.tracker.feed(data, true)
+            let k = if self.tracker.at_boundary() {
+                0
+            } else {
+                self.feed(data, true).0
+            };
+            if k < data.len() {
+                self.cut = true;
+                self.skim(&data[k..]);
+            }
+            k
         };
-        if k < data.len() {
-            self.cut = true;
-            self.tracker.feed(&data[k..], false);
-            let _ = self.tracker.take_seen();
-        }
         if k > 0 {
             self.count(k as u64);
         }
         Chunk::Forward(k)
     }
 
+    /// Feeds `data` to the tracker, all of it or (`stop`) up to the first
+    /// frame boundary, handing each connection method it kept to the
+    /// connection's record. Returns the bytes consumed and, when the record
+    /// refused the connection at a `connection.open`, where that frame began
+    /// in `data` (0 when it began in an earlier read).
+    fn feed(&mut self, data: &[u8], stop: bool) -> (usize, Option<usize>) {
+        let mut k = 0;
+        let mut refused_at = None;
+        loop {
+            k += self.tracker.feed(&data[k..], stop);
+            let Some(c) = self.tracker.take_captured() else {
+                return (k, refused_at);
+            };
+            if let Some(info) = &self.shared.info {
+                if info.on_method(self.dir, &c).is_some() && refused_at.is_none() {
+                    let len = usize::try_from(c.frame_len).unwrap_or(usize::MAX);
+                    refused_at = Some(k.saturating_sub(len));
+                }
+            }
+            if stop || k == data.len() {
+                return (k, refused_at);
+            }
+        }
+    }
+
+    /// Follows bytes that are not forwarded; true when they held a
+    /// `connection.close` or `close-ok`.
+    fn skim(&mut self, data: &[u8]) -> bool {
+        self.feed(data, false);
+        self.tracker.take_seen().is_some()
+    }
+
     /// Follows the frames of bytes that are all forwarded (warren is not
-    /// closing), noting a peer's `connection.close` or `close-ok`.
+    /// closing), noting a peer's `connection.close` or `close-ok`. Returns how
+    /// many to forward: all of them, unless a limit refused the connection at
+    /// its `connection.open` (then the bytes before that frame).
     fn track(&mut self, data: &[u8]) -> usize {
         let shared = self.shared;
-        let k = self.tracker.feed(data, false);
+        let (k, refused_at) = self.feed(data, false);
+        if let Some(at) = refused_at {
+            self.refuse();
+            let _ = self.tracker.take_seen();
+            return at;
+        }
         match (self.tracker.take_seen(), self.dir) {
             (Some(Seen::ConnectionClose), dir) => {
                 if dir == Dir::Down {
@@ -421,7 +524,20 @@ impl<'a> Direction<'a> {
     /// every byte read is forwarded, so the bulk path may read on past a
     /// payload's end ([`on_read_ahead`](Self::on_read_ahead)).
     pub(crate) fn plain(&self) -> bool {
-        self.reason.is_none() && !self.shared.peer_closing.load(Ordering::Acquire)
+        self.reason.is_none()
+            && !self.shared.peer_closing.load(Ordering::Acquire)
+            && self.past_open()
+    }
+
+    /// No limit can refuse the connection any more: its `connection.open` was
+    /// admitted, or the handshake is not read. Until then every byte from the
+    /// client is followed before it is forwarded, so that a refusal can hold
+    /// the open back (the bulk path does not read ahead).
+    fn past_open(&self) -> bool {
+        self.shared
+            .info
+            .as_ref()
+            .is_none_or(|i| !i.handshake || i.opened())
     }
 
     /// Bytes the bulk path read on past a payload while [`plain`](Self::plain):
@@ -477,6 +593,11 @@ impl<'a> Direction<'a> {
         if self.dir == Dir::Down && !self.shared.down_done.load(Ordering::Acquire) {
             self.shared.set(&self.shared.down_done);
         }
+        if self.dir == Dir::Up && self.refusing && !self.shared.client_acked.load(Ordering::Acquire)
+        {
+            // The refused client is done (close-ok, EOF or time up).
+            self.shared.set(&self.shared.client_acked);
+        }
     }
 }
 
@@ -527,8 +648,6 @@ pub(crate) struct Meters<'a> {
     pub up: &'a AtomicU64,
     /// Broker to client.
     pub down: &'a AtomicU64,
-    /// This connection's bytes: client to broker, broker to client.
-    pub own: &'a [AtomicU64; 2],
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 //! are plain TCP, `stream` when either is TLS. Both pumps ask `direction` what to
 //! do with each read, following AMQP frames (`amqp`) so that a close ordered by
 //! the control plane is sent the way a broker sends it; `bulk` and `buffer` move
-//! long payloads.
+//! long payloads. Each connection has a record (`conn_info`), which the frame
+//! tracker feeds with the few connection methods `handshake` reads.
 //!
 //! What the data path shares across connections is a [`Proxy`]. It reports to
 //! the rest of warren only through its backends (counters, connect failures) and
@@ -18,7 +19,9 @@ mod accept_proxy;
 pub mod amqp;
 pub mod buffer;
 mod bulk;
+pub mod conn_info;
 mod direction;
+pub mod handshake;
 pub(crate) mod listener;
 pub(crate) mod proxy_protocol;
 mod pump;
@@ -37,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::balancer::Balancer;
 use crate::config::Config;
+use crate::proxy::conn_info::Clients;
 use crate::proxy::socket::{ListenerStats, Rebindable};
 use crate::tls::Tls;
 
@@ -55,4 +59,6 @@ pub struct Proxy {
     /// The TLS listening socket (absent without `tls`).
     pub tls_listener: Rebindable,
     pub(crate) listener_stats: ListenerStats,
+    /// The live connections (their records) and the counts of the limits.
+    pub clients: Arc<Clients>,
 }

@@ -26,10 +26,11 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::balancer::OrdersRx;
+use crate::proxy::amqp::Dir;
 use crate::proxy::buffer::try_read;
 use crate::proxy::bulk::{Bulk, Moved};
 use crate::proxy::direction::{
-    joined, AtEof, Chunk, Dir, Direction, End, Limits, Meters, Next, Shared, Timer, DISCARD_PAUSE,
+    joined, AtEof, Chunk, Direction, End, Limits, Meters, Next, Shared, Timer, DISCARD_PAUSE,
 };
 
 /// Bytes moved per read; large enough for bulk transfers.
@@ -60,8 +61,8 @@ impl<'a> Pump<'a> {
         limits: Limits,
         meters: Meters<'a>,
     ) -> Self {
-        let up = Direction::new(Dir::Up, limits, shared, meters.up).counting(&meters.own[0]);
-        let down = Direction::new(Dir::Down, limits, shared, meters.down).counting(&meters.own[1]);
+        let up = Direction::new(Dir::Up, limits, shared, meters.up);
+        let down = Direction::new(Dir::Down, limits, shared, meters.down);
         let mut up = Half::new(up, client, server);
         if !head.is_empty() {
             // Tracked and counted like any read (nothing is being closed yet).
@@ -445,11 +446,9 @@ mod tests {
         let pump = tokio::spawn(async move {
             let shared = Shared::new();
             let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
-            let own = [AtomicU64::new(0), AtomicU64::new(0)];
             let meters = Meters {
                 up: &up,
                 down: &down,
-                own: &own,
             };
             Pump::new(&near, &far, Vec::new(), &shared, orders, limits, meters).await
         });
@@ -541,6 +540,91 @@ mod tests {
         client.write_all(&ok).await.expect("close-ok");
         broker.write_all(&ok).await.expect("close-ok");
         assert_eq!(ended(pump).await, End::Graceful);
+    }
+
+    /// A channel-0 connection method frame.
+    fn method(method: u16, args: &[u8]) -> Vec<u8> {
+        let mut f = vec![1, 0, 0];
+        f.extend_from_slice(&(4 + args.len() as u32).to_be_bytes());
+        f.extend_from_slice(&amqp::CLASS_CONNECTION.to_be_bytes());
+        f.extend_from_slice(&method.to_be_bytes());
+        f.extend_from_slice(args);
+        f.push(amqp::FRAME_END);
+        f
+    }
+
+    /// A limit refuses the connection at its open, on either pump: the broker
+    /// gets start-ok and tune-ok but never the open, the client gets 530 with
+    /// the text, and its close-ok ends the connection (the broker leg closes).
+    #[tokio::test]
+    async fn a_refused_open_is_not_forwarded_and_the_client_gets_530() {
+        use crate::proxy::conn_info::{Clients, ConnInfo};
+        for tls_pump in [false, true] {
+            let config = crate::config::Config::from_yaml(
+                "listen: 127.0.0.1:5672\nbackends: [{name: a, address: 'h:1'}]\n\
+                 clients: {limits: {vhosts: {v: {max_connections: 0}}}}\n",
+                std::path::Path::new("t.yaml"),
+            )
+            .expect("valid");
+            let clients = Arc::new(Clients::new(Arc::new(arc_swap::ArcSwap::from_pointee(
+                config,
+            ))));
+            let peer = "127.0.0.1:1".parse().expect("addr");
+            let info = Arc::new(ConnInfo::new(&clients, 1, peer, false, "a", true));
+            let (mut client, near) = pair().await;
+            let (far, mut broker) = pair().await;
+            let registry = Arc::new(ConnRegistry::default());
+            let orders = registry.register(1);
+            let limits = Limits {
+                close: Duration::from_secs(5),
+                idle: None,
+                amqp: true,
+            };
+            let pump_info = Arc::clone(&info);
+            let pump = tokio::spawn(async move {
+                let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+                let meters = Meters {
+                    up: &up,
+                    down: &down,
+                };
+                if tls_pump {
+                    use crate::proxy::stream::{pump, Stream};
+                    let (c, s) = (Stream::Plain(near), Stream::Plain(far));
+                    pump(c, s, &[], orders, limits, meters, Some(pump_info)).await
+                } else {
+                    let shared = Shared::with_info(Some(pump_info));
+                    Pump::new(&near, &far, Vec::new(), &shared, orders, limits, meters).await
+                }
+            });
+            let start_ok = method(
+                amqp::METHOD_START_OK,
+                &crate::proxy::handshake::tests::start_ok_args(&[], "PLAIN", b"\0u\0p"),
+            );
+            let tune_ok = method(amqp::METHOD_TUNE_OK, &[0, 0, 0, 2, 0, 0, 0, 60]);
+            let open = method(amqp::METHOD_OPEN, b"\x01v\x00\x00");
+            let mut sent = amqp::PROTOCOL_HEADER.to_vec();
+            sent.extend(&start_ok);
+            sent.extend(&tune_ok);
+            let forwarded = sent.clone();
+            sent.extend(&open);
+            client.write_all(&sent).await.expect("write");
+            assert_eq!(read_n(&mut broker, forwarded.len()).await, forwarded);
+            let refusal = amqp::connection_close(
+                amqp::NOT_ALLOWED,
+                "warren: connection limit for vhost v reached (0)",
+            );
+            assert_eq!(read_n(&mut client, refusal.len()).await, refusal);
+            client
+                .write_all(&amqp::connection_close_ok())
+                .await
+                .expect("close-ok");
+            assert_eq!(ended(pump).await, End::Hard, "tls pump: {tls_pump}");
+            // The broker got nothing more: the TCP connection just ends.
+            assert_eq!(eof_within(&mut broker, WITHIN).await, Some(true));
+            let close = info.read(|d| d.close.clone()).expect("close recorded");
+            assert_eq!((close.code, info.opened()), (530, false));
+            assert_eq!(info.heartbeat(), 60);
+        }
     }
 
     #[tokio::test]

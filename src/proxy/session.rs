@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use crate::balancer::Backend;
 use crate::config::{AcceptProxyConfig, Config, Protocol};
 use crate::proxy::accept_proxy::Origin;
 use crate::proxy::amqp;
+use crate::proxy::conn_info::ConnInfo;
 use crate::proxy::direction::{End, Limits, Meters, Shared};
 use crate::proxy::pump::Pump;
 use crate::proxy::socket::set_socket_options;
@@ -266,28 +267,48 @@ async fn carry(proxy: &Arc<Proxy>, client: Stream, head: Vec<u8>, conn: Conn<'_>
     tracing::debug!("connected");
     let _active = backend.connection_guard();
     let orders = backend.conns.register(id);
-    let limits = {
+    let (limits, handshake) = {
         let c = proxy.config.load();
-        Limits {
+        let amqp = c.protocol == Protocol::Amqp;
+        let limits = Limits {
             close: c.drain.close_timeout.get(),
             idle: c.timeouts.idle.map(|d| d.get()),
-            amqp: c.protocol == Protocol::Amqp,
-        }
+            amqp,
+        };
+        (limits, amqp && c.clients.handshake)
     };
-    let own = [AtomicU64::new(0), AtomicU64::new(0)];
+    let tls = matches!(client, Stream::Tls(_));
+    let info = Arc::new(
+        ConnInfo::new(
+            &proxy.clients,
+            id,
+            conn.origin.peer,
+            tls,
+            backend.name(),
+            handshake,
+        )
+        .with_cert_name(client_cert_name(&client)),
+    );
+    // Out of the table when the connection ends, however it ends.
+    let _listed = proxy.clients.insert(Arc::clone(&info));
     let meters = Meters {
         up: &backend.bytes_in,
         down: &backend.bytes_out,
-        own: &own,
     };
     let result = match (&client, &server) {
         (Stream::Plain(client), Stream::Plain(server)) => {
-            let shared = Shared::new();
+            let shared = Shared::with_info(Some(Arc::clone(&info)));
             Pump::new(client, server, head, &shared, orders, limits, meters).await
         }
         _ => {
             Box::pin(crate::proxy::stream::pump(
-                client, server, &head, orders, limits, meters,
+                client,
+                server,
+                &head,
+                orders,
+                limits,
+                meters,
+                Some(Arc::clone(&info)),
             ))
             .await
         }
@@ -315,13 +336,25 @@ async fn carry(proxy: &Arc<Proxy>, client: Stream, head: Vec<u8>, conn: Conn<'_>
         client: conn.origin.peer,
         listener: listener.name(),
         backend: Some(backend.name()),
-        sent: own[0].load(Ordering::Relaxed),
-        received: own[1].load(Ordering::Relaxed),
+        sent: info.bytes_up.load(Ordering::Relaxed),
+        received: info.bytes_down.load(Ordering::Relaxed),
         duration: conn.started.elapsed(),
         carried: Some(connected.elapsed()),
         end,
     };
     access::finished(&record, proxy.config.load().log.access);
+}
+
+/// The common name of the certificate a client showed on the TLS listener.
+fn client_cert_name(client: &Stream) -> Option<String> {
+    let Stream::Tls(s) = client else {
+        return None;
+    };
+    let tokio_rustls::TlsStream::Server(s) = s.as_ref() else {
+        return None;
+    };
+    let cert = s.get_ref().1.peer_certificates()?.first()?;
+    crate::tls::common_name(cert)
 }
 
 /// Connects to the first reachable candidate backend (bounded by `retries`),

@@ -18,6 +18,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -27,9 +28,10 @@ use tokio::time::Instant;
 
 use crate::balancer::Command;
 use crate::balancer::OrdersRx;
+use crate::proxy::amqp::Dir;
+use crate::proxy::conn_info::ConnInfo;
 use crate::proxy::direction::{
-    far_future, joined, Chunk, Dir, Direction, End, Limits, Meters, Next, Shared, Timer,
-    DISCARD_PAUSE,
+    far_future, joined, Chunk, Direction, End, Limits, Meters, Next, Shared, Timer, DISCARD_PAUSE,
 };
 
 const BUF_START: usize = 8 * 1024;
@@ -115,23 +117,24 @@ pub(crate) async fn pump(
     cmd: OrdersRx,
     limits: Limits,
     meters: Meters<'_>,
+    info: Option<Arc<ConnInfo>>,
 ) -> io::Result<End> {
     // Both halves of each stream are driven from this one task (try_join), so the
     // lock inside `split` is never contended and one waker serves both directions.
     let (mut client_rx, mut client_tx) = tokio::io::split(client);
     let (mut server_rx, mut server_tx) = tokio::io::split(server);
-    let shared = Shared::new();
+    let shared = Shared::with_info(info);
     let (mut up_cmd, mut down_cmd) = (cmd.clone(), cmd);
     let end = {
         let up = std::pin::pin!(forward(
-            Direction::new(Dir::Up, limits, &shared, meters.up).counting(&meters.own[0]),
+            Direction::new(Dir::Up, limits, &shared, meters.up),
             &mut client_rx,
             &mut server_tx,
             head,
             &mut up_cmd,
         ));
         let down = std::pin::pin!(forward(
-            Direction::new(Dir::Down, limits, &shared, meters.down).counting(&meters.own[1]),
+            Direction::new(Dir::Down, limits, &shared, meters.down),
             &mut server_rx,
             &mut client_tx,
             &[],
@@ -225,7 +228,8 @@ where
                     return Ok(End::Hard);
                 }
                 d.close_sent();
-                false
+                // Asked again: what to wait for may have changed with it.
+                continue;
             }
             Next::Hard => return Ok(End::Hard),
         };

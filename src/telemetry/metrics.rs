@@ -50,6 +50,28 @@ pub const PROXY_HEADER_REJECTED: &str = "warren_proxy_header_rejected_total";
 pub const TLS_HANDSHAKES: &str = "warren_tls_handshakes_total";
 pub const TLS_CERTIFICATE_EXPIRY: &str = "warren_tls_certificate_expiry_seconds";
 pub const ADMIN_REFUSED: &str = "warren_admin_requests_refused_total";
+
+pub const AMQP_CONNECTIONS: &str = "warren_amqp_connections";
+pub const AMQP_USER_CONNECTIONS: &str = "warren_amqp_user_connections";
+pub const AMQP_CLIENT_CONNECTIONS: &str = "warren_amqp_client_connections";
+pub const AMQP_BLOCKED: &str = "warren_amqp_blocked_connections";
+pub const AMQP_BLOCKED_SECONDS: &str = "warren_amqp_blocked_seconds_total";
+pub const AMQP_CLOSES: &str = "warren_amqp_closes_total";
+pub const AMQP_HEARTBEAT_GAPS: &str = "warren_amqp_heartbeat_gaps_total";
+pub const AMQP_LIMIT_REFUSALS: &str = "warren_amqp_limit_refusals_total";
+/// Label values `side` of [`AMQP_CLOSES`]: who sent the connection's first
+/// `connection.close`, or `none` (the TCP connection ended without one).
+pub const CLOSE_SIDES: [&str; 4] = ["client", "broker", "warren", "none"];
+/// Reply codes of AMQP 0-9-1 that [`AMQP_CLOSES`] labels by number; any
+/// other is `other` (the code comes from the network).
+pub const REPLY_CODES: [u16; 19] = [
+    200, 311, 312, 313, 320, 402, 403, 404, 405, 406, 501, 502, 503, 504, 505, 506, 530, 540, 541,
+];
+/// Label values `side` of [`AMQP_HEARTBEAT_GAPS`]: whose silence.
+pub const GAP_SIDES: [&str; 2] = ["client", "broker"];
+/// Label values `scope` and `limit` of [`AMQP_LIMIT_REFUSALS`].
+pub const LIMIT_SCOPES: [&str; 3] = ["vhost", "user", "network"];
+pub const LIMIT_KINDS: [&str; 2] = ["connections", "rate"];
 /// Label values of [`BACKEND_CONNECT_ERRORS`].
 pub const CONNECT_ERROR_KINDS: [&str; 6] = [
     "refused",
@@ -164,6 +186,11 @@ pub fn install() -> PrometheusHandle {
             }
             for reason in ADMIN_REFUSAL_REASONS {
                 counter!(ADMIN_REFUSED, "reason" => reason).increment(0);
+            }
+            for scope in LIMIT_SCOPES {
+                for limit in LIMIT_KINDS {
+                    counter!(AMQP_LIMIT_REFUSALS, "scope" => scope, "limit" => limit).increment(0);
+                }
             }
             handle
         })
@@ -324,6 +351,46 @@ fn describe() {
         Seconds,
         "Seconds until the certificate's notAfter (negative once expired), by certificate.",
     );
+    g(
+        AMQP_CONNECTIONS,
+        Count,
+        "Client connections past connection.open, by backend and vhost (vhosts listed in clients.metrics.vhosts and the top N; the rest as other).",
+    );
+    g(
+        AMQP_USER_CONNECTIONS,
+        Count,
+        "Client connections whose start-ok named a user, by user (users listed in clients.metrics.users and the top N; the rest as other).",
+    );
+    g(
+        AMQP_CLIENT_CONNECTIONS,
+        Count,
+        "Client connections by client library: product and version from start-ok's client_properties (the top N pairs; the rest as other).",
+    );
+    g(
+        AMQP_BLOCKED,
+        Count,
+        "Client connections the broker has blocked (connection.blocked: a memory or disk alarm) and not yet unblocked.",
+    );
+    c(
+        AMQP_BLOCKED_SECONDS,
+        Seconds,
+        "Time client connections spent blocked by the broker, summed over connections.",
+    );
+    c(
+        AMQP_CLOSES,
+        Count,
+        "Ended client connections by their first connection.close: side (client, broker, warren, none: no close at all) and reply code (e.g. 320 forced, 403 access refused, 530 not allowed, 541 internal error; other, none).",
+    );
+    c(
+        AMQP_HEARTBEAT_GAPS,
+        Count,
+        "Silences longer than the negotiated heartbeat interval, by whose silence (client, broker).",
+    );
+    c(
+        AMQP_LIMIT_REFUSALS,
+        Count,
+        "Connections refused at connection.open with 530 by a clients.limits entry, by scope (vhost, user, network) and limit (connections, rate).",
+    );
     c(
         ADMIN_REFUSED,
         Count,
@@ -352,6 +419,104 @@ pub fn ensure_backend_counters(backend: &str) {
     for trigger in DRAIN_TRIGGERS {
         counter!(BACKEND_DRAINS, "backend" => name(), "trigger" => trigger).increment(0);
     }
+    counter!(AMQP_BLOCKED_SECONDS, "backend" => name()).increment(0);
+    for side in GAP_SIDES {
+        counter!(AMQP_HEARTBEAT_GAPS, "backend" => name(), "side" => side).increment(0);
+    }
+}
+
+/// The label of an AMQP reply code: its number when it is one of
+/// [`REPLY_CODES`], else `other`.
+pub fn reply_code_label(code: u16) -> String {
+    if REPLY_CODES.contains(&code) {
+        code.to_string()
+    } else {
+        "other".to_string()
+    }
+}
+
+/// A connection of `backend` ended; its first `connection.close` came from
+/// `side` (one of [`CLOSE_SIDES`]) with `code`.
+pub fn amqp_close(backend: &str, side: &'static str, code: u16) {
+    counter!(AMQP_CLOSES, "backend" => backend.to_string(), "side" => side, "code" => reply_code_label(code))
+        .increment(1);
+}
+
+/// A connection of `backend` ended without any `connection.close`.
+pub fn amqp_close_none(backend: &str) {
+    counter!(AMQP_CLOSES, "backend" => backend.to_string(), "side" => "none", "code" => "none")
+        .increment(1);
+}
+
+/// A silence longer than the heartbeat on a connection of `backend`, from
+/// `side` (one of [`GAP_SIDES`]).
+pub fn heartbeat_gap(backend: &str, side: &'static str) {
+    counter!(AMQP_HEARTBEAT_GAPS, "backend" => backend.to_string(), "side" => side).increment(1);
+}
+
+/// Time connections of `backend` spent blocked since the last report. The
+/// counter counts whole seconds (the `metrics` counters are integers); the
+/// fractions are carried to the next report.
+pub fn blocked_seconds(backend: &str, seconds: f64) {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static CARRY: Mutex<Option<HashMap<String, f64>>> = Mutex::new(None);
+    if seconds <= 0.0 {
+        return;
+    }
+    let whole = {
+        let mut carry = CARRY.lock().unwrap_or_else(|p| p.into_inner());
+        let t = carry
+            .get_or_insert_with(HashMap::new)
+            .entry(backend.to_string())
+            .or_default();
+        *t += seconds;
+        let whole = t.floor();
+        *t -= whole;
+        whole as u64
+    };
+    if whole > 0 {
+        counter!(AMQP_BLOCKED_SECONDS, "backend" => backend.to_string()).increment(whole);
+    }
+}
+
+/// A connection refused by a limit; `scope` is one of [`LIMIT_SCOPES`],
+/// `limit` one of [`LIMIT_KINDS`].
+pub fn limit_refusal(scope: &'static str, limit: &'static str) {
+    counter!(AMQP_LIMIT_REFUSALS, "scope" => scope, "limit" => limit).increment(1);
+}
+
+/// Label sets of gauge series set by [`set_gauges`], per family: what one
+/// warren emitted at its last scrape.
+pub type GaugeMemory =
+    std::collections::HashMap<&'static str, std::collections::HashSet<Vec<(&'static str, String)>>>;
+
+/// Sets the gauges of family `name` to `rows` (labels, value); series of the
+/// family that `memory` holds from the previous call and that are absent now
+/// are set to 0 once, then left to expire.
+pub fn set_gauges(
+    memory: &mut GaugeMemory,
+    name: &'static str,
+    rows: Vec<(Vec<(&'static str, String)>, f64)>,
+) {
+    let before = memory.remove(name).unwrap_or_default();
+    let mut now = std::collections::HashSet::new();
+    for (labels, value) in rows {
+        gauge_with(name, &labels).set(value);
+        now.insert(labels);
+    }
+    for gone in before.difference(&now) {
+        gauge_with(name, gone).set(0.0);
+    }
+    memory.insert(name, now);
+}
+
+fn gauge_with(name: &'static str, labels: &[(&'static str, String)]) -> metrics::Gauge {
+    let labels: Vec<metrics::Label> = labels
+        .iter()
+        .map(|(k, v)| metrics::Label::new(*k, v.clone()))
+        .collect();
+    metrics::gauge!(name, labels)
 }
 
 /// Adds connections and bytes counted by the data path since the last flush.

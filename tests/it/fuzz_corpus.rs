@@ -47,6 +47,11 @@ fn frame_stream_corpus() {
 }
 
 #[test]
+fn handshake_corpus() {
+    replay("handshake", fuzz_checks::handshake);
+}
+
+#[test]
 fn proxy_header_corpus() {
     replay("proxy_header", fuzz_checks::proxy_header);
 }

@@ -19,6 +19,7 @@ mod common;
 mod admin;
 mod bulk;
 mod chaos;
+mod clients;
 mod config;
 mod dashboard;
 mod deploy;
