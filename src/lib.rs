@@ -30,6 +30,7 @@ pub mod control;
 pub mod fuzz_checks;
 mod health;
 pub mod mgmt;
+pub mod operate;
 pub mod proxy;
 pub mod telemetry;
 mod tls;
@@ -136,6 +137,7 @@ impl Server {
             admin_listener: Rebindable::new("admin", Some(admin)),
             reloader: control::Reloader::default(),
             events: Arc::default(),
+            maintenance: Default::default(),
             started: control::events::unix_now(),
         });
         Ok(Server {

@@ -12,6 +12,11 @@
 //!   POST /api/backends/{name}/drain   no new connections; existing ones closed, paced
 //!   POST /api/backends/{name}/disable no new connections; existing ones kept
 //!   POST /api/backends/{name}/enable  back to health-driven
+//!   POST /api/backends/{name}/maintenance/on   safety checks, paced drain, then
+//!                                     `rabbitmq-upgrade drain` (control::maintenance);
+//!                                     answers when done: 200, 409 refused/busy, 502 failed
+//!   POST /api/backends/{name}/maintenance/off  `rabbitmq-upgrade revive`, wait for the
+//!                                     checks, back in rotation with slow start
 //!   GET  /api/events[?after=ID&limit=N] recent events, newest first (control::events)
 //!   POST /api/reload                  reload the config file (200, 400 invalid, 500 failed)
 //!
@@ -37,6 +42,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 
+use crate::control::maintenance;
 use crate::control::reload::{self, ReloadError, Trigger};
 use crate::control::{act_as, Action, App};
 use crate::proxy::socket::Acceptor;
@@ -213,6 +219,14 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp
             };
             act_as(app, &b, action, Some(&format!("admin API from {peer}")));
             json(StatusCode::OK, &view(&b))
+        }
+        ["api", "backends", name, "maintenance", op @ ("on" | "off")] => {
+            if method != Method::POST {
+                return method_not_allowed("POST");
+            }
+            let by = format!("admin API from {peer}");
+            let report = maintenance::run(app, name, *op == "on", &by).await;
+            json(report.status(), &report)
         }
         ["api", "events"] => only_get(&method, || {
             let (after, limit) = events_query(req.uri().query());

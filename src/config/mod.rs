@@ -18,6 +18,7 @@ mod health_checks;
 mod locate;
 pub mod log;
 pub mod management;
+pub mod operations;
 pub mod values;
 
 pub use accept_proxy::{AcceptProxyConfig, Network, TrustedNetworks};
@@ -29,6 +30,7 @@ pub use cluster::{
 pub use error::{did_you_mean, ConfigError};
 pub use locate::Spot;
 pub use management::{ManagementTls, ManagementTlsConfig};
+pub use operations::{OperationsConfig, OperationsNode, SharedStateConfig};
 use values::{non_zero, opt_socket_addr, socket_addr};
 pub use values::{
     read_limited, read_limited_to_string, HumanDuration, PositiveDuration, Secret, MAX_CONFIG_FILE,
@@ -69,6 +71,8 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterConfig>,
     pub reload: ReloadConfig,
+    /// Maintenance mode, rolling restarts, the shared operator state.
+    pub operations: OperationsConfig,
 }
 
 impl Default for Config {
@@ -92,6 +96,7 @@ impl Default for Config {
             log: LogConfig::default(),
             cluster: None,
             reload: ReloadConfig::default(),
+            operations: OperationsConfig::default(),
         }
     }
 }
@@ -796,6 +801,10 @@ impl Config {
             c.validate(&backends)
                 .map_err(|(key, message)| invalid(key, message))?;
         }
+        let backends: Vec<&str> = self.backends.iter().map(|b| b.name.as_str()).collect();
+        self.operations
+            .validate(&backends)
+            .map_err(|(key, message)| invalid(key, message))?;
         Ok(())
     }
 }

@@ -12,6 +12,7 @@ mod app;
 mod checks;
 mod drain;
 pub mod events;
+pub mod maintenance;
 mod rebalance;
 pub mod reload;
 pub mod shutdown;

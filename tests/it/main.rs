@@ -25,6 +25,7 @@ mod drain;
 mod fuzz_corpus;
 mod health;
 mod hostile;
+mod maintenance;
 mod package;
 mod process;
 mod proxy;
