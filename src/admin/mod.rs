@@ -42,9 +42,10 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 
-use crate::control::maintenance;
+use crate::control::operator_state::{self, Intent};
 use crate::control::reload::{self, ReloadError, Trigger};
 use crate::control::{act_as, Action, App};
+use crate::control::{maintenance, shared_state};
 use crate::proxy::socket::Acceptor;
 use crate::telemetry::metrics;
 use status::{view, BackendView};
@@ -198,11 +199,11 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp
         }),
         ["api", "backends"] => only_get(&method, || {
             let backends = app.balancer.backends();
-            let list: Vec<BackendView> = backends.iter().map(|b| view(b)).collect();
+            let list: Vec<WithShared<'_>> = backends.iter().map(|b| with_shared(app, b)).collect();
             json(StatusCode::OK, &list)
         }),
         ["api", "backends", name] => only_get(&method, || match app.balancer.get(name) {
-            Some(b) => json(StatusCode::OK, &view(&b)),
+            Some(b) => json(StatusCode::OK, &with_shared(app, &b)),
             None => not_found(),
         }),
         ["api", "backends", name, action @ ("drain" | "disable" | "enable")] => {
@@ -212,13 +213,19 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp
             let Some(b) = app.balancer.get(name) else {
                 return not_found();
             };
-            let action = match *action {
-                "drain" => Action::Drain,
-                "disable" => Action::Disable,
-                _ => Action::Enable,
+            let (action, intent) = match *action {
+                "drain" => (Action::Drain, Intent::Drain),
+                "disable" => (Action::Disable, Intent::Disable),
+                _ => (Action::Enable, Intent::Enable),
             };
-            act_as(app, &b, action, Some(&format!("admin API from {peer}")));
-            json(StatusCode::OK, &view(&b))
+            let by = format!("admin API from {peer}");
+            act_as(app, &b, action, Some(&by));
+            // Shared with the other warrens when `operations.shared_state` is on;
+            // a store that does not answer leaves the action local (the view says so).
+            if let Err(e) = shared_state::publish(app, name, intent, &by).await {
+                tracing::warn!(backend = *name, error = %e, "operator intent not shared");
+            }
+            json(StatusCode::OK, &with_shared(app, &b))
         }
         ["api", "backends", name, "maintenance", op @ ("on" | "off")] => {
             if method != Method::POST {
@@ -248,6 +255,22 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp
             }
         }
         _ => not_found(),
+    }
+}
+
+/// A backend's view, with the shared operator state when it is on.
+#[derive(Serialize)]
+struct WithShared<'a> {
+    #[serde(flatten)]
+    view: BackendView<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shared_state: Option<operator_state::View>,
+}
+
+fn with_shared<'a>(app: &App, b: &'a crate::balancer::Backend) -> WithShared<'a> {
+    WithShared {
+        view: view(b),
+        shared_state: shared_state::enabled(app).then(|| app.shared.view(b.name())),
     }
 }
 

@@ -41,6 +41,8 @@ pub struct App {
     pub events: Arc<Events>,
     /// The backends with a maintenance operation running.
     pub(crate) maintenance: Running,
+    /// The shared operator state as this instance knows it.
+    pub(crate) shared: crate::control::operator_state::SharedState,
     /// Unix time (seconds) warren started, for its uptime.
     pub(crate) started: f64,
 }

@@ -22,6 +22,8 @@ use tokio::time::Instant;
 use crate::balancer::{Backend, Health};
 use crate::control::act::{act_as, Action};
 use crate::control::app::App;
+use crate::control::operator_state::Intent;
+use crate::control::shared_state;
 use crate::mgmt::{self, Credentials, Target};
 
 /// The health checks that say taking the node out would lose data or
@@ -188,12 +190,11 @@ async fn enter(
 
     let t = Instant::now();
     let n = b.active_connections();
-    act_as(
-        app,
-        &b,
-        Action::Drain,
-        Some(&format!("maintenance on ({by})")),
-    );
+    let by_on = format!("maintenance on ({by})");
+    act_as(app, &b, Action::Drain, Some(&by_on));
+    if let Err(e) = shared_state::publish(app, name, Intent::Maintenance, &by_on).await {
+        tracing::warn!(backend = name, error = %e, "maintenance not shared");
+    }
     let cfg = app.config.load_full();
     let deadline = t + cfg.drain.grace.get().max(cfg.drain.window.get()) + Duration::from_secs(1);
     while !b.conns.is_empty() && Instant::now() < deadline {
@@ -243,12 +244,11 @@ async fn leave(
     );
 
     let t = Instant::now();
-    act_as(
-        app,
-        &b,
-        Action::Revive,
-        Some(&format!("maintenance off ({by})")),
-    );
+    let by_off = format!("maintenance off ({by})");
+    act_as(app, &b, Action::Revive, Some(&by_off));
+    if let Err(e) = shared_state::publish(app, name, Intent::Enable, &by_off).await {
+        tracing::warn!(backend = name, error = %e, "end of maintenance not shared");
+    }
     let slowstart = app.config.load().health.slowstart.get();
     done(
         steps,
