@@ -30,6 +30,7 @@ mod package;
 mod process;
 mod proxy;
 mod reload;
+mod rolling;
 mod shared_state;
 mod status_page;
 mod tls;
