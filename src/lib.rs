@@ -30,6 +30,7 @@ pub mod control;
 pub mod fuzz_checks;
 mod health;
 pub mod mgmt;
+pub mod operate;
 pub mod proxy;
 pub mod telemetry;
 mod tls;
@@ -137,6 +138,8 @@ impl Server {
             admin_listener: Rebindable::new("admin", Some(admin)),
             reloader: control::Reloader::default(),
             events: Arc::default(),
+            maintenance: Default::default(),
+            shared: Default::default(),
             started: control::events::unix_now(),
         });
         Ok(Server {
@@ -164,6 +167,9 @@ impl Server {
             b.record_state();
             control::spawn_checks(Arc::clone(&app), Arc::clone(b));
         }
+        // Operator intents other instances recorded apply before any client comes.
+        control::shared_state::startup(&app).await;
+        control::shared_state::spawn(Arc::clone(&app));
         let admin_task = tokio::spawn(admin::run(Arc::clone(&app)));
         control::reload::spawn_watcher(Arc::clone(&app));
         // On a worker thread, not this one (the runtime's `block_on` in main):

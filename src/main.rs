@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use warren::bootstrap;
 use warren::config::Config;
 use warren::control::reload::Checked;
+use warren::operate;
 
 /// EX_USAGE: the config (or the command line) is wrong.
 const EXIT_CONFIG: u8 = 64;
@@ -83,6 +84,28 @@ enum Cmd {
         #[arg(long)]
         force_reset: bool,
     },
+    /// Put a node into maintenance (`on`: safety checks, paced drain through the
+    /// running warren, `rabbitmq-upgrade drain`) or take it out (`off`: revive,
+    /// wait for its checks, slow start). Talks to the warren of the config's `admin.listen`.
+    #[command(after_help = OPERATE_HELP)]
+    Maintenance {
+        #[arg(value_enum)]
+        op: OnOff,
+        /// The backend's name (`backends[].name`, listed in `operations.nodes`).
+        node: String,
+        #[arg(short, long, default_value = "/etc/warren/warren.yaml")]
+        config: PathBuf,
+    },
+    /// Restart every node of `operations.nodes` in turn: maintenance on, its
+    /// `restart` command, maintenance off (waits for its checks), then the next.
+    #[command(after_help = OPERATE_HELP)]
+    RollingRestart {
+        #[arg(short, long, default_value = "/etc/warren/warren.yaml")]
+        config: PathBuf,
+        /// Print the plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Print a shell completion script, e.g.
     /// `warren completions bash > /etc/bash_completion.d/warren`.
     Completions {
@@ -97,6 +120,17 @@ enum Cmd {
         out_dir: Option<PathBuf>,
     },
 }
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+const OPERATE_HELP: &str = "Exit codes: 0 done, 64 config error, 65 refused (the node is \
+quorum- or mirror-sync-critical, or an operation on it is running; nothing changed), 69 \
+warren's admin API does not answer or has no such backend, 70 a step failed (the output \
+says what state the node is in). See docs/operations.md.";
 
 const BOOTSTRAP_HELP: &str = "Exit codes: 0 done or nothing to change (--check: matches), \
 1 --check found differences, 64 config error, 65 refused (node in another cluster without \
@@ -181,6 +215,81 @@ fn main() -> ExitCode {
             };
             run_bootstrap(&config, bootstrap::Options { mode, force_reset })
         }
+        Cmd::Maintenance { op, node, config } => {
+            let config = match load(&config) {
+                Ok(c) => c.config,
+                Err(code) => return code,
+            };
+            run_operation(|| async move {
+                let on = matches!(op, OnOff::On);
+                println!(
+                    "warren maintenance {}: {node}",
+                    if on { "on" } else { "off" }
+                );
+                let mut print = |s: &operate::Step| print_step(&s.step, s.seconds, &s.detail);
+                match operate::maintenance(&config, &node, on, &mut print).await {
+                    Ok(()) => {
+                        println!("done");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("warren maintenance: {e}");
+                        ExitCode::from(e.exit_code())
+                    }
+                }
+            })
+        }
+        Cmd::RollingRestart { config, dry_run } => {
+            let config = match load(&config) {
+                Ok(c) => c.config,
+                Err(code) => return code,
+            };
+            let plan = match operate::rolling::plan(&config) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("warren rolling-restart: config error: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            if dry_run {
+                for (i, (backend, node, restart)) in plan.iter().enumerate() {
+                    println!("[{}/{}] {backend} ({node}):", i + 1, plan.len());
+                    println!(
+                        "    maintenance on   safety checks, paced drain, rabbitmq-upgrade drain"
+                    );
+                    println!("    restart          sh -c {restart:?}");
+                    println!("    maintenance off  rabbitmq-upgrade revive, wait for the checks, slow start");
+                }
+                println!("dry run: nothing was changed");
+                return ExitCode::SUCCESS;
+            }
+            run_operation(|| async move {
+                let started = std::time::Instant::now();
+                let mut print = |e: operate::rolling::Event<'_>| match e {
+                    operate::rolling::Event::Node(i, n, backend, node) => {
+                        println!("[{i}/{n}] {backend} ({node})")
+                    }
+                    operate::rolling::Event::Step(s) => print_step(&s.step, s.seconds, &s.detail),
+                    operate::rolling::Event::Local(step, secs, detail) => {
+                        print_step(step, secs, detail)
+                    }
+                    operate::rolling::Event::Waiting(why) => println!("    waiting: {why}"),
+                };
+                match operate::rolling::run(&config, &mut print).await {
+                    Ok(()) => {
+                        println!(
+                            "rolling restart done in {:.1}s",
+                            started.elapsed().as_secs_f64()
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err((backend, state, e)) => {
+                        eprintln!("warren rolling-restart: stopped at {backend}: {e}; {backend} is {state}; the nodes after it were not touched");
+                        ExitCode::from(e.exit_code())
+                    }
+                }
+            })
+        }
         Cmd::Check { config, strict } => match load(&config) {
             Ok(c) => {
                 print_warnings(&c);
@@ -222,6 +331,28 @@ fn main() -> ExitCode {
                 tracing::info!("warren stopped");
                 ExitCode::SUCCESS
             })
+        }
+    }
+}
+
+fn print_step(step: &str, seconds: f64, detail: &str) {
+    println!("    {step:<26} {seconds:>7.1}s  {detail}");
+}
+
+/// Runs `f` on a runtime of its own.
+fn run_operation<F, Fut>(f: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ExitCode>,
+{
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f()),
+        Err(e) => {
+            eprintln!("warren: cannot start the runtime: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -12,6 +12,11 @@
 //!   POST /api/backends/{name}/drain   no new connections; existing ones closed, paced
 //!   POST /api/backends/{name}/disable no new connections; existing ones kept
 //!   POST /api/backends/{name}/enable  back to health-driven
+//!   POST /api/backends/{name}/maintenance/on   safety checks, paced drain, then
+//!                                     `rabbitmq-upgrade drain` (control::maintenance);
+//!                                     answers when done: 200, 409 refused/busy, 502 failed
+//!   POST /api/backends/{name}/maintenance/off  `rabbitmq-upgrade revive`, wait for the
+//!                                     checks, back in rotation with slow start
 //!   GET  /api/events[?after=ID&limit=N] recent events, newest first (control::events)
 //!   GET  /api/connections[?backend=&vhost=&user=&offset=&limit=]
 //!                                     live client connections (see `connections`)
@@ -40,8 +45,10 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 
+use crate::control::operator_state::{self, Intent};
 use crate::control::reload::{self, ReloadError, Trigger};
 use crate::control::{act_as, Action, App};
+use crate::control::{maintenance, shared_state};
 use crate::proxy::socket::Acceptor;
 use crate::telemetry::metrics;
 use status::{view, BackendView};
@@ -195,11 +202,11 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp
         }),
         ["api", "backends"] => only_get(&method, || {
             let backends = app.balancer.backends();
-            let list: Vec<BackendView> = backends.iter().map(|b| view(b)).collect();
+            let list: Vec<WithShared<'_>> = backends.iter().map(|b| with_shared(app, b)).collect();
             json(StatusCode::OK, &list)
         }),
         ["api", "backends", name] => only_get(&method, || match app.balancer.get(name) {
-            Some(b) => json(StatusCode::OK, &view(&b)),
+            Some(b) => json(StatusCode::OK, &with_shared(app, &b)),
             None => not_found(),
         }),
         ["api", "backends", name, action @ ("drain" | "disable" | "enable")] => {
@@ -209,13 +216,27 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp
             let Some(b) = app.balancer.get(name) else {
                 return not_found();
             };
-            let action = match *action {
-                "drain" => Action::Drain,
-                "disable" => Action::Disable,
-                _ => Action::Enable,
+            let (action, intent) = match *action {
+                "drain" => (Action::Drain, Intent::Drain),
+                "disable" => (Action::Disable, Intent::Disable),
+                _ => (Action::Enable, Intent::Enable),
             };
-            act_as(app, &b, action, Some(&format!("admin API from {peer}")));
-            json(StatusCode::OK, &view(&b))
+            let by = format!("admin API from {peer}");
+            act_as(app, &b, action, Some(&by));
+            // Shared with the other warrens when `operations.shared_state` is on;
+            // a store that does not answer leaves the action local (the view says so).
+            if let Err(e) = shared_state::publish(app, name, intent, &by).await {
+                tracing::warn!(backend = *name, error = %e, "operator intent not shared");
+            }
+            json(StatusCode::OK, &with_shared(app, &b))
+        }
+        ["api", "backends", name, "maintenance", op @ ("on" | "off")] => {
+            if method != Method::POST {
+                return method_not_allowed("POST");
+            }
+            let by = format!("admin API from {peer}");
+            let report = maintenance::run(app, name, *op == "on", &by).await;
+            json(report.status(), &report)
         }
         ["api", "connections"] => only_get(&method, || {
             let q = connections::Query::parse(req.uri().query());
@@ -241,6 +262,22 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp
             }
         }
         _ => not_found(),
+    }
+}
+
+/// A backend's view, with the shared operator state when it is on.
+#[derive(Serialize)]
+struct WithShared<'a> {
+    #[serde(flatten)]
+    view: BackendView<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shared_state: Option<operator_state::View>,
+}
+
+fn with_shared<'a>(app: &App, b: &'a crate::balancer::Backend) -> WithShared<'a> {
+    WithShared {
+        view: view(b),
+        shared_state: shared_state::enabled(app).then(|| app.shared.view(b.name())),
     }
 }
 

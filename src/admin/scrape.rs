@@ -32,6 +32,10 @@ fn refresh(app: &App) {
         tls as u64,
         app.reloader.last(),
     );
+    if crate::control::shared_state::enabled(app) {
+        let (reachable, last) = app.shared.status();
+        metrics::shared_state(reachable, last);
+    }
     // Seconds-until-expiry of the certificates, computed at scrape time.
     app.tls.record_expiry();
     // Removed backends still draining are shown too, unless a current backend

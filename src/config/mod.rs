@@ -19,6 +19,7 @@ mod health_checks;
 mod locate;
 pub mod log;
 pub mod management;
+pub mod operations;
 pub mod values;
 
 pub use accept_proxy::{AcceptProxyConfig, Network, TrustedNetworks};
@@ -31,6 +32,7 @@ pub use cluster::{
 pub use error::{did_you_mean, ConfigError};
 pub use locate::Spot;
 pub use management::{ManagementTls, ManagementTlsConfig};
+pub use operations::{OperationsConfig, OperationsNode, SharedStateConfig};
 use values::{non_zero, opt_socket_addr, socket_addr};
 pub use values::{
     read_limited, read_limited_to_string, HumanDuration, PositiveDuration, Secret, MAX_CONFIG_FILE,
@@ -73,6 +75,8 @@ pub struct Config {
     pub reload: ReloadConfig,
     /// What warren reads of each AMQP connection, and its limits (docs/clients.md).
     pub clients: ClientsConfig,
+    /// Maintenance mode, rolling restarts, the shared operator state.
+    pub operations: OperationsConfig,
 }
 
 impl Default for Config {
@@ -97,6 +101,7 @@ impl Default for Config {
             cluster: None,
             reload: ReloadConfig::default(),
             clients: ClientsConfig::default(),
+            operations: OperationsConfig::default(),
         }
     }
 }
@@ -826,6 +831,10 @@ impl Config {
             c.validate(&backends)
                 .map_err(|(key, message)| invalid(key, message))?;
         }
+        let backends: Vec<&str> = self.backends.iter().map(|b| b.name.as_str()).collect();
+        self.operations
+            .validate(&backends)
+            .map_err(|(key, message)| invalid(key, message))?;
         Ok(())
     }
 }

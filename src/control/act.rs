@@ -35,6 +35,9 @@ pub(crate) enum Action {
     Maintenance(String),
     /// The node left maintenance mode: back in rotation if it is up.
     MaintenanceOver,
+    /// Operator (`maintenance off`): the revived node is back in rotation,
+    /// with slow start (a drain in progress stops).
+    Revive,
     /// A reload removed the backend: its checker stops and its connections
     /// are drained.
     Retire,
@@ -137,6 +140,17 @@ pub(crate) fn act_as(app: &Arc<App>, b: &Arc<Backend>, action: Action, by: Optio
                 rebalance::trigger(app, &format!("{name} back from maintenance"));
             }
         }
+        Action::Revive => {
+            let prev = b.set_mode(Mode::Enabled);
+            b.conns.cancel_drain();
+            b.restart_slowstart();
+            tracing::info!(
+                backend = name,
+                previous = prev.as_str(),
+                "operator: maintenance over"
+            );
+            rebalance::trigger(app, &format!("{name} back from maintenance"));
+        }
         Action::Retire => {
             b.tasks.cancel();
             b.set_mode(Mode::Draining);
@@ -161,6 +175,10 @@ fn record(app: &App, b: &Backend, action: &Action, by: Option<&str>) {
         Action::AlarmCleared => (Kind::Alarm, "resource alarm cleared".to_string()),
         Action::Maintenance(reason) => (Kind::Maintenance, format!("in maintenance: {reason}")),
         Action::MaintenanceOver => (Kind::Maintenance, "out of maintenance".to_string()),
+        Action::Revive => (
+            Kind::Operator,
+            "maintenance over: back in rotation".to_string(),
+        ),
         Action::Retire => (Kind::Reload, "removed from the configuration".to_string()),
     };
     app.events.push(kind, Some(b.name()), message, by);

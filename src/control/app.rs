@@ -1,5 +1,6 @@
 //! The state every task of a running warren shares.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,6 +39,10 @@ pub struct App {
     pub(crate) reloader: Reloader,
     /// The recent events, for `GET /api/events` and the status page.
     pub events: Arc<Events>,
+    /// The backends with a maintenance operation running.
+    pub(crate) maintenance: Running,
+    /// The shared operator state as this instance knows it.
+    pub(crate) shared: crate::control::operator_state::SharedState,
     /// Unix time (seconds) warren started, for its uptime.
     pub(crate) started: f64,
 }
@@ -85,5 +90,28 @@ impl Reloader {
 
     pub(super) fn seen(&self) -> Option<u64> {
         self.seen.lock().ok().and_then(|s| *s)
+    }
+}
+
+/// The backends with an operation running.
+#[derive(Debug, Default)]
+pub(crate) struct Running(Mutex<HashSet<String>>);
+
+/// Holds a backend's slot while its operation runs.
+pub(crate) struct Slot<'a>(&'a Running, String);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.0 .0.lock() {
+            s.remove(&self.1);
+        }
+    }
+}
+
+impl Running {
+    pub(crate) fn take(&self, name: &str) -> Option<Slot<'_>> {
+        let mut s = self.0.lock().ok()?;
+        s.insert(name.to_string())
+            .then(|| Slot(self, name.to_string()))
     }
 }

@@ -12,8 +12,11 @@ mod app;
 mod checks;
 mod drain;
 pub mod events;
+pub mod maintenance;
+pub mod operator_state;
 mod rebalance;
 pub mod reload;
+pub mod shared_state;
 pub mod shutdown;
 
 pub(crate) use act::{act_as, Action};

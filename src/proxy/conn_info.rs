@@ -405,6 +405,13 @@ struct Bucket {
 /// ([`Clients::remove`]).
 pub(crate) struct Listed<'a>(&'a Clients, Arc<ConnInfo>);
 
+impl Listed<'_> {
+    /// The connection's record.
+    pub(crate) fn info(&self) -> &Arc<ConnInfo> {
+        &self.1
+    }
+}
+
 impl Drop for Listed<'_> {
     fn drop(&mut self) {
         self.0.remove(&self.1);

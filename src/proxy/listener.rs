@@ -158,10 +158,12 @@ mod tests {
     /// Every open connection is one such future, idle ones included: it is
     /// most of what a connection costs (docs/performance.md). The TLS side and
     /// connecting are boxed, the plain data path is a state machine polled by
-    /// hand (`pump`); this catches a change that undoes one of those.
+    /// hand (`pump`); this catches a change that undoes one of those (each
+    /// costs hundreds of bytes). The bound leaves no room beyond what is there:
+    /// the connection's record (`Listed`) and the access log's start time.
     #[test]
     fn a_connection_task_stays_small() {
         let size = future_size(&connection);
-        assert!(size <= 1280, "a connection's task grew to {size} bytes");
+        assert!(size <= 1288, "a connection's task grew to {size} bytes");
     }
 }

@@ -261,12 +261,10 @@ async fn carry(proxy: &Arc<Proxy>, client: Stream, head: Vec<u8>, conn: Conn<'_>
             return ended(proxy, &conn, listener.name(), "no_backend");
         }
     };
-    let connected = Instant::now();
-    let id = conn.id;
     tracing::Span::current().record("backend", backend.name());
     tracing::debug!("connected");
     let _active = backend.connection_guard();
-    let orders = backend.conns.register(id);
+    let orders = backend.conns.register(conn.id);
     let (limits, handshake) = {
         let c = proxy.config.load();
         let amqp = c.protocol == Protocol::Amqp;
@@ -277,11 +275,11 @@ async fn carry(proxy: &Arc<Proxy>, client: Stream, head: Vec<u8>, conn: Conn<'_>
         };
         (limits, amqp && c.clients.handshake)
     };
-    let tls = matches!(client, Stream::Tls(_));
+    let tls = matches!(listener, Listener::Tls);
     let info = Arc::new(
         ConnInfo::new(
             &proxy.clients,
-            id,
+            conn.id,
             conn.origin.peer,
             tls,
             backend.name(),
@@ -290,14 +288,14 @@ async fn carry(proxy: &Arc<Proxy>, client: Stream, head: Vec<u8>, conn: Conn<'_>
         .with_cert_name(client_cert_name(&client)),
     );
     // Out of the table when the connection ends, however it ends.
-    let _listed = proxy.clients.insert(Arc::clone(&info));
+    let listed = proxy.clients.insert(info);
     let meters = Meters {
         up: &backend.bytes_in,
         down: &backend.bytes_out,
     };
     let result = match (&client, &server) {
         (Stream::Plain(client), Stream::Plain(server)) => {
-            let shared = Shared::with_info(Some(Arc::clone(&info)));
+            let shared = Shared::with_info(Some(Arc::clone(listed.info())));
             Pump::new(client, server, head, &shared, orders, limits, meters).await
         }
         _ => {
@@ -308,13 +306,13 @@ async fn carry(proxy: &Arc<Proxy>, client: Stream, head: Vec<u8>, conn: Conn<'_>
                 orders,
                 limits,
                 meters,
-                Some(Arc::clone(&info)),
+                Some(Arc::clone(listed.info())),
             ))
             .await
         }
     };
     // Only closes warren asked for count as graceful or forced (not idle timeouts).
-    if backend.conns.unregister(id).is_some_and(|o| o.told()) {
+    if backend.conns.unregister(conn.id).is_some_and(|o| o.told()) {
         match &result {
             Ok(End::Graceful) => metrics::close_ended(backend.name(), true),
             Ok(End::Hard) => metrics::close_ended(backend.name(), false),
@@ -334,12 +332,16 @@ async fn carry(proxy: &Arc<Proxy>, client: Stream, head: Vec<u8>, conn: Conn<'_>
     }
     let record = access::Record {
         client: conn.origin.peer,
-        listener: listener.name(),
+        listener: if listed.info().tls {
+            LISTENER_TLS
+        } else {
+            LISTENER_PLAIN
+        },
         backend: Some(backend.name()),
-        sent: info.bytes_up.load(Ordering::Relaxed),
-        received: info.bytes_down.load(Ordering::Relaxed),
+        sent: listed.info().bytes_up.load(Ordering::Relaxed),
+        received: listed.info().bytes_down.load(Ordering::Relaxed),
         duration: conn.started.elapsed(),
-        carried: Some(connected.elapsed()),
+        carried: Some(listed.info().started.elapsed()),
         end,
     };
     access::finished(&record, proxy.config.load().log.access);

@@ -44,6 +44,8 @@ pub const MAX_CONNECTIONS: &str = "warren_max_connections";
 pub const CONFIG_RELOADS: &str = "warren_config_reloads_total";
 pub const CONFIG_LAST_RELOAD_OK: &str = "warren_config_last_reload_successful";
 pub const CONFIG_LAST_RELOAD_TIME: &str = "warren_config_last_reload_success_timestamp_seconds";
+pub const SHARED_STATE_UP: &str = "warren_shared_state_up";
+pub const SHARED_STATE_LAST_READ: &str = "warren_shared_state_last_read_timestamp_seconds";
 
 pub const HANDSHAKE_REJECTED: &str = "warren_listener_handshake_rejected_total";
 pub const PROXY_HEADER_REJECTED: &str = "warren_proxy_header_rejected_total";
@@ -331,6 +333,16 @@ fn describe() {
         Seconds,
         "Unix time of the last successful config load (start or reload).",
     );
+    g(
+        SHARED_STATE_UP,
+        Count,
+        "1 when the last read of the shared operator state succeeded, 0 when it failed (the last known state stays in force).",
+    );
+    g(
+        SHARED_STATE_LAST_READ,
+        Seconds,
+        "Unix time of the last successful read of the shared operator state (0: never).",
+    );
     c(
         HANDSHAKE_REJECTED,
         Count,
@@ -581,6 +593,12 @@ pub fn process_gauges(
     let (ok, at) = last_reload;
     gauge!(CONFIG_LAST_RELOAD_OK).set(if ok { 1.0 } else { 0.0 });
     gauge!(CONFIG_LAST_RELOAD_TIME).set(at);
+}
+
+/// The shared operator state: (read last time, unix time of the last good read).
+pub fn shared_state(reachable: bool, last_read: f64) {
+    gauge!(SHARED_STATE_UP).set(if reachable { 1.0 } else { 0.0 });
+    gauge!(SHARED_STATE_LAST_READ).set(last_read);
 }
 
 /// One probe finished; `failure` is its reason when it failed.
