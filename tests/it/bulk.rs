@@ -80,6 +80,14 @@ async fn drain_during_bulk_body_frames_closes_at_a_boundary() {
     let bulk_before = warren::proxy::buffer::bytes_moved();
     let mut c = TcpStream::connect(w.amqp).await.expect("connect");
     c.write_all(amqp::PROTOCOL_HEADER).await.expect("header");
+    // The client's `connection.open` (vhost "/"): until warren has seen it
+    // admitted, it follows every byte without reading ahead (clients.handshake).
+    let open = [0, 10, 0, 40, 1, b'/', 0, 0];
+    let mut frame = vec![amqp::FRAME_METHOD, 0, 0];
+    frame.extend_from_slice(&(open.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&open);
+    frame.push(amqp::FRAME_END);
+    c.write_all(&frame).await.expect("connection.open");
     let mut bodies = 0u32;
     let close = tokio::time::timeout(Duration::from_secs(60), async {
         loop {

@@ -65,6 +65,10 @@ fn tag(prefix: &str) -> String {
     format!("{prefix}{}{n}", std::process::id() % 1000)
 }
 
+/// Debian's Python, where scripts/test installs python3-pika (a `python3` first
+/// on PATH, e.g. pyenv's, may not have it).
+const DEBIAN_PYTHON: &str = "/usr/bin/python3";
+
 /// `pika_client.py` running one connection through warren.
 struct Pika {
     child: Child,
@@ -85,7 +89,7 @@ impl Pika {
         seconds: f64,
     ) -> Pika {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/pika_client.py");
-        let mut child = Command::new("python3")
+        let mut child = Command::new(DEBIAN_PYTHON)
             .arg(script)
             .args([
                 mode,
@@ -99,7 +103,7 @@ impl Pika {
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .expect("python3 runs (pika: apt-get install python3-pika)");
+            .expect("/usr/bin/python3 runs (pika: apt-get install python3-pika)");
         let out = BufReader::new(child.stdout.take().expect("stdout")).lines();
         Pika { child, out }
     }
