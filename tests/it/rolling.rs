@@ -246,6 +246,26 @@ async fn a_failing_restart_command_stops_the_run_with_70_and_maintenance_off_rec
         1024,
     )
     .await;
+    // A dry run names every node and its command, in order, and changes nothing.
+    let (code, out, err) = warren_cli(&["rolling-restart", "--dry-run"], &w.config()).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let at: Vec<usize> = nodes
+        .iter()
+        .map(|n| {
+            out.find(&n.name)
+                .unwrap_or_else(|| panic!("{} missing: {out}", n.name))
+        })
+        .collect();
+    assert!(at.windows(2).all(|p| p[0] < p[1]), "not in order: {out}");
+    assert_eq!(out.matches("no such host").count(), nodes.len(), "{out}");
+    assert!(out.contains("dry run: nothing was changed"), "{out}");
+    let (status, body) = admin_request(w.admin, "GET", "/api/backends").await;
+    assert_eq!(status, 200, "{body}");
+    let backends: serde_json::Value = serde_json::from_str(&body).expect("json");
+    for b in backends.as_array().expect("a list") {
+        assert_eq!(b["mode"], "enabled", "a dry run changed a backend: {b}");
+    }
+    assert!(tokio::net::TcpStream::connect(nodes[0].amqp).await.is_ok());
     let (code, out, err) = warren_cli(&["rolling-restart"], &w.config()).await;
     assert_eq!(code, 70, "{out}{err}");
     let first = &nodes[0];
