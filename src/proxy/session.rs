@@ -245,7 +245,7 @@ fn ended(proxy: &Proxy, conn: &Conn<'_>, listener: &'static str, end: &'static s
 /// `head`: client bytes already read (the start of the protocol header), to be
 /// sent upstream first.
 async fn carry(proxy: &Arc<Proxy>, client: Stream, head: Vec<u8>, conn: Conn<'_>) {
-    // A byte kept across the pump rather than a name.
+    // Which listener: the no-backend counter's label and the record's `tls`.
     let listener = match client {
         Stream::Plain(_) => Listener::Plain,
         _ => Listener::Tls,
