@@ -668,6 +668,24 @@ const FIGURES: &[(&str, &str, &str, bool)] = &[
     ("tput_gbit", "iperf3 4 streams", "Gbit/s", true),
     ("cpu_ms_per_gb", "proxy CPU per GB (iperf3)", "ms", false),
     (
+        "machine_cpu_ms_per_gb",
+        "whole machine's CPU per GB (iperf3, /proc/stat)",
+        "ms",
+        false,
+    ),
+    (
+        "added_machine_cpu_ms_per_gb",
+        "whole machine's CPU per GB added (iperf3, minus direct's)",
+        "ms",
+        false,
+    ),
+    (
+        "instructions_per_gb",
+        "proxy instructions per GB (iperf3, perf stat)",
+        "G",
+        false,
+    ),
+    (
         "amqp_bulk_gbit",
         "AMQP body frames 128 KiB, 4 streams",
         "Gbit/s",
@@ -677,6 +695,24 @@ const FIGURES: &[(&str, &str, &str, bool)] = &[
         "amqp_bulk_cpu_ms_per_gb",
         "proxy CPU per GB (AMQP frames)",
         "ms",
+        false,
+    ),
+    (
+        "amqp_bulk_machine_cpu_ms_per_gb",
+        "whole machine's CPU per GB (AMQP frames, /proc/stat)",
+        "ms",
+        false,
+    ),
+    (
+        "amqp_bulk_added_machine_cpu_ms_per_gb",
+        "whole machine's CPU per GB added (AMQP frames, minus direct's)",
+        "ms",
+        false,
+    ),
+    (
+        "amqp_bulk_instructions_per_gb",
+        "proxy instructions per GB (AMQP frames, perf stat)",
+        "G",
         false,
     ),
     (
@@ -787,6 +823,60 @@ fn on_off(values: &HashMap<(String, String), Vec<f64>>) {
     }
 }
 
+/// min / median / max of `a[i] / b[i]`, each pair from one repetition (the
+/// paths take turns within it); `None` unless both have the same number of
+/// values (one per repetition).
+fn spread(a: Option<&Vec<f64>>, b: Option<&Vec<f64>>) -> Option<(f64, f64, f64, usize)> {
+    let (a, b) = (a?, b?);
+    if a.is_empty() || a.len() != b.len() {
+        return None;
+    }
+    let mut r: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .filter(|(_, y)| **y != 0.0)
+        .map(|(x, y)| x / y)
+        .collect();
+    let n = r.len();
+    if n == 0 {
+        return None;
+    }
+    let m = median(&mut r);
+    Some((r[0], m, r[n - 1], n))
+}
+
+/// Per repetition, warren against direct and against HAProxy: the spread that
+/// a decision taken on these figures must exceed.
+fn per_repetition(values: &HashMap<(String, String), Vec<f64>>) {
+    let get = |k: &str, p: &str| values.get(&(k.to_string(), p.to_string()));
+    let show = |x: Option<(f64, f64, f64, usize)>| match x {
+        Some((lo, m, hi, _)) => format!("{lo:.2} / {m:.2} / {hi:.2}"),
+        None => "-".to_string(),
+    };
+    let rows: Vec<_> = FIGURES
+        .iter()
+        // The added latencies are one value per run, not per repetition.
+        .filter(|(key, ..)| !key.starts_with("added_p"))
+        .filter_map(|(key, label, ..)| {
+            let wd = spread(get(key, "warren"), get(key, "direct"));
+            let wh = spread(get(key, "warren"), get(key, "haproxy"));
+            let runs = wd.or(wh)?.3;
+            Some((label, wd, wh, runs))
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    println!();
+    println!("Ratios within each repetition, min / median / max:");
+    println!();
+    println!("| figure | warren/direct | warren/haproxy | runs |");
+    println!("|---|---|---|---|");
+    for (label, wd, wh, runs) in rows {
+        println!("| {label} | {} | {} | {runs} |", show(wd), show(wh));
+    }
+}
+
 fn report(file: &str) -> Res<()> {
     let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
     let mut values: HashMap<(String, String), Vec<f64>> = HashMap::new();
@@ -860,6 +950,7 @@ fn report(file: &str) -> Res<()> {
             ratio(w, h),
         );
     }
+    per_repetition(&values);
     on_off(&values);
     println!();
     println!("Targets (PERF.md), from the medians above:");
@@ -892,6 +983,15 @@ fn report(file: &str) -> Res<()> {
         "CPU per GB <= 0.7x haproxy",
         cpu.map(|c| c <= 0.7),
         format!("{}x", fmt(cpu)),
+    );
+    let added = r(
+        get("added_machine_cpu_ms_per_gb", "warren"),
+        get("added_machine_cpu_ms_per_gb", "haproxy"),
+    );
+    check(
+        "whole machine's CPU per GB added <= 0.7x haproxy's",
+        added.map(|c| c <= 0.7),
+        format!("{}x", fmt(added)),
     );
     let rss = get("idle_rss_mb", "warren");
     let fds = get("idle_fds_per_conn", "warren");
