@@ -140,7 +140,7 @@ impl Server {
             events: Arc::default(),
             maintenance: Default::default(),
             shared: Default::default(),
-            started: control::events::unix_now(),
+            started: crate::balancer::unix_now(),
         });
         Ok(Server {
             app,

@@ -70,7 +70,7 @@ impl ConnectionView {
     fn of(c: &ConnInfo) -> ConnectionView {
         let [client_silent, broker_silent] = c.silent_for();
         let [client_gaps, broker_gaps] = c.gaps();
-        let now = crate::control::events::unix_now();
+        let now = crate::balancer::unix_now();
         c.read(|d| {
             let client = d.client.clone().unwrap_or_default();
             ConnectionView {

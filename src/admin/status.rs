@@ -164,7 +164,7 @@ struct ListenerView {
 /// Everything the page shows, from `backends` (the current set, loaded by
 /// the caller so the views can borrow it).
 pub(crate) fn status<'a>(app: &App, backends: &'a [std::sync::Arc<Backend>]) -> Status<'a> {
-    let now = crate::control::events::unix_now();
+    let now = crate::balancer::unix_now();
     let cfg = app.config.load();
     let (ok, last_success) = app.reloader.last();
     let stats = &app.proxy.listener_stats;

@@ -361,8 +361,8 @@ fn shown(state: State, alarm: bool) -> u8 {
     (state as u8) << 1 | u8::from(alarm)
 }
 
-/// Seconds since the Unix epoch.
-fn unix_now() -> f64 {
+/// Seconds since the Unix epoch (0 if the clock is set before it).
+pub(crate) fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())

@@ -10,9 +10,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::balancer::unix_now;
 use crate::balancer::Balancer;
 use crate::config::Config;
-pub(crate) use crate::control::events::unix_now;
 use crate::control::events::Events;
 use crate::proxy::socket::Rebindable;
 use crate::proxy::Proxy;

@@ -8,6 +8,8 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
+use crate::balancer::unix_now;
+
 /// Events kept; a few hours of a busy incident.
 pub const CAPACITY: usize = 512;
 
@@ -96,14 +98,6 @@ impl Events {
             .cloned()
             .collect()
     }
-}
-
-/// Seconds since the Unix epoch.
-pub(crate) fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 #[cfg(test)]

@@ -32,10 +32,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::balancer::unix_now;
 use crate::balancer::{Backend, Policy};
 use crate::config::{Config, ConfigError};
 use crate::control::act::{act, Action};
-use crate::control::app::{unix_now, App};
+use crate::control::app::App;
 use crate::control::checks;
 use crate::control::events::Kind;
 use crate::telemetry::logging;

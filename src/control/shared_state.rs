@@ -27,9 +27,10 @@ use std::time::Duration;
 use hyper::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
+use crate::balancer::unix_now;
 use crate::balancer::Mode;
 use crate::control::act::{act_as, Action};
-use crate::control::app::{unix_now, App};
+use crate::control::app::App;
 use crate::control::operator_state::{Entry, Intent};
 use crate::mgmt::{self, encode_segment, Credentials, Target};
 

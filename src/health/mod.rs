@@ -8,13 +8,13 @@
 //! semantics ([`observe`]); a node in maintenance (`rabbitmq-upgrade drain`) is a
 //! distinct outcome, not a failure. Nothing here acts: `control` does.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use hyper::{Method, StatusCode};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::balancer::{Backend, Health};
+use crate::balancer::{unix_now, Backend, Health};
 use crate::config::{Checks, HealthConfig, OnAlarm};
 use crate::mgmt::{self, Credentials, Target, Version};
 
@@ -407,10 +407,7 @@ pub(crate) struct Verdict {
 /// node back as it was; a failure ends it down, so the node must pass `rise`
 /// probes first.
 pub(crate) fn observe(backend: &Backend, hc: &HealthConfig, outcome: &Outcome) -> Verdict {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
+    let now = unix_now();
     let Ok(mut st) = backend.check.lock() else {
         return Verdict::default();
     };

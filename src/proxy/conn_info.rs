@@ -20,6 +20,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::balancer::unix_now;
 use crate::config::{Config, Limit, LimitsConfig, Rate};
 use crate::proxy::amqp::{self, Captured, Dir};
 use crate::proxy::handshake::{self, StartOk};
@@ -599,13 +600,6 @@ fn decrement(map: &mut HashMap<String, usize>, key: &str) {
             map.remove(key);
         }
     }
-}
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 #[cfg(test)]
