@@ -13,6 +13,7 @@ use crate::config::{Config, ProxyVersion};
 use crate::proxy::amqp::{
     FrameTracker, Seen, CLASS_CONNECTION, FRAME_METHOD, MAX_CAPTURE, METHOD_CLOSE, METHOD_CLOSE_OK,
 };
+use crate::proxy::amqp10;
 use crate::proxy::handshake;
 use crate::proxy::proxy_protocol::{self, Received, Scan};
 
@@ -101,6 +102,12 @@ pub fn handshake(data: &[u8]) {
                 "frame length {len}"
             );
             let f = &stream[pos - len..pos];
+            if c.method == amqp10::KEPT_OPEN {
+                // An AMQP 1.0 open: its list, up to the frame's end.
+                assert_eq!(f, &c.args[..], "the open's list as kept");
+                let _ = amqp10::open_fields(&c.args);
+                continue;
+            }
             assert_eq!(
                 (f[0], &f[1..3]),
                 (FRAME_METHOD, &[0u8, 0][..]),
@@ -237,6 +244,107 @@ pub fn frame_stream(data: &[u8]) {
     let found: Vec<usize> = (1..=stream.len()).filter(|&p| trace.boundary[p]).collect();
     assert_eq!(found, boundaries, "boundaries differ from frame ends");
     assert_eq!(trace.events, events, "close/close-ok events differ");
+}
+
+/// A stream of well-formed AMQP 1.0 frames (described by the fuzzer's bytes),
+/// with or without the SASL layer before the second header, is never lost,
+/// has a boundary at exactly each frame end (and after each protocol header),
+/// and reports every `close`; the tail of the input, read as an `open`'s list,
+/// gives bounded, printable text.
+pub fn amqp10_stream(data: &[u8]) {
+    let mut r = Reader(data);
+    let flags = r.u8();
+    let spec_len = usize::from(r.u8() % 16);
+    let chunks = r.take(spec_len).to_vec();
+    let client = flags & 1 == 1;
+    let mut stream = Vec::new();
+    let mut boundaries = Vec::new();
+    let mut events = Vec::new();
+    if flags & 2 == 2 {
+        stream.extend_from_slice(amqp10::HEADER_SASL);
+        boundaries.push(stream.len());
+        for _ in 0..r.u8() % 4 {
+            // A SASL frame: small (its size never starts with `A`).
+            let len = usize::from(r.u8() % 64);
+            let body = r.take(len).to_vec();
+            stream.extend(frame10(1, 2, &body));
+            boundaries.push(stream.len());
+        }
+    }
+    stream.extend_from_slice(amqp10::HEADER_AMQP);
+    boundaries.push(stream.len());
+    while !r.0.is_empty() && stream.len() < MAX_STREAM {
+        let doff = 2 + r.u8() % 4;
+        let body_at = stream.len() + usize::from(doff) * 4;
+        let (ftype, body) = match r.u8() % 8 {
+            0 => (0, Vec::new()),
+            1 => {
+                let text = "é".repeat(usize::from(r.u8()));
+                let f = amqp10::close_forced(&text);
+                events.push((body_at + 3, Seen::ConnectionClose));
+                (0, f[8..].to_vec())
+            }
+            2 => {
+                // A close with an 8-byte descriptor.
+                let mut b = vec![0x00, 0x80, 0, 0, 0, 0, 0, 0, 0, 0x18, 0x45];
+                b.truncate(10 + usize::from(r.u8() % 2));
+                events.push((body_at + 10, Seen::ConnectionClose));
+                (0, b)
+            }
+            3 => {
+                let mut b = vec![0x00, 0x53, 0x10];
+                let len = usize::from(r.u8());
+                b.extend_from_slice(r.take(len));
+                (0, b)
+            }
+            4 => {
+                // A transfer whose payload looks like frame headers.
+                let len = usize::from(r.u16()) % 8192;
+                let mut b = vec![0x00, 0x53, 0x14, 0x45];
+                b.extend_from_slice(&[0, 0, 0, 8, 2, 0, 0x41, 0x18].repeat(len / 8 + 1)[..len]);
+                (0, b)
+            }
+            5 => {
+                // Any body that is no described type.
+                let len = usize::from(r.u8() % 16);
+                let mut b = r.take(len).to_vec();
+                if let Some(first @ 0) = b.first_mut() {
+                    *first = 0x45;
+                }
+                (r.u8() % 2, b)
+            }
+            // Descriptors cut short or not read.
+            6 => (0, vec![0x00, 0x53][..usize::from(r.u8() % 3)].to_vec()),
+            _ => (0, vec![0x00, 0xa3, 0x18, 0x45]),
+        };
+        let mut f = frame10(ftype, doff, &body);
+        f[6..8].copy_from_slice(&r.u16().to_be_bytes());
+        stream.extend(f);
+        boundaries.push(stream.len());
+    }
+    let trace = check_stream(client, &stream, &chunks);
+    assert!(!trace.lost[stream.len()], "a valid 1.0 stream was lost");
+    let found: Vec<usize> = (1..=stream.len()).filter(|&p| trace.boundary[p]).collect();
+    assert_eq!(found, boundaries, "boundaries differ from frame ends");
+    assert_eq!(trace.events, events, "close events differ");
+    let open = amqp10::open_fields(r.0);
+    for t in [open.container_id, open.hostname].iter().flatten() {
+        check_text(t);
+    }
+}
+
+/// An AMQP 1.0 frame: `doff` words of header (the extended header zeros),
+/// channel 0, then `body`.
+fn frame10(ftype: u8, doff: u8, body: &[u8]) -> Vec<u8> {
+    let size = usize::from(doff) * 4 + body.len();
+    let mut f = u32::try_from(size)
+        .expect("frames here are small")
+        .to_be_bytes()
+        .to_vec();
+    f.extend_from_slice(&[doff, ftype, 0, 0]);
+    f.resize(usize::from(doff) * 4, 0);
+    f.extend_from_slice(body);
+    f
 }
 
 /// The first bytes of a connection through the PROXY step of a trusted peer
@@ -460,8 +568,10 @@ pub struct Expected {
 
 /// An independent reading of `stream` (the client's direction when `client`):
 /// an optional 8-byte protocol header (always for a client; for a broker when
-/// its first byte is `A`), then frames of type 1, 2, 3, 4 or 8, each
-/// `size + 8` bytes long and ending in 0xCE.
+/// its first byte is `A`), then frames: after an AMQP 1.0 header (`AMQP`,
+/// protocol id 0 or 3, major version 1), 1.0 frames (see [`reference10`]);
+/// after another 1.0 header (TLS) nothing more; after any other header, frames
+/// of type 1, 2, 3, 4 or 8, each `size + 8` bytes long and ending in 0xCE.
 pub fn reference(client: bool, stream: &[u8]) -> Expected {
     let mut e = Expected {
         boundaries: Vec::new(),
@@ -477,13 +587,43 @@ pub fn reference(client: bool, stream: &[u8]) -> Expected {
             return e;
         }
         pos = 8;
+        if let Some(sasl) = header10(&stream[..8]) {
+            match sasl {
+                Some(sasl) => {
+                    e.boundaries.push(pos);
+                    reference10(stream, pos, sasl, &mut e);
+                }
+                None => e.lost_at = Some(pos),
+            }
+            return e;
+        }
         e.boundaries.push(pos);
     }
+    reference091(stream, pos, &mut e);
+    e
+}
+
+/// Whether an 8-byte protocol header is AMQP 1.0's: `Some(Some(sasl))` for
+/// the SASL (`true`) and the plain header, `Some(None)` for another 1.0
+/// protocol id (TLS), `None` for any other header.
+fn header10(h: &[u8]) -> Option<Option<bool>> {
+    if h[..4] != *b"AMQP" || h[5] != 1 {
+        return None;
+    }
+    Some(match h[4] {
+        3 => Some(true),
+        0 => Some(false),
+        _ => None,
+    })
+}
+
+/// 0-9-1 frames from `pos` on (see [`reference`]).
+fn reference091(stream: &[u8], mut pos: usize, e: &mut Expected) {
     while stream.len() >= pos + 7 {
         let h = &stream[pos..pos + 7];
         if !matches!(h[0], 1 | 2 | 3 | 4 | 8) {
             e.lost_at = Some(pos + 7);
-            return e;
+            return;
         }
         let channel = u16::from_be_bytes([h[1], h[2]]);
         let size = u32::from_be_bytes([h[3], h[4], h[5], h[6]]) as usize;
@@ -499,16 +639,79 @@ pub fn reference(client: bool, stream: &[u8]) -> Expected {
         }
         let end = pos + 7 + size + 1;
         if stream.len() < end {
-            return e;
+            return;
         }
         if stream[end - 1] != crate::proxy::amqp::FRAME_END {
             e.lost_at = Some(end);
-            return e;
+            return;
         }
         e.boundaries.push(end);
         pos = end;
     }
-    e
+}
+
+/// AMQP 1.0 frames from `pos` on: each `size` bytes long in all (at least 8),
+/// data offset `doff` words (at least 2, within the frame), type 0 or 1. In
+/// the SASL layer (`sasl`) an `A` where a frame would start begins the next
+/// protocol header. A `close` (descriptor 0x18, as `0x00 0x53 0x18` or
+/// `0x00 0x80` and 8 bytes) at the start of a type-0 body is an event where its
+/// descriptor is complete.
+fn reference10(stream: &[u8], mut pos: usize, mut sasl: bool, e: &mut Expected) {
+    loop {
+        if sasl && stream.get(pos) == Some(&b'A') {
+            if stream.len() < pos + 8 {
+                return;
+            }
+            let h = &stream[pos..pos + 8];
+            pos += 8;
+            match header10(h) {
+                Some(Some(s)) => {
+                    sasl = s;
+                    e.boundaries.push(pos);
+                }
+                Some(None) => {
+                    e.lost_at = Some(pos);
+                    return;
+                }
+                None => {
+                    e.boundaries.push(pos);
+                    return reference091(stream, pos, e);
+                }
+            }
+            continue;
+        }
+        if stream.len() < pos + 8 {
+            return;
+        }
+        let h = &stream[pos..pos + 8];
+        let size = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        let (doff, ftype) = (usize::from(h[4]) * 4, h[5]);
+        if size < 8 || doff < 8 || doff > size || ftype > 1 {
+            e.lost_at = Some(pos + 8);
+            return;
+        }
+        let body = &stream[(pos + doff).min(stream.len())..(pos + size).min(stream.len())];
+        if ftype == 0 {
+            let code = match body {
+                [0x00, 0x53, code, ..] => Some((3, u64::from(*code))),
+                [0x00, 0x80, c @ ..] if c.len() >= 8 => {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&c[..8]);
+                    Some((10, u64::from_be_bytes(b)))
+                }
+                _ => None,
+            };
+            if let Some((len, 0x18)) = code {
+                e.events.push((pos + doff + len, Seen::ConnectionClose));
+            }
+        }
+        let end = pos + size;
+        if stream.len() < end {
+            return;
+        }
+        e.boundaries.push(end);
+        pos = end;
+    }
 }
 
 /// Read sizes from the fuzzer's description: each byte is one read (0 is an

@@ -29,6 +29,8 @@ pub(crate) struct ConnectionView {
     client: String,
     tls: bool,
     backend: String,
+    /// The protocol the client's header said (`amqp091`, `amqp10`), once read.
+    protocol: Option<&'static str>,
     /// Seconds since the backend was connected.
     age_seconds: f64,
     /// Unix time the backend was connected.
@@ -46,6 +48,9 @@ pub(crate) struct ConnectionView {
     version: Option<String>,
     platform: Option<String>,
     connection_name: Option<String>,
+    /// AMQP 1.0: the `open`'s container-id and hostname.
+    container_id: Option<String>,
+    hostname: Option<String>,
     /// Passed `connection.open` (counted against the limits).
     opened: bool,
     /// The heartbeat interval the client agreed to, seconds (0: none).
@@ -78,6 +83,7 @@ impl ConnectionView {
                 client: c.peer.to_string(),
                 tls: c.tls,
                 backend: c.backend.clone(),
+                protocol: c.protocol().map(|p| p.label()),
                 age_seconds: c.started.elapsed().as_secs_f64(),
                 started: c.started_unix,
                 bytes_in: c.bytes_up.load(std::sync::atomic::Ordering::Relaxed),
@@ -90,6 +96,8 @@ impl ConnectionView {
                 version: client.version,
                 platform: client.platform,
                 connection_name: client.connection_name,
+                container_id: d.container_id.clone(),
+                hostname: d.hostname.clone(),
                 opened: c.opened(),
                 heartbeat_seconds: c.heartbeat(),
                 client_silent_seconds: c.handshake.then_some(client_silent),

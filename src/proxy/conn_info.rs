@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -22,7 +22,8 @@ use tokio::time::Instant;
 
 use crate::balancer::unix_now;
 use crate::config::{Config, Limit, LimitsConfig, Rate};
-use crate::proxy::amqp::{self, Captured, Dir};
+use crate::proxy::amqp::{self, Captured, Dir, Protocol};
+use crate::proxy::amqp10;
 use crate::proxy::handshake::{self, StartOk};
 use crate::telemetry::metrics;
 
@@ -85,6 +86,9 @@ pub struct Details {
     pub client: Option<StartOk>,
     /// `connection.open`'s vhost.
     pub vhost: Option<String>,
+    /// AMQP 1.0: the `open`'s container-id and hostname.
+    pub container_id: Option<String>,
+    pub hostname: Option<String>,
     pub blocked: Option<Blocked>,
     /// Blocked time of earlier blocks, not yet added to the metric.
     blocked_unreported: Duration,
@@ -96,6 +100,8 @@ const NO_DETAILS: Details = Details {
     cert_name: None,
     client: None,
     vhost: None,
+    container_id: None,
+    hostname: None,
     blocked: None,
     blocked_unreported: Duration::ZERO,
     close: None,
@@ -130,6 +136,9 @@ pub struct ConnInfo {
     gaps: [AtomicU32; 2],
     /// Passed `connection.open` (counted against the limits).
     opened: AtomicBool,
+    /// The protocol the client's header said: 0 not yet known, 1 AMQP 0-9-1,
+    /// 2 AMQP 1.0.
+    protocol: AtomicU8,
     details: Mutex<Option<Box<Details>>>,
     clients: Arc<Clients>,
 }
@@ -158,6 +167,7 @@ impl ConnInfo {
             heartbeat: AtomicU32::new(0),
             gaps: [AtomicU32::new(0), AtomicU32::new(0)],
             opened: AtomicBool::new(false),
+            protocol: AtomicU8::new(0),
             details: Mutex::new(None),
             clients: Arc::clone(clients),
         }
@@ -255,6 +265,31 @@ impl ConnInfo {
         self.opened.load(Ordering::Relaxed)
     }
 
+    /// The protocol the client's header said, once it was read.
+    pub fn protocol(&self) -> Option<Protocol> {
+        match self.protocol.load(Ordering::Relaxed) {
+            1 => Some(Protocol::Amqp091),
+            2 => Some(Protocol::Amqp10),
+            _ => None,
+        }
+    }
+
+    /// The client's protocol header was read: kept, and counted.
+    pub(crate) fn set_protocol(&self, p: Protocol) {
+        let v = match p {
+            Protocol::Amqp091 => 1,
+            Protocol::Amqp10 => 2,
+        };
+        self.protocol.store(v, Ordering::Relaxed);
+        tracing::debug!(protocol = p.label(), "protocol header read");
+        let listener = if self.tls {
+            metrics::LISTENER_TLS
+        } else {
+            metrics::LISTENER_PLAIN
+        };
+        metrics::protocol_connection(listener, p.label());
+    }
+
     /// A kept connection method from the side `dir` reads from. Returns the
     /// refusal text when a limit refuses the connection at its
     /// `connection.open` (the caller does not forward that frame).
@@ -286,6 +321,13 @@ impl ConnInfo {
                     self.closed(Side::Warren, amqp::NOT_ALLOWED, &text);
                     return Some(text);
                 }
+            }
+            (Dir::Up, amqp10::KEPT_OPEN) => {
+                let open = amqp10::open_fields(&c.args);
+                self.update(|d| {
+                    d.container_id = open.container_id;
+                    d.hostname = open.hostname;
+                });
             }
             (_, amqp::METHOD_CLOSE) => {
                 if let Some(close) = handshake::close(&c.args) {

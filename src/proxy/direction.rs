@@ -14,7 +14,8 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use crate::balancer::Command;
-use crate::proxy::amqp::{self, Dir, FrameTracker, Seen};
+use crate::proxy::amqp::{self, Dir, FrameTracker, Protocol, Seen};
+use crate::proxy::amqp10;
 use crate::proxy::conn_info::{ConnInfo, Side};
 
 /// What the two directions of one connection tell each other.
@@ -39,6 +40,10 @@ pub(crate) struct Shared {
     /// A limit refused the connection at its `connection.open` (see
     /// [`Direction::refuse`]).
     pub(crate) refused: AtomicBool,
+    /// The client's protocol header said AMQP 1.0: warren closes the 1.0 way.
+    pub(crate) amqp10: AtomicBool,
+    /// AMQP 1.0: the client's `open` went to the broker.
+    pub(crate) client_opened: AtomicBool,
     pub(crate) notify: Notify,
     /// The connection's record, where warren keeps one.
     pub(crate) info: Option<Arc<ConnInfo>>,
@@ -60,6 +65,8 @@ impl Shared {
             broker_closed: AtomicBool::new(false),
             client_acked: AtomicBool::new(false),
             refused: AtomicBool::new(false),
+            amqp10: AtomicBool::new(false),
+            client_opened: AtomicBool::new(false),
             notify: Notify::new(),
             info,
         }
@@ -202,6 +209,19 @@ pub(crate) struct Direction<'a> {
     cut: bool,
     /// Our `connection.close` went out.
     sent_close: bool,
+    /// Client to broker: what of the client's stream has been noted in
+    /// [`Shared`] and the record (see [`Direction::note`]).
+    noted: Noted,
+}
+
+/// What the client-to-broker direction has noted of the client's stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Noted {
+    Nothing,
+    /// The protocol (AMQP 1.0: `open` still to come).
+    Protocol,
+    /// All there is to note.
+    Done,
 }
 
 /// What a direction does before its next read.
@@ -259,6 +279,59 @@ impl<'a> Direction<'a> {
             refusing: false,
             cut: false,
             sent_close: false,
+            noted: Noted::Nothing,
+        }
+    }
+
+    /// The connection speaks AMQP 1.0 (the client's header said so).
+    fn amqp10(&self) -> bool {
+        self.shared.amqp10.load(Ordering::Acquire)
+    }
+
+    /// AMQP 1.0: warren may send its `close` in this direction: the client's
+    /// `open` went to the broker and (towards the client) the broker's `open`
+    /// came back. Before that a 1.0 connection is ended without a frame.
+    fn open10(&self) -> bool {
+        match self.dir {
+            Dir::Up => self.tracker.opened(),
+            Dir::Down => self.tracker.opened() && self.shared.client_opened.load(Ordering::Acquire),
+        }
+    }
+
+    /// Client to broker: notes in [`Shared`] and the record what the tracker
+    /// learnt of the client's stream: its protocol, and for AMQP 1.0 its `open`.
+    fn note(&mut self) {
+        if self.dir != Dir::Up || self.noted == Noted::Done {
+            return;
+        }
+        if self.noted == Noted::Nothing {
+            let Some(protocol) = self.tracker.protocol() else {
+                return;
+            };
+            if let Some(info) = &self.shared.info {
+                info.set_protocol(protocol);
+            }
+            if protocol != Protocol::Amqp10 {
+                self.noted = Noted::Done;
+                return;
+            }
+            self.shared.amqp10.store(true, Ordering::Release);
+            self.noted = Noted::Protocol;
+        }
+        if self.tracker.opened() {
+            self.shared.set(&self.shared.client_opened);
+            self.noted = Noted::Done;
+        }
+    }
+
+    /// The close warren sends in this direction: 0-9-1's `connection.close`
+    /// with this direction's code, or 1.0's `close` (forced towards the client,
+    /// plain towards the broker).
+    fn close_frame(&self, text: &str) -> Vec<u8> {
+        match (self.amqp10(), self.dir) {
+            (false, _) => amqp::connection_close(self.code, text),
+            (true, Dir::Down) => amqp10::close_forced(text),
+            (true, Dir::Up) => amqp10::close(),
         }
     }
 
@@ -378,8 +451,8 @@ impl<'a> Direction<'a> {
                 wait_for_client_told: self.dir == Dir::Down && !self.past_open(),
             };
         };
-        if self.tracker.is_lost() {
-            // Not AMQP.
+        if self.tracker.is_lost() || (self.amqp10() && !self.open10()) {
+            // Not AMQP, or AMQP 1.0 before both `open`s: no close to send.
             return Next::Hard;
         }
         let turn = match self.dir {
@@ -391,7 +464,7 @@ impl<'a> Direction<'a> {
             return Next::Hard;
         }
         if turn && (self.cut || self.tracker.at_boundary()) {
-            return Next::SendClose(amqp::connection_close(self.code, text));
+            return Next::SendClose(self.close_frame(text));
         }
         Next::Read {
             wait_for_client_told: !turn,
@@ -473,6 +546,7 @@ impl<'a> Direction<'a> {
         let mut refused_at = None;
         loop {
             k += self.tracker.feed(&data[k..], stop);
+            self.note();
             let Some(c) = self.tracker.take_captured() else {
                 return (k, refused_at);
             };
@@ -511,6 +585,9 @@ impl<'a> Direction<'a> {
             (Some(Seen::ConnectionClose), dir) => {
                 if dir == Dir::Down {
                     shared.broker_closed.store(true, Ordering::Release);
+                } else if self.amqp10() && shared.broker_closed.load(Ordering::Acquire) {
+                    // AMQP 1.0 answers a close with a close.
+                    shared.set(&shared.client_acked);
                 }
                 shared.peer_closing.store(true, Ordering::Release);
             }
@@ -530,14 +607,17 @@ impl<'a> Direction<'a> {
     }
 
     /// No limit can refuse the connection any more: its `connection.open` was
-    /// admitted, or the handshake is not read. Until then every byte from the
+    /// admitted, the handshake is not read, or the client speaks AMQP 1.0. Until then every byte from the
     /// client is followed before it is forwarded, so that a refusal can hold
     /// the open back (the bulk path does not read ahead).
     fn past_open(&self) -> bool {
-        self.shared
-            .info
-            .as_ref()
-            .is_none_or(|i| !i.handshake || i.opened())
+        // No limit applies to AMQP 1.0 (its `open` is not 0-9-1's).
+        self.amqp10()
+            || self
+                .shared
+                .info
+                .as_ref()
+                .is_none_or(|i| !i.handshake || i.opened())
     }
 
     /// Bytes the bulk path read on past a payload while [`plain`](Self::plain):
@@ -778,6 +858,74 @@ mod tests {
         assert_eq!(up.on_read(&close_ok), Chunk::Forward(close_ok.len()));
         assert!(flag(&shared.client_acked));
         assert!(up.drops_on_error() && !up.ends_on_error());
+    }
+
+    /// The start of a 1.0 connection from each side, up to its `open`.
+    fn amqp10_start(client: bool) -> Vec<u8> {
+        let mut s = amqp10::HEADER_SASL.to_vec();
+        // A SASL frame (sasl-init or sasl-outcome), its body left empty.
+        s.extend_from_slice(&[0, 0, 0, 8, 2, 1, 0, 0]);
+        s.extend_from_slice(amqp10::HEADER_AMQP);
+        if client {
+            // open, container-id "c"
+            s.extend_from_slice(&[
+                0, 0, 0, 17, 2, 0, 0, 0, 0, 0x53, 0x10, 0xc0, 4, 1, 0xa1, 1, b'c',
+            ]);
+        } else {
+            s.extend_from_slice(&[0, 0, 0, 12, 2, 0, 0, 0, 0, 0x53, 0x10, 0x45]);
+        }
+        s
+    }
+
+    #[test]
+    fn an_amqp10_connection_is_closed_with_amqp10_closes() {
+        let (shared, moved) = (Shared::new(), AtomicU64::new(0));
+        let mut up = Direction::new(Dir::Up, CLOSE_5S, &shared, &moved);
+        let mut down = Direction::new(Dir::Down, CLOSE_5S, &shared, &moved);
+        let client = amqp10_start(true);
+        // Before the client's open: the TCP connection just ends.
+        assert_eq!(up.on_read(&client[..16]), Chunk::Forward(16));
+        assert!(flag(&shared.amqp10));
+        let mut early = Direction::new(Dir::Down, CLOSE_5S, &shared, &moved);
+        early.follow(&close("bye"));
+        assert_eq!(early.next(), Next::Hard);
+        drop(early);
+        shared.down_done.store(false, Ordering::Release);
+        assert_eq!(up.on_read(&client[16..]), Chunk::Forward(client.len() - 16));
+        assert!(flag(&shared.client_opened));
+        let broker = amqp10_start(false);
+        assert_eq!(down.on_read(&broker), Chunk::Forward(broker.len()));
+        assert!(
+            down.plain() && up.plain(),
+            "no limit holds a 1.0 client back"
+        );
+        up.follow(&close("drain"));
+        down.follow(&close("drain"));
+        assert_eq!(down.next(), Next::SendClose(amqp10::close_forced("drain")));
+        down.close_sent();
+        assert_eq!(up.next(), Next::SendClose(amqp10::close()));
+        up.close_sent();
+        // Each side answers with its own close; what comes before it is dropped.
+        let empty = [0, 0, 0, 8, 2, 0, 0, 0];
+        assert_eq!(down.on_read(&empty), Chunk::Discarded);
+        assert_eq!(down.on_read(&amqp10::close()), Chunk::Finished);
+        assert_eq!(up.on_read(&amqp10::close()), Chunk::Finished);
+    }
+
+    #[test]
+    fn an_amqp10_brokers_own_close_is_answered_by_the_clients() {
+        let (shared, moved) = (Shared::new(), AtomicU64::new(0));
+        let mut up = Direction::new(Dir::Up, CLOSE_5S, &shared, &moved);
+        let mut down = Direction::new(Dir::Down, CLOSE_5S, &shared, &moved);
+        up.on_read(&amqp10_start(true));
+        down.on_read(&amqp10_start(false));
+        let forced = amqp10::close_forced("shutdown");
+        assert_eq!(down.on_read(&forced), Chunk::Forward(forced.len()));
+        assert!(flag(&shared.broker_closed) && flag(&shared.peer_closing));
+        assert!(!flag(&shared.client_acked));
+        let answer = amqp10::close();
+        assert_eq!(up.on_read(&answer), Chunk::Forward(answer.len()));
+        assert!(flag(&shared.client_acked));
     }
 
     #[tokio::test]

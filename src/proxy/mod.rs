@@ -6,8 +6,8 @@
 //! the listener accepts one (`accept_proxy`), the protocol-header check, connecting a
 //! backend (`upstream`: PROXY header, TLS), then a pump: `pump` when both sides
 //! are plain TCP, `stream` when either is TLS. Both pumps ask `direction` what to
-//! do with each read, following AMQP frames (`amqp`) so that a close ordered by
-//! the control plane is sent the way a broker sends it; `bulk` and `buffer` move
+//! do with each read, following AMQP frames (`amqp`; AMQP 1.0's too, `amqp10`)
+//! so that a close ordered by the control plane is sent the way a broker sends it; `bulk` and `buffer` move
 //! long payloads. Each connection has a record (`conn_info`), which the frame
 //! tracker feeds with the few connection methods `handshake` reads.
 //!
@@ -17,6 +17,7 @@
 
 mod accept_proxy;
 pub mod amqp;
+pub mod amqp10;
 pub mod buffer;
 mod bulk;
 pub mod conn_info;

@@ -627,6 +627,74 @@ mod tests {
         }
     }
 
+    /// An AMQP 1.0 connection on either pump: a drain sends the client a
+    /// `close` with `amqp:connection:forced`, the broker a plain `close`, at
+    /// frame boundaries (a long transfer under way is finished first), and
+    /// their answering closes end it gracefully.
+    #[tokio::test]
+    async fn an_amqp10_connection_is_closed_the_amqp10_way() {
+        use crate::proxy::amqp10;
+        let frame = |body: &[u8]| {
+            let mut f = ((8 + body.len()) as u32).to_be_bytes().to_vec();
+            f.extend_from_slice(&[2, 0, 0, 0]);
+            f.extend_from_slice(body);
+            f
+        };
+        let open = frame(&[0x00, 0x53, 0x10, 0xc0, 0x03, 0x01, 0xa1, 0x00]);
+        let mut transfer = vec![0x00, 0x53, 0x14, 0x45];
+        transfer.resize(300_000, 0x41);
+        let transfer = frame(&transfer);
+        for tls_pump in [false, true] {
+            let (mut client, near) = pair().await;
+            let (far, mut broker) = pair().await;
+            let registry = Arc::new(ConnRegistry::default());
+            let orders = registry.register(1);
+            let limits = Limits {
+                close: Duration::from_secs(5),
+                idle: None,
+                amqp: true,
+            };
+            let pump = tokio::spawn(async move {
+                let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+                let meters = Meters {
+                    up: &up,
+                    down: &down,
+                };
+                if tls_pump {
+                    use crate::proxy::stream::{pump, Stream};
+                    let (c, s) = (Stream::Plain(near), Stream::Plain(far));
+                    pump(c, s, &[], orders, limits, meters, None).await
+                } else {
+                    let shared = Shared::new();
+                    Pump::new(&near, &far, Vec::new(), &shared, orders, limits, meters).await
+                }
+            });
+            let mut hello = amqp10::HEADER_SASL.to_vec();
+            hello.extend_from_slice(&[0, 0, 0, 8, 2, 1, 0, 0]);
+            hello.extend_from_slice(amqp10::HEADER_AMQP);
+            hello.extend_from_slice(&open);
+            client.write_all(&hello).await.expect("write");
+            assert_eq!(read_n(&mut broker, hello.len()).await, hello);
+            broker.write_all(&hello).await.expect("write");
+            assert_eq!(read_n(&mut client, hello.len()).await, hello);
+            // A transfer half sent when the drain comes: it is finished first.
+            let (first, rest) = transfer.split_at(100_000);
+            broker.write_all(first).await.expect("write");
+            assert!(read_n(&mut client, first.len()).await == first);
+            registry.send(1, Command::Close("draining".into()));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            broker.write_all(rest).await.expect("write");
+            assert!(read_n(&mut client, rest.len()).await == rest);
+            let forced = amqp10::close_forced("draining");
+            assert_eq!(read_n(&mut client, forced.len()).await, forced);
+            let plain = amqp10::close();
+            assert_eq!(read_n(&mut broker, plain.len()).await, plain);
+            client.write_all(&plain).await.expect("close");
+            broker.write_all(&forced).await.expect("close");
+            assert_eq!(ended(pump).await, End::Graceful, "tls pump: {tls_pump}");
+        }
+    }
+
     #[tokio::test]
     async fn a_hard_close_ends_at_once() {
         let (_client, _broker, registry, pump) = rig(None).await;

@@ -48,6 +48,7 @@ pub const SHARED_STATE_UP: &str = "warren_shared_state_up";
 pub const SHARED_STATE_LAST_READ: &str = "warren_shared_state_last_read_timestamp_seconds";
 
 pub const HANDSHAKE_REJECTED: &str = "warren_listener_handshake_rejected_total";
+pub const LISTENER_PROTOCOL: &str = "warren_listener_protocol_connections_total";
 pub const PROXY_HEADER_REJECTED: &str = "warren_proxy_header_rejected_total";
 pub const TLS_HANDSHAKES: &str = "warren_tls_handshakes_total";
 pub const TLS_CERTIFICATE_EXPIRY: &str = "warren_tls_certificate_expiry_seconds";
@@ -88,6 +89,8 @@ pub const CONNECT_ERROR_KINDS: [&str; 6] = [
 pub const NO_BACKEND_REASONS: [&str; 3] = ["none_usable", "connect_failed", "local_error"];
 /// Label values `reason` of [`HANDSHAKE_REJECTED`].
 pub const HANDSHAKE_REASONS: [&str; 3] = ["timeout", "closed", "not_amqp"];
+/// Label values `protocol` of [`LISTENER_PROTOCOL`].
+pub const PROTOCOLS: [&str; 2] = ["amqp091", "amqp10"];
 /// Label values of [`HEALTH_CHECK_FAILURES`].
 pub const FAILURE_REASONS: [&str; 5] = ["timeout", "tcp", "unauthorized", "http_status", "other"];
 /// Label values of [`BACKEND_DRAINS`].
@@ -180,6 +183,10 @@ pub fn install() -> PrometheusHandle {
                 counter!(LISTENER_REJECTED, "listener" => listener).increment(0);
                 for reason in NO_BACKEND_REASONS {
                     counter!(LISTENER_NO_BACKEND, "listener" => listener, "reason" => reason)
+                        .increment(0);
+                }
+                for protocol in PROTOCOLS {
+                    counter!(LISTENER_PROTOCOL, "listener" => listener, "protocol" => protocol)
                         .increment(0);
                 }
             }
@@ -347,6 +354,11 @@ fn describe() {
         HANDSHAKE_REJECTED,
         Count,
         "Clients turned away before reaching a backend, by reason (timeout, closed, not_amqp).",
+    );
+    c(
+        LISTENER_PROTOCOL,
+        Count,
+        "Client connections by listener and the protocol their header said (amqp091, amqp10), counted once the header is read.",
     );
     c(
         PROXY_HEADER_REJECTED,
@@ -658,6 +670,12 @@ pub fn connect_error(backend: &str, kind: &'static str) {
 /// A connection on `backend` was closed to rebalance.
 pub fn rebalance_close(backend: &str) {
     counter!(BACKEND_REBALANCE_CLOSES, "backend" => backend.to_string()).increment(1);
+}
+
+/// A client connection's protocol header said `protocol` (one of
+/// [`PROTOCOLS`]) on `listener` (one of [`LISTENERS`]).
+pub fn protocol_connection(listener: &'static str, protocol: &'static str) {
+    counter!(LISTENER_PROTOCOL, "listener" => listener, "protocol" => protocol).increment(1);
 }
 
 /// A client was turned away before its connection reached a backend

@@ -47,6 +47,11 @@ fn frame_stream_corpus() {
 }
 
 #[test]
+fn amqp10_stream_corpus() {
+    replay("amqp10_stream", fuzz_checks::amqp10_stream);
+}
+
+#[test]
 fn handshake_corpus() {
     replay("handshake", fuzz_checks::handshake);
 }

@@ -17,6 +17,7 @@
 mod common;
 
 mod admin;
+mod amqp10;
 mod bulk;
 mod chaos;
 mod clients;
