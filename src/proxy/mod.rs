@@ -26,6 +26,7 @@ pub mod handshake;
 pub(crate) mod listener;
 pub(crate) mod proxy_protocol;
 mod pump;
+pub mod rmq_stream;
 mod session;
 pub mod socket;
 mod stream;
