@@ -75,6 +75,9 @@ pub struct Server {
     pub amqp_addr: Option<SocketAddr>,
     /// The TLS listener's address, if there is one.
     pub tls_addr: Option<SocketAddr>,
+    /// The addresses of the listeners of `listeners:`, by name (a `stream`
+    /// listener's port per node as `NAME/BACKEND`).
+    pub listener_addrs: Vec<(String, SocketAddr)>,
     pub admin_addr: SocketAddr,
 }
 
@@ -96,6 +99,34 @@ impl Server {
             None => None,
         };
         let admin = bind("admin", config.admin.listen).await?;
+        let mut listeners = Vec::new();
+        let mut listener_addrs = Vec::new();
+        for l in &config.listeners {
+            // Leaked once per listener: metrics labels are static strings.
+            let name: &'static str = Box::leak(l.name.clone().into_boxed_str());
+            let socket = bind(name, l.listen).await?;
+            listener_addrs.push((l.name.clone(), socket.local_addr().unwrap_or(l.listen)));
+            let mut nodes = Vec::new();
+            for b in &config.backends {
+                if let Some(addr) = l.node_address(&b.name) {
+                    let s = bind(name, addr).await?;
+                    listener_addrs.push((format!("{}/{}", l.name, b.name), addr));
+                    nodes.push((
+                        Arc::<str>::from(b.name.as_str()),
+                        Rebindable::new(name, Some(s)),
+                    ));
+                }
+            }
+            listeners.push(Arc::new(proxy::socket::Named {
+                name,
+                protocol: l.protocol,
+                socket: Rebindable::new(name, Some(socket)),
+                nodes,
+                active: Default::default(),
+                counts: Default::default(),
+            }));
+            telemetry::metrics::listener_zero(name);
+        }
         let amqp_addr = amqp.as_ref().map(|(l, a)| l.local_addr().unwrap_or(*a));
         let tls_addr = tls_socket
             .as_ref()
@@ -123,6 +154,8 @@ impl Server {
             next_conn_id: AtomicU64::new(1),
             amqp_listener: Rebindable::new("amqp", amqp.map(|(l, _)| l)),
             tls_listener: Rebindable::new("amqps", tls_socket.map(|(l, _)| l)),
+            listeners,
+            stream_peers: Default::default(),
             listener_stats: ListenerStats::default(),
             clients: Arc::new(proxy::conn_info::Clients::new(Arc::clone(&config))),
         });
@@ -146,6 +179,7 @@ impl Server {
             app,
             amqp_addr,
             tls_addr,
+            listener_addrs,
             admin_addr,
         })
     }
@@ -181,6 +215,9 @@ impl Server {
         // Stop accepting at once: new clients are refused, not left in the backlog.
         app.proxy.amqp_listener.close();
         app.proxy.tls_listener.close();
+        for l in &app.proxy.listeners {
+            l.sockets().for_each(|s| s.close());
+        }
         control::shutdown::close_connections(&app).await;
         admin_task.abort();
     }

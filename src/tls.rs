@@ -151,28 +151,44 @@ fn now_unix() -> i64 {
 
 /// Builds the listener's rustls config from its files.
 pub(crate) fn server_config(t: &TlsListenConfig) -> Result<(ServerConfig, Option<i64>), TlsError> {
-    let certs = load_certs("tls.cert", &t.cert)?;
-    let key = load_key("tls.key", &t.key)?;
+    server_config_of(&t.cert, &t.key, t.client_ca.as_deref(), "tls")
+}
+
+/// A listener's rustls config from its certificate, key and optional client
+/// CA files; `at` is the config key they sit under (`tls`, `listeners[1].tls`).
+fn server_config_of(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+    at: &str,
+) -> Result<(ServerConfig, Option<i64>), TlsError> {
+    let (cert_key, key_key, ca_key) = (
+        format!("{at}.cert"),
+        format!("{at}.key"),
+        format!("{at}.client_ca"),
+    );
+    let certs = load_certs(&cert_key, cert)?;
+    let private = load_key(&key_key, key)?;
     let expiry = not_after(&certs[0]);
     let provider = provider();
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|e| bad("tls.cert", &t.cert, e.to_string()))?;
-    let builder = match &t.client_ca {
+        .map_err(|e| bad(&cert_key, cert, e.to_string()))?;
+    let builder = match client_ca {
         Some(ca) => {
-            let roots = load_roots("tls.client_ca", ca)?;
+            let roots = load_roots(&ca_key, ca)?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
-                .map_err(|e| bad("tls.client_ca", ca, e.to_string()))?;
+                .map_err(|e| bad(&ca_key, ca, e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
     };
-    let config = builder.with_single_cert(certs, key).map_err(|e| {
+    let config = builder.with_single_cert(certs, private).map_err(|e| {
         bad(
-            "tls.key",
-            &t.key,
-            format!("does not fit the certificate in {}: {e}", t.cert.display()),
+            &key_key,
+            key,
+            format!("does not fit the certificate in {}: {e}", cert.display()),
         )
     })?;
     Ok((config, expiry))
@@ -394,6 +410,8 @@ impl ServerCertVerifier for NoVerification {
 pub(crate) struct Tls {
     /// `None` without a TLS listener; a reload may add or remove it.
     server: ArcSwapOption<Listener>,
+    /// The listeners of `listeners:` with `tls`, by name.
+    named: ArcSwap<HashMap<String, Arc<Listener>>>,
     origins: ArcSwap<HashMap<String, Arc<Origin>>>,
     /// notAfter (Unix seconds) per certificate label, for the expiry gauge.
     expiry: Mutex<Vec<(ExpiryLabel, i64)>>,
@@ -404,6 +422,8 @@ pub(crate) struct Tls {
 pub(crate) enum ExpiryLabel {
     /// The TLS listener's server certificate.
     Listener,
+    /// The server certificate of a listener of `listeners:`.
+    Named(String),
     /// The client certificate warren presents to a backend.
     Backend(String),
 }
@@ -413,6 +433,7 @@ impl std::fmt::Display for ExpiryLabel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ExpiryLabel::Listener => f.write_str("listener"),
+            ExpiryLabel::Named(name) => write!(f, "listener {name}"),
             ExpiryLabel::Backend(name) => write!(f, "backend_client of {name}"),
         }
     }
@@ -425,6 +446,7 @@ struct Listener {
 
 struct Built {
     server: Option<Listener>,
+    named: HashMap<String, Arc<Listener>>,
     origins: HashMap<String, Arc<Origin>>,
     expiry: Vec<(ExpiryLabel, i64)>,
 }
@@ -443,6 +465,22 @@ fn build(config: &Config) -> Result<Built, TlsError> {
         }
         None => None,
     };
+    let mut named = HashMap::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        if let Some(t) = &l.tls {
+            let at = format!("listeners[{i}].tls");
+            let (sc, exp) = server_config_of(&t.cert, &t.key, t.client_ca.as_deref(), &at)?;
+            if let Some(e) = exp {
+                expiry.push((ExpiryLabel::Named(l.name.clone()), e));
+            }
+            named.insert(
+                l.name.clone(),
+                Arc::new(Listener {
+                    config: Arc::new(sc),
+                }),
+            );
+        }
+    }
     let mut origins = HashMap::new();
     for (i, b) in config.backends.iter().enumerate() {
         if let Some(t) = &b.tls {
@@ -455,6 +493,7 @@ fn build(config: &Config) -> Result<Built, TlsError> {
     }
     Ok(Built {
         server,
+        named,
         origins,
         expiry,
     })
@@ -493,6 +532,7 @@ impl Tls {
         let b = build(config)?;
         let tls = Tls {
             server: ArcSwapOption::from_pointee(b.server),
+            named: ArcSwap::from_pointee(b.named),
             origins: ArcSwap::from_pointee(b.origins),
             expiry: Mutex::new(b.expiry),
         };
@@ -508,6 +548,7 @@ impl Tls {
     pub(crate) fn reload(&self, config: &Config) -> Result<(), TlsError> {
         let b = build(config)?;
         self.server.store(b.server.map(Arc::new));
+        self.named.store(Arc::new(b.named));
         self.origins.store(Arc::new(b.origins));
         if let Ok(mut e) = self.expiry.lock() {
             *e = b.expiry;
@@ -532,6 +573,27 @@ impl Tls {
         timeout: Duration,
     ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
         let listener = self.server.load_full()?;
+        Self::handshake(listener, tcp, peer, timeout).await
+    }
+
+    /// [`Tls::accept`] on the listener of `listeners:` named `name`.
+    pub(crate) async fn accept_named(
+        &self,
+        name: &str,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        timeout: Duration,
+    ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+        let listener = self.named.load().get(name).cloned()?;
+        Self::handshake(listener, tcp, peer, timeout).await
+    }
+
+    async fn handshake(
+        listener: Arc<Listener>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        timeout: Duration,
+    ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&listener.config));
         let result = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
             Ok(r) => r.map_err(|e| classify(&e)),
@@ -565,6 +627,9 @@ impl Tls {
             for (label, not_after) in e.iter() {
                 let backend = match label {
                     ExpiryLabel::Listener => None,
+                    // Warned about when expired; the gauge has the listener of
+                    // the one-listener form only.
+                    ExpiryLabel::Named(_) => continue,
                     ExpiryLabel::Backend(name) => Some(name.as_str()),
                 };
                 crate::telemetry::metrics::tls_certificate_expiry(
@@ -825,6 +890,7 @@ mod tests {
             management_tls: None,
             tls: None,
             send_proxy: None,
+            ports: Default::default(),
         };
         let t = BackendTlsConfig {
             ca: None,

@@ -28,6 +28,8 @@ pub(crate) struct ConnectionView {
     /// The client's address (a PROXY header's, where one was received).
     client: String,
     tls: bool,
+    /// The listener it came in on.
+    listener: &'static str,
     backend: String,
     /// The protocol the client's header said (`amqp091`, `amqp10`), once read.
     protocol: Option<&'static str>,
@@ -82,6 +84,7 @@ impl ConnectionView {
                 id: c.id,
                 client: c.peer.to_string(),
                 tls: c.tls,
+                listener: c.listener,
                 backend: c.backend.clone(),
                 protocol: c.protocol().map(|p| p.label()),
                 age_seconds: c.started.elapsed().as_secs_f64(),

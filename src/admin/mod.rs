@@ -272,12 +272,16 @@ struct WithShared<'a> {
     view: BackendView<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     shared_state: Option<operator_state::View>,
+    /// The backend as each listener of `listeners:` sees it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    listeners: Vec<status::BackendListener>,
 }
 
 fn with_shared<'a>(app: &App, b: &'a crate::balancer::Backend) -> WithShared<'a> {
     WithShared {
         view: view(b),
         shared_state: shared_state::enabled(app).then(|| app.shared.view(b.name())),
+        listeners: status::backend_listeners(app, b),
     }
 }
 

@@ -26,9 +26,15 @@ fn refresh(app: &App) {
     let stats = &app.proxy.listener_stats;
     let all = stats.active.load(Ordering::Relaxed);
     let tls = stats.tls_active.load(Ordering::Relaxed);
+    let mut named = 0;
+    for l in &app.proxy.listeners {
+        let n = l.active.load(Ordering::Relaxed);
+        named += n;
+        metrics::listener_active(l.name, n as u64);
+    }
     metrics::process_gauges(
         app.config.load().max_connections,
-        all.saturating_sub(tls) as u64,
+        all.saturating_sub(tls + named) as u64,
         tls as u64,
         app.reloader.last(),
     );

@@ -127,6 +127,53 @@ pub(crate) fn view(b: &Backend) -> BackendView<'_> {
     }
 }
 
+/// A backend as one listener of `listeners:` sees it.
+#[derive(Serialize)]
+pub(crate) struct BackendListener {
+    listener: String,
+    protocol: &'static str,
+    /// The node's address for this listener.
+    address: Option<String>,
+    /// New connections of this listener may go to the backend (it is usable
+    /// and its listener for the protocol passes its check).
+    usable: bool,
+    /// Out for this protocol: its `protocol-listener` check fails.
+    protocol_out: bool,
+    /// This listener's connections open on the backend now.
+    active_connections: usize,
+    /// warren's port that leads to this backend only (`stream`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_port: Option<u16>,
+}
+
+/// The backend as each listener of `listeners:` sees it; connections are
+/// counted from the live records at request time.
+pub(crate) fn backend_listeners(app: &App, b: &Backend) -> Vec<BackendListener> {
+    let cfg = app.config.load();
+    if cfg.listeners.is_empty() {
+        return Vec::new();
+    }
+    let records = app.proxy.clients.list();
+    cfg.listeners
+        .iter()
+        .map(|l| {
+            let bit = l.protocol.bit();
+            BackendListener {
+                listener: l.name.clone(),
+                protocol: l.protocol.as_str(),
+                address: l.backend_address(&b.config),
+                usable: b.usable_for(bit),
+                protocol_out: b.out_for(bit),
+                active_connections: records
+                    .iter()
+                    .filter(|r| r.listener == l.name && r.backend == b.name())
+                    .count(),
+                node_port: l.node_ports.get(b.name()).copied(),
+            }
+        })
+        .collect()
+}
+
 /// `GET /api/status`.
 #[derive(Serialize)]
 pub(crate) struct Status<'a> {
@@ -170,6 +217,12 @@ pub(crate) fn status<'a>(app: &App, backends: &'a [std::sync::Arc<Backend>]) -> 
     let stats = &app.proxy.listener_stats;
     let tls_active = stats.tls_active.load(Ordering::Relaxed);
     let all_active = stats.active.load(Ordering::Relaxed);
+    let named_active: usize = app
+        .proxy
+        .listeners
+        .iter()
+        .map(|l| l.active.load(Ordering::Relaxed))
+        .sum();
     let listener =
         |name, address: Option<std::net::SocketAddr>, c: &AcceptCounts, active| ListenerView {
             name,
@@ -185,12 +238,12 @@ pub(crate) fn status<'a>(app: &App, backends: &'a [std::sync::Arc<Backend>]) -> 
         uptime_seconds: (now - app.started).max(0.0),
         reload: Reload { ok, last_success },
         token_required: cfg.admin.token_file.is_some() || cfg.admin.token_env.is_some(),
-        listeners: vec![
+        listeners: [
             listener(
                 crate::telemetry::metrics::LISTENER_PLAIN,
                 app.proxy.amqp_listener.local_addr(),
                 &stats.plain,
-                all_active.saturating_sub(tls_active),
+                all_active.saturating_sub(tls_active + named_active),
             ),
             listener(
                 crate::telemetry::metrics::LISTENER_TLS,
@@ -198,7 +251,17 @@ pub(crate) fn status<'a>(app: &App, backends: &'a [std::sync::Arc<Backend>]) -> 
                 &stats.tls,
                 tls_active,
             ),
-        ],
+        ]
+        .into_iter()
+        .chain(app.proxy.listeners.iter().map(|l| {
+            listener(
+                l.name,
+                l.socket.local_addr(),
+                &l.counts,
+                l.active.load(Ordering::Relaxed),
+            )
+        }))
+        .collect(),
         backends: backends.iter().map(|b| view(b)).collect(),
     }
 }

@@ -107,6 +107,9 @@ pub struct Backend {
     alarm: AtomicBool,
     /// The node is in maintenance mode (`rabbitmq-upgrade drain`).
     maintenance: AtomicBool,
+    /// The protocols (`ListenerProtocol::bit`) whose listener check fails on
+    /// the node: out for those listeners only.
+    protocols_out: AtomicU8,
     /// Bytes forwarded from clients to this backend (added per read, relaxed).
     pub bytes_in: AtomicU64,
     /// Bytes forwarded from this backend to clients.
@@ -149,6 +152,7 @@ impl Backend {
             mode: AtomicU8::new(Mode::Enabled as u8),
             alarm: AtomicBool::new(false),
             maintenance: AtomicBool::new(false),
+            protocols_out: AtomicU8::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             reported_in: AtomicU64::new(0),
@@ -286,6 +290,33 @@ impl Backend {
     /// May receive new connections.
     pub fn usable(&self) -> bool {
         self.state() == State::Up && !self.alarm()
+    }
+
+    /// May receive new connections on a listener of the protocol with `bit`
+    /// (`ListenerProtocol::bit`).
+    pub fn usable_for(&self, bit: u8) -> bool {
+        self.usable() && !self.out_for(bit)
+    }
+
+    /// The node's listener for the protocol with `bit` failed its check.
+    pub fn out_for(&self, bit: u8) -> bool {
+        self.protocols_out.load(Ordering::Acquire) & bit != 0
+    }
+
+    /// The protocols the node is out for, as bits.
+    pub fn protocols_out(&self) -> u8 {
+        self.protocols_out.load(Ordering::Acquire)
+    }
+
+    /// Sets whether the node is out for the protocol with `bit`; returns
+    /// whether that changed.
+    pub fn set_out_for(&self, bit: u8, out: bool) -> bool {
+        let old = if out {
+            self.protocols_out.fetch_or(bit, Ordering::AcqRel)
+        } else {
+            self.protocols_out.fetch_and(!bit, Ordering::AcqRel)
+        };
+        (old & bit != 0) != out
     }
 
     pub fn alarm(&self) -> bool {
@@ -479,6 +510,12 @@ impl Balancer {
     /// Backends to try for a new connection, best first, at most `max`.
     /// Only usable backends are returned; the caller tries them in order.
     pub fn candidates(&self, max: usize) -> Vec<Arc<Backend>> {
+        self.candidates_for(max, 0)
+    }
+
+    /// [`Balancer::candidates`] for a listener whose protocol has `bit`: the
+    /// backends out for that protocol are left out.
+    pub fn candidates_for(&self, max: usize, bit: u8) -> Vec<Arc<Backend>> {
         let all = self.backends.load();
         if all.is_empty() || max == 0 {
             return Vec::new();
@@ -486,7 +523,7 @@ impl Balancer {
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
         // Rotate over the usable ones only, so that a backend out of service does not
         // hand its turn to its neighbour; ties are broken round-robin under both policies.
-        let usable: Vec<&Arc<Backend>> = all.iter().filter(|b| b.usable()).collect();
+        let usable: Vec<&Arc<Backend>> = all.iter().filter(|b| b.usable_for(bit)).collect();
         let m = usable.len();
         let mut usable: Vec<Arc<Backend>> = (0..m)
             .map(|k| Arc::clone(usable[(start + k) % m]))
@@ -522,6 +559,7 @@ mod tests {
             management_tls: None,
             tls: None,
             send_proxy: None,
+            ports: Default::default(),
         }))
     }
 

@@ -16,6 +16,7 @@ pub mod clients;
 pub mod cluster;
 mod error;
 mod health_checks;
+pub mod listeners;
 mod locate;
 pub mod log;
 pub mod management;
@@ -30,6 +31,7 @@ pub use cluster::{
     REPLICATION_POLICY,
 };
 pub use error::{did_you_mean, ConfigError};
+pub use listeners::{ListenerConfig, ListenerProtocol, ListenerTls};
 pub use locate::Spot;
 pub use management::{ManagementTls, ManagementTlsConfig};
 pub use operations::{OperationsConfig, OperationsNode, SharedStateConfig};
@@ -55,6 +57,9 @@ pub struct Config {
     /// Where AMQPS clients connect: TLS termination.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsListenConfig>,
+    /// More listeners, each with a name and a protocol (docs/protocols.md).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<ListenerConfig>,
     pub admin: AdminConfig,
     pub balance: Balance,
     /// What clients speak: `amqp` (checked before a backend is chosen) or `tcp`.
@@ -86,6 +91,7 @@ impl Default for Config {
             listen: None,
             accept_proxy: None,
             tls: None,
+            listeners: Vec::new(),
             admin: AdminConfig::default(),
             balance: Balance::default(),
             protocol: Protocol::default(),
@@ -226,6 +232,11 @@ pub struct BackendConfig {
     /// sees the client's address instead of warren's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub send_proxy: Option<ProxyVersion>,
+    /// The node's port for each protocol or listener of `listeners:` (`stream:
+    /// 5552`, `mqtt: 1883`, `stomp: 61613`, `http`: the management URL's port
+    /// are the defaults; `tls` and `send_proxy` apply to AMQP only).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub ports: std::collections::BTreeMap<String, u16>,
 }
 
 /// TLS termination: a listener for AMQPS clients.
@@ -690,10 +701,10 @@ impl Config {
                     .into(),
             ));
         }
-        if self.listen.is_none() && self.tls.is_none() {
+        if self.listen.is_none() && self.tls.is_none() && self.listeners.is_empty() {
             return Err(invalid(
                 "listen".into(),
-                "expected `listen`, `tls.listen` or both".into(),
+                "expected a listener: `listen`, `tls.listen` or `listeners`".into(),
             ));
         }
         if let (Some(plain), Some(t)) = (self.listen, &self.tls) {
@@ -843,22 +854,27 @@ impl Config {
     /// The listeners bind distinct addresses (port 0, "any free port", aside).
     fn validate_listeners(&self) -> Result<(), (String, String)> {
         let admin = self.admin.listen;
-        if admin.port() == 0 {
-            return Ok(());
-        }
         let clash = [
             ("listen", self.listen),
             ("tls.listen", self.tls.as_ref().map(|t| t.listen)),
         ]
         .into_iter()
-        .find(|(_, a)| *a == Some(admin));
-        match clash {
-            Some((key, _)) => Err((
+        .find(|(_, a)| admin.port() != 0 && *a == Some(admin));
+        if let Some((key, _)) = clash {
+            return Err((
                 "admin.listen".into(),
                 format!("`{admin}` is also `{key}`: each listener needs an address of its own"),
-            )),
-            None => Ok(()),
+            ));
         }
+        let taken: Vec<(String, SocketAddr)> = [
+            ("admin.listen", Some(admin)),
+            ("listen", self.listen),
+            ("tls.listen", self.tls.as_ref().map(|t| t.listen)),
+        ]
+        .into_iter()
+        .filter_map(|(k, a)| Some((k.to_string(), a?)))
+        .collect();
+        listeners::validate(&self.listeners, &self.backends, &taken)
     }
 
     /// Settings that parse and run but contradict each other: `warren check`

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::balancer::{Backend, Health};
-use crate::config::Config;
+use crate::config::{Config, ListenerProtocol};
 use crate::control::act::{act, Action};
 use crate::control::app::App;
 use crate::health::{self, NodeCache, Outcome};
@@ -27,6 +27,7 @@ pub(crate) fn spawn(app: Arc<App>, backend: Arc<Backend>) {
 
 async fn run(app: &Arc<App>, backend: &Arc<Backend>) {
     let mut node = NodeCache::default();
+    let mut protocols = Protocols::default();
     let mut targets: Option<Targets> = None;
     loop {
         let config = app.config.load_full();
@@ -135,6 +136,11 @@ async fn run(app: &Arc<App>, backend: &Arc<Backend>) {
         if apply(app, backend, &outcome) {
             node.mark_stale();
         }
+        if matches!(outcome, Outcome::Pass | Outcome::Alarm(_)) {
+            protocols
+                .probe(app, backend, &targets.config, mgmt, cfg.timeout.get())
+                .await;
+        }
         // A reload may have changed the intervals: start over with the new ones.
         let next = tokio::time::Instant::now() + health::next_interval(backend, &cfg);
         loop {
@@ -150,6 +156,90 @@ async fn run(app: &Arc<App>, backend: &Arc<Backend>) {
                         learn(backend, &mut node, r);
                     }
                 }
+            }
+        }
+    }
+}
+
+/// The listeners of protocols a node serves on ports of their own (stream,
+/// MQTT, STOMP): consecutive passes and failures of each, as for the node
+/// itself (`health.rise`, `health.fall`); the backend is out for a protocol
+/// (`Backend::out_for`) from `fall` failures to `rise` passes.
+#[derive(Default)]
+struct Protocols {
+    counts: std::collections::HashMap<ListenerProtocol, (u32, u32)>,
+}
+
+impl Protocols {
+    async fn probe(
+        &mut self,
+        app: &Arc<App>,
+        backend: &Arc<Backend>,
+        config: &Config,
+        mgmt: Option<(&Target, &Credentials)>,
+        timeout: std::time::Duration,
+    ) {
+        let mut seen = Vec::new();
+        for l in &config.listeners {
+            let Some(check) = l.protocol.listener_check() else {
+                continue;
+            };
+            if seen.contains(&l.protocol) {
+                continue;
+            }
+            seen.push(l.protocol);
+            let Some(address) = l.backend_address(&backend.config) else {
+                continue;
+            };
+            let result = health::probe_protocol(&address, check, mgmt, timeout).await;
+            let (passes, fails) = self.counts.entry(l.protocol).or_default();
+            match &result {
+                Ok(()) => {
+                    *passes += 1;
+                    *fails = 0;
+                }
+                Err(_) => {
+                    *fails += 1;
+                    *passes = 0;
+                }
+            }
+            let out = backend.out_for(l.protocol.bit());
+            let flip = match &result {
+                Ok(()) if out && *passes >= config.health.rise.get() => Some(false),
+                Err(_) if !out && *fails >= config.health.fall.get() => Some(true),
+                _ => None,
+            };
+            metrics::backend_protocol_up(backend.name(), check, !out);
+            let Some(now_out) = flip else {
+                continue;
+            };
+            backend.set_out_for(l.protocol.bit(), now_out);
+            metrics::backend_protocol_up(backend.name(), check, !now_out);
+            let message = match &result {
+                Err(reason) => {
+                    tracing::warn!(backend = backend.name(), protocol = check, reason = %reason, "backend out for the protocol's listeners");
+                    format!("out for {check} listeners: {reason}")
+                }
+                Ok(()) => {
+                    tracing::info!(
+                        backend = backend.name(),
+                        protocol = check,
+                        "backend back for the protocol's listeners"
+                    );
+                    format!("back for {check} listeners")
+                }
+            };
+            app.events.push(
+                crate::control::events::Kind::Health,
+                Some(backend.name()),
+                message,
+                None,
+            );
+        }
+        // A protocol no longer listened for: the backend is not out for it.
+        for p in ListenerProtocol::ALL {
+            if !seen.contains(&p) && backend.set_out_for(p.bit(), false) {
+                self.counts.remove(&p);
             }
         }
     }

@@ -59,7 +59,32 @@ async fn run(app: &App, reason: &str) {
             .filter(|b| b.usable())
             .cloned()
             .collect();
-        let counts: Vec<usize> = backends.iter().map(|b| b.conns.len()).collect();
+        // Stream clients sit where the broker sent them (the leader, a
+        // replica): moving one would send it back to the same node.
+        let placed: std::collections::HashSet<u64> = {
+            let stream: Vec<&str> = cfg
+                .listeners
+                .iter()
+                .filter(|l| l.protocol == crate::config::ListenerProtocol::Stream)
+                .map(|l| l.name.as_str())
+                .collect();
+            app.proxy
+                .clients
+                .list()
+                .iter()
+                .filter(|c| stream.contains(&c.listener))
+                .map(|c| c.id)
+                .collect()
+        };
+        let movable: Vec<Vec<u64>> = backends
+            .iter()
+            .map(|b| {
+                let mut ids = b.conns.ids();
+                ids.retain(|id| !placed.contains(id));
+                ids
+            })
+            .collect();
+        let counts: Vec<usize> = movable.iter().map(Vec::len).collect();
         let plan = plan(&counts, r.tolerance, r.max_fraction);
         if plan.iter().all(|n| *n == 0) {
             tracing::info!(
@@ -79,8 +104,7 @@ async fn run(app: &App, reason: &str) {
         );
         // Newest connections first: most likely the reconnects of the last failure.
         let mut victims = Vec::new();
-        for (b, n) in backends.iter().zip(&plan) {
-            let ids = b.conns.ids();
+        for ((b, n), ids) in backends.iter().zip(&plan).zip(&movable) {
             victims.extend(ids.iter().rev().take(*n).map(|id| (Arc::clone(b), *id)));
         }
         let step = r.window.get() / victims.len().max(1) as u32;

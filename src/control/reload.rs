@@ -380,6 +380,17 @@ async fn apply(app: &Arc<App>, trigger: Trigger) -> Result<Summary, ReloadError>
     if new.log.format != old.log.format {
         summary.needs_restart.push("log.format");
     }
+    // The sockets of `listeners:` are bound at start-up; their TLS, PROXY and
+    // advertised host are read per connection from the config in force.
+    let bound = |c: &Config| -> Vec<_> {
+        c.listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.listen, l.protocol, l.node_ports.clone()))
+            .collect()
+    };
+    if bound(&new) != bound(&old) {
+        summary.needs_restart.push("listeners");
+    }
     if new.log.level != old.log.level {
         crate::telemetry::logging::set_level(&new.log.level);
     }

@@ -347,6 +347,41 @@ async fn probe_inner(
     Report { outcome, skipped }
 }
 
+/// Probes a node's listener for one protocol of `listeners:`: a TCP connect
+/// to `address` (its port for the protocol), then, where the management API
+/// is known, RabbitMQ's `protocol-listener/<check>`. Bounded by `timeout`.
+pub(crate) async fn probe_protocol(
+    address: &str,
+    check: &str,
+    management: Option<(&Target, &Credentials)>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let run = async {
+        TcpStream::connect(address)
+            .await
+            .map_err(|e| format!("{check} port {address}: {e}"))?;
+        let Some((target, creds)) = management else {
+            return Ok(());
+        };
+        let path = format!("/api/health/checks/protocol-listener/{check}");
+        match mgmt::request(target, creds, Method::GET, &path, None, timeout).await {
+            Ok(resp) if resp.status == StatusCode::OK => Ok(()),
+            Ok(resp) => Err(format!(
+                "protocol-listener/{check}: HTTP {}: {}",
+                resp.status.as_u16(),
+                resp.json()
+                    .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_string))
+                    .unwrap_or_default()
+            )),
+            Err(e) => Err(format!("protocol-listener/{check}: {e}")),
+        }
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("{check} check timed out after {timeout:?}")),
+    }
+}
+
 /// Asks the other members at once whether `node` is being drained: the peer
 /// of the first clear answer when it is yes; `None` when it is no or none
 /// answers. Each request gets half of `timeout`, so one frozen peer cannot
@@ -473,6 +508,7 @@ mod tests {
             management_tls: None,
             tls: None,
             send_proxy: None,
+            ports: Default::default(),
         })
     }
 

@@ -115,8 +115,10 @@ pub struct ConnInfo {
     pub id: u64,
     /// The client (as a PROXY header gave it, where one did).
     pub peer: SocketAddr,
-    /// Accepted on the TLS listener.
+    /// Accepted with TLS.
     pub tls: bool,
+    /// The listener it came in on (`amqp`, `amqps`, or a name of `listeners:`).
+    pub listener: &'static str,
     pub backend: String,
     /// Unix time (seconds) the backend was connected.
     pub started_unix: f64,
@@ -150,6 +152,7 @@ impl ConnInfo {
         id: u64,
         peer: SocketAddr,
         tls: bool,
+        listener: &'static str,
         backend: &str,
         handshake: bool,
     ) -> ConnInfo {
@@ -157,6 +160,7 @@ impl ConnInfo {
             id,
             peer,
             tls,
+            listener,
             backend: backend.to_string(),
             started_unix: unix_now(),
             started: Instant::now(),
@@ -282,12 +286,7 @@ impl ConnInfo {
         };
         self.protocol.store(v, Ordering::Relaxed);
         tracing::debug!(protocol = p.label(), "protocol header read");
-        let listener = if self.tls {
-            metrics::LISTENER_TLS
-        } else {
-            metrics::LISTENER_PLAIN
-        };
-        metrics::protocol_connection(listener, p.label());
+        metrics::protocol_connection(self.listener, p.label());
     }
 
     /// A kept connection method from the side `dir` reads from. Returns the
@@ -663,6 +662,7 @@ mod tests {
             id,
             peer.parse().expect("addr"),
             false,
+            metrics::LISTENER_PLAIN,
             "a",
             true,
         ));
@@ -732,8 +732,16 @@ mod tests {
     #[test]
     fn an_external_login_is_the_certificates_name() {
         let c = clients("");
-        let info = ConnInfo::new(&c, 1, "10.0.0.1:1".parse().expect("addr"), true, "a", true)
-            .with_cert_name(Some("orders-api".into()));
+        let info = ConnInfo::new(
+            &c,
+            1,
+            "10.0.0.1:1".parse().expect("addr"),
+            true,
+            metrics::LISTENER_TLS,
+            "a",
+            true,
+        )
+        .with_cert_name(Some("orders-api".into()));
         let args = handshake::tests::start_ok_args(&[], "EXTERNAL", b"");
         let start_ok = Captured {
             method: amqp::METHOD_START_OK,

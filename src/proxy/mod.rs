@@ -30,6 +30,8 @@ pub mod rmq_stream;
 mod session;
 pub mod socket;
 mod stream;
+mod stream_peers;
+mod stream_route;
 #[cfg(test)]
 mod test_util;
 mod upstream;
@@ -43,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 use crate::balancer::Balancer;
 use crate::config::Config;
 use crate::proxy::conn_info::Clients;
+use crate::proxy::socket::Named;
 use crate::proxy::socket::{ListenerStats, Rebindable};
 use crate::tls::Tls;
 
@@ -60,6 +63,11 @@ pub struct Proxy {
     pub amqp_listener: Rebindable,
     /// The TLS listening socket (absent without `tls`).
     pub tls_listener: Rebindable,
+    /// The listeners of `listeners:`, bound at start-up.
+    pub listeners: Vec<Arc<Named>>,
+    /// What each backend advertises to stream clients, as learned from the
+    /// open responses that went by (`stream_route`).
+    pub(crate) stream_peers: stream_peers::Peers,
     pub(crate) listener_stats: ListenerStats,
     /// The live connections (their records) and the counts of the limits.
     pub clients: Arc<Clients>,

@@ -570,7 +570,15 @@ mod tests {
                 config,
             ))));
             let peer = "127.0.0.1:1".parse().expect("addr");
-            let info = Arc::new(ConnInfo::new(&clients, 1, peer, false, "a", true));
+            let info = Arc::new(ConnInfo::new(
+                &clients,
+                1,
+                peer,
+                false,
+                crate::telemetry::metrics::LISTENER_PLAIN,
+                "a",
+                true,
+            ));
             let (mut client, near) = pair().await;
             let (far, mut broker) = pair().await;
             let registry = Arc::new(ConnRegistry::default());

@@ -20,13 +20,14 @@ use tracing::field::Empty;
 use tracing::Instrument;
 
 use crate::balancer::Backend;
-use crate::config::{AcceptProxyConfig, Config, Protocol};
+use crate::config::{AcceptProxyConfig, Config, ListenerConfig, ListenerProtocol, Protocol};
 use crate::proxy::accept_proxy::Origin;
 use crate::proxy::amqp;
 use crate::proxy::conn_info::ConnInfo;
 use crate::proxy::direction::{End, Limits, Meters, Shared};
 use crate::proxy::pump::Pump;
 use crate::proxy::socket::set_socket_options;
+use crate::proxy::socket::Named;
 use crate::proxy::stream::Stream;
 use crate::proxy::upstream::ClientAddrs;
 use crate::proxy::Proxy;
@@ -58,10 +59,10 @@ pub(crate) fn serve(
             started,
         };
         if protocol == Protocol::Tcp {
-            return carry(&proxy, Stream::Plain(client), Vec::new(), conn).await;
+            return carry(&proxy, Stream::Plain(client), Vec::new(), conn, &PLAIN).await;
         }
         match read_protocol_header(&mut client, handshake).await {
-            Ok(head) => carry(&proxy, Stream::Plain(client), head, conn).await,
+            Ok(head) => carry(&proxy, Stream::Plain(client), head, conn, &PLAIN).await,
             Err(why) => rejected(&proxy, why, conn, LISTENER_PLAIN),
         }
     }
@@ -88,7 +89,7 @@ pub(crate) async fn serve_tls(proxy: Arc<Proxy>, client: TcpStream, peer: Socket
         };
         let handshake = proxy.config.load().timeouts.handshake.get();
         let deadline = Instant::now() + handshake;
-        let Some(mut client) = proxy.tls.accept(client, origin.peer, handshake).await else {
+        let Some(client) = proxy.tls.accept(client, origin.peer, handshake).await else {
             return;
         };
         let conn = Conn {
@@ -96,23 +97,121 @@ pub(crate) async fn serve_tls(proxy: Arc<Proxy>, client: TcpStream, peer: Socket
             id,
             started,
         };
+        let mut client = Stream::from(client);
         if proxy.config.load().protocol == Protocol::Tcp {
-            return carry(&proxy, Stream::from(client), Vec::new(), conn).await;
+            return carry(&proxy, client, Vec::new(), conn, &TLS).await;
         }
-        let mut head = [0u8; 8];
-        let read = tokio::time::timeout_at(deadline, client.read(&mut head)).await;
-        let head = match read {
-            Err(_) => Err("timeout"),
-            Ok(Err(_)) => Err("closed"),
-            Ok(Ok(n)) => header_check(&head[..n]),
-        };
-        match head {
-            Ok(head) => carry(&proxy, Stream::from(client), head, conn).await,
+        match read_header_by(&mut client, deadline).await {
+            Ok(head) => carry(&proxy, client, head, conn, &TLS).await,
             Err(why) => rejected(&proxy, why, conn, LISTENER_TLS),
         }
     }
     .instrument(span)
     .await
+}
+
+/// Serves one connection accepted on a listener of `listeners:` (`node`: the
+/// backend its socket leads to, on a `stream` listener's port per node): the
+/// PROXY header and TLS where the listener has them, the AMQP header on an
+/// `amqp` listener, then the backend's port for the listener's protocol.
+pub(crate) async fn serve_named(
+    proxy: Arc<Proxy>,
+    listener: Arc<Named>,
+    node: Option<Arc<str>>,
+    client: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+) {
+    let span = tracing::info_span!(
+        "conn",
+        id,
+        listener = listener.name,
+        node = node.as_deref(),
+        peer = Empty,
+        via = Empty,
+        backend = Empty
+    );
+    async move {
+        let started = Instant::now();
+        let mut client = client;
+        let config = proxy.config.load_full();
+        let Some(named) = config.listeners.iter().find(|l| l.name == listener.name) else {
+            // Removed from the file by a reload (its socket stays until a restart).
+            tracing::debug!("listener no longer configured, closing");
+            return;
+        };
+        let origin = match &named.accept_proxy {
+            None => {
+                tracing::Span::current().record("peer", tracing::field::display(peer));
+                Origin::direct(peer)
+            }
+            Some(accept) => {
+                let admitted =
+                    crate::proxy::accept_proxy::admit(&mut client, peer, accept, listener.name);
+                let Some(origin) = admitted.await else {
+                    return;
+                };
+                record_origin(&origin, peer);
+                origin
+            }
+        };
+        let conn = Conn {
+            origin: &origin,
+            id,
+            started,
+        };
+        let route = Route {
+            listener: listener.name,
+            protocol: Some(listener.protocol),
+            named: Some(named.clone()),
+            node,
+        };
+        let handshake = config.timeouts.handshake.get();
+        let deadline = Instant::now() + handshake;
+        let mut client = match &named.tls {
+            None => Stream::Plain(client),
+            Some(_) => {
+                let accepted =
+                    proxy
+                        .tls
+                        .accept_named(listener.name, client, origin.peer, handshake);
+                match accepted.await {
+                    Some(s) => Stream::from(s),
+                    None => return,
+                }
+            }
+        };
+        drop(config);
+        if listener.protocol != ListenerProtocol::Amqp {
+            return carry(&proxy, client, Vec::new(), conn, &route).await;
+        }
+        match read_header_by(&mut client, deadline).await {
+            Ok(head) => carry(&proxy, client, head, conn, &route).await,
+            Err(why) => rejected(&proxy, why, conn, listener.name),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Reads the client's first bytes (TLS, or a listener of `listeners:`) by
+/// `deadline` and checks they can start the AMQP protocol header.
+async fn read_header_by(client: &mut Stream, deadline: Instant) -> Result<Vec<u8>, &'static str> {
+    let mut head = [0u8; 8];
+    match tokio::time::timeout_at(deadline, client.read(&mut head)).await {
+        Err(_) => Err("timeout"),
+        Ok(Err(_)) => Err("closed"),
+        Ok(Ok(n)) => header_check(&head[..n]),
+    }
+}
+
+/// Records a PROXY header's client in the connection's span.
+fn record_origin(origin: &Origin, peer: SocketAddr) {
+    let span = tracing::Span::current();
+    span.record("peer", tracing::field::display(origin.peer));
+    if origin.local.is_some() {
+        span.record("via", tracing::field::display(peer));
+    }
 }
 
 /// Who the client is: the TCP peer, or, on a listener with `accept_proxy`,
@@ -141,11 +240,7 @@ async fn origin(
         client, peer, accept, listener,
     ))
     .await?;
-    let span = tracing::Span::current();
-    span.record("peer", tracing::field::display(origin.peer));
-    if origin.local.is_some() {
-        span.record("via", tracing::field::display(peer));
-    }
+    record_origin(&origin, peer);
     Some(origin)
 }
 
@@ -200,21 +295,54 @@ fn rejected(proxy: &Proxy, why: &'static str, conn: Conn<'_>, listener: &'static
     ended(proxy, &conn, listener, "rejected");
 }
 
-/// The listener a connection came through.
-#[derive(Clone, Copy)]
-enum Listener {
-    Plain,
-    Tls,
+/// Where a connection goes: the listener it came in on, what it carries,
+/// and which port of which backends.
+pub(crate) struct Route {
+    listener: &'static str,
+    /// `None`: the one-listener form, whose `protocol` (amqp or tcp) is read
+    /// from the config in force.
+    protocol: Option<ListenerProtocol>,
+    /// The listener of `listeners:` (the backends' ports for it).
+    named: Option<ListenerConfig>,
+    /// The one backend this connection may go to (a `stream` port per node).
+    node: Option<Arc<str>>,
 }
 
-impl Listener {
-    fn name(self) -> &'static str {
-        match self {
-            Listener::Plain => LISTENER_PLAIN,
-            Listener::Tls => LISTENER_TLS,
+impl Route {
+    /// Carries AMQP (header checked, closed at a frame boundary).
+    fn amqp(&self, c: &Config) -> bool {
+        match self.protocol {
+            None => c.protocol == Protocol::Amqp,
+            Some(p) => p == ListenerProtocol::Amqp,
+        }
+    }
+
+    /// `None`: the connection goes to the backend's AMQP address, with its
+    /// `tls` and `send_proxy`; `Some`: to the port of the listener's protocol,
+    /// plain TCP (validation makes sure every backend has one).
+    fn other_port(&self, backend: &Backend) -> Option<String> {
+        match (&self.named, self.protocol) {
+            (Some(l), Some(p)) if p != ListenerProtocol::Amqp => {
+                Some(l.backend_address(&backend.config).unwrap_or_default())
+            }
+            _ => None,
         }
     }
 }
+
+/// The routes of the one-listener form.
+static PLAIN: Route = Route {
+    listener: LISTENER_PLAIN,
+    protocol: None,
+    named: None,
+    node: None,
+};
+static TLS: Route = Route {
+    listener: LISTENER_TLS,
+    protocol: None,
+    named: None,
+    node: None,
+};
 
 /// A client connection once its origin is known.
 #[derive(Clone, Copy)]
@@ -244,21 +372,17 @@ fn ended(proxy: &Proxy, conn: &Conn<'_>, listener: &'static str, end: &'static s
 /// sides takes [`Pump`]; TLS on either side takes [`crate::proxy::stream::pump`].
 /// `head`: client bytes already read (the start of the protocol header), to be
 /// sent upstream first.
-async fn carry(proxy: &Arc<Proxy>, client: Stream, head: Vec<u8>, conn: Conn<'_>) {
-    // Which listener: the no-backend counter's label and the record's `tls`.
-    let listener = match client {
-        Stream::Plain(_) => Listener::Plain,
-        _ => Listener::Tls,
-    };
+async fn carry(proxy: &Arc<Proxy>, client: Stream, head: Vec<u8>, conn: Conn<'_>, route: &Route) {
     // Boxed, like the TLS pump below: a future is as large as its largest await
     // point, and connecting (TLS handshake included) is over before the pump
     // starts; inline it would grow every idle connection by its size.
-    let (backend, server) = match Box::pin(connect(proxy, client.tcp(), conn.origin)).await {
+    let connecting = Box::pin(connect(proxy, client.tcp(), conn.origin, route));
+    let (backend, server) = match connecting.await {
         Ok(connected) => connected,
         Err(reason) => {
             tracing::warn!(reason, "no backend reachable, closing client");
-            metrics::no_backend(listener.name(), reason);
-            return ended(proxy, &conn, listener.name(), "no_backend");
+            metrics::no_backend(route.listener, reason);
+            return ended(proxy, &conn, route.listener, "no_backend");
         }
     };
     tracing::Span::current().record("backend", backend.name());
@@ -267,7 +391,7 @@ async fn carry(proxy: &Arc<Proxy>, client: Stream, head: Vec<u8>, conn: Conn<'_>
     let orders = backend.conns.register(conn.id);
     let (limits, handshake) = {
         let c = proxy.config.load();
-        let amqp = c.protocol == Protocol::Amqp;
+        let amqp = route.amqp(&c);
         let limits = Limits {
             close: c.drain.close_timeout.get(),
             idle: c.timeouts.idle.map(|d| d.get()),
@@ -275,13 +399,14 @@ async fn carry(proxy: &Arc<Proxy>, client: Stream, head: Vec<u8>, conn: Conn<'_>
         };
         (limits, amqp && c.clients.handshake)
     };
-    let tls = matches!(listener, Listener::Tls);
+    let tls = !matches!(client, Stream::Plain(_));
     let info = Arc::new(
         ConnInfo::new(
             &proxy.clients,
             conn.id,
             conn.origin.peer,
             tls,
+            route.listener,
             backend.name(),
             handshake,
         )
@@ -294,6 +419,25 @@ async fn carry(proxy: &Arc<Proxy>, client: Stream, head: Vec<u8>, conn: Conn<'_>
         down: &backend.bytes_out,
     };
     let result = match (&client, &server) {
+        _ if route.protocol == Some(ListenerProtocol::Stream) => {
+            let advertise = crate::proxy::stream_route::Advertise::new(
+                proxy,
+                route.named.as_ref(),
+                conn.origin,
+                &client,
+                &backend,
+            );
+            crate::proxy::stream_route::boxed(
+                client,
+                server,
+                orders,
+                limits,
+                meters,
+                Arc::clone(listed.info()),
+                advertise,
+            )
+            .await
+        }
         (Stream::Plain(client), Stream::Plain(server)) => {
             let shared = Shared::with_info(Some(Arc::clone(listed.info())));
             Pump::new(client, server, head, &shared, orders, limits, meters).await
@@ -332,11 +476,7 @@ async fn carry(proxy: &Arc<Proxy>, client: Stream, head: Vec<u8>, conn: Conn<'_>
     }
     let record = access::Record {
         client: conn.origin.peer,
-        listener: if listed.info().tls {
-            LISTENER_TLS
-        } else {
-            LISTENER_PLAIN
-        },
+        listener: route.listener,
         backend: Some(backend.name()),
         sent: listed.info().bytes_up.load(Ordering::Relaxed),
         received: listed.info().bytes_down.load(Ordering::Relaxed),
@@ -367,18 +507,33 @@ async fn connect(
     proxy: &Arc<Proxy>,
     client: &TcpStream,
     origin: &Origin,
+    route: &Route,
 ) -> Result<(Arc<Backend>, Stream), &'static str> {
     let config = proxy.config.load();
     let timeout = config.timeouts.connect.get();
     let mut reason = "none_usable";
-    for backend in proxy.balancer.candidates(config.retries + 1) {
+    let bit = route.protocol.map_or(0, |p| p.bit());
+    let candidates = match &route.node {
+        Some(node) => proxy
+            .balancer
+            .get(node)
+            .filter(|b| b.usable_for(bit))
+            .into_iter()
+            .collect(),
+        None => proxy.balancer.candidates_for(config.retries + 1, bit),
+    };
+    for backend in candidates {
         reason = "connect_failed";
-        let addr = backend.config.address.as_str();
+        let other = route.other_port(&backend);
+        let (addr, amqp_port) = match &other {
+            Some(addr) => (addr.as_str(), false),
+            None => (backend.config.address.as_str(), true),
+        };
         let start = Instant::now();
         let err = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(Ok(server)) => {
                 set_socket_options(SockRef::from(&server));
-                if !crate::proxy::upstream::needs_preparing(&backend) {
+                if !amqp_port || !crate::proxy::upstream::needs_preparing(&backend) {
                     metrics::backend_connected(backend.name(), start.elapsed());
                     return Ok((backend, Stream::Plain(server)));
                 }

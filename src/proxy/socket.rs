@@ -19,6 +19,8 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
+use crate::config::ListenerProtocol;
+
 /// Backlog of the listening sockets. The usual default (128) overflows when many
 /// clients reconnect at once (a node restart), and every SYN dropped then costs
 /// its client a 1 s retransmit; the kernel caps it at `net.core.somaxconn`.
@@ -181,6 +183,30 @@ fn poll_accept_now(l: &TcpListener) -> Option<io::Result<(TcpStream, SocketAddr)
     match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(r) => Some(r),
         Poll::Pending => None,
+    }
+}
+
+/// A listener of `listeners:`, bound at start-up: its socket and, on a
+/// `stream` listener, one socket per backend that leads to that backend only.
+/// Its other settings (TLS, PROXY, advertised host) are read from the config
+/// in force, by name.
+#[derive(Debug)]
+pub struct Named {
+    /// The listener's name (leaked once at start-up: metrics labels are static).
+    pub name: &'static str,
+    pub protocol: ListenerProtocol,
+    pub socket: Rebindable,
+    /// `stream`: (backend name, its socket).
+    pub nodes: Vec<(Arc<str>, Rebindable)>,
+    /// Client connections open now on the listener (all its sockets).
+    pub active: std::sync::atomic::AtomicUsize,
+    pub counts: AcceptCounts,
+}
+
+impl Named {
+    /// Every socket of the listener.
+    pub fn sockets(&self) -> impl Iterator<Item = &Rebindable> {
+        std::iter::once(&self.socket).chain(self.nodes.iter().map(|(_, s)| s))
     }
 }
 

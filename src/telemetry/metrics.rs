@@ -51,6 +51,8 @@ pub const HANDSHAKE_REJECTED: &str = "warren_listener_handshake_rejected_total";
 pub const LISTENER_PROTOCOL: &str = "warren_listener_protocol_connections_total";
 pub const PROXY_HEADER_REJECTED: &str = "warren_proxy_header_rejected_total";
 pub const TLS_HANDSHAKES: &str = "warren_tls_handshakes_total";
+pub const STREAM_UNMAPPED: &str = "warren_stream_unmapped_brokers_total";
+pub const BACKEND_PROTOCOL_UP: &str = "warren_backend_protocol_up";
 pub const TLS_CERTIFICATE_EXPIRY: &str = "warren_tls_certificate_expiry_seconds";
 pub const ADMIN_REFUSED: &str = "warren_admin_requests_refused_total";
 
@@ -179,16 +181,7 @@ pub fn install() -> PrometheusHandle {
                 }
             }
             for listener in LISTENERS {
-                counter!(LISTENER_ACCEPTED, "listener" => listener).increment(0);
-                counter!(LISTENER_REJECTED, "listener" => listener).increment(0);
-                for reason in NO_BACKEND_REASONS {
-                    counter!(LISTENER_NO_BACKEND, "listener" => listener, "reason" => reason)
-                        .increment(0);
-                }
-                for protocol in PROTOCOLS {
-                    counter!(LISTENER_PROTOCOL, "listener" => listener, "protocol" => protocol)
-                        .increment(0);
-                }
+                listener_zero(listener);
             }
             for reason in HANDSHAKE_REASONS {
                 counter!(HANDSHAKE_REJECTED, "reason" => reason).increment(0);
@@ -309,6 +302,16 @@ fn describe() {
         LISTENER_REJECTED,
         Count,
         "Client connections refused because max_connections were open.",
+    );
+    c(
+        STREAM_UNMAPPED,
+        Count,
+        "Brokers in stream metadata responses that matched no backend, left as the broker advertised them.",
+    );
+    g(
+        BACKEND_PROTOCOL_UP,
+        Count,
+        "1 while the node's listener for the protocol passes its protocol-listener check, 0 while the backend is out for that protocol's listeners.",
     );
     c(
         LISTENER_NO_BACKEND,
@@ -586,6 +589,35 @@ pub fn backend_connection_ended(backend: &str, lasted: Duration) {
 
 /// A client on `listener` was turned away: no backend could take it
 /// (`reason`: one of [`NO_BACKEND_REASONS`]).
+/// The counters of a listener, at zero.
+pub fn listener_zero(listener: &'static str) {
+    counter!(LISTENER_ACCEPTED, "listener" => listener).increment(0);
+    counter!(LISTENER_REJECTED, "listener" => listener).increment(0);
+    for reason in NO_BACKEND_REASONS {
+        counter!(LISTENER_NO_BACKEND, "listener" => listener, "reason" => reason).increment(0);
+    }
+    for protocol in PROTOCOLS {
+        counter!(LISTENER_PROTOCOL, "listener" => listener, "protocol" => protocol).increment(0);
+    }
+}
+
+/// Client connections open now on a listener of `listeners:`.
+pub fn listener_active(listener: &'static str, n: u64) {
+    gauge!(LISTENER_ACTIVE, "listener" => listener).set(n as f64);
+}
+
+/// Brokers of stream metadata responses that matched no backend (left as the
+/// broker advertised them).
+pub fn stream_unmapped(n: u64) {
+    counter!(STREAM_UNMAPPED).increment(n);
+}
+
+/// Whether a backend's listener for `protocol` passes its check.
+pub fn backend_protocol_up(backend: &str, protocol: &'static str, up: bool) {
+    gauge!(BACKEND_PROTOCOL_UP, "backend" => backend.to_string(), "protocol" => protocol)
+        .set(if up { 1.0 } else { 0.0 });
+}
+
 pub fn no_backend(listener: &'static str, reason: &'static str) {
     counter!(LISTENER_NO_BACKEND, "listener" => listener, "reason" => reason).increment(1);
 }
