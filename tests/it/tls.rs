@@ -377,6 +377,64 @@ fn common_now() -> i64 {
         .as_secs() as i64
 }
 
+/// A listener of `listeners:` terminates TLS with a certificate of its own,
+/// beside the plain listener, and its connections are counted and recorded
+/// under its name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_listener_terminates_tls_with_its_own_certificate() {
+    let nodes = common::cluster().await;
+    let pki = Pki::new("named");
+    let (cert, key) = pki.write_server("named", 2031);
+    let port = common::free_port();
+    let node = &nodes[0];
+    let w = Warren::start(&format!(
+        "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nlisteners:\n  - name: secure\n    \
+         listen: 127.0.0.1:{port}\n    protocol: amqp\n    tls: {{cert: {}, key: {}}}\n\
+         {NO_PROBES}\nbackends:\n{}",
+        cert.display(),
+        key.display(),
+        node.backend_yaml(&node.backend)
+    ))
+    .await;
+    let name = unique("named-tls");
+    let conn = amqps(port, &name, &pki.ca_pem, None)
+        .await
+        .expect("AMQPS through the named listener");
+    publish_and_consume(&conn, 50).await;
+    let accepted = metric(
+        &w,
+        "warren_listener_accepted_connections_total",
+        &[("listener", "secure")],
+    )
+    .await;
+    assert!(accepted >= 1.0, "accepted on `secure`: {accepted}");
+    let (status, body) = w.admin_get("/api/connections").await;
+    assert_eq!(status, 200, "{body}");
+    let list: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let mine = list["connections"]
+        .as_array()
+        .expect("connections")
+        .iter()
+        .find(|c| c["connection_name"] == name.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("{name} in {body}"));
+    assert_eq!(mine["listener"], "secure", "{mine}");
+    assert_eq!(mine["tls"], true, "{mine}");
+    // A plain client on the TLS port gets no AMQP.
+    let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    use tokio::io::AsyncWriteExt;
+    plain.write_all(b"AMQP\x00\x00\x09\x01").await.expect("write");
+    let answer = common::read_until_closed(&mut plain, Duration::from_secs(15)).await;
+    assert!(
+        answer.as_ref().is_some_and(|b| !b.starts_with(b"AMQP") && !b.starts_with(&[1])),
+        "a plain client got {answer:?}"
+    );
+    let _ = conn.close(200, "bye".into()).await;
+    w.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_rejects_clients_without_a_valid_certificate() {
     let (_turn, nodes) = tls_nodes().await;
