@@ -55,25 +55,38 @@ async fn delete_stream(node: &Node, name: &str) {
 }
 
 /// The stream's leader and members, from the management API: the queue's
-/// `leader` where the version gives one, else its `node` (3.10: `leader` null).
+/// `leader` where the version gives one (4.x), else its `node` (3.10: `leader`
+/// null). Waits until the members are listed (a new stream shows `members: null`
+/// until its first statistics, a few seconds) and the leader is one of them.
 async fn stream_placement(via: &Node, stream: &str) -> (String, Vec<String>) {
-    let q = mgmt_get(via, &format!("/api/queues/%2F/{stream}"))
-        .await
-        .expect("GET the stream");
-    let leader = q["leader"]
-        .as_str()
-        .or(q["node"].as_str())
-        .expect("a leader")
-        .to_string();
-    let members = q["members"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|m| m.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    (leader, members)
+    let start = tokio::time::Instant::now();
+    loop {
+        let q = mgmt_get(via, &format!("/api/queues/%2F/{stream}"))
+            .await
+            .unwrap_or_default();
+        let leader = q["leader"]
+            .as_str()
+            .or(q["node"].as_str())
+            .map(str::to_string);
+        let members: Vec<String> = q["members"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|m| m.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(leader) = leader {
+            if members.contains(&leader) {
+                return (leader, members);
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "stream {stream}: no leader among its members: {q}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// The nodes of the connections that hold `stream`'s publishers (`kind`
@@ -252,8 +265,20 @@ async fn stream_clients_recover_through_warren_when_the_leader_is_killed() {
     consumer
         .wait_for("got ", got_at_kill + 20, Duration::from_secs(60))
         .await;
-    let (new_leader, _) = stream_placement(&nodes[1], &stream).await;
-    assert_ne!(new_leader, nodes[0].name);
+    let new_leader = {
+        let start = tokio::time::Instant::now();
+        loop {
+            let (leader, _) = stream_placement(&nodes[1], &stream).await;
+            if leader != nodes[0].name {
+                break leader;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the management API still names the killed node as the leader"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
     assert_eq!(
         wait_stream_client(&nodes[1], "publishers", &stream).await,
         new_leader
