@@ -121,6 +121,35 @@ impl Node {
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@{}/%2f", self.amqp)
     }
+
+    /// This node's listener for `protocol` (`stream`, `mqtt` or `stomp`), as
+    /// `scripts/local-cluster` places it: the base `WARREN_STREAM_BASE`,
+    /// `WARREN_MQTT_BASE` or `WARREN_STOMP_BASE`, by default the AMQP base plus
+    /// 1000, 2000 or 3000, plus the node's index. (Loopback nodes only: the
+    /// namespace nodes of [`netns_nodes`] have none of these.)
+    pub fn protocol_addr(&self, protocol: &str) -> SocketAddr {
+        let (var, offset) = match protocol {
+            "stream" => ("WARREN_STREAM_BASE", 1000),
+            "mqtt" => ("WARREN_MQTT_BASE", 2000),
+            "stomp" => ("WARREN_STOMP_BASE", 3000),
+            other => panic!("no {other} listener on the nodes"),
+        };
+        let amqp_base = self.amqp.port() - self.index as u16;
+        let base = env_u16(var, amqp_base + offset);
+        SocketAddr::from(([127, 0, 0, 1], base + self.index as u16))
+    }
+
+    /// This node as an entry of warren's `backends:` list, named `name`, with
+    /// its stream, MQTT and STOMP ports (`ports:`; http is the management URL's).
+    pub fn backend_yaml_with_ports(&self, name: &str) -> String {
+        format!(
+            "{}    ports: {{stream: {}, mqtt: {}, stomp: {}}}\n",
+            self.backend_yaml(name),
+            self.protocol_addr("stream").port(),
+            self.protocol_addr("mqtt").port(),
+            self.protocol_addr("stomp").port()
+        )
+    }
 }
 
 pub fn hostname() -> String {

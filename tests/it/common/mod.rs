@@ -7,6 +7,7 @@
 //!   ([`WarrenProcess`]), its config and admin API, the log it writes;
 //! - [`clients`]: AMQP clients made with lapin, and raw TCP clients;
 //! - [`metrics`]: a Prometheus exposition read by series;
+//! - [`pyclients`]: the Python stream, MQTT and STOMP clients (tests/it/*_client.py);
 //! - [`fakes`]: small TCP servers standing in for a backend or a management API.
 //!
 //! The nodes are found through the same environment variables the script uses
@@ -20,12 +21,14 @@ mod clients;
 mod cluster;
 mod fakes;
 mod metrics;
+mod pyclients;
 mod warren;
 
 pub use self::clients::*;
 pub use self::cluster::*;
 pub use self::fakes::*;
 pub use self::metrics::*;
+pub use self::pyclients::*;
 pub use self::warren::*;
 
 use std::path::PathBuf;

@@ -31,6 +31,83 @@ pub fn config_yaml(nodes: &[Node], extra: &str) -> String {
     y
 }
 
+/// warren's listeners besides AMQP (issue 18): stream, MQTT, STOMP and the
+/// management UI (http), each on a free loopback port chosen here, so that a
+/// test knows where they are (the server reports only the AMQP, TLS and admin
+/// addresses).
+#[derive(Clone, Debug)]
+pub struct Listeners {
+    /// The stream listener a client connects to first (its locator connection).
+    pub stream: SocketAddr,
+    /// The stream listener's port for each node, in node order (`node_ports`):
+    /// the metadata warren passes on sends a client there for that node.
+    pub stream_nodes: Vec<SocketAddr>,
+    pub mqtt: SocketAddr,
+    pub stomp: SocketAddr,
+    /// The management UI and HTTP API (`protocol: http`).
+    pub http: SocketAddr,
+}
+
+impl Listeners {
+    /// Free ports for every listener (bound and released, like [`free_port`]).
+    pub fn pick(nodes: &[Node]) -> Listeners {
+        let local = |p| SocketAddr::from(([127, 0, 0, 1], p));
+        Listeners {
+            stream: local(free_port()),
+            stream_nodes: nodes.iter().map(|_| local(free_port())).collect(),
+            mqtt: local(free_port()),
+            stomp: local(free_port()),
+            http: local(free_port()),
+        }
+    }
+
+    /// The stream listener's address for `node`.
+    pub fn stream_of(&self, nodes: &[Node], node_name: &str) -> Option<SocketAddr> {
+        nodes
+            .iter()
+            .position(|n| n.name == node_name)
+            .map(|i| self.stream_nodes[i])
+    }
+
+    /// The `listeners:` section for these addresses.
+    pub fn yaml(&self, nodes: &[Node]) -> String {
+        let node_ports: Vec<String> = nodes
+            .iter()
+            .zip(&self.stream_nodes)
+            .map(|(n, a)| format!("{}: {}", n.backend, a.port()))
+            .collect();
+        format!(
+            "listeners:\n  - name: streams\n    listen: {}\n    protocol: stream\n    \
+             node_ports: {{{}}}\n    advertised_host: 127.0.0.1\n  \
+             - {{name: mqtt, listen: '{}', protocol: mqtt}}\n  \
+             - {{name: stomp, listen: '{}', protocol: stomp}}\n  \
+             - {{name: management, listen: '{}', protocol: http}}\n",
+            self.stream,
+            node_ports.join(", "),
+            self.mqtt,
+            self.stomp,
+            self.http
+        )
+    }
+}
+
+/// [`config_yaml`] with every listener of [`Listeners`] (on ports picked here)
+/// and the nodes as backends with their stream, MQTT and STOMP ports. `extra`
+/// must not have `backends:` or `listeners:` of its own.
+pub fn config_yaml_listeners(nodes: &[Node], extra: &str) -> (String, Listeners) {
+    let listeners = Listeners::pick(nodes);
+    let mut y = listeners.yaml(nodes);
+    y.push_str(extra);
+    if !extra.is_empty() && !extra.ends_with('\n') {
+        y.push('\n');
+    }
+    y.push_str("backends:\n");
+    for n in nodes {
+        y.push_str(&n.backend_yaml_with_ports(&n.backend));
+    }
+    (config_yaml(nodes, &y), listeners)
+}
+
 /// A warren running in this process.
 pub struct Warren {
     pub app: Arc<warren::App>,

@@ -1,0 +1,270 @@
+//! warren's listeners besides AMQP (issue 18), against the real nodes, with real
+//! clients: MQTT (paho-mqtt, `mqtt_client.py`) and STOMP (stomp.py,
+//! `stomp_client.py`) through warren's `mqtt` and `stomp` listeners go round
+//! robin over the nodes (as their management API sees them); the management UI
+//! through the `http` listener answers from each node in turn; a drain of one
+//! backend closes its MQTT connections over `drain.window` and they come back
+//! on the other nodes. scripts/local-cluster gives every node the plugins
+//! (rabbitmq_mqtt, rabbitmq_stomp) and its ports; warren's backends carry them
+//! (`ports:`, see [`config_yaml_listeners`]). The stream listener has a file of
+//! its own, tests/it/streams.rs.
+
+use std::time::Duration;
+
+use crate::common::*;
+
+/// `guest:guest` for the management API through warren.
+const BASIC_GUEST: &str = "Authorization: Basic Z3Vlc3Q6Z3Vlc3Q=";
+
+/// The node of each connection the management API lists whose `protocol`
+/// starts with `protocol` (`MQTT`, `STOMP`) and that `keep` accepts.
+async fn nodes_of(
+    via: &Node,
+    protocol: &str,
+    keep: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<String> {
+    let v = mgmt_get(
+        via,
+        "/api/connections?columns=node,protocol,client_properties",
+    )
+    .await
+    .expect("GET /api/connections");
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|c| {
+                    c["protocol"]
+                        .as_str()
+                        .is_some_and(|p| p.starts_with(protocol))
+                })
+                .filter(|c| keep(c))
+                .filter_map(|c| c["node"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// MQTT connections whose client id (`TOPIC-PID`, mqtt_client.py) starts with `prefix`.
+async fn mqtt_nodes(via: &Node, prefix: &str) -> Vec<String> {
+    nodes_of(via, "MQTT", |c| {
+        c["client_properties"]["client_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with(prefix))
+    })
+    .await
+}
+
+/// Waits until the management API lists `n` connections `list` finds.
+async fn wait_listed<F, Fut>(list: F, n: usize, within: Duration) -> Vec<String>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Vec<String>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        let found = list().await;
+        if found.len() == n || start.elapsed() > within {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_clients_through_warren_go_round_robin_over_the_nodes() {
+    let nodes = cluster().await;
+    let Some(python) = clients_python() else {
+        return;
+    };
+    let (yaml, l) = config_yaml_listeners(&nodes, "health:\n  slowstart: 0s\n  password: guest\n");
+    let w = Warren::start(&yaml).await;
+    let topic = unique("mqtt-rr");
+    let (host, port) = (l.mqtt.ip().to_string(), l.mqtt.port().to_string());
+    // One after the other, each holding its connection, so round robin places them.
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let c = PyClient::start(
+            &python,
+            "mqtt_client.py",
+            &[&host, &port, &topic, "10", "20"],
+            &format!("mqtt {i}"),
+            &[],
+        );
+        c.wait_for("ok 10", 1, Duration::from_secs(30)).await;
+        clients.push(c);
+    }
+    let seen = wait_listed(|| mqtt_nodes(&nodes[0], &topic), 6, Duration::from_secs(30)).await;
+    assert_eq!(per_node(&nodes, &seen), vec![2, 2, 2], "{seen:?}");
+    // Each went through warren: the peer it saw is the mqtt listener.
+    for c in &clients {
+        let peers: Vec<String> = connections(&c.lines())
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+        assert_eq!(peers, vec![l.mqtt.to_string()], "{:?}", c.lines());
+    }
+    for c in clients {
+        c.finish(Duration::from_secs(60)).await;
+    }
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stomp_clients_through_warren_go_round_robin_over_the_nodes() {
+    let nodes = cluster().await;
+    let Some(python) = clients_python() else {
+        return;
+    };
+    let (yaml, l) = config_yaml_listeners(&nodes, "health:\n  slowstart: 0s\n  password: guest\n");
+    let w = Warren::start(&yaml).await;
+    let (host, port) = (l.stomp.ip().to_string(), l.stomp.port().to_string());
+    // STOMP connections carry no name the management API shows: this test
+    // counts every STOMP connection (no other test makes any), before and while.
+    let before = per_node(&nodes, &nodes_of(&nodes[0], "STOMP", |_| true).await);
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let queue = unique("stomp-rr");
+        let c = PyClient::start(
+            &python,
+            "stomp_client.py",
+            &[&host, &port, &queue, "10", "20"],
+            &format!("stomp {i}"),
+            &[],
+        );
+        c.wait_for("ok 10", 1, Duration::from_secs(30)).await;
+        clients.push(c);
+    }
+    let total: usize = before.iter().sum::<usize>() + 6;
+    let seen = wait_listed(
+        || nodes_of(&nodes[0], "STOMP", |_| true),
+        total,
+        Duration::from_secs(30),
+    )
+    .await;
+    let now = per_node(&nodes, &seen);
+    let added: Vec<usize> = now.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(added, vec![2, 2, 2], "before {before:?}, now {now:?}");
+    for c in &clients {
+        let peers: Vec<String> = connections(&c.lines())
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+        assert_eq!(peers, vec![l.stomp.to_string()], "{:?}", c.lines());
+    }
+    for c in clients {
+        c.finish(Duration::from_secs(60)).await;
+    }
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_management_ui_through_warren_answers_from_each_node_in_turn() {
+    let nodes = cluster().await;
+    let (yaml, l) = config_yaml_listeners(&nodes, "health:\n  slowstart: 0s\n  password: guest\n");
+    let w = Warren::start(&yaml).await;
+    // One TCP connection per request (Connection: close): each is balanced.
+    let mut answered = Vec::new();
+    for _ in 0..6 {
+        let (status, body) =
+            admin_request_with(l.http, "GET", "/api/overview", &[BASIC_GUEST], "").await;
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("overview JSON");
+        answered.push(v["node"].as_str().expect("node").to_string());
+    }
+    assert_eq!(per_node(&nodes, &answered), vec![2, 2, 2], "{answered:?}");
+    // In turn: no node twice in a row.
+    for pair in answered.windows(2) {
+        assert_ne!(pair[0], pair[1], "{answered:?}");
+    }
+    // The UI itself (a static page) comes through too.
+    let (status, body) = admin_request_with(l.http, "GET", "/", &[], "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("RabbitMQ"), "{body}");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_closes_the_nodes_mqtt_connections_over_the_window_and_they_reconnect_elsewhere() {
+    let nodes = cluster().await;
+    let Some(python) = clients_python() else {
+        return;
+    };
+    let (yaml, l) = config_yaml_listeners(
+        &nodes,
+        "drain:\n  window: 3s\n  grace: 10s\nhealth:\n  slowstart: 0s\n  password: guest\n",
+    );
+    let w = Warren::start(&yaml).await;
+    let topic = unique("mqtt-drain");
+    let (host, port) = (l.mqtt.ip().to_string(), l.mqtt.port().to_string());
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let c = PyClient::start(
+            &python,
+            "mqtt_client.py",
+            &[&host, &port, &topic, "5", "40"],
+            &format!("mqtt {i}"),
+            &[],
+        );
+        c.wait_for("ok 5", 1, Duration::from_secs(30)).await;
+        clients.push(c);
+    }
+    let seen = wait_listed(|| mqtt_nodes(&nodes[0], &topic), 6, Duration::from_secs(30)).await;
+    assert_eq!(per_node(&nodes, &seen), vec![2, 2, 2], "{seen:?}");
+
+    let started = tokio::time::Instant::now();
+    let (status, body) = w
+        .admin_post(&format!("/api/backends/{}/drain", nodes[0].backend))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Two clients were on nodes[0]: both are closed (within the window, plus
+    // the health and scheduling slack) and reconnect, through warren, elsewhere.
+    let start = tokio::time::Instant::now();
+    loop {
+        let moved = clients.iter().filter(|c| c.count("roundtrip") >= 1).count();
+        if moved == 2 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "not 2 clients reconnected after the drain: {:?}",
+            clients.iter().map(|c| c.lines()).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let closed_after = started.elapsed();
+    assert!(
+        closed_after < Duration::from_secs(3 + 8),
+        "the drained clients came back only after {closed_after:?}"
+    );
+    // Only the two drained ones were disturbed.
+    let disturbed = clients
+        .iter()
+        .filter(|c| c.count("disconnected") > 0)
+        .count();
+    assert_eq!(disturbed, 2);
+    let seen = wait_listed(
+        || async {
+            let s = mqtt_nodes(&nodes[0], &topic).await;
+            if per_node(&nodes, &s)[0] == 0 {
+                s
+            } else {
+                Vec::new()
+            }
+        },
+        6,
+        Duration::from_secs(30),
+    )
+    .await;
+    let spread = per_node(&nodes, &seen);
+    assert_eq!(spread[0], 0, "{seen:?}");
+    assert_eq!(spread.iter().sum::<usize>(), 6, "{seen:?}");
+    w.wait_active(&nodes[0].backend, 0, Duration::from_secs(10))
+        .await;
+
+    w.admin_post(&format!("/api/backends/{}/enable", nodes[0].backend))
+        .await;
+    for c in clients {
+        c.finish(Duration::from_secs(90)).await;
+    }
+    w.stop().await;
+}
