@@ -16,6 +16,7 @@ use crate::proxy::amqp::{
 use crate::proxy::amqp10;
 use crate::proxy::handshake;
 use crate::proxy::proxy_protocol::{self, Received, Scan};
+use crate::proxy::rmq_stream::{self, MAX_REWRITTEN};
 
 /// The readers of `proxy::handshake` on arbitrary bytes (what a client or a
 /// broker may send as a method's arguments), and the same bytes as a stream
@@ -345,6 +346,119 @@ fn frame10(ftype: u8, doff: u8, body: &[u8]) -> Vec<u8> {
     f.resize(usize::from(doff) * 4, 0);
     f.extend_from_slice(body);
     f
+}
+
+/// Arbitrary bytes as a stream-protocol frame from a broker, after one byte
+/// that picks the address written into it (and, bit 0x40, whether the frame's
+/// size prefix is first set to its length, so that mutations stay whole
+/// frames). Nothing panics; an open response is rewritten exactly when its
+/// advertised address is read, a metadata response exactly when the identity
+/// map accepts it, which returns it unchanged (as does a map that keeps every
+/// broker); a rewritten frame's size prefix is its length - 4, its head
+/// parses again with the same key, it carries the new address where the
+/// original had one, and rewriting it again to the same address changes
+/// nothing.
+pub fn stream_rewrite(data: &[u8]) {
+    let mut r = Reader(data);
+    let pick = r.u8();
+    let mut frame = r.0.to_vec();
+    if pick & 0x40 != 0 && frame.len() >= 4 {
+        let size = u32::try_from(frame.len() - 4).unwrap_or(u32::MAX);
+        frame[..4].copy_from_slice(&size.to_be_bytes());
+    }
+    let frame = &frame[..];
+    let mut host = "w".repeat(usize::from(pick % 16));
+    if pick & 0x80 != 0 {
+        host.push('é');
+    }
+    let port = u32::from_be_bytes([pick, pick.rotate_left(3), 0, pick]);
+    // Each property or broker is at least 4 bytes; a rewrite adds at most the
+    // host and 10 digits to it: inputs this short never outgrow the bound.
+    let small = frame.len() <= MAX_REWRITTEN / 8;
+
+    let head = rmq_stream::parse_head(frame);
+    match head {
+        Some(h) => {
+            assert!(h.size >= 4, "a head of size {}", h.size);
+            assert_eq!(frame[..4], h.size.to_be_bytes());
+            assert_eq!(frame[4..6], h.key.to_be_bytes());
+            assert_eq!(frame[6..8], h.version.to_be_bytes());
+        }
+        None => assert!(frame.len() < 8 || frame[..4] < [0, 0, 0, 4][..]),
+    }
+    let key = head.map(|h| h.key);
+
+    let advertised = rmq_stream::open_advertised(frame);
+    let rewritten = rmq_stream::rewrite_open(frame, &host, port);
+    if advertised.is_some() {
+        assert_eq!(key, Some(rmq_stream::KEY_OPEN_RESPONSE));
+        assert!(rewritten.is_some() || !small, "advertised, not rewritten");
+    }
+    if let Some(out) = rewritten {
+        assert!(advertised.is_some(), "rewritten, yet nothing advertised");
+        check_stream_frame(&out, rmq_stream::KEY_OPEN_RESPONSE);
+        assert_eq!(
+            rmq_stream::open_advertised(&out),
+            Some((host.clone(), port))
+        );
+        assert_eq!(
+            rmq_stream::rewrite_open(&out, &host, port).as_ref(),
+            Some(&out)
+        );
+    }
+
+    // The (host, port) of each broker a map is asked about, and the frame
+    // with each mapped by `f`.
+    let seen = |frame: &[u8], f: &mut rmq_stream::MapBroker<'_>| {
+        let mut seen = Vec::new();
+        let out = rmq_stream::rewrite_metadata(frame, &mut |h, p| {
+            seen.push((h.to_owned(), p));
+            f(h, p)
+        });
+        out.map(|o| (o, seen))
+    };
+    let identity = seen(frame, &mut |h, p| Some((h.to_owned(), p)));
+    if let Some((out, _)) = &identity {
+        assert_eq!(key, Some(rmq_stream::KEY_METADATA_RESPONSE));
+        assert_eq!(out, frame, "the identity map changed the frame");
+    }
+    let kept = seen(frame, &mut |_, _| None);
+    assert_eq!(
+        kept.as_ref().map(|k| &k.0[..]),
+        identity.as_ref().map(|_| frame)
+    );
+    let mapped = seen(frame, &mut |_, _| Some((host.clone(), port)));
+    if small {
+        assert_eq!(
+            mapped.is_some(),
+            identity.is_some(),
+            "mapped and identity differ"
+        );
+    }
+    if let (Some((out, asked)), Some((_, before))) = (mapped, identity) {
+        assert_eq!(asked, before, "the map was asked about other brokers");
+        check_stream_frame(&out, rmq_stream::KEY_METADATA_RESPONSE);
+        let (again, after) =
+            seen(&out, &mut |h, p| Some((h.to_owned(), p))).expect("rewritten frame reads");
+        assert_eq!(again, out);
+        assert_eq!(after.len(), before.len(), "brokers read before and after");
+        assert!(
+            after.iter().all(|b| *b == (host.clone(), port)),
+            "{after:?}"
+        );
+    }
+    if key.is_some_and(|k| !rmq_stream::rewritten(k)) {
+        assert!(advertised.is_none() && kept.is_none());
+    }
+}
+
+/// A frame a rewrite returned: its size prefix is its length - 4, and its head
+/// parses again with `key`.
+fn check_stream_frame(frame: &[u8], key: u16) {
+    let head = rmq_stream::parse_head(frame).expect("a rewritten frame has a head");
+    assert_eq!(head.size as usize, frame.len() - 4, "size prefix");
+    assert_eq!(head.key, key);
+    assert!(frame.len() <= MAX_REWRITTEN, "{} bytes", frame.len());
 }
 
 /// The first bytes of a connection through the PROXY step of a trusted peer
@@ -775,6 +889,21 @@ mod tests {
         proxy_header(b"\x03PROXY TCP4 10.0.0.1 10.0.0.2 1 2\r\nAMQP");
         proxy_header(b"\x00PROXY UNKNOWN\r\n");
         proxy_header(b"\x07\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c\x0a\x00\x00\x01\x0a\x00\x00\x02\x00\x01\x00\x02AMQP");
+        stream_rewrite(b"");
+        stream_rewrite(b"\x40\0\0\0\0\x80\x15\0\x01");
+        stream_rewrite(b"\x05\0\0\0\x0a\x80\x15\0\x01\0\0\0\x07\0\x0c");
+        let open = rmq_stream::encode::open_response(
+            1,
+            1,
+            Some(&[("advertised_host", "h"), ("advertised_port", "5552")]),
+        );
+        let metadata =
+            rmq_stream::encode::metadata_response(1, &[(0, "h", 5552), (1, "i", 5553)], &[]);
+        for pick in [0x00, 0x07, 0x40, 0x8f, 0xff] {
+            for frame in [&open, &metadata] {
+                stream_rewrite(&[&[pick][..], frame].concat());
+            }
+        }
     }
 
     #[test]

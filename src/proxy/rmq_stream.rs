@@ -480,6 +480,66 @@ mod tests {
         Some(seen)
     }
 
+    /// Frames a RabbitMQ node (stream port 6791, host `vm`) sent a raw client,
+    /// the same bytes from 3.10.8 and 4.3.6: the open response to vhost `/`,
+    /// to a vhost that does not exist, and the metadata response for streams
+    /// `i18-a`, `i18-b` (both led by the one node, no replicas) and
+    /// `i18-missing`.
+    const REAL_OPEN: &[u8] = b"\x00\x00\x00:\x80\x15\x00\x01\x00\x00\x00\x04\x00\x01\x00\x00\x00\x02\x00\x0fadvertised_port\x00\x046791\x00\x0fadvertised_host\x00\x02vm";
+    const REAL_REFUSED: &[u8] = b"\x00\x00\x00\x0a\x80\x15\x00\x01\x00\x00\x00\x04\x00\x0c";
+    const REAL_METADATA: &[u8] = b"\x00\x00\x00M\x80\x0f\x00\x01\x00\x00\x00\x06\x00\x00\x00\x01\x00\x00\x00\x02vm\x00\x00\x1a\x87\x00\x00\x00\x03\x00\x0bi18-missing\x00\x02\xff\xff\x00\x00\x00\x00\x00\x05i18-b\x00\x01\x00\x00\x00\x00\x00\x00\x00\x05i18-a\x00\x01\x00\x00\x00\x00\x00\x00";
+
+    #[test]
+    fn frames_from_a_real_broker() {
+        assert_eq!(open_advertised(REAL_OPEN), Some(("vm".to_owned(), 6791)));
+        let out = rewrite_open(REAL_OPEN, "warren.local", 15552).expect("rewritten");
+        let expected = open_response(
+            4,
+            RESPONSE_CODE_OK,
+            Some(&[
+                ("advertised_port", "15552"),
+                ("advertised_host", "warren.local"),
+            ]),
+        );
+        assert_eq!(out, expected);
+        assert_eq!(open_advertised(REAL_REFUSED), None);
+        assert_eq!(rewrite_open(REAL_REFUSED, "w", 1), None);
+
+        assert_eq!(
+            brokers_seen(REAL_METADATA),
+            Some(vec![("vm".to_owned(), 6791)])
+        );
+        let out = rewrite_metadata(REAL_METADATA, &mut |_, _| {
+            Some(("warren.local".into(), 15552))
+        })
+        .expect("rewritten");
+        let expected = metadata_response(
+            6,
+            &[(0, "warren.local", 15552)],
+            &[
+                Stream {
+                    name: "i18-missing",
+                    code: 2,
+                    leader: 0xffff,
+                    replicas: &[],
+                },
+                Stream {
+                    name: "i18-b",
+                    code: 1,
+                    leader: 0,
+                    replicas: &[],
+                },
+                Stream {
+                    name: "i18-a",
+                    code: 1,
+                    leader: 0,
+                    replicas: &[],
+                },
+            ],
+        );
+        assert_eq!(out, expected);
+    }
+
     #[test]
     fn the_head_is_size_key_version() {
         let f = ok_open();

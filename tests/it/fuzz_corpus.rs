@@ -52,6 +52,11 @@ fn amqp10_stream_corpus() {
 }
 
 #[test]
+fn stream_rewrite_corpus() {
+    replay("stream_rewrite", fuzz_checks::stream_rewrite);
+}
+
+#[test]
 fn handshake_corpus() {
     replay("handshake", fuzz_checks::handshake);
 }
