@@ -100,7 +100,10 @@ async def produce(host, port, stream, seconds):
             recovery_strategy=BackOffRecoveryStrategy(enable=False),
         )
         try:
-            await asyncio.wait_for(producer.create_stream(stream, exists_ok=True), 10)
+            # Created only when missing: one declared with other arguments
+            # (a test's leader locator) would make create_stream fail.
+            if not await asyncio.wait_for(producer.stream_exists(stream), 10):
+                await asyncio.wait_for(producer.create_stream(stream, exists_ok=True), 10)
             said = False
             while time.monotonic() < end:
                 if lost.event.is_set():
