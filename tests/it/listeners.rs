@@ -268,3 +268,128 @@ async fn a_drain_closes_the_nodes_mqtt_connections_over_the_window_and_they_reco
     }
     w.stop().await;
 }
+
+/// Starts the node's MQTT application again when dropped, so a failing test
+/// leaves the node whole.
+struct MqttStopped<'a>(&'a Node);
+
+impl<'a> MqttStopped<'a> {
+    fn stop(node: &'a Node) -> MqttStopped<'a> {
+        ctl(node, &["eval", "application:stop(rabbitmq_mqtt)."]).expect("stop rabbitmq_mqtt");
+        MqttStopped(node)
+    }
+}
+
+impl Drop for MqttStopped<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = ctl(self.0, &["eval", "application:start(rabbitmq_mqtt)."]) {
+            eprintln!("starting rabbitmq_mqtt on {} again: {e}", self.0.name);
+        }
+    }
+}
+
+/// The backend's view for listener `name` in `GET /api/backends/NAME`.
+async fn backend_listener(w: &Warren, backend: &str, name: &str) -> serde_json::Value {
+    let b = w.backend(backend).await;
+    b["listeners"]
+        .as_array()
+        .and_then(|a| a.iter().find(|l| l["listener"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("listener {name} in {b}"))
+}
+
+/// Waits until `backend` is out (or back) for listener `name`.
+async fn wait_protocol_out(w: &Warren, backend: &str, name: &str, out: bool) -> serde_json::Value {
+    let start = tokio::time::Instant::now();
+    loop {
+        let l = backend_listener(w, backend, name).await;
+        if l["protocol_out"] == out {
+            return l;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{backend} never {} for {name}: {l}",
+            if out { "out" } else { "back" }
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A node whose MQTT listener goes away (its MQTT application stopped) is out
+/// for the `mqtt` listener only: after `health.fall` failed listener checks new
+/// MQTT clients go to the other nodes, its STOMP and AMQP keep taking clients;
+/// once the listener is back and passes `health.rise` checks, it takes MQTT
+/// clients again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_its_mqtt_listener_is_out_for_mqtt_only() {
+    let nodes = cluster_exclusive().await;
+    let Some(python) = clients_python() else {
+        return;
+    };
+    let (yaml, l) = config_yaml_listeners(
+        &nodes,
+        "health:\n  interval: 1s\n  fall: 2\n  rise: 2\n  slowstart: 0s\n  password: guest\n",
+    );
+    let w = Warren::start(&yaml).await;
+    let out_node = &nodes[2];
+    // Set by the first listener check.
+    let start = tokio::time::Instant::now();
+    loop {
+        let m = w.metrics().await;
+        let up = m.get(
+            "warren_backend_protocol_up",
+            &[("backend", &out_node.backend), ("protocol", "mqtt")],
+        );
+        if up == Some(1.0) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "{up:?}: {}", m.0);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stopped = MqttStopped::stop(out_node);
+    let view = wait_protocol_out(&w, &out_node.backend, "mqtt", true).await;
+    assert_eq!(view["usable"], false, "{view}");
+    let stomp = backend_listener(&w, &out_node.backend, "stomp").await;
+    assert_eq!(stomp["usable"], true, "{stomp}");
+    assert_eq!(w.backend(&out_node.backend).await["state"], "up");
+    let m = w.metrics().await;
+    assert_eq!(
+        m.get(
+            "warren_backend_protocol_up",
+            &[("backend", &out_node.backend), ("protocol", "mqtt")]
+        ),
+        Some(0.0)
+    );
+    let (host, port) = (l.mqtt.ip().to_string(), l.mqtt.port().to_string());
+    let topic = unique("mqtt-out");
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let c = PyClient::start(
+            &python,
+            "mqtt_client.py",
+            &[&host, &port, &topic, "5", "15"],
+            &format!("mqtt {i}"),
+            &[],
+        );
+        c.wait_for("ok 5", 1, Duration::from_secs(30)).await;
+        clients.push(c);
+    }
+    let seen = wait_listed(|| mqtt_nodes(&nodes[0], &topic), 4, Duration::from_secs(30)).await;
+    assert_eq!(per_node(&nodes, &seen), vec![2, 2, 0], "{seen:?}");
+    // AMQP to the same node is not affected.
+    let amqp = amqp_connect(&format!("amqp://guest:guest@{}/%2f", w.amqp)).await;
+    let ch = amqp.create_channel().await.expect("channel");
+    let _ = ch.close(200, "ok".into()).await;
+    let _ = amqp.close(200, "ok".into()).await;
+    drop(stopped);
+    wait_protocol_out(&w, &out_node.backend, "mqtt", false).await;
+    let events = w.admin_get("/api/events").await.1;
+    assert!(
+        events.contains("out for mqtt listeners") && events.contains("back for mqtt listeners"),
+        "{events}"
+    );
+    for c in clients {
+        c.finish(Duration::from_secs(60)).await;
+    }
+    w.stop().await;
+}

@@ -425,10 +425,15 @@ async fn a_named_listener_terminates_tls_with_its_own_certificate() {
         .await
         .expect("connect");
     use tokio::io::AsyncWriteExt;
-    plain.write_all(b"AMQP\x00\x00\x09\x01").await.expect("write");
+    plain
+        .write_all(b"AMQP\x00\x00\x09\x01")
+        .await
+        .expect("write");
     let answer = common::read_until_closed(&mut plain, Duration::from_secs(15)).await;
     assert!(
-        answer.as_ref().is_some_and(|b| !b.starts_with(b"AMQP") && !b.starts_with(&[1])),
+        answer
+            .as_ref()
+            .is_some_and(|b| !b.starts_with(b"AMQP") && !b.starts_with(&[1])),
         "a plain client got {answer:?}"
     );
     let _ = conn.close(200, "bye".into()).await;
