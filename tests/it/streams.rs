@@ -307,3 +307,97 @@ async fn stream_clients_recover_through_warren_when_the_leader_is_killed() {
     delete_stream(&nodes[1], &stream).await;
     w.stop().await;
 }
+
+/// A drain of the node a stream consumer sits on closes its connection (a TCP
+/// close: the stream protocol's close is the broker's) and keeps it off that
+/// node's port: the consumer comes back on the other replica through warren
+/// and misses nothing. warren's shutdown then closes the producer and the
+/// consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_moves_a_stream_consumer_to_another_replica_and_shutdown_closes_both() {
+    let nodes = cluster_exclusive().await;
+    let Some(python) = clients_python() else {
+        return;
+    };
+    let (yaml, l) = config_yaml_listeners(
+        &nodes,
+        &format!("{HEALTH}drain:\n  window: 1s\n  grace: 5s\n"),
+    );
+    let w = Warren::start(&yaml).await;
+    let stream = unique("stream-drain");
+    declare_stream(&nodes[0], &stream).await;
+    let (leader, members) = stream_placement(&nodes[1], &stream).await;
+    assert_eq!(leader, nodes[0].name);
+    let producer = stream_client(&python, "produce", &l, &stream, 30);
+    producer
+        .wait_for("confirm ", 10, Duration::from_secs(30))
+        .await;
+    let consumer = stream_client(&python, "consume", &l, &stream, 30);
+    consumer.wait_for("got ", 10, Duration::from_secs(30)).await;
+    let on = wait_stream_client(&nodes[1], "consumers", &stream).await;
+    assert_ne!(on, leader, "the consumer is on the leader: {members:?}");
+    let drained = nodes.iter().find(|n| n.name == on).expect("a node");
+    let (status, body) = w
+        .admin_post(&format!("/api/backends/{}/drain", drained.backend))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Closed, then back on the other replica, through its port.
+    consumer
+        .wait_for("closed ", 1, Duration::from_secs(15))
+        .await;
+    let start = tokio::time::Instant::now();
+    let moved = loop {
+        let found = stream_client_nodes(&nodes[1], "consumers", &stream).await;
+        if found.len() == 1 && found[0] != on {
+            break found[0].clone();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the consumer did not come back elsewhere: {found:?}; it said {:?}",
+            consumer
+                .lines()
+                .iter()
+                .filter(|l| !l.starts_with("got "))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_ne!(moved, leader, "a replica is left: {members:?}");
+    let c = connections(&consumer.lines());
+    assert_eq!(
+        c.last().map(|(_, peer)| peer.clone()),
+        l.stream_of(&nodes, &moved).map(|a| a.to_string()),
+        "{c:?}"
+    );
+    // It reads on from the other replica.
+    let got = consumer.count("got ");
+    consumer
+        .wait_for("got ", got + 10, Duration::from_secs(15))
+        .await;
+    // Shutdown closes both (then they find no warren until their time is up).
+    let (p0, c0) = (producer.count("closed "), consumer.count("closed "));
+    w.stop().await;
+    producer
+        .wait_for("closed ", p0 + 1, Duration::from_secs(15))
+        .await;
+    consumer
+        .wait_for("closed ", c0 + 1, Duration::from_secs(15))
+        .await;
+    let produced = producer.finish(Duration::from_secs(60)).await;
+    let consumed = consumer.finish(Duration::from_secs(60)).await;
+    // Every message confirmed while the consumer ran reached it.
+    let got = numbers(&consumed, "got ");
+    let highest = got.iter().max().copied().unwrap_or(0);
+    let confirmed: Vec<u64> = numbers(&produced, "confirm ")
+        .into_iter()
+        .filter(|n| *n <= highest)
+        .collect();
+    let missing: Vec<&u64> = confirmed.iter().filter(|n| !got.contains(n)).collect();
+    assert!(missing.is_empty(), "missed {missing:?}");
+    assert!(confirmed.len() > 10, "{confirmed:?}");
+    eprintln!(
+        "stream drain: consumer moved {on} -> {moved}, {} received",
+        got.len()
+    );
+    delete_stream(&nodes[0], &stream).await;
+}
