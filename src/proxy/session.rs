@@ -582,8 +582,12 @@ async fn connect(
                 format!("connect timed out after {timeout:?}")
             }
         };
-        tracing::warn!(backend = backend.name(), error = %err, "backend connect failed, trying the next");
-        backend.report_connect_failure(&err);
+        tracing::warn!(backend = backend.name(), address = addr, error = %err, "backend connect failed, trying the next");
+        // The AMQP port's failures count against the node (passive detection);
+        // another protocol's port has its own check (`protocol-listener`).
+        if amqp_port {
+            backend.report_connect_failure(&err);
+        }
     }
     Err(reason)
 }

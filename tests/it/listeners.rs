@@ -393,3 +393,40 @@ async fn a_node_without_its_mqtt_listener_is_out_for_mqtt_only() {
     }
     w.stop().await;
 }
+
+/// Connect failures on another protocol's port do not count against the node
+/// (passive detection is the AMQP port's): a node whose MQTT port refuses
+/// stays up for AMQP, and is out for `mqtt` by its listener check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connects_to_an_mqtt_port_leave_the_node_up() {
+    let nodes = cluster().await;
+    let node = &nodes[0];
+    let (mqtt, dead) = (free_port(), free_port());
+    let w = Warren::start(&format!(
+        "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nretries: 0\nlisteners:\n  \
+         - {{name: mqtt, listen: '127.0.0.1:{mqtt}', protocol: mqtt}}\n\
+         health:\n  interval: 1s\n  fall: 2\n  rise: 2\n  slowstart: 0s\n  password: guest\n\
+         backends:\n  - name: {}\n    address: {}\n    management: {}\n    ports: {{mqtt: {dead}}}\n",
+        node.backend,
+        node.amqp,
+        node.mgmt_url()
+    ))
+    .await;
+    w.wait_state(&node.backend, "up", Duration::from_secs(20))
+        .await;
+    // Until the listener check has said so, clients are sent there and refused.
+    for _ in 0..6 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", mqtt))
+            .await
+            .expect("connect");
+        let _ = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    }
+    wait_protocol_out(&w, &node.backend, "mqtt", true).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let b = w.backend(&node.backend).await;
+    assert_eq!(b["state"], "up", "{b}");
+    assert_eq!(b["consecutive_failures"], 0, "{b}");
+    let conn = amqp_connect(&format!("amqp://guest:guest@{}/%2f", w.amqp)).await;
+    let _ = conn.close(200, "ok".into()).await;
+    w.stop().await;
+}
