@@ -228,7 +228,11 @@ mod tests {
                         read += n;
                         moved = true;
                     }
-                    Ok(ReadIn::Eof) => eof = true,
+                    // Progress too: with the buffer empty, nothing is left to wait for.
+                    Ok(ReadIn::Eof) => {
+                        eof = true;
+                        moved = true;
+                    }
                     Ok(ReadIn::Full) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => panic!("read: {e}"),
