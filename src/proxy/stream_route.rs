@@ -11,8 +11,10 @@
 //!
 //! Which backend a broker of a metadata response is: the one whose open
 //! response advertised that host and port (learned as connections go by,
-//! [`Peers`]), else the one whose RabbitMQ node name's host and stream port
-//! match (what a node advertises unless `stream.advertised_host` is set).
+//! `stream_peers`), else among the backends whose stream port is that port
+//! the one whose RabbitMQ node name's host matches (what a node advertises
+//! unless `stream.advertised_host` is set), else the one whose address's
+//! host matches, else the only one (nodes sharing a host).
 //!
 //! Client to broker, bytes are copied as they come; broker to client, frames
 //! are followed (size, key) and only those two are read whole. A close that
@@ -88,19 +90,31 @@ impl Advertise {
             return Some(b);
         }
         let l = self.listener.as_ref()?;
-        self.proxy.balancer.all().into_iter().find_map(|b| {
-            let node_host = {
-                let check = b.check.lock().unwrap_or_else(|p| p.into_inner());
-                check
-                    .node
-                    .as_deref()
-                    .and_then(|n| n.split_once('@'))
-                    .map(|(_, h)| h.to_string())
-            };
-            let port_matches = l.backend_port(&b.config).map(u32::from) == Some(port);
-            let host_matches = node_host.is_some_and(|h| h.eq_ignore_ascii_case(host));
-            (port_matches && host_matches).then(|| b.name().to_string())
-        })
+        let on_port: Vec<_> = self
+            .proxy
+            .balancer
+            .all()
+            .into_iter()
+            .filter(|b| l.backend_port(&b.config).map(u32::from) == Some(port))
+            .collect();
+        // The host a node advertises by default: its node name's, else the
+        // host of its address.
+        let named_host = |b: &Backend| {
+            let check = b.check.lock().unwrap_or_else(|p| p.into_inner());
+            let node_host = check.node.as_deref().and_then(|n| n.split_once('@'));
+            node_host.is_some_and(|(_, h)| h.eq_ignore_ascii_case(host))
+        };
+        let address_host = |b: &Backend| {
+            crate::config::split_host_port(&b.config.address)
+                .is_some_and(|(h, _)| h.eq_ignore_ascii_case(host))
+        };
+        let found = on_port
+            .iter()
+            .find(|b| named_host(b))
+            .or_else(|| on_port.iter().find(|b| address_host(b)))
+            // Nodes on one host (ports of their own): the port alone says.
+            .or_else(|| (on_port.len() == 1).then(|| &on_port[0]));
+        found.map(|b| b.name().to_string())
     }
 
     /// A frame from the broker that carries what it advertises, rewritten;
