@@ -141,19 +141,11 @@ pub(crate) async fn serve_named(
             return;
         };
         let origin = match &named.accept_proxy {
-            None => {
-                tracing::Span::current().record("peer", tracing::field::display(peer));
-                Origin::direct(peer)
-            }
-            Some(accept) => {
-                let admitted =
-                    crate::proxy::accept_proxy::admit(&mut client, peer, accept, listener.name);
-                let Some(origin) = admitted.await else {
-                    return;
-                };
-                record_origin(&origin, peer);
-                origin
-            }
+            None => direct(peer),
+            Some(accept) => match admit(&mut client, peer, accept, listener.name).await {
+                Some(origin) => origin,
+                None => return,
+            },
         };
         let conn = Conn {
             origin: &origin,
@@ -205,15 +197,6 @@ async fn read_header_by(client: &mut Stream, deadline: Instant) -> Result<Vec<u8
     }
 }
 
-/// Records a PROXY header's client in the connection's span.
-fn record_origin(origin: &Origin, peer: SocketAddr) {
-    let span = tracing::Span::current();
-    span.record("peer", tracing::field::display(origin.peer));
-    if origin.local.is_some() {
-        span.record("via", tracing::field::display(peer));
-    }
-}
-
 /// Who the client is: the TCP peer, or, on a listener with `accept_proxy`,
 /// what its PROXY header says (`None`: turned away, logged and counted).
 /// Recorded in the connection's span: `peer` the client, `via` the load
@@ -227,20 +210,40 @@ async fn origin(
     let config = {
         let c = proxy.config.load();
         if accept_proxy_of(&c, tls).is_none() {
-            tracing::Span::current().record("peer", tracing::field::display(peer));
-            return Some(Origin::direct(peer));
+            return Some(direct(peer));
         }
         Arc::clone(&c)
     };
     let accept = accept_proxy_of(&config, tls)?;
     let listener = if tls { LISTENER_TLS } else { LISTENER_PLAIN };
-    // Boxed: only listeners with `accept_proxy` pay for its buffers, and only
-    // until the header is read.
+    admit(client, peer, accept, listener).await
+}
+
+/// A connection on a listener without `accept_proxy`: the TCP peer is the
+/// client (recorded in the span).
+fn direct(peer: SocketAddr) -> Origin {
+    tracing::Span::current().record("peer", tracing::field::display(peer));
+    Origin::direct(peer)
+}
+
+/// The PROXY step of a listener with `accept_proxy`, its client recorded in
+/// the span. Boxed: only such listeners pay for its buffers, and only until
+/// the header is read.
+async fn admit(
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    accept: &AcceptProxyConfig,
+    listener: &'static str,
+) -> Option<Origin> {
     let origin = Box::pin(crate::proxy::accept_proxy::admit(
         client, peer, accept, listener,
     ))
     .await?;
-    record_origin(&origin, peer);
+    let span = tracing::Span::current();
+    span.record("peer", tracing::field::display(origin.peer));
+    if origin.local.is_some() {
+        span.record("via", tracing::field::display(peer));
+    }
     Some(origin)
 }
 
