@@ -22,24 +22,12 @@ use crate::common::*;
 /// The Python with python-qpid-proton: `WARREN_PROTON_PYTHON`, else the
 /// virtual environment scripts/test makes.
 fn proton_python() -> Option<String> {
-    let python = std::env::var("WARREN_PROTON_PYTHON")
-        .unwrap_or_else(|_| "/var/cache/warren/venv-proton/bin/python".into());
-    let ok = std::process::Command::new(&python)
-        .args(["-c", "import proton"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        return Some(python);
-    }
-    // CI must run these tests; elsewhere a missing client is said, loudly.
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "python-qpid-proton is missing ({python}): scripts/test installs it"
-    );
-    eprintln!("SKIPPED: python-qpid-proton is missing ({python}); scripts/test installs it");
-    None
+    venv_python(
+        "WARREN_PROTON_PYTHON",
+        "/var/cache/warren/venv-proton",
+        "import proton",
+        "python-qpid-proton is",
+    )
 }
 
 /// One `amqp10_client.py` process and the lines it printed so far.

@@ -15,10 +15,22 @@ use tokio::process::{Child, Command};
 /// else the virtual environment scripts/test makes. `None` (said loudly) when
 /// it is missing outside CI; under CI=true a missing client fails the test.
 pub fn clients_python() -> Option<String> {
-    let python = std::env::var("WARREN_CLIENTS_PYTHON")
-        .unwrap_or_else(|_| "/var/cache/warren/venv-clients/bin/python".into());
+    venv_python(
+        "WARREN_CLIENTS_PYTHON",
+        "/var/cache/warren/venv-clients",
+        "import rstream, paho.mqtt.client, stomp",
+        "the stream/MQTT/STOMP clients are",
+    )
+}
+
+/// The Python in `$env`, else in the virtual environment `venv` scripts/test
+/// makes, when it runs `imports`. `None` (said loudly) when it does not
+/// outside CI; under CI=true a missing client fails the test. `what` names
+/// the clients in the message.
+pub fn venv_python(env: &str, venv: &str, imports: &str, what: &str) -> Option<String> {
+    let python = std::env::var(env).unwrap_or_else(|_| format!("{venv}/bin/python"));
     let ok = std::process::Command::new(&python)
-        .args(["-c", "import rstream, paho.mqtt.client, stomp"])
+        .args(["-c", imports])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -28,11 +40,9 @@ pub fn clients_python() -> Option<String> {
     }
     assert!(
         std::env::var("CI").as_deref() != Ok("true"),
-        "the stream/MQTT/STOMP clients are missing ({python}): scripts/test installs them"
+        "{what} missing ({python}): scripts/test installs them"
     );
-    eprintln!(
-        "SKIPPED: the stream/MQTT/STOMP clients are missing ({python}); scripts/test installs them"
-    );
+    eprintln!("SKIPPED: {what} missing ({python}); scripts/test installs them");
     None
 }
 
