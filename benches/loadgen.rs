@@ -18,10 +18,11 @@ use tokio::net::{TcpListener, TcpStream};
 
 const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
 const USAGE: &str = "\
-loadgen serve --sink ADDR... --echo ADDR [--broker ADDR]
+loadgen serve --sink ADDR... --echo ADDR [--broker ADDR] [--broker-sink ADDR]
                                           sink (read to EOF) and echo servers; a broker
                                           stand-in that answers the AMQP handshake
-                                          (start, tune, open-ok), then echoes
+                                          (start, tune, open-ok), then echoes (--broker)
+                                          or reads to EOF (--broker-sink)
 loadgen idle ADDR N HOLD_SECS             N connections that send the AMQP header and idle;
                                           prints `ready` once all are open
 loadgen latency SAMPLES SIZE ADDR...      ping-pong of SIZE-byte frames, the addresses taking
@@ -35,7 +36,8 @@ loadgen handshakes SECS WORKERS ADDR...   connect, the whole AMQP handshake (sta
                                           addresses take turns in 250 ms slices; prints
                                           handshakes/s per address (needs --broker behind)
 loadgen latency-amqp SAMPLES SIZE ADDR... `latency` after the whole handshake
-loadgen bulk ADDR SECS STREAMS FRAME      AMQP body frames of FRAME bytes; prints bytes/s, bytes
+loadgen bulk ADDR SECS STREAMS FRAME      the whole AMQP handshake, then body frames of FRAME
+                                          bytes (needs --broker-sink behind); prints bytes/s, bytes
 loadgen confirms SECS SIZE WINDOW URL...  lapin publishers with confirms, the URLs taking turns
                                           in 500 ms slices; prints msgs/s per URL
 loadgen report FILE                       medians and ratios from `figure<TAB>path<TAB>value` lines";
@@ -82,17 +84,21 @@ fn run(args: &[String]) -> Res<()> {
             let mut sink = Vec::new();
             let mut echo = None;
             let mut broker = None;
+            let mut broker_sink = None;
             let mut i = 1;
             while i + 1 < args.len() {
                 match args[i].as_str() {
                     "--sink" => sink.push(arg::<SocketAddr>(args, i + 1, "sink address")?),
                     "--echo" => echo = Some(arg::<SocketAddr>(args, i + 1, "echo address")?),
                     "--broker" => broker = Some(arg::<SocketAddr>(args, i + 1, "broker address")?),
+                    "--broker-sink" => {
+                        broker_sink = Some(arg::<SocketAddr>(args, i + 1, "broker sink address")?)
+                    }
                     other => return Err(format!("unknown option {other}")),
                 }
                 i += 2;
             }
-            runtime(2)?.block_on(serve(sink, echo, broker))
+            runtime(2)?.block_on(serve(sink, echo, broker, broker_sink))
         }
         "idle" => {
             let addr: SocketAddr = arg(args, 1, "address")?;
@@ -170,6 +176,7 @@ async fn serve(
     sink: Vec<SocketAddr>,
     echo: Option<SocketAddr>,
     broker: Option<SocketAddr>,
+    broker_sink: Option<SocketAddr>,
 ) -> Res<()> {
     let mut tasks = Vec::new();
     for addr in sink {
@@ -183,6 +190,10 @@ async fn serve(
     if let Some(addr) = broker {
         let l = listen(addr).map_err(|e| format!("{addr}: {e}"))?;
         tasks.push(tokio::spawn(accept_loop(l, Server::Broker)));
+    }
+    if let Some(addr) = broker_sink {
+        let l = listen(addr).map_err(|e| format!("{addr}: {e}"))?;
+        tasks.push(tokio::spawn(accept_loop(l, Server::BrokerSink)));
     }
     println!("serving");
     for t in tasks {
@@ -206,6 +217,8 @@ enum Server {
     Echo,
     /// The AMQP handshake of a broker, then echo.
     Broker,
+    /// The AMQP handshake of a broker, then read to EOF.
+    BrokerSink,
 }
 
 async fn accept_loop(l: TcpListener, server: Server) {
@@ -221,6 +234,11 @@ async fn accept_loop(l: TcpListener, server: Server) {
             Server::Broker => tokio::spawn(async move {
                 if let Ok(s) = broker_handshake(s).await {
                     echo_conn(s).await;
+                }
+            }),
+            Server::BrokerSink => tokio::spawn(async move {
+                if let Ok(s) = broker_handshake(s).await {
+                    sink_conn(s).await;
                 }
             }),
         };
@@ -558,7 +576,9 @@ async fn bulk(addr: SocketAddr, secs: Duration, streams: usize, frame_size: usiz
         let (sent, batch) = (sent.clone(), batch.clone());
         tasks.push(tokio::spawn(async move {
             let mut s = TcpStream::connect(addr).await?;
-            s.write_all(PROTOCOL_HEADER).await?;
+            // A publisher's connection is open before it publishes; until its
+            // `connection.open`, warren follows every byte before passing it on.
+            client_handshake(&mut s).await?;
             while Instant::now() < end {
                 s.write_all(&batch).await?;
                 sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
