@@ -357,7 +357,8 @@ fn frame10(ftype: u8, doff: u8, body: &[u8]) -> Vec<u8> {
 /// broker); a rewritten frame's size prefix is its length - 4, its head
 /// parses again with the same key, it carries the new address where the
 /// original had one, and rewriting it again to the same address changes
-/// nothing.
+/// nothing; taking every broker out of the replicas keeps the brokers and
+/// holds still when done twice.
 pub fn stream_rewrite(data: &[u8]) {
     let mut r = Reader(data);
     let pick = r.u8();
@@ -435,8 +436,8 @@ pub fn stream_rewrite(data: &[u8]) {
             "mapped and identity differ"
         );
     }
-    if let (Some((out, asked)), Some((_, before))) = (mapped, identity) {
-        assert_eq!(asked, before, "the map was asked about other brokers");
+    if let (Some((out, asked)), Some((_, before))) = (mapped, &identity) {
+        assert_eq!(&asked, before, "the map was asked about other brokers");
         check_stream_frame(&out, rmq_stream::KEY_METADATA_RESPONSE);
         let (again, after) =
             seen(&out, &mut |h, p| Some((h.to_owned(), p))).expect("rewritten frame reads");
@@ -446,6 +447,29 @@ pub fn stream_rewrite(data: &[u8]) {
             after.iter().all(|b| *b == (host.clone(), port)),
             "{after:?}"
         );
+    }
+    // Avoiding every broker only drops replica references: it reads exactly
+    // what the identity map reads, never grows the frame, keeps its brokers,
+    // and doing it again changes nothing.
+    let avoiding = |f: &[u8]| {
+        rmq_stream::rewrite_metadata_avoiding(
+            f,
+            &mut |h, p| Some((h.to_owned(), p)),
+            &mut |_, _| true,
+        )
+    };
+    let pruned = avoiding(frame);
+    assert_eq!(
+        pruned.is_some(),
+        identity.is_some(),
+        "avoiding and identity differ"
+    );
+    if let (Some(out), Some((_, before))) = (&pruned, &identity) {
+        assert!(out.len() <= frame.len());
+        check_stream_frame(out, rmq_stream::KEY_METADATA_RESPONSE);
+        let (_, after) = seen(out, &mut |_, _| None).expect("a pruned frame reads");
+        assert_eq!(&after, before, "brokers changed");
+        assert_eq!(avoiding(out).as_ref(), Some(out));
     }
     if key.is_some_and(|k| !rmq_stream::rewritten(k)) {
         assert!(advertised.is_none() && kept.is_none());

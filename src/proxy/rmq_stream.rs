@@ -139,6 +139,11 @@ pub fn rewrite_open(frame: &[u8], host: &str, port: u32) -> Option<Vec<u8>> {
 /// its (host, port), or None to leave it as it was.
 pub type MapBroker<'a> = dyn FnMut(&str, u32) -> Option<(String, u32)> + 'a;
 
+/// What [`rewrite_metadata_avoiding`] asks of each broker, by its (host,
+/// port) as the broker wrote it: true to take it out of every stream's
+/// replicas.
+pub type AvoidBroker<'a> = dyn FnMut(&str, u32) -> bool + 'a;
+
 /// The metadata response with each broker's (host, port) replaced by
 /// `map(host, port)`; a broker `map` returns None for is left as it was, and
 /// so is one whose host is null or not UTF-8 (`map` is not asked). The stream
@@ -147,6 +152,19 @@ pub type MapBroker<'a> = dyn FnMut(&str, u32) -> Option<(String, u32)> + 'a;
 /// when a new host is longer than a string holds or the frame would outgrow
 /// [`MAX_REWRITTEN`].
 pub fn rewrite_metadata(frame: &[u8], map: &mut MapBroker<'_>) -> Option<Vec<u8>> {
+    rewrite_metadata_avoiding(frame, map, &mut |_, _| false)
+}
+
+/// [`rewrite_metadata`], and each stream's replicas without the brokers
+/// `avoid` names (a broker whose host is null or not UTF-8 is not asked and
+/// stays). A stream left without replicas is read from its leader by
+/// clients; leaders are never changed (publishers have nowhere else to go).
+/// When no broker is avoided the stream metadata is copied byte for byte.
+pub fn rewrite_metadata_avoiding(
+    frame: &[u8],
+    map: &mut MapBroker<'_>,
+    avoid: &mut AvoidBroker<'_>,
+) -> Option<Vec<u8>> {
     let (head, count, r) = metadata_parts(frame)?;
     let mut check = Reader(r.0);
     for _ in 0..count {
@@ -160,10 +178,14 @@ pub fn rewrite_metadata(frame: &[u8], map: &mut MapBroker<'_>) -> Option<Vec<u8>
 
     let mut r = r;
     let mut out = Vec::with_capacity(frame.len() + 64);
+    let mut avoided = Vec::new();
     out.extend_from_slice(head);
     for _ in 0..count {
         let b = broker(&mut r)?;
         let host = b.host.and_then(|h| std::str::from_utf8(h).ok());
+        if host.is_some_and(|h| avoid(h, b.port)) {
+            avoided.push(b.reference);
+        }
         match host.and_then(|h| map(h, b.port)) {
             Some((host, port)) => {
                 out.extend_from_slice(&b.reference.to_be_bytes());
@@ -176,8 +198,38 @@ pub fn rewrite_metadata(frame: &[u8], map: &mut MapBroker<'_>) -> Option<Vec<u8>
             return None;
         }
     }
-    out.extend_from_slice(tail);
+    if avoided.is_empty() {
+        out.extend_from_slice(tail);
+    } else {
+        replicas_without(&mut out, Reader(tail), &avoided)?;
+    }
     finish(out)
+}
+
+/// Appends the stream array `r` reads, each stream's replicas without the
+/// references in `avoided`. The array was checked by [`stream_metadata`].
+fn replicas_without(out: &mut Vec<u8>, mut r: Reader<'_>, avoided: &[u16]) -> Option<()> {
+    let count = r.count()?;
+    out.extend_from_slice(&u32::try_from(count).ok()?.to_be_bytes());
+    for _ in 0..count {
+        let start = r.0;
+        r.string()?;
+        r.u16()?; // response code
+        r.u16()?; // leader reference
+        out.extend_from_slice(start.get(..start.len() - r.0.len())?);
+        let mut kept = Vec::new();
+        for _ in 0..r.count()? {
+            let reference = r.u16()?;
+            if !avoided.contains(&reference) {
+                kept.push(reference);
+            }
+        }
+        out.extend_from_slice(&u32::try_from(kept.len()).ok()?.to_be_bytes());
+        for reference in kept {
+            out.extend_from_slice(&reference.to_be_bytes());
+        }
+    }
+    Some(())
 }
 
 /// The body of a whole version-1 frame with this key, at most
@@ -697,6 +749,59 @@ mod tests {
         // No brokers, no streams.
         let empty = metadata_response(1, &[], &[]);
         assert_eq!(brokers_seen(&empty), Some(vec![]));
+    }
+
+    #[test]
+    fn avoided_brokers_leave_the_replicas_and_never_the_leader() {
+        let f = metadata();
+        let brokers = [
+            (0, "warren", 15552),
+            (1, "warren", 15553),
+            (2, "warren", 15554),
+        ];
+        let mut port = 15551;
+        let mut to_warren = |_: &str, _: u32| {
+            port += 1;
+            Some(("warren".to_owned(), port))
+        };
+        // rabbit-3 (reference 2) out: orders keeps replica 0.
+        let mut asked = Vec::new();
+        let out = rewrite_metadata_avoiding(&f, &mut to_warren, &mut |h, p| {
+            asked.push((h.to_owned(), p));
+            h == "rabbit-3.internal"
+        });
+        let [orders, gone] = streams();
+        let one = Stream {
+            replicas: &[0],
+            ..orders
+        };
+        assert_eq!(out, Some(metadata_response(9, &brokers, &[one, gone])));
+        assert_eq!(asked.len(), 3, "{asked:?}");
+        // Every replica out: none left (clients read from the leader); the
+        // leader (reference 1) stays even when avoided.
+        let mut port = 15551;
+        let out = rewrite_metadata_avoiding(
+            &f,
+            &mut |_, _| {
+                port += 1;
+                Some(("warren".to_owned(), port))
+            },
+            &mut |_, _| true,
+        );
+        let [orders, gone] = streams();
+        let none = Stream {
+            replicas: &[],
+            ..orders
+        };
+        let expected = metadata_response(9, &brokers, &[none, gone]);
+        assert_eq!(out.as_ref(), Some(&expected));
+        assert_eq!(size_of(&expected), expected.len() - 4);
+        // Nothing avoided: the same bytes as rewrite_metadata's.
+        let plain = rewrite_metadata(&f, &mut |h, p| Some((h.to_owned(), p)));
+        let kept =
+            rewrite_metadata_avoiding(&f, &mut |h, p| Some((h.to_owned(), p)), &mut |_, _| false);
+        assert_eq!(plain, kept);
+        assert_eq!(kept, Some(f));
     }
 
     #[test]

@@ -16,6 +16,11 @@
 //! unless `stream.advertised_host` is set), else the one whose address's
 //! host matches, else the only one (nodes sharing a host).
 //!
+//! A broker whose node takes no new connections through warren (drained,
+//! down, ...) is taken out of each stream's replicas, so that consumers go to
+//! a replica they can reach (or the leader) rather than retry one warren
+//! turns away; leaders stay as the broker said.
+//!
 //! Client to broker, bytes are copied as they come; broker to client, frames
 //! are followed (size, key) and only those two are read whole. A close that
 //! warren orders (drain, node down, shutdown) is a TCP close.
@@ -117,6 +122,17 @@ impl Advertise {
         found.map(|b| b.name().to_string())
     }
 
+    /// A broker whose node takes no new stream connections through warren
+    /// (down, drained, disabled, in maintenance, or its stream listener
+    /// failing): offered to clients as a replica, it would only turn them
+    /// away, so it is taken out of the replicas (`rewrite_metadata_avoiding`).
+    fn avoided(&self, host: &str, port: u32) -> bool {
+        let bit = crate::config::ListenerProtocol::Stream.bit();
+        self.backend_of(host, port)
+            .and_then(|b| self.proxy.balancer.get(&b))
+            .is_some_and(|b| !b.usable_for(bit))
+    }
+
     /// A frame from the broker that carries what it advertises, rewritten;
     /// `None`: forwarded as it is.
     fn rewrite(&self, frame: &[u8]) -> Option<Vec<u8>> {
@@ -130,13 +146,17 @@ impl Advertise {
             }
             rmq_stream::KEY_METADATA_RESPONSE => {
                 let mut unknown = Vec::new();
-                let out = rmq_stream::rewrite_metadata(frame, &mut |host, port| {
-                    let to = self.backend_of(host, port).and_then(|b| self.port_of(&b));
-                    if to.is_none() {
-                        unknown.push(format!("{host}:{port}"));
-                    }
-                    Some((self.host.clone(), to?))
-                });
+                let out = rmq_stream::rewrite_metadata_avoiding(
+                    frame,
+                    &mut |host, port| {
+                        let to = self.backend_of(host, port).and_then(|b| self.port_of(&b));
+                        if to.is_none() {
+                            unknown.push(format!("{host}:{port}"));
+                        }
+                        Some((self.host.clone(), to?))
+                    },
+                    &mut |host, port| self.avoided(host, port),
+                );
                 if !unknown.is_empty() {
                     tracing::warn!(
                         brokers = unknown.join(", "),

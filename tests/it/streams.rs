@@ -310,8 +310,9 @@ async fn stream_clients_recover_through_warren_when_the_leader_is_killed() {
 
 /// A drain of the node a stream consumer sits on closes its connection (a TCP
 /// close: the stream protocol's close is the broker's) and keeps it off that
-/// node's port: the consumer comes back on the other replica through warren
-/// and misses nothing. warren's shutdown then closes the producer and the
+/// node's port, and warren's metadata responses no longer offer that node as
+/// a replica: the consumer comes back at its first try on the other replica
+/// through warren and misses nothing. warren's shutdown then closes the producer and the
 /// consumer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_moves_a_stream_consumer_to_another_replica_and_shutdown_closes_both() {
@@ -363,6 +364,19 @@ async fn a_drain_moves_a_stream_consumer_to_another_replica_and_shutdown_closes_
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     assert_ne!(moved, leader, "a replica is left: {members:?}");
+    // warren took the drained node out of the replicas it tells clients of, so
+    // the consumer's first try found the other replica (a try on the drained
+    // node's port would have been turned away: a second close).
+    assert_eq!(
+        consumer.count("closed "),
+        1,
+        "{:?}",
+        consumer
+            .lines()
+            .iter()
+            .filter(|l| !l.starts_with("got "))
+            .collect::<Vec<_>>()
+    );
     let c = connections(&consumer.lines());
     assert_eq!(
         c.last().map(|(_, peer)| peer.clone()),
