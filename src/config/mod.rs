@@ -82,6 +82,8 @@ pub struct Config {
     pub clients: ClientsConfig,
     /// Maintenance mode, rolling restarts, the shared operator state.
     pub operations: OperationsConfig,
+    /// How long payloads move (docs/performance.md).
+    pub data_path: DataPathConfig,
 }
 
 impl Default for Config {
@@ -108,6 +110,7 @@ impl Default for Config {
             reload: ReloadConfig::default(),
             clients: ClientsConfig::default(),
             operations: OperationsConfig::default(),
+            data_path: DataPathConfig::default(),
         }
     }
 }
@@ -497,6 +500,21 @@ impl Default for RebalanceConfig {
             max_fraction: 0.25,
         }
     }
+}
+
+/// How long payloads (AMQP bodies of 16 KiB and more, any stream that is not
+/// AMQP) move between the sockets.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataPathConfig {
+    /// Through kernel pipes with splice(2) (the bytes stay in the kernel,
+    /// warren's own CPU per GB falls, its peers' rises); `false`, the default:
+    /// copied through pooled buffers, which on loopback moves as much or more
+    /// for less CPU of the whole machine (docs/performance.md). A connection
+    /// that gets no pipe copies (logged once, counted in
+    /// `warren_splice_fallbacks_total`). TLS connections always copy. Read
+    /// when a connection starts.
+    pub splice: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -1,8 +1,8 @@
 //! Buffers for the bulk path, taken from a per-thread pool.
 //!
 //! A buffer is taken when a connection starts moving a long payload and goes
-//! back as soon as it is empty, so idle connections hold none. It is a plain
-//! user-space buffer (why not splice(2): docs/performance.md).
+//! back as soon as it is empty, so idle connections hold none. Payloads take
+//! these when `data_path.splice` is off or no pipe could be made (`pipe`).
 
 use std::cell::RefCell;
 use std::io::{self, Read};
@@ -21,9 +21,14 @@ const POOL_MAX: usize = 8;
 /// Bytes written out of bulk buffers since start (tests and diagnostics).
 static MOVED: AtomicU64 = AtomicU64::new(0);
 
-/// Bytes warren has moved on the bulk path since it started.
+/// Bytes warren has moved on the bulk path since it started, copied or spliced.
 pub fn bytes_moved() -> u64 {
     MOVED.load(Ordering::Relaxed)
+}
+
+/// Counts `n` bytes moved on the bulk path.
+pub(crate) fn count_moved(n: usize) {
+    MOVED.fetch_add(n as u64, Ordering::Relaxed);
 }
 
 thread_local! {
@@ -122,7 +127,7 @@ impl Buffer {
             self.start = 0;
             self.end = 0;
         }
-        MOVED.fetch_add(n as u64, Ordering::Relaxed);
+        count_moved(n);
         Ok(n)
     }
 }

@@ -18,6 +18,12 @@
 //! When a connection comes back to the frame path right after a bulk payload,
 //! its first read is small ([`BULK_READ`]) so that little of the next body is
 //! copied twice (into the scratch buffer, then into the bulk buffer).
+//!
+//! With splicing on (`data_path.splice`), a payload moves through a
+//! kernel pipe instead (`pipe`): exactly the payload's bytes are spliced, never
+//! read on past its end (bytes in a pipe cannot be followed), and the frame
+//! path reads what lies between two payloads. A connection that gets no pipe
+//! (out of descriptors) copies through a buffer as above.
 
 use std::io;
 use std::task::{ready, Context, Poll};
@@ -27,6 +33,7 @@ use tokio::net::TcpStream;
 use crate::proxy::amqp::FrameTracker;
 use crate::proxy::buffer::{Buffer, ReadIn};
 use crate::proxy::direction::Direction;
+use crate::proxy::pipe::{In, Pipe};
 
 /// A payload at least this long (beyond what a read brought) takes the bulk path.
 pub(crate) const BULK_MIN: u64 = 16 * 1024;
@@ -37,8 +44,13 @@ pub(crate) const BULK_READ: usize = 1024;
 /// Bulk state of one direction.
 #[derive(Default)]
 pub(crate) struct Bulk {
+    /// Payloads go through a pipe (`data_path.splice`).
+    splice: bool,
     /// Holds bytes on their way to the destination; `None` while nothing moves.
     buf: Option<Buffer>,
+    /// The same, spliced (at most one of `buf` and `pipe` is held); boxed, so
+    /// that an idle connection's task grows by a pointer, not a pipe.
+    pipe: Option<Box<Pipe>>,
     /// Payload bytes still to read from the source (the tracker is advanced as
     /// they move). Unbounded for a stream that is not AMQP.
     left: u64,
@@ -63,11 +75,28 @@ pub(crate) enum Moved {
 }
 
 impl Bulk {
+    /// Idle; payloads will be spliced when `splice`.
+    pub(crate) fn new(splice: bool) -> Bulk {
+        Bulk {
+            splice,
+            ..Bulk::default()
+        }
+    }
+
+    /// Drops what is under way (its buffer or pipe goes back, or is closed
+    /// when it holds bytes); the choice of path stays.
+    pub(crate) fn reset(&mut self) {
+        *self = Bulk::new(self.splice);
+    }
+
     /// True while a bulk payload is under way or the buffer holds bytes (read
     /// on past a payload, or not yet taken by the destination): the caller must
     /// not read or write itself until it ends.
     pub(crate) fn active(&self) -> bool {
-        self.left > 0 || self.eof || self.buf.as_ref().is_some_and(|b| !b.is_empty())
+        self.left > 0
+            || self.eof
+            || self.buf.as_ref().is_some_and(|b| !b.is_empty())
+            || self.pipe.as_ref().is_some_and(|p| !p.is_empty())
     }
 
     /// Reads on the frame path go back to full size (no bulk payload follows).
@@ -95,11 +124,21 @@ impl Bulk {
         if left < BULK_MIN {
             return None;
         }
+        self.left = left;
+        self.recent = true;
+        if self.splice {
+            if let Ok(mut pipe) = Pipe::take() {
+                // A fresh pipe takes a scratch buffer's worth; if it cannot,
+                // the buffer path takes over.
+                if let Ok(put) = pipe.put(read) {
+                    self.pipe = Some(Box::new(pipe));
+                    return Some(read.len() - put);
+                }
+            }
+        }
         let mut buf = Buffer::take();
         let put = buf.put(read);
         self.buf = Some(buf);
-        self.left = left;
-        self.recent = true;
         Some(read.len() - put)
     }
 
@@ -117,6 +156,13 @@ impl Bulk {
         dst: &TcpStream,
         d: &mut Direction,
     ) -> io::Result<Moved> {
+        // A payload resumed after an idle spell takes a pipe again.
+        if self.splice && self.pipe.is_none() && self.buf.is_none() && self.left > 0 && !self.eof {
+            self.pipe = Pipe::take().ok().map(Box::new);
+        }
+        if self.pipe.is_some() {
+            return self.step_pipe(src, dst, d);
+        }
         let mut moved = false;
         let mut write = false;
         if let Some(buf) = self.buf.as_mut().filter(|b| !b.is_empty()) {
@@ -183,12 +229,84 @@ impl Bulk {
         Ok(Moved::Wait { read, write })
     }
 
+    /// [`Bulk::step`] through the pipe: splices out what it holds, then in up
+    /// to the payload's end, never past it.
+    fn step_pipe(
+        &mut self,
+        src: &TcpStream,
+        dst: &TcpStream,
+        d: &mut Direction,
+    ) -> io::Result<Moved> {
+        let Some(pipe) = self.pipe.as_mut() else {
+            return Ok(Moved::Some);
+        };
+        let mut moved = false;
+        let mut write = false;
+        if !pipe.is_empty() {
+            match pipe.splice_to(dst) {
+                Ok(n) => moved = n > 0,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => write = true,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.eof {
+            if pipe.is_empty() {
+                self.eof = false;
+                self.pipe = None;
+                return Ok(Moved::Eof);
+            }
+            return Ok(if moved {
+                Moved::Some
+            } else {
+                Moved::Wait { read: false, write }
+            });
+        }
+        let mut read = false;
+        if self.left > 0 {
+            let max = usize::try_from(self.left).unwrap_or(usize::MAX);
+            match pipe.splice_from(src, max)? {
+                In::Moved(n) => {
+                    self.left -= n as u64;
+                    d.tracker.skip(n as u64);
+                    d.count(n as u64);
+                    moved = true;
+                }
+                In::Eof => {
+                    self.eof = true;
+                    self.left = 0;
+                    moved = true;
+                }
+                In::SourceEmpty => read = true,
+                // It holds bytes the destination has not taken: the write
+                // above is waiting for it, or moved some and steps again.
+                In::PipeFull => {}
+            }
+        }
+        // An empty pipe goes back to the pool while nothing moves and once the
+        // payload is done.
+        if pipe.is_empty() && (!moved || self.left == 0) {
+            self.pipe = None;
+        }
+        if moved || !(read || write) {
+            return Ok(Moved::Some);
+        }
+        Ok(Moved::Wait { read, write })
+    }
+
     /// Writes out whatever the buffer holds, waiting for the destination as needed.
     pub(crate) fn poll_flush(
         &mut self,
         dst: &TcpStream,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
+        while let Some(pipe) = self.pipe.as_mut().filter(|p| !p.is_empty()) {
+            ready!(dst.poll_write_ready(cx))?;
+            match pipe.splice_to(dst) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
         while let Some(buf) = self.buf.as_mut().filter(|b| !b.is_empty()) {
             ready!(dst.poll_write_ready(cx))?;
             match buf.write_to(dst) {

@@ -717,6 +717,8 @@ pub(crate) struct Limits {
     pub idle: Option<Duration>,
     /// Follow AMQP frames (false for `protocol: tcp`: a close is a hard close).
     pub amqp: bool,
+    /// Long payloads through kernel pipes (`data_path.splice`).
+    pub splice: bool,
 }
 
 /// Where a connection counts the bytes it forwards: relaxed adds per read, on
@@ -742,6 +744,7 @@ mod tests {
         close: Duration::from_secs(5),
         idle: None,
         amqp: true,
+        splice: true,
     };
 
     fn limits(close: Duration, idle: Option<Duration>) -> Limits {
@@ -749,6 +752,7 @@ mod tests {
             close,
             idle,
             amqp: true,
+            splice: true,
         }
     }
 

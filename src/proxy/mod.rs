@@ -24,6 +24,7 @@ pub mod conn_info;
 mod direction;
 pub mod handshake;
 pub(crate) mod listener;
+mod pipe;
 pub(crate) mod proxy_protocol;
 mod pump;
 pub mod rmq_stream;

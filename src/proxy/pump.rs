@@ -12,7 +12,8 @@
 //! `poll_write_ready`: no futures with waiters of their own), reads into a
 //! per-thread scratch buffer and writes straight on, so an idle connection
 //! holds no buffer; only bytes a slow peer has not taken yet are kept. Long
-//! payloads go through a pooled bulk buffer (`bulk`).
+//! payloads are spliced through a pooled pipe, or copied through a pooled
+//! bulk buffer (`bulk`).
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -63,7 +64,7 @@ impl<'a> Pump<'a> {
     ) -> Self {
         let up = Direction::new(Dir::Up, limits, shared, meters.up);
         let down = Direction::new(Dir::Down, limits, shared, meters.down);
-        let mut up = Half::new(up, client, server);
+        let mut up = Half::new(up, client, server, limits.splice);
         if !head.is_empty() {
             // Tracked and counted like any read (nothing is being closed yet).
             up.d.on_read(&head);
@@ -73,7 +74,7 @@ impl<'a> Pump<'a> {
             };
         }
         Pump {
-            halves: [up, Half::new(down, server, client)],
+            halves: [up, Half::new(down, server, client, limits.splice)],
             ends: [None, None],
             orders,
         }
@@ -162,12 +163,12 @@ enum Step {
 }
 
 impl<'a> Half<'a> {
-    fn new(d: Direction<'a>, src: &'a TcpStream, dst: &'a TcpStream) -> Self {
+    fn new(d: Direction<'a>, src: &'a TcpStream, dst: &'a TcpStream, splice: bool) -> Self {
         Half {
             d,
             src,
             dst,
-            bulk: Bulk::default(),
+            bulk: Bulk::new(splice),
             timer: Timer::default(),
             state: State::Run,
         }
@@ -251,7 +252,7 @@ impl<'a> Half<'a> {
                 Step::Discarded => {
                     // Past the cut reads are full-size again (not the short reads
                     // between bulk payloads), and paced.
-                    self.bulk = Bulk::default();
+                    self.bulk.reset();
                     self.state = State::Pause(Instant::now() + DISCARD_PAUSE);
                 }
                 Step::Finished => return Poll::Ready(Ok(End::Graceful)),
@@ -290,7 +291,7 @@ impl<'a> Half<'a> {
             Err(_) if self.d.ends_on_error() => return Poll::Ready(Ok(self.eof())),
             Err(_) if self.d.drops_on_error() => {
                 // What was read is dropped, as the copying path drops it.
-                self.bulk = Bulk::default();
+                self.bulk.reset();
                 return Poll::Ready(Ok(None));
             }
             Err(e) => return Poll::Ready(Err(e)),
@@ -376,7 +377,7 @@ impl<'a> Half<'a> {
 
     /// The direction is over: its bulk buffer goes back and the other one learns it.
     fn finish(&mut self) {
-        self.bulk = Bulk::default();
+        self.bulk.reset();
         self.timer = Timer::default();
         self.d.finish();
     }
@@ -426,14 +427,15 @@ mod tests {
         JoinHandle<io::Result<End>>,
     );
 
-    /// A 2 s close timeout and `idle`: see [`rig_with`].
+    /// A 2 s close timeout, `idle`, payloads spliced: see [`rig_with`].
     async fn rig(idle: Option<Duration>) -> Rig {
-        rig_with(Duration::from_secs(2), idle).await
+        rig_with(Duration::from_secs(2), idle, true).await
     }
 
     /// A client and a broker with a pump between them, in a task of its own,
     /// past the protocol header; `registry` sends it commands as connection 1.
-    async fn rig_with(close: Duration, idle: Option<Duration>) -> Rig {
+    /// `splice`: long payloads through pipes, else copied.
+    async fn rig_with(close: Duration, idle: Option<Duration>, splice: bool) -> Rig {
         let (mut client, near) = pair().await;
         let (far, mut broker) = pair().await;
         let registry = Arc::new(ConnRegistry::default());
@@ -442,6 +444,7 @@ mod tests {
             close,
             idle,
             amqp: true,
+            splice,
         };
         let pump = tokio::spawn(async move {
             let shared = Shared::new();
@@ -587,6 +590,7 @@ mod tests {
                 close: Duration::from_secs(5),
                 idle: None,
                 amqp: true,
+                splice: true,
             };
             let pump_info = Arc::clone(&info);
             let pump = tokio::spawn(async move {
@@ -661,6 +665,7 @@ mod tests {
                 close: Duration::from_secs(5),
                 idle: None,
                 amqp: true,
+                splice: true,
             };
             let pump = tokio::spawn(async move {
                 let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
@@ -713,7 +718,7 @@ mod tests {
     #[tokio::test]
     async fn a_hard_close_after_a_graceful_one_is_not_left_for_the_close_timeout() {
         let (mut client, mut broker, registry, pump) =
-            rig_with(Duration::from_secs(30), None).await;
+            rig_with(Duration::from_secs(30), None, true).await;
         registry.send(1, Command::Close("draining".into()));
         let forced = amqp::connection_close(amqp::CONNECTION_FORCED, "draining");
         assert_eq!(read_n(&mut client, forced.len()).await, forced);
@@ -744,12 +749,20 @@ mod tests {
         f
     }
 
-    /// Long bodies take the bulk path, which reads on past each payload's end
-    /// while nothing is closing: the frames it reads that way are still
-    /// followed, so the broker's own close right behind them is seen.
+    /// Long bodies take the bulk path, spliced or copied; copied, it reads on
+    /// past each payload's end while nothing is closing: the frames between
+    /// payloads are followed either way, so the broker's own close right
+    /// behind them is seen.
     #[tokio::test]
     async fn frames_read_on_past_a_bulk_payload_are_followed() {
-        let (mut client, mut broker, _registry, pump) = rig(None).await;
+        for splice in [true, false] {
+            frames_after_bulk_payloads_are_followed(splice).await;
+        }
+    }
+
+    async fn frames_after_bulk_payloads_are_followed(splice: bool) {
+        let (mut client, mut broker, _registry, pump) =
+            rig_with(Duration::from_secs(2), None, splice).await;
         let moved_before = crate::proxy::buffer::bytes_moved();
         let mut stream = Vec::new();
         for _ in 0..3 {
@@ -774,12 +787,20 @@ mod tests {
         answers_the_brokers_close(client, pump).await;
     }
 
-    /// A close ordered while long bodies stream: the client gets whole frames,
-    /// then warren's close and nothing after it; the broker gets its own close
-    /// and, with both close-oks, the connection ends gracefully.
+    /// A close ordered while long bodies stream, spliced or copied: the
+    /// client gets whole frames, then warren's close and nothing after it; the
+    /// broker gets its own close and, with both close-oks, the connection ends
+    /// gracefully.
     #[tokio::test]
     async fn a_close_during_bulk_frames_cuts_at_a_boundary() {
-        let (mut client, broker, registry, pump) = rig(None).await;
+        for splice in [true, false] {
+            close_during_bulk_frames(splice).await;
+        }
+    }
+
+    async fn close_during_bulk_frames(splice: bool) {
+        let (mut client, broker, registry, pump) =
+            rig_with(Duration::from_secs(2), None, splice).await;
         let (mut broker_rx, mut broker_tx) = broker.into_split();
         let frame = body_frame(200_000);
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

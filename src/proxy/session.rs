@@ -399,6 +399,7 @@ async fn carry(proxy: &Arc<Proxy>, client: Stream, head: Vec<u8>, conn: Conn<'_>
             close: c.drain.close_timeout.get(),
             idle: c.timeouts.idle.map(|d| d.get()),
             amqp,
+            splice: c.data_path.splice,
         };
         (limits, amqp && c.clients.handshake)
     };

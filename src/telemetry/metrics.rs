@@ -52,6 +52,7 @@ pub const LISTENER_PROTOCOL: &str = "warren_listener_protocol_connections_total"
 pub const PROXY_HEADER_REJECTED: &str = "warren_proxy_header_rejected_total";
 pub const TLS_HANDSHAKES: &str = "warren_tls_handshakes_total";
 pub const STREAM_UNMAPPED: &str = "warren_stream_unmapped_brokers_total";
+pub const SPLICE_FALLBACKS: &str = "warren_splice_fallbacks_total";
 pub const BACKEND_PROTOCOL_UP: &str = "warren_backend_protocol_up";
 pub const TLS_CERTIFICATE_EXPIRY: &str = "warren_tls_certificate_expiry_seconds";
 pub const ADMIN_REFUSED: &str = "warren_admin_requests_refused_total";
@@ -302,6 +303,11 @@ fn describe() {
         LISTENER_REJECTED,
         Count,
         "Client connections refused because max_connections were open.",
+    );
+    c(
+        SPLICE_FALLBACKS,
+        Count,
+        "Long payloads copied instead of spliced because no pipe could be made, by reason (descriptors, error).",
     );
     c(
         STREAM_UNMAPPED,
@@ -610,6 +616,12 @@ pub fn listener_active(listener: &'static str, n: u64) {
 /// broker advertised them).
 pub fn stream_unmapped(n: u64) {
     counter!(STREAM_UNMAPPED).increment(n);
+}
+
+/// A long payload copied because no pipe could be made (`reason`:
+/// `descriptors` or `error`).
+pub fn splice_fallback(reason: &'static str) {
+    counter!(SPLICE_FALLBACKS, "reason" => reason).increment(1);
 }
 
 /// Whether a backend's listener for `protocol` passes its check.

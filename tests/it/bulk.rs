@@ -1,6 +1,7 @@
-//! The bulk path (large payloads through pooled buffers, see `src/bulk.rs`)
-//! under a drain: the client must still get whole frames, then
-//! `connection.close` 320 exactly at a frame boundary.
+//! The bulk path (large payloads through pooled buffers, or spliced through
+//! pipes with `data_path.splice`; `src/proxy/bulk.rs`) under a drain: the
+//! client must still get whole frames, then `connection.close` 320 exactly at
+//! a frame boundary; and the spliced path's fallback to copying.
 
 use std::time::Duration;
 
@@ -66,15 +67,23 @@ async fn streaming_backend(l: TcpListener) {
     }
 }
 
+/// Copied (the default) and spliced (`data_path.splice`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_during_bulk_body_frames_closes_at_a_boundary() {
     let _turn = sharing().await;
+    for splice in [false, true] {
+        drain_during_bulk_body_frames(splice).await;
+    }
+}
+
+async fn drain_during_bulk_body_frames(splice: bool) {
     let backend = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let baddr = backend.local_addr().expect("addr");
     tokio::spawn(streaming_backend(backend));
     let yaml = format!(
         "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nhealth:\n  interval: 1h\n\
-         drain:\n  window: 0s\nbackends:\n  - name: stream\n    address: {baddr}\n"
+         drain:\n  window: 0s\ndata_path:\n  splice: {splice}\n\
+         backends:\n  - name: stream\n    address: {baddr}\n"
     );
     let w = Warren::start(&yaml).await;
     let bulk_before = warren::proxy::buffer::bytes_moved();
@@ -137,8 +146,15 @@ async fn drain_during_bulk_body_frames_closes_at_a_boundary() {
     w.stop().await;
 }
 
+/// Copied (the default) and spliced (`data_path.splice`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_of_large_messages_gets_320_on_drain() {
+    for splice in [false, true] {
+        consumer_of_large_messages_on_drain(splice).await;
+    }
+}
+
+async fn consumer_of_large_messages_on_drain(splice: bool) {
     let nodes = cluster().await;
     let queue = unique("q-bulk-drain");
     // Fill the queue directly on the first node.
@@ -151,7 +167,7 @@ async fn consumer_of_large_messages_gets_320_on_drain() {
     // The consumer goes through warren to the same node.
     let w = Warren::start(&config_yaml(
         &nodes[..1],
-        "health:\n  interval: 1h\ndrain:\n  window: 0s\n",
+        &format!("health:\n  interval: 1h\ndrain:\n  window: 0s\ndata_path:\n  splice: {splice}\n"),
     ))
     .await;
     let conn = amqp_connect(&w.url()).await;
@@ -186,4 +202,95 @@ async fn consumer_of_large_messages_gets_320_on_drain() {
     assert_eq!(reply_code(&err), Some(320), "{err:?}");
     delete_queue(&pch, &queue).await;
     w.stop().await;
+}
+
+/// The limit on descriptors that leaves process `pid` exactly `free` of them:
+/// the number of the `free + 1`th unused descriptor.
+fn nofile_leaving(pid: u32, free: usize) -> u64 {
+    let open: std::collections::BTreeSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the process's descriptors")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..)
+        .filter(|fd| !open.contains(fd))
+        .nth(free)
+        .expect("a free descriptor")
+}
+
+fn set_nofile(pid: u32, soft: u64) {
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--nofile={soft}:1024")])
+        .status()
+        .expect("prlimit runs");
+    assert!(status.success(), "prlimit: {status}");
+}
+
+/// Spliced payloads (`data_path.splice`) fall back to copying, on a real
+/// node: a warren left with descriptors for a client's two sockets and none
+/// for a pipe copies the 128 KiB body frames of a 1 MiB message instead, logs
+/// that once and counts it; the message arrives whole. With descriptors back
+/// the payloads are spliced again: the count stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_descriptor_for_a_pipe_payloads_are_copied_and_counted() {
+    let nodes = cluster().await;
+    let node = &nodes[0];
+    let p = WarrenProcess::start(
+        &format!(
+            "health:\n  interval: 1h\ndata_path:\n  splice: true\nbackends:\n  - {{name: {}, address: '{}'}}\n",
+            node.backend, node.amqp
+        ),
+        1024,
+    )
+    .await;
+    let queue = unique("q-splice-fallback");
+    let direct = amqp_connect(&node.url()).await;
+    let check = direct.create_channel().await.expect("channel");
+    declare_queue(&check, &queue, QueueDeclareOptions::default()).await;
+    // Settled: the first health check has come and gone.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    set_nofile(p.pid(), nofile_leaving(p.pid(), 2));
+    let conn = amqp_connect(&p.url()).await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let body = |seed: u8| -> Vec<u8> {
+        (0..1024 * 1024u32)
+            .map(|i| (i % 251) as u8 ^ seed)
+            .collect()
+    };
+    publish_confirmed(&ch, &queue, &body(1)).await;
+    set_nofile(p.pid(), 1024);
+    let fallbacks = || async {
+        let (status, text) = admin_request(p.admin, "GET", "/metrics").await;
+        assert_eq!(status, 200, "{text}");
+        Metrics(text).value(
+            "warren_splice_fallbacks_total",
+            &[("reason", "descriptors")],
+        )
+    };
+    let copied = fallbacks().await;
+    assert!(copied >= 1.0, "no fallback counted: {}", p.logs());
+    assert_eq!(
+        p.logs().matches("no pipe for splice").count(),
+        1,
+        "{}",
+        p.logs()
+    );
+    publish_confirmed(&ch, &queue, &body(2)).await;
+    assert_eq!(
+        fallbacks().await,
+        copied,
+        "copied again with descriptors free"
+    );
+    for seed in [1, 2] {
+        let got = check
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("get")
+            .expect("a message");
+        assert!(got.delivery.data == body(seed), "message {seed} changed");
+    }
+    eprintln!("splice fallback: {copied} payloads copied for want of a pipe");
+    delete_queue(&check, &queue).await;
 }
