@@ -897,6 +897,46 @@ fn per_repetition(values: &HashMap<(String, String), Vec<f64>>) {
     }
 }
 
+/// The data-path candidates of `BENCH_CANDIDATES` (every path other than
+/// direct, HAProxy and warren): each figure's median, and its ratios to
+/// direct, HAProxy and warren within each repetition, min / median / max.
+fn candidates(values: &HashMap<(String, String), Vec<f64>>) {
+    let mut names: Vec<&str> = values
+        .keys()
+        .map(|(_, p)| p.as_str())
+        .filter(|p| !["direct", "haproxy", "warren"].contains(p))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.is_empty() {
+        return;
+    }
+    let get = |k: &str, p: &str| values.get(&(k.to_string(), p.to_string()));
+    let show = |x: Option<(f64, f64, f64, usize)>| match x {
+        Some((lo, m, hi, _)) => format!("{lo:.2} / {m:.2} / {hi:.2}"),
+        None => "-".to_string(),
+    };
+    println!();
+    println!("Candidates (BENCH_CANDIDATES), ratios within each repetition, min / median / max:");
+    println!();
+    println!("| figure | candidate | median | x direct | x haproxy | x warren | runs |");
+    println!("|---|---|---|---|---|---|---|");
+    for (key, label, ..) in FIGURES {
+        for name in &names {
+            let Some(v) = get(key, name) else { continue };
+            let mut m = v.clone();
+            let n = m.len();
+            let m = median(&mut m);
+            println!(
+                "| {label} | {name} | {m:.1} | {} | {} | {} | {n} |",
+                show(spread(Some(v), get(key, "direct"))),
+                show(spread(Some(v), get(key, "haproxy"))),
+                show(spread(Some(v), get(key, "warren"))),
+            );
+        }
+    }
+}
+
 fn report(file: &str) -> Res<()> {
     let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
     let mut values: HashMap<(String, String), Vec<f64>> = HashMap::new();
@@ -971,6 +1011,7 @@ fn report(file: &str) -> Res<()> {
         );
     }
     per_repetition(&values);
+    candidates(&values);
     on_off(&values);
     println!();
     println!("Targets (PERF.md), from the medians above:");
