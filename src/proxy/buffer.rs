@@ -158,17 +158,26 @@ pub(crate) fn try_read(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// Puts `item` into a per-thread pool unless it holds `max` already (or the
+/// thread is ending).
+pub(crate) fn give_back<T>(
+    pool: &'static std::thread::LocalKey<RefCell<Vec<T>>>,
+    item: T,
+    max: usize,
+) {
+    let _ = pool.try_with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < max {
+            p.push(item);
+        }
+    });
+}
+
 impl Drop for Buffer {
     fn drop(&mut self) {
         // With bytes in it, it belongs to a connection that is going away.
         if self.is_empty() {
-            let data = std::mem::take(&mut self.data);
-            let _ = POOL.try_with(|p| {
-                let mut p = p.borrow_mut();
-                if p.len() < POOL_MAX {
-                    p.push(data);
-                }
-            });
+            give_back(&POOL, std::mem::take(&mut self.data), POOL_MAX);
         }
     }
 }

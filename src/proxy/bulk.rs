@@ -172,18 +172,9 @@ impl Bulk {
                 Err(e) => return Err(e),
             }
         }
-        let empty = self.buf.as_ref().is_none_or(Buffer::is_empty);
         if self.eof {
-            if empty {
-                self.eof = false;
-                self.buf = None;
-                return Ok(Moved::Eof);
-            }
-            return Ok(if moved {
-                Moved::Some
-            } else {
-                Moved::Wait { read: false, write }
-            });
+            let empty = self.buf.as_ref().is_none_or(Buffer::is_empty);
+            return Ok(self.after_eof(empty, moved, write));
         }
         let mut read = false;
         let plain = d.plain();
@@ -201,14 +192,11 @@ impl Bulk {
                     moved = true;
                 }
                 Ok(ReadIn::Moved(n)) => {
-                    self.left -= n as u64;
-                    d.tracker.skip(n as u64);
-                    d.count(n as u64);
+                    self.took_payload(d, n);
                     moved = true;
                 }
                 Ok(ReadIn::Eof) => {
-                    self.eof = true;
-                    self.left = 0;
+                    self.source_ended();
                     moved = true;
                 }
                 // The buffer is not empty, so the write above tried (and
@@ -223,10 +211,7 @@ impl Bulk {
         if self.buf.as_ref().is_some_and(Buffer::is_empty) && (!moved || self.left == 0) {
             self.buf = None;
         }
-        if moved || !(read || write) {
-            return Ok(Moved::Some);
-        }
-        Ok(Moved::Wait { read, write })
+        Ok(outcome(moved, read, write))
     }
 
     /// [`Bulk::step`] through the pipe: splices out what it holds, then in up
@@ -250,30 +235,20 @@ impl Bulk {
             }
         }
         if self.eof {
-            if pipe.is_empty() {
-                self.eof = false;
-                self.pipe = None;
-                return Ok(Moved::Eof);
-            }
-            return Ok(if moved {
-                Moved::Some
-            } else {
-                Moved::Wait { read: false, write }
-            });
+            let empty = pipe.is_empty();
+            return Ok(self.after_eof(empty, moved, write));
         }
         let mut read = false;
         if self.left > 0 {
             let max = usize::try_from(self.left).unwrap_or(usize::MAX);
-            match pipe.splice_from(src, max)? {
+            let spliced = pipe.splice_from(src, max)?;
+            match spliced {
                 In::Moved(n) => {
-                    self.left -= n as u64;
-                    d.tracker.skip(n as u64);
-                    d.count(n as u64);
+                    self.took_payload(d, n);
                     moved = true;
                 }
                 In::Eof => {
-                    self.eof = true;
-                    self.left = 0;
+                    self.source_ended();
                     moved = true;
                 }
                 In::SourceEmpty => read = true,
@@ -284,13 +259,40 @@ impl Bulk {
         }
         // An empty pipe goes back to the pool while nothing moves and once the
         // payload is done.
-        if pipe.is_empty() && (!moved || self.left == 0) {
+        if self.pipe.as_ref().is_some_and(|p| p.is_empty()) && (!moved || self.left == 0) {
             self.pipe = None;
         }
-        if moved || !(read || write) {
-            return Ok(Moved::Some);
+        Ok(outcome(moved, read, write))
+    }
+
+    /// `n` payload bytes passed on unread: the tracker skips them, the meters
+    /// count them.
+    fn took_payload(&mut self, d: &mut Direction, n: usize) {
+        self.left -= n as u64;
+        d.tracker.skip(n as u64);
+        d.count(n as u64);
+    }
+
+    /// The source ended; what is held is still to go out.
+    fn source_ended(&mut self) {
+        self.eof = true;
+        self.left = 0;
+    }
+
+    /// A step after the source ended: `Eof` once what was held (`empty`) is
+    /// out, its buffer or pipe going back; else waiting for the destination.
+    fn after_eof(&mut self, empty: bool, moved: bool, write: bool) -> Moved {
+        if empty {
+            self.eof = false;
+            self.buf = None;
+            self.pipe = None;
+            return Moved::Eof;
         }
-        Ok(Moved::Wait { read, write })
+        if moved {
+            Moved::Some
+        } else {
+            Moved::Wait { read: false, write }
+        }
     }
 
     /// Writes out whatever the buffer holds, waiting for the destination as needed.
@@ -316,6 +318,15 @@ impl Bulk {
             }
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+/// What a step that `moved` bytes, or waits to `read` / `write`, reports.
+fn outcome(moved: bool, read: bool, write: bool) -> Moved {
+    if moved || !(read || write) {
+        Moved::Some
+    } else {
+        Moved::Wait { read, write }
     }
 }
 

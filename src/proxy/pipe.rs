@@ -206,12 +206,7 @@ impl Drop for Pipe {
     fn drop(&mut self) {
         // A pipe holding bytes is closed (they belonged to a failed connection).
         if let Some(fds) = self.fds.take().filter(|_| self.held == 0) {
-            let _ = POOL.try_with(|p| {
-                let mut pool = p.borrow_mut();
-                if pool.len() < POOL_MAX {
-                    pool.push(fds);
-                }
-            });
+            crate::proxy::buffer::give_back(&POOL, fds, POOL_MAX);
         }
     }
 }

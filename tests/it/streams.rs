@@ -346,6 +346,14 @@ async fn a_drain_moves_a_stream_consumer_to_another_replica_and_shutdown_closes_
     consumer
         .wait_for("closed ", 1, Duration::from_secs(15))
         .await;
+    // What the consumer said besides its messages.
+    let said = || {
+        consumer
+            .lines()
+            .into_iter()
+            .filter(|l| !l.starts_with("got "))
+            .collect::<Vec<_>>()
+    };
     let start = tokio::time::Instant::now();
     let moved = loop {
         let found = stream_client_nodes(&nodes[1], "consumers", &stream).await;
@@ -355,11 +363,7 @@ async fn a_drain_moves_a_stream_consumer_to_another_replica_and_shutdown_closes_
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "the consumer did not come back elsewhere: {found:?}; it said {:?}",
-            consumer
-                .lines()
-                .iter()
-                .filter(|l| !l.starts_with("got "))
-                .collect::<Vec<_>>()
+            said()
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
@@ -367,16 +371,7 @@ async fn a_drain_moves_a_stream_consumer_to_another_replica_and_shutdown_closes_
     // warren took the drained node out of the replicas it tells clients of, so
     // the consumer's first try found the other replica (a try on the drained
     // node's port would have been turned away: a second close).
-    assert_eq!(
-        consumer.count("closed "),
-        1,
-        "{:?}",
-        consumer
-            .lines()
-            .iter()
-            .filter(|l| !l.starts_with("got "))
-            .collect::<Vec<_>>()
-    );
+    assert_eq!(consumer.count("closed "), 1, "{:?}", said());
     let c = connections(&consumer.lines());
     assert_eq!(
         c.last().map(|(_, peer)| peer.clone()),
